@@ -1,0 +1,37 @@
+# Every target installs what it needs into .venv first (idempotent, offline-friendly).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SHARED := $(abspath ../shared/data)
+export GPT2KIT_GPT2_VOCAB ?= $(SHARED)/gpt2-vocab/gpt2.tiktoken
+export GPT2KIT_SHARED_DATA ?= $(SHARED)
+
+.PHONY: install test test-slow lint demo bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
+	$(PY) -m pytest -q
+
+test-slow: install
+	$(PY) -m pytest -q -m slow
+
+demo: install
+	$(PY) -m gpt2kit demo
+
+bench: install
+	$(PY) bench/tokenizer.py
+
+clean:
+	rm -rf $(VENV) demo-out .pytest_cache

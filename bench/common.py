@@ -1,0 +1,34 @@
+"""Shared helpers for the benchmarks: where the shared data lives, timing, MFU."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+SHARED = Path(os.environ.get("GPT2KIT_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+os.environ.setdefault("GPT2KIT_GPT2_VOCAB", str(SHARED / "gpt2-vocab" / "gpt2.tiktoken"))
+
+
+def gutenberg_text(n_bytes: int) -> list[str]:
+    """Whole lines of Gutenberg books, about `n_bytes` of UTF-8 in all."""
+    lines: list[str] = []
+    total = 0
+    for book in sorted((SHARED / "train" / "gutenberg").glob("*.txt")):
+        for line in book.read_text(encoding="utf-8").splitlines(keepends=True):
+            lines.append(line)
+            total += len(line.encode())
+            if total >= n_bytes:
+                return lines
+    return lines
+
+
+def best_time(func: Callable[[], object], repeats: int = 3) -> float:
+    """Fastest of `repeats` runs, in seconds (the least disturbed by other load)."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        func()
+        best = min(best, time.perf_counter() - start)
+    return best

@@ -1,0 +1,81 @@
+"""Encode throughput: gpt2kit vs raw tiktoken vs transformers' GPT2TokenizerFast, in one run.
+
+Also times training a 32k vocabulary on 50 MB. Usage: python bench/tokenizer.py [--mb 12] [--train-mb 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import SHARED, best_time, gutenberg_text  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--mb", type=float, default=12)
+    parser.add_argument("--train-mb", type=float, default=50)
+    parser.add_argument("--train-vocab", type=int, default=32768)
+    args = parser.parse_args()
+
+    import tiktoken
+    import transformers
+
+    from gpt2kit.tokenizer import ENDOFTEXT, GPT2_PATTERN, Tokenizer, train
+
+    lines = gutenberg_text(int(args.mb * 1e6))
+    megabytes = sum(len(line.encode()) for line in lines) / 1e6
+    # Documents of ~100 lines each, as a trainer would feed them.
+    docs = ["".join(lines[i : i + 100]) for i in range(0, len(lines), 100)]
+
+    ours = Tokenizer.gpt2()
+    ranks = {}
+    for line in open(SHARED / "gpt2-vocab" / "gpt2.tiktoken", "rb"):
+        if line.strip():
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+    raw = tiktoken.Encoding("gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={ENDOFTEXT: 50256})
+    with tempfile.TemporaryDirectory() as tmp:
+        ours.save(tmp)
+        hf = transformers.GPT2TokenizerFast.from_pretrained(tmp)
+    threads = os.cpu_count() or 1
+
+    results = {}
+    for name, func in (
+        ("gpt2kit encode_batch", lambda: ours.encode_batch(docs)),
+        ("tiktoken encode_ordinary_batch", lambda: raw.encode_ordinary_batch(docs, num_threads=threads)),
+        ("transformers GPT2TokenizerFast", lambda: hf(docs)["input_ids"]),
+        ("gpt2kit encode (1 thread)", lambda: [ours.encode(d) for d in docs]),
+        ("tiktoken encode_ordinary (1 thread)", lambda: [raw.encode_ordinary(d) for d in docs]),
+    ):
+        results[name] = megabytes / best_time(func, repeats=2 if "transformers" in name else 3)
+    n_tokens = sum(map(len, ours.encode_batch(docs)))
+    print(f"encode {megabytes:.1f} MB of Gutenberg ({n_tokens:,} tokens), {threads} threads")
+    for name, rate in results.items():
+        print(f"  {name:38s} {rate:8.2f} MB/s")
+    print(
+        f"ratio gpt2kit / tiktoken (batch):       {results['gpt2kit encode_batch'] / results['tiktoken encode_ordinary_batch']:.2f}x"
+    )
+    print(
+        f"ratio gpt2kit / tiktoken (1 thread):    {results['gpt2kit encode (1 thread)'] / results['tiktoken encode_ordinary (1 thread)']:.2f}x"
+    )
+    print(
+        f"ratio gpt2kit / GPT2TokenizerFast:      {results['gpt2kit encode_batch'] / results['transformers GPT2TokenizerFast']:.2f}x"
+    )
+
+    if args.train_mb > 0:
+        train_lines = gutenberg_text(int(args.train_mb * 1e6))
+        start = time.perf_counter()
+        trained = train(iter(train_lines), args.train_vocab)
+        elapsed = time.perf_counter() - start
+        print(f"train {trained.vocab_size} tokens on {args.train_mb:.0f} MB: {elapsed:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+from gpt2kit.cli import main
+
+raise SystemExit(main())

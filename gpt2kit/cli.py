@@ -1,0 +1,182 @@
+"""The `gpt2kit` command: a thin layer of argparse over library functions.
+
+Each command parses its arguments, calls the library, and prints the result.
+Bad input surfaces as GPT2KitError (or OSError) and becomes one line on stderr
+with exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from gpt2kit.errors import GPT2KitError
+
+# -- tokenizer ----------------------------------------------------------------------
+
+
+def _read_lines(file: str | None) -> Iterator[str]:
+    """Lines without their newline, from a file or stdin, with a clear error for bad UTF-8."""
+    source = "<stdin>" if file in (None, "-") else file
+    handle = sys.stdin.buffer if file in (None, "-") else open(file, "rb")
+    try:
+        for number, raw in enumerate(handle, 1):
+            try:
+                yield raw.decode("utf-8").rstrip("\n").removesuffix("\r")
+            except UnicodeDecodeError as err:
+                raise GPT2KitError(f"{source}:{number}: not UTF-8 (byte {err.start})") from None
+    finally:
+        if handle is not sys.stdin.buffer:
+            handle.close()
+
+
+def cmd_tokenizer_train(args: argparse.Namespace) -> int:
+    from gpt2kit.tokenizer import train
+
+    tokenizer = train(args.input, args.vocab_size, min_frequency=args.min_frequency, show_progress=True)
+    tokenizer.save(args.out)
+    print(f"trained {tokenizer.vocab_size} tokens -> {args.out}")
+    return 0
+
+
+def cmd_tokenizer_encode(args: argparse.Namespace) -> int:
+    from gpt2kit.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(args.tokenizer)
+    out = sys.stdout
+    batch: list[str] = []
+
+    def flush() -> None:
+        for ids in tokenizer.encode_batch(batch):
+            out.write(" ".join(map(str, ids)) + "\n")
+        batch.clear()
+
+    for line in _read_lines(args.file):
+        batch.append(line)
+        if len(batch) >= 4096:
+            flush()
+    flush()
+    return 0
+
+
+def cmd_tokenizer_decode(args: argparse.Namespace) -> int:
+    from gpt2kit.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(args.tokenizer)
+    source = args.file or "<stdin>"
+    for number, line in enumerate(_read_lines(args.file), 1):
+        try:
+            ids = [int(token) for token in line.split()]
+        except ValueError:
+            raise GPT2KitError(f"{source}:{number}: expected space-separated token ids") from None
+        bad = [i for i in ids if not 0 <= i < tokenizer.vocab_size]
+        if bad:
+            raise GPT2KitError(
+                f"{source}:{number}: token id {bad[0]} is outside the vocabulary (0..{tokenizer.vocab_size - 1})"
+            )
+        sys.stdout.write(tokenizer.decode(ids) + "\n")
+    return 0
+
+
+def cmd_tokenizer_info(args: argparse.Namespace) -> int:
+    from gpt2kit.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(args.tokenizer)
+    print(f"name: {tokenizer.name}")
+    print(f"vocab_size: {tokenizer.vocab_size}")
+    print(f"merges: {len(tokenizer.mergeable_ranks) - 256}")
+    print(f"special_tokens: {tokenizer.special_tokens}")
+    print(f"sha256: {tokenizer.sha256}")
+    return 0
+
+
+# -- model --------------------------------------------------------------------------
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from gpt2kit.model import PRESETS
+
+    if args.model in PRESETS:
+        import torch
+
+        from gpt2kit.model import GPT, preset_config
+
+        config = preset_config(args.model)
+        with torch.device("meta"):
+            model = GPT(config)
+        source = f"preset {args.model}"
+    else:
+        from gpt2kit.checkpoint import load
+
+        model = load(args.model).model
+        config = model.config
+        source = str(args.model)
+    print(f"model: {source}")
+    print(f"layers: {config.n_layer}  width: {config.n_embd}  heads: {config.n_head}  context: {config.n_positions}")
+    print(f"vocab: {config.vocab_size}")
+    print(f"parameters: {model.num_parameters():,} ({model.num_parameters(non_embedding=True):,} non-embedding)")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gpt2kit.demo import run_demo
+
+    for line in run_demo(Path(args.out), quick=args.quick):
+        print(line)
+    return 0
+
+
+# -- parser -------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gpt2kit", description="GPT-2: data, BPE, model, training, sampling, serving, eval"
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    tok = commands.add_parser("tokenizer", help="train, inspect and run byte-level BPE tokenizers")
+    tok_commands = tok.add_subparsers(dest="tokenizer_command", required=True, metavar="ACTION")
+    p = tok_commands.add_parser("train", help="train a GPT-2-style BPE on text files")
+    p.add_argument("--input", nargs="+", required=True, help="text files or directories")
+    p.add_argument("--vocab-size", type=int, required=True)
+    p.add_argument("--min-frequency", type=int, default=2)
+    p.add_argument("--out", required=True, help="directory for vocab.json + merges.txt")
+    p.set_defaults(func=cmd_tokenizer_train)
+    for name, func, text in (
+        ("encode", cmd_tokenizer_encode, "text lines -> lines of token ids"),
+        ("decode", cmd_tokenizer_decode, "lines of token ids -> text lines"),
+    ):
+        p = tok_commands.add_parser(name, help=text)
+        p.add_argument("--tokenizer", default="gpt2", help="'gpt2', a tokenizer directory or a .tiktoken file")
+        p.add_argument("file", nargs="?", help="input file (default: stdin)")
+        p.set_defaults(func=func)
+    p = tok_commands.add_parser("info", help="describe a tokenizer")
+    p.add_argument("--tokenizer", default="gpt2")
+    p.set_defaults(func=cmd_tokenizer_info)
+
+    p = commands.add_parser("info", help="describe a model preset or a model directory")
+    p.add_argument("model", help="a preset name (gpt2, cpu-6m, ...) or a model directory / hub id")
+    p.set_defaults(func=cmd_info)
+
+    p = commands.add_parser("demo", help="run the main job end to end, offline")
+    p.add_argument("--out", default="demo-out")
+    p.add_argument("--quick", action="store_true", help="one small model, for CI")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except (GPT2KitError, OSError) as err:
+        print(f"gpt2kit {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gpt2kit: interrupted", file=sys.stderr)
+        return 130

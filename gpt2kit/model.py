@@ -1,0 +1,239 @@
+"""The GPT-2 Transformer, read top to bottom: config, attention, MLP, block, GPT.
+
+Parameter names follow the released GPT-2 checkpoints (wte, wpe, h.N.ln_1,
+attn.c_attn, attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj, ln_f) so that checkpoints
+map one to one. Linear layers are nn.Linear ([out, in]); checkpoint.py
+transposes to and from HF's Conv1D ([in, out]) layout.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 50257
+    n_positions: int = 1024
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    n_inner: int | None = None  # MLP width; None means 4 * n_embd, as in GPT-2
+    dropout: float = 0.0
+    layer_norm_epsilon: float = 1e-5
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "n_positions", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"model config: {name} must be positive, got {getattr(self, name)}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"model config: n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model config: dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def mlp_width(self) -> int:
+        return self.n_inner or 4 * self.n_embd
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> GPTConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+# The four released GPT-2 sizes, plus CPU-sized models that train in minutes on 2 cores.
+# CPU preset names give their approximate non-embedding parameter count.
+PRESETS: dict[str, dict] = {
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),
+    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),
+    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),
+    "cpu-1m": dict(n_layer=4, n_head=4, n_embd=128, n_positions=256),
+    "cpu-6m": dict(n_layer=6, n_head=8, n_embd=256, n_positions=256),
+    "cpu-25m": dict(n_layer=8, n_head=8, n_embd=512, n_positions=512),
+}
+
+
+def preset_config(name: str, **overrides) -> GPTConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+    return GPTConfig(**{**PRESETS[name], **overrides})
+
+
+class KVCache:
+    """Preallocated keys and values for every layer, filled left to right.
+
+    `length` counts the positions already cached; all rows of the batch share it
+    (left padding keeps rows aligned, padding is masked with `attention_mask`).
+    """
+
+    def __init__(self, config: GPTConfig, batch_size: int, max_length: int, device=None, dtype=None):
+        head_dim = config.n_embd // config.n_head
+        shape = (config.n_layer, batch_size, config.n_head, max_length, head_dim)
+        self.keys = torch.zeros(shape, device=device, dtype=dtype)
+        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0
+
+    @property
+    def max_length(self) -> int:
+        return self.keys.shape[3]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        start, end = self.length, self.length + k.shape[2]
+        if end > self.max_length:
+            raise ValueError(f"KV cache is full: {end} positions requested, {self.max_length} allocated")
+        self.keys[layer, :, :, start:end] = k
+        self.values[layer, :, :, start:end] = v
+        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+
+    def advance(self, n: int) -> None:
+        self.length += n
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only the given batch rows (e.g. to drop finished sequences)."""
+        self.keys = self.keys[:, rows]
+        self.values = self.values[:, rows]
+
+    def repeat(self, times: int) -> KVCache:
+        """A copy whose batch is this cache's batch repeated `times` (shared-prefix scoring)."""
+        copy = KVCache.__new__(KVCache)
+        copy.keys = self.keys.repeat_interleave(times, dim=1)
+        copy.values = self.values.repeat_interleave(times, dim=1)
+        copy.length = self.length
+        return copy
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig, layer_index: int):
+        super().__init__()
+        self.n_head = config.n_head
+        self.layer_index = layer_index
+        self.dropout = config.dropout
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None, mask: torch.Tensor | None = None):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if kv_cache is not None:
+            k, v = kv_cache.update(self.layer_index, k, v)
+        dropout = self.dropout if self.training else 0.0
+        if mask is None:
+            # No cache and no padding: the fused causal kernel is fastest.
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=T > 1)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, config.mlp_width)
+        self.c_proj = nn.Linear(config.mlp_width, config.n_embd)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig, layer_index: int):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.attn = CausalSelfAttention(config, layer_index)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None, mask: torch.Tensor | None = None):
+        x = x + self.attn(self.ln_1(x), kv_cache, mask)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.n_positions, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.h = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.apply(self._init_weights)
+        # GPT-2 scales residual projections by 1/sqrt(2 * n_layer): two residual adds per block.
+        residual_std = 0.02 / math.sqrt(2 * config.n_layer)
+        for block in self.h:
+            nn.init.normal_(block.attn.c_proj.weight, mean=0.0, std=residual_std)
+            nn.init.normal_(block.mlp.c_proj.weight, mean=0.0, std=residual_std)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_parameters(self, non_embedding: bool = False) -> int:
+        """Parameters counted once (the output layer is tied to wte)."""
+        total = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            total -= self.wte.weight.numel() + self.wpe.weight.numel()
+        return total
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        *,
+        kv_cache: KVCache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits of shape (B, T, vocab_size) for token ids of shape (B, T).
+
+        With `kv_cache`, `idx` continues the cached positions and the cache is
+        extended. `attention_mask` (B, cached + T), 1 for real tokens and 0 for
+        padding, masks left padding; positions then count real tokens only.
+        """
+        B, T = idx.shape
+        past = kv_cache.length if kv_cache is not None else 0
+        if position_ids is None:
+            if attention_mask is not None:
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past : past + T]
+            else:
+                position_ids = torch.arange(past, past + T, device=idx.device).unsqueeze(0)
+        if int(position_ids.max()) >= self.config.n_positions:
+            raise ValueError(f"sequence of {past + T} tokens exceeds the context of {self.config.n_positions}")
+        mask = self._attention_mask(T, past, attention_mask, idx.device)
+        x = self.drop(self.wte(idx) + self.wpe(position_ids))
+        for block in self.h:
+            x = block(x, kv_cache, mask)
+        if kv_cache is not None:
+            kv_cache.advance(T)
+        return F.linear(self.ln_f(x), self.wte.weight)
+
+    @staticmethod
+    def _attention_mask(T: int, past: int, attention_mask: torch.Tensor | None, device) -> torch.Tensor | None:
+        """A boolean (B or 1, 1, T, past + T) mask, or None when plain causal attention suffices."""
+        if attention_mask is None and (past == 0 or T == 1):
+            return None
+        total = past + T
+        key_pos = torch.arange(total, device=device)
+        query_pos = torch.arange(past, total, device=device)
+        causal = key_pos[None, :] <= query_pos[:, None]
+        if attention_mask is None:
+            return causal[None, None]
+        keep = attention_mask[:, :total].bool()[:, None, None, :]
+        # A padding query would otherwise see no key at all (NaN); let it see itself.
+        itself = key_pos[None, :] == query_pos[:, None]
+        return (causal & keep) | itself

@@ -1,0 +1,34 @@
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(os.environ.get("GPT2KIT_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+GPT2_TIKTOKEN = SHARED / "gpt2-vocab" / "gpt2.tiktoken"
+os.environ.setdefault("GPT2KIT_GPT2_VOCAB", str(GPT2_TIKTOKEN))
+
+
+def shared_file(relative: str) -> Path:
+    path = SHARED / relative
+    if not path.exists():
+        pytest.skip(f"shared data file {path} is not present")
+    return path
+
+
+@pytest.fixture(scope="session")
+def gpt2_tokenizer():
+    from gpt2kit.tokenizer import Tokenizer
+
+    shared_file("gpt2-vocab/gpt2.tiktoken")
+    return Tokenizer.gpt2()
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tmp_path_factory):
+    """A small BPE trained on generated text (fast; no shared data needed)."""
+    from gpt2kit.demo import generated_text
+    from gpt2kit.tokenizer import train
+
+    corpus = tmp_path_factory.mktemp("tok") / "corpus.txt"
+    corpus.write_text(generated_text(3000, seed=1))
+    return train([corpus], vocab_size=400)
