@@ -131,12 +131,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # -- parser -------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="gpt2kit", description="GPT-2: data, BPE, model, training, sampling, serving, eval"
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def add_tokenizer_commands(commands) -> None:
     tok = commands.add_parser("tokenizer", help="train, inspect and run byte-level BPE tokenizers")
     tok_commands = tok.add_subparsers(dest="tokenizer_command", required=True, metavar="ACTION")
     p = tok_commands.add_parser("train", help="train a GPT-2-style BPE on text files")
@@ -157,14 +152,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", default="gpt2")
     p.set_defaults(func=cmd_tokenizer_info)
 
+
+def add_model_commands(commands) -> None:
     p = commands.add_parser("info", help="describe a model preset or a model directory")
     p.add_argument("model", help="a preset name (gpt2, cpu-6m, ...) or a model directory / hub id")
     p.set_defaults(func=cmd_info)
 
+
+def add_demo_commands(commands) -> None:
     p = commands.add_parser("demo", help="run the main job end to end, offline")
     p.add_argument("--out", default="demo-out")
     p.add_argument("--quick", action="store_true", help="one small model, for CI")
     p.set_defaults(func=cmd_demo)
+
+
+# Each area of the CLI registers its own subcommands; add new areas here, one per line.
+COMMAND_GROUPS = (
+    add_tokenizer_commands,
+    add_model_commands,
+    add_demo_commands,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gpt2kit", description="GPT-2: data, BPE, model, training, sampling, serving, eval"
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add_commands in COMMAND_GROUPS:
+        add_commands(commands)
     return parser
 
 
