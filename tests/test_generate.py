@@ -1,0 +1,328 @@
+import logging
+
+import pytest
+import torch
+from torch import nn
+
+import gpt2kit
+from gpt2kit.errors import GPT2KitError
+from gpt2kit.generate import (
+    Decoder,
+    GenerationConfig,
+    SequenceState,
+    _sample,
+    _Text,
+    generate,
+    make_sequences,
+    stream,
+)
+from gpt2kit.model import GPT, GPTConfig
+
+GREEDY = dict(temperature=0.0)
+
+
+@pytest.fixture(scope="module")
+def model(gpt2_tokenizer):
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=gpt2_tokenizer.vocab_size, n_positions=64, n_layer=2, n_head=2, n_embd=32)
+    return GPT(config).eval()
+
+
+def naive_greedy(model, ids, n):
+    """Full recompute at every step, no cache, no batching: the reference."""
+    ids = list(ids)
+    out = []
+    with torch.no_grad():
+        for _ in range(n):
+            token = int(model(torch.tensor([ids]))[0, -1].argmax())
+            if token == 50256:
+                break
+            out.append(token)
+            ids.append(token)
+    return out
+
+
+class BigramModel(nn.Module):
+    """A stand-in model that always predicts `successor[current token]`: scripts exact outputs."""
+
+    def __init__(self, vocab_size: int, successor: dict[int, int], n_positions: int = 64):
+        super().__init__()
+        self.config = GPTConfig(vocab_size=vocab_size, n_positions=n_positions, n_layer=1, n_head=1, n_embd=1)
+        self.wte = nn.Embedding(1, 1)
+        table = torch.full((vocab_size,), 50256, dtype=torch.long)
+        for token, following in successor.items():
+            table[token] = following
+        self.register_buffer("table", table)
+
+    def forward(self, idx, *, kv_cache=None, attention_mask=None):
+        if kv_cache is not None:
+            kv_cache.advance(idx.shape[1])
+        logits = torch.zeros(*idx.shape, self.config.vocab_size)
+        logits.scatter_(-1, self.table[idx][..., None], 20.0)
+        return logits
+
+
+def scripted(tokenizer, pieces: list[bytes], start: str = "@"):
+    """A BigramModel that continues `start` with the byte-level tokens of `pieces`, then `<|endoftext|>`."""
+    tokens = [tokenizer.encode(start)[0]]
+    for piece in pieces:
+        tokens.append(tokenizer.mergeable_ranks[piece])
+    assert len(set(tokens)) == len(tokens), "a bigram script needs distinct tokens"
+    successor = dict(zip(tokens, tokens[1:] + [tokenizer.eot_token], strict=True))
+    return BigramModel(tokenizer.vocab_size, successor)
+
+
+# -- correctness of the cached, batched decoder ---------------------------------------------
+
+
+def test_greedy_batched_with_cache_equals_naive_full_recompute(model, gpt2_tokenizer):
+    prompts = ["Hello world, this is", "A", "The quick brown fox jumps over the lazy"]
+    results = generate(model, gpt2_tokenizer, prompts, GenerationConfig(max_new_tokens=12, **GREEDY))
+    for prompt, result in zip(prompts, results, strict=True):
+        expected = naive_greedy(model, gpt2_tokenizer.encode(prompt), 12)
+        assert result.token_ids == expected
+        assert result.text == gpt2_tokenizer.decode(expected)
+        assert result.finish_reason == ("length" if len(expected) == 12 else "stop")
+        assert result.prompt_token_ids == gpt2_tokenizer.encode(prompt)
+
+
+def test_greedy_matches_transformers_generate(tmp_path, gpt2_tokenizer):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=50257, n_positions=64, n_embd=48, n_layer=3, n_head=4)
+    reference = transformers.GPT2LMHeadModel(config).eval()
+    with torch.no_grad():  # sharper logits than a fresh init, so the argmax is well separated
+        reference.transformer.wte.weight.mul_(8)
+    reference.save_pretrained(tmp_path)
+    gpt2_tokenizer.save(tmp_path)
+    loaded = gpt2kit.load(tmp_path)
+    prompts = ["Once upon a time", "The meaning of life is that the", "Zebras"]
+    ours = generate(loaded.model, loaded.tokenizer, prompts, GenerationConfig(max_new_tokens=20, **GREEDY))
+    for prompt, result in zip(prompts, ours, strict=True):
+        ids = torch.tensor([gpt2_tokenizer.encode(prompt)])
+        with torch.no_grad():
+            out = reference.generate(
+                ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=20, pad_token_id=50256
+            )
+        theirs = out[0, ids.shape[1] :].tolist()
+        if 50256 in theirs:
+            theirs = theirs[: theirs.index(50256)]
+        assert result.token_ids == theirs
+
+
+def test_sequences_joining_a_running_batch_get_the_same_tokens(model, gpt2_tokenizer):
+    config = GenerationConfig(max_new_tokens=10, **GREEDY)
+    first, second = make_sequences(gpt2_tokenizer, ["The river", "A merchant sold forty lanterns to"], config, 64)
+    decoder = Decoder(model, gpt2_tokenizer)
+    decoder.add([first])
+    for _ in range(4):
+        decoder.step()
+    decoder.add([second])  # joins mid-flight, with a longer prompt than the running row
+    assert decoder.active == 2
+    while decoder.active:
+        decoder.step()
+    assert first.tokens == naive_greedy(model, first.prompt_ids, 10)
+    assert second.tokens == naive_greedy(model, second.prompt_ids, 10)
+
+
+def test_finished_rows_leave_the_batch(gpt2_tokenizer):
+    model = scripted(gpt2_tokenizer, [b"a", b"b", b"c", b"d", b"e", b"f"])
+    short = SequenceState([gpt2_tokenizer.encode("c")[0]], GenerationConfig(max_new_tokens=9), gpt2_tokenizer, 0)
+    long = SequenceState([gpt2_tokenizer.encode("@")[0]], GenerationConfig(max_new_tokens=9), gpt2_tokenizer, 1)
+    decoder = Decoder(model, gpt2_tokenizer)
+    decoder.add([short, long])
+    sizes = []
+    while decoder.active:
+        decoder.step()
+        sizes.append(decoder.cache.keys.shape[1] if decoder.cache is not None else 0)
+    assert short.text == "def" and long.text == "abcdef"
+    assert short.finish_reason == long.finish_reason == "stop"
+    assert sizes[:3] == [2, 2, 2] and sizes[3] == 1  # the short row ended at <|endoftext|> and was dropped
+
+
+def test_long_prompt_is_truncated_with_a_warning(model, gpt2_tokenizer, caplog):
+    ids = list(range(1000, 1100))  # 100 tokens, context 64
+    with caplog.at_level(logging.WARNING):
+        (result,) = generate(model, gpt2_tokenizer, [ids], GenerationConfig(max_new_tokens=3, **GREEDY))
+    assert "exceed the context of 64" in caplog.text
+    assert result.prompt_token_ids == ids[-64:]
+    assert len(result.token_ids) == 3
+
+
+def test_generation_slides_past_the_context(model, gpt2_tokenizer):
+    prompt = gpt2_tokenizer.encode("a b c d e f g h i j k l m n o p q r s t u v w x y z")
+    config = GenerationConfig(max_new_tokens=100, **GREEDY)
+    (result,) = generate(model, gpt2_tokenizer, [prompt], config)
+    assert len(prompt) + 100 > 64
+    assert len(result.token_ids) == 100 or result.finish_reason == "stop"
+    # Before the window fills, the tokens are plain greedy ones.
+    fits = 64 - len(prompt) + 1
+    assert result.token_ids[:fits] == naive_greedy(model, prompt, fits)
+
+
+def test_empty_and_token_prompts(model, gpt2_tokenizer):
+    config = GenerationConfig(max_new_tokens=4, **GREEDY)
+    empty, as_ids = generate(model, gpt2_tokenizer, ["", gpt2_tokenizer.encode("Hi there")], config)
+    assert empty.prompt_token_ids == [gpt2_tokenizer.eot_token]  # unconditional, from <|endoftext|>
+    assert as_ids.token_ids == generate(model, gpt2_tokenizer, ["Hi there"], config)[0].token_ids
+
+
+def test_max_batch_size_refills_and_keeps_order(model, gpt2_tokenizer):
+    prompts = [f"Number {i} is" for i in range(7)]
+    config = GenerationConfig(max_new_tokens=5, **GREEDY)
+    small = generate(model, gpt2_tokenizer, prompts, config, max_batch_size=2)
+    large = generate(model, gpt2_tokenizer, prompts, config)
+    assert [r.token_ids for r in small] == [r.token_ids for r in large]
+
+
+# -- sampling -----------------------------------------------------------------------------
+
+
+def test_same_seed_same_text_and_independent_of_batch(model, gpt2_tokenizer):
+    config = GenerationConfig(max_new_tokens=16, temperature=1.0, top_k=50, seed=1234)
+    a = generate(model, gpt2_tokenizer, ["Alpha", "Beta gamma"], config)
+    b = generate(model, gpt2_tokenizer, ["Alpha", "Beta gamma"], config)
+    assert [r.text for r in a] == [r.text for r in b]
+    # Prompt i samples with seed + i, whatever else is in the batch.
+    alone = generate(model, gpt2_tokenizer, ["Beta gamma"], GenerationConfig(**{**config.__dict__, "seed": 1235}))
+    assert alone[0].token_ids == a[1].token_ids
+    other = generate(model, gpt2_tokenizer, ["Alpha"], GenerationConfig(**{**config.__dict__, "seed": 99}))
+    assert other[0].token_ids != a[0].token_ids
+
+
+def rows_for(tokenizer, n, **settings):
+    return [SequenceState([0], GenerationConfig(seed=i, **settings), tokenizer, seed=i) for i in range(n)]
+
+
+def test_sampling_follows_temperature_top_k_and_top_p(tiny_tokenizer):
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    logits = probs.log().repeat(4000, 1)
+
+    def frequencies(**settings):
+        rows = rows_for(tiny_tokenizer, 4000, **settings)
+        return torch.bincount(_sample(logits, rows), minlength=4).float() / 4000
+
+    assert torch.allclose(frequencies(), probs, atol=0.03)
+    assert torch.allclose(frequencies(top_k=2), torch.tensor([0.625, 0.375, 0, 0]), atol=0.03)
+    # top_p 0.7: 0.5 alone is short of 0.7, 0.5 + 0.3 reaches it; renormalised over those two.
+    assert torch.allclose(frequencies(top_p=0.7), torch.tensor([0.625, 0.375, 0, 0]), atol=0.03)
+    assert frequencies(top_k=1).tolist() == [1, 0, 0, 0]
+    sharp = (probs**2) / (probs**2).sum()  # temperature 0.5 squares the probabilities
+    assert torch.allclose(frequencies(temperature=0.5), sharp, atol=0.03)
+
+
+def test_top_k_tokens_come_from_the_top_alternatives(model, gpt2_tokenizer):
+    config = GenerationConfig(max_new_tokens=12, top_k=3, logprobs=3, seed=5)
+    (result,) = generate(model, gpt2_tokenizer, ["Hello"], config)
+    assert len(result.top_logprobs) == len(result.token_ids) == len(result.token_logprobs)
+    for token, logprob, top in zip(result.token_ids, result.token_logprobs, result.top_logprobs, strict=True):
+        assert len(top) == 3
+        text = gpt2_tokenizer.token_bytes(token).decode("utf-8", errors="strict") if token < 50256 else None
+        assert logprob <= 0
+        assert min(top.values()) - 1e-5 <= logprob <= max(top.values()) + 1e-5
+        if text is not None and text in top:
+            assert top[text] == pytest.approx(logprob, abs=1e-5)
+
+
+def test_greedy_logprobs_are_the_model_log_softmax(model, gpt2_tokenizer):
+    prompt = gpt2_tokenizer.encode("Testing")
+    (result,) = generate(model, gpt2_tokenizer, [prompt], GenerationConfig(max_new_tokens=1, logprobs=2, **GREEDY))
+    with torch.no_grad():
+        expected = torch.log_softmax(model(torch.tensor([prompt]))[0, -1], -1)
+    assert result.token_logprobs[0] == pytest.approx(expected.max().item(), abs=1e-5)
+    assert sorted(result.top_logprobs[0].values(), reverse=True) == pytest.approx(
+        expected.topk(2).values.tolist(), abs=1e-5
+    )
+
+
+# -- stop strings and streaming -------------------------------------------------------------
+
+
+def test_stop_string_cuts_the_text(gpt2_tokenizer):
+    model = scripted(
+        gpt2_tokenizer, [b"Hello", b",", b" w", b"\xc3", b"\xb6", b"rl", b"d", b"!", b" E", b"ND", b" more"]
+    )
+    (full,) = generate(model, gpt2_tokenizer, ["@"], GenerationConfig(max_new_tokens=50))
+    assert full.text == "Hello, wörld! END more" and full.finish_reason == "stop"  # ended at <|endoftext|>
+    (cut,) = generate(model, gpt2_tokenizer, ["@"], GenerationConfig(max_new_tokens=50, stop=("END", "zzz")))
+    assert cut.text == "Hello, wörld! " and cut.finish_reason == "stop"
+    assert len(cut.token_ids) == 10  # generation stopped at the token that completed "END"
+    (spanning,) = generate(model, gpt2_tokenizer, ["@"], GenerationConfig(max_new_tokens=50, stop=("ld! E",)))
+    assert spanning.text == "Hello, wör"
+    (length,) = generate(model, gpt2_tokenizer, ["@"], GenerationConfig(max_new_tokens=3, stop=("END",)))
+    assert length.text == "Hello, w" and length.finish_reason == "length"
+
+
+def test_stop_strings_never_match_inside_a_multibyte_character():
+    text = _Text(stop=("\ufffd", "x"))
+    text.add("é".encode()[:1])
+    assert text.text == "" and not text.stopped  # half a character is held back, not replaced
+    text.add("é".encode()[1:])
+    assert text.text == "é" and not text.stopped
+    text.add(b"\xff")  # a byte that is invalid UTF-8 whatever follows does become U+FFFD
+    assert text.stopped and text.text == "é"
+
+
+def test_stream_yields_valid_deltas_that_hold_back_stop_prefixes(gpt2_tokenizer):
+    model = scripted(gpt2_tokenizer, [b"Hi", b" \xe2", b"\x82", b"\xac", b"5", b" E", b"N", b"D", b"!"])
+    deltas = list(stream(model, gpt2_tokenizer, "@", GenerationConfig(max_new_tokens=50)))
+    assert "".join(deltas) == "Hi €5 END!"
+    assert all("\ufffd" not in d for d in deltas)
+    assert "\u20ac" in deltas  # the euro sign arrives whole, once its three bytes are in
+    stopped = list(stream(model, gpt2_tokenizer, "@", GenerationConfig(max_new_tokens=50, stop=("END",))))
+    assert "".join(stopped) == "Hi €5 "
+    assert not any("E" in d for d in stopped)
+
+
+def test_stream_equals_generate(model, gpt2_tokenizer):
+    config = GenerationConfig(max_new_tokens=20, temperature=0.8, top_p=0.9, seed=3)
+    (result,) = generate(model, gpt2_tokenizer, ["Streaming"], config)
+    assert "".join(stream(model, gpt2_tokenizer, "Streaming", config)) == result.text
+
+
+def test_generate_restores_training_mode(gpt2_tokenizer):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=50257, n_positions=32, n_layer=1, n_head=2, n_embd=16, dropout=0.5)).train()
+    config = GenerationConfig(max_new_tokens=5, **GREEDY)
+    first = generate(model, gpt2_tokenizer, ["x"], config)[0].token_ids
+    assert model.training
+    assert generate(model, gpt2_tokenizer, ["x"], config)[0].token_ids == first  # no dropout while generating
+
+
+# -- bad input ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (dict(temperature=-1), "temperature"),
+        (dict(top_p=0), "top_p"),
+        (dict(top_p=1.5), "top_p"),
+        (dict(top_k=-2), "top_k"),
+        (dict(max_new_tokens=-1), "max_new_tokens"),
+        (dict(stop=("",)), "stop"),
+        (dict(logprobs=-1), "logprobs"),
+    ],
+)
+def test_invalid_config_is_a_clear_error(settings, message):
+    with pytest.raises(GPT2KitError, match=message):
+        GenerationConfig(**settings)
+
+
+def test_config_from_dict_names_unknown_keys():
+    assert GenerationConfig.from_dict({"top_k": 40, "stop": ["\n"]}).stop == ("\n",)
+    with pytest.raises(GPT2KitError, match="unknown key 'topk'"):
+        GenerationConfig.from_dict({"topk": 40}, where="sample.toml")
+
+
+def test_bad_prompts_are_clear_errors(model, gpt2_tokenizer):
+    config = GenerationConfig(max_new_tokens=2)
+    with pytest.raises(GPT2KitError, match="list"):
+        generate(model, gpt2_tokenizer, "a bare string", config)
+    with pytest.raises(GPT2KitError, match="outside the vocabulary"):
+        generate(model, gpt2_tokenizer, [[1, 2, 99999]], config)
+
+
+def test_zero_new_tokens(model, gpt2_tokenizer):
+    (result,) = generate(model, gpt2_tokenizer, ["Hi"], GenerationConfig(max_new_tokens=0))
+    assert result.text == "" and result.token_ids == [] and result.finish_reason == "length"
