@@ -8,6 +8,7 @@ with exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -128,6 +129,43 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- overlap (the paper's 8-gram Bloom filter analysis) ------------------------------
+
+
+def cmd_overlap_build(args: argparse.Namespace) -> int:
+    from gpt2kit.overlap import build_filter
+
+    result = build_filter(
+        args.corpus,
+        args.out,
+        fpr=args.fpr,
+        workers=args.workers,
+        text_field=args.text_field,
+        expected_ngrams=args.expected_ngrams,
+    )
+    params = result.params
+    print(f"{result.ngrams:,} 8-grams from {result.documents:,} documents in {result.files} files -> {result.path}")
+    print(
+        f"m={params.m:,} bits ({params.nbytes / 1e6:.1f} MB), k={params.k}, false-positive bound {params.fpr_bound:.2e}"
+    )
+    print(f"insert: {result.seconds:.1f} s, {result.ngrams_per_second:,.0f} 8-grams/s with {result.workers} processes")
+    return 0
+
+
+def cmd_overlap_check(args: argparse.Namespace) -> int:
+    import json
+
+    from gpt2kit.overlap import BloomFilter, check_overlap, format_table
+
+    rows = check_overlap(args.filter, args.test, unit=args.unit, field=args.field, flags_out=args.flags)
+    print(format_table(rows, BloomFilter.open(args.filter).header))
+    if args.json:
+        from gpt2kit.io import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps([row.summary() for row in rows], indent=2) + "\n")
+    return 0
+
+
 # -- parser -------------------------------------------------------------------------
 
 
@@ -166,11 +204,35 @@ def add_demo_commands(commands) -> None:
     p.set_defaults(func=cmd_demo)
 
 
+def add_overlap_commands(commands) -> None:
+    ov = commands.add_parser("overlap", help="8-gram Bloom filter overlap between a corpus and test sets")
+    ov_commands = ov.add_subparsers(dest="overlap_command", required=True, metavar="ACTION")
+    p = ov_commands.add_parser("build", help="build a Bloom filter of every 8-gram of a corpus")
+    p.add_argument("--corpus", nargs="+", required=True, help="text files, JSON-lines shards (.jsonl[.gz|.zst]), dirs")
+    p.add_argument("--out", required=True, help="filter file to write")
+    p.add_argument("--fpr", type=float, default=1e-8, help="false-positive rate bound (default 1e-8)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")
+    p.add_argument("--text-field", default="text", help="field holding the text in JSON lines")
+    p.add_argument("--expected-ngrams", type=int, help="size for this many 8-grams and skip the counting pass")
+    p.set_defaults(func=cmd_overlap_build)
+    p = ov_commands.add_parser("check", help="report how much of each test set's 8-grams the filter holds")
+    p.add_argument("--filter", required=True)
+    p.add_argument("--test", nargs="+", required=True, help="test files (.txt, .jsonl)")
+    p.add_argument(
+        "--unit", default="auto", choices=["auto", "line", "wikitext", "file"], help="example unit of text files"
+    )
+    p.add_argument("--field", help="JSON field of each example (default: text/article/question/...)")
+    p.add_argument("--flags", help="write per-example overlap flags here (JSON lines)")
+    p.add_argument("--json", help="write the table as JSON here")
+    p.set_defaults(func=cmd_overlap_check)
+
+
 # Each area of the CLI registers its own subcommands; add new areas here, one per line.
 COMMAND_GROUPS = (
     add_tokenizer_commands,
     add_model_commands,
     add_demo_commands,
+    add_overlap_commands,
 )
 
 
