@@ -129,6 +129,51 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- webtext --------------------------------------------------------------------------
+
+
+def cmd_webtext_build(args: argparse.Namespace) -> int:
+    from gpt2kit.webtext import WebTextConfig, build_webtext, format_stage_table
+    from gpt2kit.webtext.config import apply_settings, load_config_file, parse_overrides
+
+    config = WebTextConfig()
+    if args.config:
+        apply_settings(config, load_config_file(args.config))
+    kind, inputs = next(
+        (kind, value)
+        for kind, value in (("reddit", args.reddit), ("urls", args.urls), ("warc", args.warc), ("html", args.html_dir))
+        if value
+    )
+    inputs = [inputs] if isinstance(inputs, str) else inputs
+    config.input_kind, config.inputs, config.out = kind, [str(v) for v in inputs], args.out
+    flags = {
+        "workers": args.workers,
+        "reddit": {"min_karma": args.min_karma, "cutoff": args.cutoff, "subreddit_blocklist": args.subreddit_blocklist},
+        "filters": {"domain_blocklist": args.domain_blocklist, "min_words": args.min_words},
+    }
+    apply_settings(config, _without_none(flags))
+    apply_settings(config, parse_overrides(args.set or []))
+    report = build_webtext(config)
+    print(format_stage_table(report))
+    print(f"{report.documents:,} documents in {len(report.shards)} shards -> {report.out}")
+    if report.top_domains:
+        print("top domains: " + ", ".join(f"{d} ({n})" for d, n in report.top_domains[:10]))
+    return 0
+
+
+def _without_none(settings: dict) -> dict:
+    """Only the flags that were given."""
+    kept = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            value = _without_none(value)
+            if value:
+                kept[key] = value
+        elif value is not None:
+            kept[key] = value
+    return kept
+
+
 # -- overlap (the paper's 8-gram Bloom filter analysis) ------------------------------
 
 
@@ -204,7 +249,30 @@ def add_demo_commands(commands) -> None:
     p.set_defaults(func=cmd_demo)
 
 
-def add_overlap_commands(commands) -> None:
+def add_webtext_commands(commands) -> None:
+    """`webtext build` (the corpus) and `overlap build|check` (its 8-gram overlap with test sets)."""
+    web = commands.add_parser("webtext", help="build a WebText-style corpus from Reddit links, URLs, WARC or HTML")
+    web_commands = web.add_subparsers(dest="webtext_command", required=True, metavar="ACTION")
+    p = web_commands.add_parser("build", help="read, fetch, extract, filter, deduplicate and write shards")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--reddit", nargs="+", metavar="FILE", help="Reddit submission dumps (JSON lines, .zst ok)")
+    source.add_argument("--urls", metavar="FILE", help="a URL list, one per line")
+    source.add_argument("--warc", nargs="+", metavar="FILE", help="WARC files")
+    source.add_argument("--html-dir", metavar="DIR", help="a directory of saved HTML pages")
+    p.add_argument("--out", required=True, help="output directory (shards, stats.json, domains.tsv)")
+    p.add_argument("--workers", type=int, help="processes (tasks) per stage (default 1)")
+    p.add_argument("--config", help="TOML or YAML settings (see gpt2kit/webtext/config.py)")
+    p.add_argument("--min-karma", type=int, help="Reddit: minimum score (default 3)")
+    p.add_argument("--cutoff", help="Reddit: drop submissions created on or after this date (default 2018-01-01)")
+    p.add_argument("--subreddit-blocklist", help="Reddit: comma-separated subreddits to skip")
+    p.add_argument("--domain-blocklist", help="comma-separated domains to drop (with their subdomains)")
+    p.add_argument("--min-words", type=int, help="minimum words per document (default 64)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any setting, e.g. fetch.per_domain_delay=2")
+    p.set_defaults(func=cmd_webtext_build)
+    _add_overlap_commands(commands)
+
+
+def _add_overlap_commands(commands) -> None:
     ov = commands.add_parser("overlap", help="8-gram Bloom filter overlap between a corpus and test sets")
     ov_commands = ov.add_subparsers(dest="overlap_command", required=True, metavar="ACTION")
     p = ov_commands.add_parser("build", help="build a Bloom filter of every 8-gram of a corpus")
@@ -232,7 +300,7 @@ COMMAND_GROUPS = (
     add_tokenizer_commands,
     add_model_commands,
     add_demo_commands,
-    add_overlap_commands,
+    add_webtext_commands,
 )
 
 

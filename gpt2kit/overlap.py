@@ -229,7 +229,9 @@ def corpus_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
             found = sorted(
                 p
                 for p in path.rglob("*")
-                if p.is_file() and not p.name.startswith(".") and p.name.endswith(JSONL_SUFFIXES + TEXT_SUFFIXES)
+                if p.is_file()
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                and p.name.endswith(JSONL_SUFFIXES + TEXT_SUFFIXES)
             )
             if not found:
                 raise GPT2KitError(f"{path}: no text (.txt, .md) or JSON-lines (.jsonl[.gz|.zst]) files in it")
