@@ -166,7 +166,7 @@ def test_blocks_carry_ngrams_across_boundaries(tmp_path, monkeypatch):
 
 def test_two_processes_build_the_same_filter(tmp_path, corpus):
     root, _ = corpus
-    # Sized for 9M 8-grams so the filter has several stripes, each guarded by its own lock.
+    # Sized for 9M 8-grams so the filter has many stripes, each guarded by its own lock.
     one = build_filter([root], tmp_path / "one.bloom", workers=1, expected_ngrams=9_000_000)
     two = build_filter([root], tmp_path / "two.bloom", workers=2, expected_ngrams=9_000_000)
     assert one.params.stripes > 1 and two.workers == 2
