@@ -5,7 +5,15 @@ for running it on Slurm or Ray.
 """
 
 from gpt2kit.webtext.config import DedupConfig, FetchConfig, FilterConfig, RedditConfig, WebTextConfig
-from gpt2kit.webtext.pipeline import BuildReport, StageCount, build_webtext, format_stage_table
+from gpt2kit.webtext.pipeline import (
+    BuildReport,
+    Stage,
+    StageCount,
+    build_webtext,
+    finish_build,
+    format_stage_table,
+    plan_stages,
+)
 
 __all__ = [
     "BuildReport",
@@ -13,8 +21,11 @@ __all__ = [
     "FetchConfig",
     "FilterConfig",
     "RedditConfig",
+    "Stage",
     "StageCount",
     "WebTextConfig",
     "build_webtext",
+    "finish_build",
     "format_stage_table",
+    "plan_stages",
 ]

@@ -52,6 +52,17 @@ class StageCount:
 
 
 @dataclass
+class Stage:
+    """One datatrove pipeline: run `steps` as `tasks` tasks with `logging_dir` (completions, stats, logs)."""
+
+    name: str
+    tasks: int
+    steps: list
+    labels: dict[int, str]  # step index -> name in stats.json
+    logging_dir: Path
+
+
+@dataclass
 class BuildReport:
     out: Path
     shards: list[Path]
@@ -338,23 +349,18 @@ def _prepare_work(work: Path, fingerprint: str) -> None:
     atomic_write_text(stamp, fingerprint)
 
 
-def _run_stage(name: str, tasks: int, steps: list, config: WebTextConfig, work: Path):
+def _run_locally(stage: Stage, workers: int) -> None:
     from datatrove.executor import LocalPipelineExecutor
 
-    logs = work / "logs" / name
-    if name == "output":  # always rewritten whole: it is cheap and the shards are moved into place after
-        shutil.rmtree(logs, ignore_errors=True)
-        shutil.rmtree(work / "final", ignore_errors=True)
-        shutil.rmtree(work / "domains", ignore_errors=True)
-    workers = min(config.workers, tasks)
+    workers = min(workers, stage.tasks)
     executor = LocalPipelineExecutor(
-        pipeline=steps,
-        tasks=tasks,
+        pipeline=stage.steps,
+        tasks=stage.tasks,
         workers=workers,
-        logging_dir=str(logs),
+        logging_dir=str(stage.logging_dir),
         start_method="fork" if os.name == "posix" else "spawn",
     )
-    log.info("stage %s: %d tasks on %d workers", name, tasks, workers)
+    log.info("stage %s: %d tasks on %d workers", stage.name, stage.tasks, workers)
     executor.run()
 
 
@@ -387,21 +393,38 @@ def _stage_counts(work: Path, name: str, labels: dict[int, str]) -> list[StageCo
     return counts
 
 
-def build_webtext(config: WebTextConfig) -> BuildReport:
-    """Run every stage and write the shards, `stats.json` and `domains.tsv` under `config.out`."""
+def work_folder(config: WebTextConfig) -> Path:
+    out = Path(config.out)
+    return Path(config.work_dir) if config.work_dir else out.with_name(out.name + ".work")
+
+
+def plan_stages(config: WebTextConfig) -> list[Stage]:
+    """Check the settings and inputs, prepare the work folder, and return the stages to run in order.
+
+    Run each stage's steps with any datatrove executor (`tasks=stage.tasks`, `logging_dir=stage.logging_dir`),
+    one stage after the other, then call `finish_build`. `build_webtext` does this with local processes.
+    """
     config.validate()
     check_inputs(config)
-    out = Path(config.out)
-    work = Path(config.work_dir) if config.work_dir else out.with_name(out.name + ".work")
+    work = work_folder(config)
     _prepare_work(work, _fingerprint(config))
-    stages = _Stages(config, work)
-    plan = stages.plan()
-    for name, tasks, steps in plan:
-        _run_stage(name, tasks, steps, config, work)
+    # The output stage is rewritten whole every time: it is cheap, and its shards are moved out afterwards.
+    for name in ("logs/output", "final", "domains"):
+        shutil.rmtree(work / name, ignore_errors=True)
+    planner = _Stages(config, work)
+    return [
+        Stage(name, tasks, steps, planner.labels[name], work / "logs" / name) for name, tasks, steps in planner.plan()
+    ]
 
+
+def finish_build(config: WebTextConfig) -> BuildReport:
+    """After every stage ran: move the shards into `config.out`, write `stats.json` and `domains.tsv`."""
+    out = Path(config.out)
+    work = work_folder(config)
+    planner = _Stages(config, work)
     counts: list[StageCount] = []
-    for name, _, _ in plan:
-        counts.extend(_stage_counts(work, name, stages.labels[name]))
+    for name, _, _ in planner.plan():
+        counts.extend(_stage_counts(work, name, planner.labels[name]))
 
     domains: Counter[str] = Counter()
     for path in (work / "domains").glob("*.json"):
@@ -430,6 +453,13 @@ def build_webtext(config: WebTextConfig) -> BuildReport:
     atomic_write_text(out / "stats.json", json.dumps(stats, indent=2) + "\n")
     atomic_write_text(out / "domains.tsv", "".join(f"{d}\t{c}\n" for d, c in domains.most_common()))
     return BuildReport(out, shards, documents, counts, top)
+
+
+def build_webtext(config: WebTextConfig) -> BuildReport:
+    """Run every stage with `config.workers` local processes; write the shards, `stats.json` and `domains.tsv`."""
+    for stage in plan_stages(config):
+        _run_locally(stage, config.workers)
+    return finish_build(config)
 
 
 def format_stage_table(report: BuildReport) -> str:
