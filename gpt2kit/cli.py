@@ -133,7 +133,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_webtext_build(args: argparse.Namespace) -> int:
+    import logging
+
     from gpt2kit.webtext import WebTextConfig, build_webtext, format_stage_table
+
+    # trafilatura logs an ERROR for every page it cannot parse; the stage counts already report them
+    logging.getLogger("trafilatura").setLevel(logging.CRITICAL)
     from gpt2kit.webtext.config import apply_settings, load_config_file, parse_overrides
 
     config = WebTextConfig()

@@ -503,6 +503,8 @@ def build_filter(
     if expected_ngrams is None:
         counted = _map_files(_count_task, [(path, text_field) for path in files], workers, context)
         expected_ngrams = sum(n for n, _ in counted)
+        if expected_ngrams == 0:
+            raise GPT2KitError(f"no 8-grams in the corpus ({len(files)} files with fewer than 8 words of text)")
         log.info("counted %d 8-grams in %d files", expected_ngrams, len(files))
     elif expected_ngrams < 0:
         raise GPT2KitError(f"expected_ngrams must be >= 0, got {expected_ngrams}")

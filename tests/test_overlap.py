@@ -201,6 +201,9 @@ def test_bad_inputs_get_one_clear_line(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{"text": \n')
     with pytest.raises(GPT2KitError, match=r"bad.jsonl:2: not valid JSON"):
         build_filter([tmp_path / "bad.jsonl"], tmp_path / "f.bloom")
+    (tmp_path / "short.txt").write_text("only seven words in this whole file\n")
+    with pytest.raises(GPT2KitError, match="no 8-grams"):
+        build_filter([tmp_path / "short.txt"], tmp_path / "f.bloom")
     (tmp_path / "good.txt").write_text("one two three four five six seven eight nine\n")
     with pytest.raises(GPT2KitError, match="sized for 1"):
         build_filter([tmp_path / "good.txt"], tmp_path / "f.bloom", expected_ngrams=1)

@@ -273,6 +273,9 @@ def test_cli_bad_inputs_get_one_line(tmp_path, capsys):
     assert main(["webtext", "build", "--warc", str(bad_warc), "--out", str(tmp_path / "o")]) == 2
     assert "not a WARC file" in capsys.readouterr().err
     urls = tmp_path / "u.txt"
+    urls.write_text("")
+    assert main(["webtext", "build", "--urls", str(urls), "--out", str(tmp_path / "o")]) == 2
+    assert "empty input" in capsys.readouterr().err
     urls.write_text("https://example.com/\n")
     assert main(["webtext", "build", "--urls", str(urls), "--out", str(tmp_path / "o"), "--workers", "0"]) == 2
     assert "workers must be > 0" in capsys.readouterr().err

@@ -85,10 +85,14 @@ def check_inputs(config: WebTextConfig) -> None:
         if not any(p.name.lower().endswith(HTML_SUFFIXES) for p in Path(config.inputs[0]).rglob("*")):
             raise GPT2KitError(f"{config.inputs[0]}: no .html files in it")
         return
+    empty = 0
     for name in config.inputs:
         path = Path(name)
         if not path.is_file():
             raise GPT2KitError(f"{path}: no such file")
+        if path.stat().st_size == 0:
+            empty += 1
+            continue
         if kind == "warc":
             import gzip
 
@@ -104,6 +108,7 @@ def check_inputs(config: WebTextConfig) -> None:
             continue
         first = _first_line(path)
         if first is None:
+            empty += 1
             continue
         number, raw = first
         if kind == "reddit":
@@ -120,6 +125,8 @@ def check_inputs(config: WebTextConfig) -> None:
                 raw.decode("utf-8")
             except UnicodeDecodeError as err:
                 raise GPT2KitError(f"{path}:{number}: not UTF-8 (byte {err.start})") from None
+    if empty == len(config.inputs):
+        raise GPT2KitError(f"{', '.join(config.inputs)}: empty input, nothing to build")
 
 
 def _first_line(path: Path) -> tuple[int, bytes] | None:
