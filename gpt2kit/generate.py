@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import codecs
 import logging
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,6 +28,11 @@ import torch
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.model import GPT, KVCache
 from gpt2kit.tokenizer import Tokenizer
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +82,38 @@ class GenerationConfig:
         if unknown:
             raise GPT2KitError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
         return cls(**values)
+
+
+def load_config_table(path: str | Path, section: str) -> dict[str, Any]:
+    """Settings from a TOML or YAML file: its top-level keys, or its `[section]` table if it has one."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise GPT2KitError(f"{path}: cannot read ({err.strerror or err})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise GPT2KitError(f"{path}: not UTF-8 (byte {err.start})") from None
+    if path.suffix == ".toml":
+        try:
+            values = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            raise GPT2KitError(f"{path}: not valid TOML ({err})") from None
+    elif path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            values = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise GPT2KitError(f"{path}: not valid YAML ({err})".replace("\n", " ")) from None
+    else:
+        raise GPT2KitError(f"{path}: expected a .toml, .yaml or .yml file")
+    if isinstance(values, dict) and isinstance(values.get(section), dict):
+        values = values[section]
+    if not isinstance(values, dict):
+        raise GPT2KitError(f"{path}: expected a table of {section} settings")
+    return values
 
 
 @dataclass
@@ -490,3 +529,33 @@ def stream(model: GPT, tokenizer: Tokenizer, prompt: str | Sequence[int], config
     delta = row.take_delta()
     if delta:
         yield delta
+
+
+@torch.inference_mode()
+def prompt_logprobs(
+    model: GPT, tokenizer: Tokenizer, ids: list[int], top: int = 0
+) -> tuple[list[float | None], list[dict[str, float] | None] | None]:
+    """Each prompt token's logprob given the tokens before it (None for the first), and top alternatives.
+
+    A prompt longer than the context is scored in windows that overlap by half a context.
+    """
+    device = next(model.parameters()).device
+    context = model.config.n_positions
+    logprobs: list[float | None] = [None]
+    tops: list[dict[str, float] | None] | None = [None] if top > 0 else None
+    begin, end, scored = 0, min(len(ids), context), 1
+    with _EvalMode(model):
+        while scored < len(ids):
+            logits = model(torch.tensor([ids[begin:end]], device=device))[0, :, : tokenizer.vocab_size]
+            # Window position j predicts token begin + j + 1; take the targets not scored yet.
+            log_probs = torch.log_softmax(logits.float(), -1)[scored - begin - 1 : end - begin - 1]
+            targets = torch.tensor(ids[scored:end], device=device)
+            logprobs += log_probs.gather(1, targets[:, None])[:, 0].tolist()
+            if tops is not None:
+                values, indices = log_probs.topk(min(top, log_probs.shape[-1]), -1)
+                for row_values, row_ids in zip(values.tolist(), indices.tolist(), strict=True):
+                    tops.append({token_text(tokenizer, t): v for t, v in zip(row_ids, row_values, strict=True)})
+            scored = end
+            end = min(len(ids), end + max(1, context // 2))
+            begin = max(0, end - context)
+    return logprobs, tops
