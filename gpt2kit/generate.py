@@ -310,7 +310,8 @@ class Decoder:
         ids, mask = ids.to(self.device), mask.to(self.device)
         padded = bool((mask == 0).any())
         cache = KVCache(self.model.config, len(rows), capacity, device=self.device, dtype=self.model.wte.weight.dtype)
-        logits = self.model(ids, kv_cache=cache, attention_mask=mask if padded else None)[:, -1].float()
+        logits = self.model(ids, kv_cache=cache, attention_mask=mask if padded else None, logits_to_keep=1)
+        logits = logits[:, -1].float()
         return cache, mask, logits
 
     def _rebuild(self) -> None:

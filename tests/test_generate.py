@@ -54,7 +54,7 @@ class BigramModel(nn.Module):
             table[token] = following
         self.register_buffer("table", table)
 
-    def forward(self, idx, *, kv_cache=None, attention_mask=None):
+    def forward(self, idx, *, kv_cache=None, attention_mask=None, logits_to_keep=0):
         if kv_cache is not None:
             kv_cache.advance(idx.shape[1])
         logits = torch.zeros(*idx.shape, self.config.vocab_size)
@@ -73,6 +73,14 @@ def scripted(tokenizer, pieces: list[bytes], start: str = "@"):
 
 
 # -- correctness of the cached, batched decoder ---------------------------------------------
+
+
+def test_logits_to_keep_computes_only_the_last_positions(model):
+    idx = torch.randint(0, 1000, (2, 9))
+    with torch.no_grad():
+        full = model(idx)
+        assert torch.allclose(model(idx, logits_to_keep=1), full[:, -1:], atol=1e-6)
+        assert model(idx, logits_to_keep=3).shape == (2, 3, model.config.vocab_size)
 
 
 def test_greedy_batched_with_cache_equals_naive_full_recompute(model, gpt2_tokenizer):
