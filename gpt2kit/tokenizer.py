@@ -254,10 +254,7 @@ class Tokenizer:
             tokenizer.name = "gpt2"
             return tokenizer
         try:
-            from huggingface_hub import hf_hub_download
-
-            vocab = hf_hub_download(GPT2_HUB_ID, "vocab.json")
-            merges = hf_hub_download(GPT2_HUB_ID, "merges.txt")
+            vocab, merges = _hub_files(GPT2_HUB_ID, ("vocab.json", "merges.txt"))
         except Exception as err:  # offline, no cache, or hub error: all mean "not available here"
             raise TokenizerError(
                 f"the GPT-2 vocabulary was not found: set {VOCAB_ENV} to a gpt2.tiktoken file or a directory "
@@ -266,6 +263,16 @@ class Tokenizer:
         tokenizer = cls.from_vocab_merges(vocab, merges)
         tokenizer.name = "gpt2"
         return tokenizer
+
+
+def _hub_files(repo_id: str, filenames: tuple[str, ...]) -> list[str]:
+    """Paths of hub files: the local HF cache first (no network), then a download."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return [hf_hub_download(repo_id, name, local_files_only=True) for name in filenames]
+    except Exception:
+        return [hf_hub_download(repo_id, name) for name in filenames]
 
 
 def load_tokenizer(spec: str | os.PathLike) -> Tokenizer:
