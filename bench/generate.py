@@ -2,7 +2,7 @@
 
 Random weights of a preset (default `gpt2`, 124M), a 32-token prompt, 256 new tokens, batch 1 and 8.
 All three decoders must produce the same tokens; the benchmark checks that too.
-Usage: python bench/generate.py [--preset gpt2] [--new-tokens 256] [--batch-sizes 1 8] [--repeats 1]
+Usage: python bench/generate.py [--preset gpt2] [--new-tokens 256] [--batch-sizes 1 8] [--repeats 1] [--threads N]
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--repeats", type=int, default=1, help="best of N runs per decoder")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--skip-no-cache", action="store_true", help="the slowest decoder; skip it on a busy machine")
     args = parser.parse_args()
 
@@ -59,6 +60,8 @@ def main() -> None:
 
     from gpt2kit import GPT, Tokenizer, load, preset_config, save
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     tokenizer = Tokenizer.gpt2()
     model = GPT(preset_config(args.preset)).eval()

@@ -107,6 +107,12 @@ def test_prompt_lists_n_seed_echo_and_logprobs(server, model, gpt2_tokenizer):
         expected = torch.log_softmax(model(torch.tensor([[17250, 612]]))[0, 0], -1)[612].item()
     assert logprobs["token_logprobs"][1] == pytest.approx(expected, abs=1e-4)
     assert all(len(top) == 2 for top in logprobs["top_logprobs"][1:])
+    # Scoring a prompt without generating (how lm-eval asks for loglikelihoods): max_tokens 0, echo, logprobs.
+    scored = post(server, {"prompt": "Hi there", "max_tokens": 0, "echo": True, "logprobs": 0}).json()
+    (choice,) = scored["choices"]
+    assert choice["text"] == "Hi there" and choice["finish_reason"] == "length"
+    assert choice["logprobs"]["token_logprobs"][1] == pytest.approx(expected, abs=1e-4)
+    assert choice["logprobs"]["top_logprobs"] is None and scored["usage"]["completion_tokens"] == 0
 
 
 def test_stop_strings_over_http(server, model, gpt2_tokenizer):
