@@ -426,33 +426,56 @@ def _next_tokens(
     return tokens, chosen, tops
 
 
+NUCLEUS_GUESS = 1024  # top-p looks for its nucleus among this many tokens first, avoiding a full sort
+
+
 def _sample(logits: torch.Tensor, rows: list[SequenceState]) -> torch.Tensor:
-    """Temperature, then top-k, then top-p (renormalised after top-k), then one draw per row by inverse CDF."""
-    vocab = logits.shape[-1]
-    temperature = torch.tensor([row.config.temperature for row in rows], device=logits.device)
+    """Temperature, then top-k, then top-p (renormalised after top-k), then one draw per row by inverse CDF.
+
+    Rows are grouped by what they need, so that only rows with top-p and no top-k may pay for a
+    full sort of the vocabulary, and only when their nucleus is not within the top NUCLEUS_GUESS tokens.
+    """
+    device, vocab = logits.device, logits.shape[-1]
+    temperature = torch.tensor([row.config.temperature for row in rows], device=device)
     scaled = logits / temperature[:, None]
-    top_k = [row.config.top_k or vocab for row in rows]
-    top_p = [row.config.top_p for row in rows]
-    widest = min(vocab, max(top_k))
-    order = None
-    if widest < vocab:
-        scaled, order = scaled.topk(widest, -1)  # sorted, and far cheaper than a full sort
-    elif any(p < 1 for p in top_p):
-        scaled, order = scaled.sort(-1, descending=True)
-    if order is not None:
-        rank = torch.arange(scaled.shape[-1], device=logits.device)
-        limit = torch.tensor(top_k, device=logits.device)
-        scaled = scaled.masked_fill(rank[None, :] >= limit[:, None], float("-inf"))
-    probs = torch.softmax(scaled, -1)
-    if order is not None and any(p < 1 for p in top_p):
-        # Keep the smallest prefix whose mass reaches p: a token stays if the mass before it is below p.
-        before = probs.cumsum(-1) - probs
-        probs = probs * (before < torch.tensor(top_p, device=logits.device)[:, None])
-    cdf = probs.cumsum(-1)
-    draws = torch.stack([torch.rand((), generator=row.generator) for row in rows]).to(logits.device)
-    position = torch.searchsorted(cdf, (draws * cdf[:, -1])[:, None], right=True)[:, 0]
-    position = position.clamp(max=cdf.shape[-1] - 1)
-    return position if order is None else order.gather(1, position[:, None])[:, 0]
+    draws = torch.stack([torch.rand((), generator=row.generator) for row in rows]).to(device)
+    tokens = torch.empty(len(rows), dtype=torch.long, device=device)
+    top_k = [min(row.config.top_k, vocab) for row in rows]
+    top_p = torch.tensor([row.config.top_p for row in rows], device=device)
+
+    def pick(index: list[int], probs: torch.Tensor, order: torch.Tensor | None = None) -> None:
+        cdf = probs.cumsum(-1)
+        position = torch.searchsorted(cdf, (draws[index] * cdf[:, -1])[:, None], right=True)
+        position = position.clamp(max=cdf.shape[-1] - 1)
+        tokens[index] = (position if order is None else order.gather(1, position))[:, 0]
+
+    def nucleus(probs: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        # Keep the smallest prefix (probs sorted descending) whose mass reaches p: a token stays if the mass before it is below p.
+        return probs * ((probs.cumsum(-1) - probs) < p[:, None])
+
+    with_k = [i for i, k in enumerate(top_k) if k > 0]
+    if with_k:
+        values, order = scaled[with_k].topk(max(top_k[i] for i in with_k), -1)
+        rank = torch.arange(values.shape[-1], device=device)
+        limit = torch.tensor([top_k[i] for i in with_k], device=device)
+        probs = torch.softmax(values.masked_fill(rank[None, :] >= limit[:, None], float("-inf")), -1)
+        pick(with_k, nucleus(probs, top_p[with_k]), order)
+    only_p = [i for i, k in enumerate(top_k) if k == 0 and rows[i].config.top_p < 1]
+    if only_p:
+        probs = torch.softmax(scaled[only_p], -1)
+        head, order = probs.topk(min(vocab, NUCLEUS_GUESS), -1)
+        found = head.sum(-1) >= top_p[only_p]
+        inside = [i for i, ok in zip(only_p, found.tolist(), strict=True) if ok]
+        if inside:
+            pick(inside, nucleus(head[found], top_p[inside]), order[found])
+        outside = [i for i, ok in zip(only_p, found.tolist(), strict=True) if not ok]
+        if outside:
+            sorted_probs, order = probs[~found].sort(-1, descending=True)
+            pick(outside, nucleus(sorted_probs, top_p[outside]), order)
+    plain = [i for i, k in enumerate(top_k) if k == 0 and rows[i].config.top_p >= 1]
+    if plain:
+        pick(plain, torch.softmax(scaled[plain], -1))
+    return tokens
 
 
 def make_sequences(

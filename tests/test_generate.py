@@ -202,7 +202,9 @@ def rows_for(tokenizer, n, **settings):
     return [SequenceState([0], GenerationConfig(seed=i, **settings), tokenizer, seed=i) for i in range(n)]
 
 
-def test_sampling_follows_temperature_top_k_and_top_p(tiny_tokenizer):
+@pytest.mark.parametrize("nucleus_guess", [1024, 1])  # 1: the nucleus is not in the guess, so a full sort
+def test_sampling_follows_temperature_top_k_and_top_p(tiny_tokenizer, monkeypatch, nucleus_guess):
+    monkeypatch.setattr("gpt2kit.generate.NUCLEUS_GUESS", nucleus_guess)
     probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
     logits = probs.log().repeat(4000, 1)
 
@@ -217,6 +219,9 @@ def test_sampling_follows_temperature_top_k_and_top_p(tiny_tokenizer):
     assert frequencies(top_k=1).tolist() == [1, 0, 0, 0]
     sharp = (probs**2) / (probs**2).sum()  # temperature 0.5 squares the probabilities
     assert torch.allclose(frequencies(temperature=0.5), sharp, atol=0.03)
+    assert torch.allclose(frequencies(top_k=3, top_p=0.85), torch.tensor([0.5, 0.3, 0.15, 0]) / 0.95, atol=0.03)
+    mixed = rows_for(tiny_tokenizer, 3, top_k=1) + rows_for(tiny_tokenizer, 3, top_p=0.4) + rows_for(tiny_tokenizer, 3)
+    assert _sample(logits[:9], mixed)[:6].tolist() == [0] * 6  # a batch mixing all three kinds of row
 
 
 def test_top_k_tokens_come_from_the_top_alternatives(model, gpt2_tokenizer):
