@@ -213,6 +213,7 @@ def cmd_overlap_check(args: argparse.Namespace) -> int:
         from gpt2kit.io import atomic_write_text
 
         atomic_write_text(args.json, json.dumps([row.summary() for row in rows], indent=2) + "\n")
+    return 0
 
 
 # -- sampling and serving -----------------------------------------------------------
