@@ -111,6 +111,48 @@ class KVCache:
         return copy
 
 
+# Rows of hidden states per chunk of the output-layer loss: about 2^23 logits at a time.
+LOSS_CHUNK_LOGITS = 1 << 23
+
+
+class TiedOutputLoss(torch.autograd.Function):
+    """Mean next-token cross-entropy through the tied output layer, one chunk of rows at a time.
+
+    The full (B*T, vocab) logits and their gradient are never held: each chunk's
+    gradients with respect to the hidden states and the embedding matrix are
+    computed right away in the forward pass (softmax minus one-hot), so backward
+    only scales them. Fewer passes over memory than logits + cross_entropy, and
+    peak memory of one chunk of logits.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, with_grads: bool):
+        rows = hidden.shape[0]
+        chunk = max(1, LOSS_CHUNK_LOGITS // weight.shape[0])
+        total = hidden.new_zeros((), dtype=torch.float32)
+        grad_hidden = torch.empty_like(hidden) if with_grads else None
+        grad_weight = torch.zeros_like(weight) if with_grads else None
+        for start in range(0, rows, chunk):
+            h, t = hidden[start : start + chunk], targets[start : start + chunk]
+            log_probs = torch.log_softmax(h @ weight.t(), dim=-1)
+            total -= log_probs.gather(1, t[:, None]).sum()
+            if with_grads:
+                # d(mean loss)/d(logits) = (softmax - one_hot) / rows; the 1/rows goes into the matmuls.
+                probs = log_probs.exp_()
+                probs[torch.arange(len(t), device=t.device), t] -= 1.0
+                torch.mm(probs, weight, out=grad_hidden[start : start + chunk])
+                grad_weight.addmm_(probs.t(), h, alpha=1.0 / rows)
+        if with_grads:
+            grad_hidden.div_(rows)
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        return total / rows
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return grad_hidden * grad_loss, grad_weight * grad_loss, None, None
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig, layer_index: int):
         super().__init__()
@@ -195,11 +237,15 @@ class GPT(nn.Module):
         self,
         idx: torch.Tensor,
         *,
+        targets: torch.Tensor | None = None,
         kv_cache: KVCache | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits of shape (B, T, vocab_size) for token ids of shape (B, T).
+
+        With `targets` (B, T), the mean cross-entropy of predicting them instead
+        (a scalar), computed without materialising the logits.
 
         With `kv_cache`, `idx` continues the cached positions and the cache is
         extended. `attention_mask` (B, cached + T), 1 for real tokens and 0 for
@@ -220,7 +266,15 @@ class GPT(nn.Module):
             x = block(x, kv_cache, mask)
         if kv_cache is not None:
             kv_cache.advance(T)
-        return F.linear(self.ln_f(x), self.wte.weight)
+        x = self.ln_f(x)
+        if targets is None:
+            return F.linear(x, self.wte.weight)
+        if torch.is_autocast_enabled(x.device.type):
+            # Under autocast the plain path keeps autocast's dtype rules (and torch.compile fuses it).
+            logits = F.linear(x, self.wte.weight).float()
+            return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+        with_grads = torch.is_grad_enabled() and (x.requires_grad or self.wte.weight.requires_grad)
+        return TiedOutputLoss.apply(x.reshape(-1, x.size(-1)), self.wte.weight, targets.reshape(-1), with_grads)
 
     @staticmethod
     def _attention_mask(T: int, past: int, attention_mask: torch.Tensor | None, device) -> torch.Tensor | None:
