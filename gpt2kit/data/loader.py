@@ -114,5 +114,10 @@ class WindowLoader:
 
 
 def eval_indices(num_windows: int, limit: int, rank: int = 0, world_size: int = 1) -> np.ndarray:
-    """The first `limit` windows in order, strided over ranks: the same evaluation set for any world size."""
-    return np.arange(min(num_windows, limit))[rank::world_size]
+    """The first `limit` windows in order, strided over ranks.
+
+    The count is rounded down to a multiple of the world size, so every rank runs
+    the same number of forward passes (FSDP gathers weights in each).
+    """
+    count = min(num_windows, limit)
+    return np.arange(count - count % world_size)[rank::world_size]

@@ -119,6 +119,7 @@ class ShardWriter:
         self._handle.write(HEADER.pack(MAGIC, FORMAT_VERSION, self.dtype.itemsize, self.num_tokens, self.num_docs))
         self._handle.flush()
         os.fsync(self._handle.fileno())
+        os.fchmod(self._handle.fileno(), 0o644)  # mkstemp creates 0600; shards are ordinary data files
         self._handle.close()
         os.replace(self._tmp, self.path)
         return file_sha256(self.path)
