@@ -94,7 +94,12 @@ class TrainConfig:
         need(self.batch_tokens >= 1, "batch_tokens", "must be positive")
         need(self.micro_batch_size >= 1, "micro_batch_size", "must be at least 1")
         need(self.optim.lr > 0, "optim.lr", "must be positive")
-        need(0 <= self.optim.min_lr <= self.optim.lr, "optim.min_lr", "must be in [0, optim.lr]")
+        # Checked against lr only when lr itself is valid, so that one mistake gives one line.
+        need(
+            0 <= self.optim.min_lr and (self.optim.lr <= 0 or self.optim.min_lr <= self.optim.lr),
+            "optim.min_lr",
+            "must be in [0, optim.lr]",
+        )
         need(self.optim.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
         need(
             self.optim.decay_steps is None or self.optim.decay_steps > self.optim.warmup_steps,

@@ -525,6 +525,24 @@ class Trainer:
             dist.barrier()
         return path
 
+    def _step_record(self, loss: float, lr: float, grad_norm: float, tokens_per_s: float, applied: bool) -> dict:
+        mfu = None
+        if self.peak_flops:
+            mfu = tokens_per_s * self.flops_per_token / (self.peak_flops * self.env.world_size)
+        record = {
+            "step": self.step,
+            "tokens": self.tokens,
+            "loss": loss if math.isfinite(loss) else None,
+            "lr": lr,
+            "grad_norm": grad_norm if math.isfinite(grad_norm) else None,
+            "tokens_per_s": tokens_per_s,
+            "mfu": mfu,
+            "elapsed": self.elapsed,
+        }
+        if not applied:
+            record["skipped"] = True
+        return record
+
     # -- the loop -----------------------------------------------------------------------------------
     def run(self) -> TrainResult:
         from tqdm.auto import tqdm
@@ -556,11 +574,10 @@ class Trainer:
                 self.tokens += config.batch_tokens
                 interval_tokens += config.batch_tokens
                 self.elapsed = elapsed_before + time.perf_counter() - segment_start
+                self.bad_steps = 0 if applied else self.bad_steps + 1
                 if applied:
-                    self.bad_steps = 0
                     last_loss = loss
                 else:
-                    self.bad_steps += 1
                     log.warning(
                         "step %d: loss %s, gradient norm %s: update skipped (%d bad in a row)",
                         self.step,
@@ -568,32 +585,17 @@ class Trainer:
                         grad_norm,
                         self.bad_steps,
                     )
-                    if self.bad_steps >= config.max_bad_steps:
-                        raise TrainingError(
-                            f"stopping at step {self.step}: {self.bad_steps} steps in a row had a non-finite loss "
-                            "or gradient; lower optim.lr, check the data, or resume from an earlier checkpoint"
-                        )
                 last_step = self.step == config.max_steps
                 if main and (self.step % config.log_interval == 0 or last_step or not applied):
                     seconds = time.perf_counter() - interval_start
-                    tokens_per_s = interval_tokens / seconds if seconds > 0 else 0.0
-                    record = {
-                        "step": self.step,
-                        "tokens": self.tokens,
-                        "loss": loss if math.isfinite(loss) else None,
-                        "lr": lr,
-                        "grad_norm": grad_norm if math.isfinite(grad_norm) else None,
-                        "tokens_per_s": tokens_per_s,
-                        "mfu": tokens_per_s * self.flops_per_token / (self.peak_flops * self.env.world_size)
-                        if self.peak_flops
-                        else None,
-                        "elapsed": self.elapsed,
-                    }
-                    if not applied:
-                        record["skipped"] = True
-                    metrics.write(record)
+                    metrics.write(self._step_record(loss, lr, grad_norm, interval_tokens / max(seconds, 1e-9), applied))
                     bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
                     interval_start, interval_tokens = time.perf_counter(), 0
+                if self.bad_steps >= config.max_bad_steps:
+                    raise TrainingError(
+                        f"stopping at step {self.step}: {self.bad_steps} steps in a row had a non-finite loss "
+                        "or gradient; lower optim.lr, check the data, or resume from an earlier checkpoint"
+                    )
                 if self.val_windows is not None and (self.step % config.eval_interval == 0 or last_step):
                     values = self.evaluate()
                     last_val = values["val_loss"]
