@@ -32,6 +32,8 @@ demo: install
 
 bench: install
 	$(PY) bench/tokenizer.py
+	$(PY) bench/prepare.py
+	$(PY) bench/train.py
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache

@@ -87,16 +87,21 @@ def measure_cpu_peak_flops(size: int = 2048, repeats: int = 6) -> float:
 
 
 def cpu_peak_flops(refresh: bool = False) -> float:
-    """The measured CPU matmul peak, from the cache when this CPU/threads/torch was measured before."""
+    """The measured CPU matmul peak, cached per CPU model, thread count and torch version.
+
+    `refresh=True` measures again and keeps the higher of the two figures: a
+    measurement taken while other work shares the CPU reads low, never high.
+    """
     key = f"{_cpu_name()} | threads={torch.get_num_threads()} | torch={torch.__version__}"
     path = _cache_file()
     try:
         cache = json.loads(path.read_text())
     except (OSError, ValueError):
         cache = {}
-    if not refresh and isinstance(cache.get(key), (int, float)):
-        return float(cache[key])
-    peak = measure_cpu_peak_flops()
+    cached = cache.get(key) if isinstance(cache.get(key), (int, float)) else None
+    if cached is not None and not refresh:
+        return float(cached)
+    peak = max(measure_cpu_peak_flops(), cached or 0.0)
     cache[key] = peak
     try:
         atomic_write_text(path, json.dumps(cache, indent=2))

@@ -441,7 +441,7 @@ def prepare(
     hf_dataset: str | None = None,
     hf_split: str = "train",
     shard_tokens: int = 100_000_000,
-    batch_bytes: int = 4 << 20,
+    batch_bytes: int = 1 << 20,
     progress: bool = True,
 ) -> PrepareResult:
     """Tokenize `inputs` (and/or a HF dataset) into shards under `out`; see the module docstring."""
