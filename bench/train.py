@@ -117,7 +117,7 @@ def run_case(preset: str, context: int, batch_size: int, args, device: torch.dev
     times: dict[str, list[float]] = {name: [] for name in steps}
     peaks: dict[str, float] = {}
     growth: dict[str, float] = {}
-    for name, step in steps.items():  # warm-up (and compilation on CUDA)
+    for step in steps.values():  # warm-up (and compilation on CUDA)
         for _ in range(args.warmup):
             step()
     for _ in range(args.steps):

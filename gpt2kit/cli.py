@@ -181,6 +181,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     for name in ("preset", "init_from", "max_steps", "seed"):
         if getattr(args, name) is not None:
             setattr(config, name, getattr(args, name))
+    if args.compile:
+        config.compile = True
     apply_overrides(config, args.set)
     result = train(config, resume=args.resume)
     if result.checkpoint is not None:
@@ -265,6 +267,7 @@ def add_train_commands(commands) -> None:
     p.add_argument("--max-steps", dest="max_steps", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    p.add_argument("--compile", action="store_true", help="torch.compile each block (same as --set compile=true)")
     p.add_argument(
         "--set",
         action="extend",

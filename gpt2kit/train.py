@@ -48,8 +48,11 @@ STATE_FORMAT = "gpt2kit-training-state"
 STATE_VERSION = 1
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_NAME = re.compile(r"step-(\d+)")
-# Fields a resumed run may change; any other difference would break the exact continuation.
+# Fields a resumed run may change; any other difference would break the continuation. (Changing
+# parallelism or compile, like changing the number of ranks, keeps the math but not every last bit.)
 RESUME_MAY_CHANGE = {
+    "parallelism",
+    "compile",
     "max_steps",
     "log_interval",
     "eval_interval",

@@ -266,7 +266,8 @@ def test_init_from_with_another_tokenizer_is_refused(data_dir, tmp_path, gpt2_to
         Trainer(tiny_config(data_dir, tmp_path / "run", init_from=str(tmp_path / "m")))
 
 
-def test_two_gloo_processes_match_one_process(data_dir, tmp_path):
+@pytest.mark.parametrize("parallelism", ["ddp", pytest.param("fsdp", marks=pytest.mark.slow)])
+def test_two_gloo_processes_match_one_process(data_dir, tmp_path, parallelism):
     steps = 8
     single = tmp_path / "single"
     Trainer(tiny_config(data_dir, single, max_steps=steps, eval_interval=steps, checkpoint_interval=0)).run()
@@ -283,6 +284,7 @@ def test_two_gloo_processes_match_one_process(data_dir, tmp_path):
         "optim.lr=3e-3",
         "optim.min_lr=3e-4",
         "optim.warmup_steps=3",
+        f"parallelism={parallelism}",
     ]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "gpt2kit"]
     command += ["train", "--config", str(config), "--data", str(data_dir), "--out", str(tmp_path / "ddp")]
