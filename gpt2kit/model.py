@@ -111,8 +111,9 @@ class KVCache:
         return copy
 
 
-# Rows of hidden states per chunk of the output-layer loss: about 2^23 logits at a time.
-LOSS_CHUNK_LOGITS = 1 << 23
+# At most this many logits (128 MB in fp32) exist at a time in the output-layer loss. Larger chunks
+# mean fewer passes over the (vocab, n_embd) gradient they accumulate into.
+LOSS_CHUNK_LOGITS = 1 << 25
 
 
 class TiedOutputLoss(torch.autograd.Function):
@@ -128,7 +129,8 @@ class TiedOutputLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, with_grads: bool):
         rows = hidden.shape[0]
-        chunk = max(1, LOSS_CHUNK_LOGITS // weight.shape[0])
+        chunks = -(-rows * weight.shape[0] // LOSS_CHUNK_LOGITS)  # equal chunks, none of them a small remainder
+        chunk = -(-rows // chunks)
         total = hidden.new_zeros((), dtype=torch.float32)
         grad_hidden = torch.empty_like(hidden) if with_grads else None
         grad_weight = torch.zeros_like(weight) if with_grads else None

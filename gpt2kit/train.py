@@ -141,9 +141,13 @@ def capture_rng(device: torch.device) -> dict:
     state = {
         "torch": torch.get_rng_state(),
         "python": {"version": version, "internal": list(internal), "gauss": gauss},
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(position), "has_gauss": int(has_gauss)},
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(position),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
     }
-    state["numpy"]["cached_gaussian"] = float(cached)
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
     return state
@@ -563,8 +567,8 @@ class Trainer:
             total=config.max_steps, initial=self.step, desc="train", unit="step", disable=not (main and config.progress)
         )
         last_loss = last_val = None
-        last_saved = self.step if self.state is not None else -1
-        interval_start, interval_tokens = time.perf_counter(), 0
+        # tokens/s covers training only: time spent evaluating and checkpointing is set aside.
+        interval_start, interval_tokens, paused = time.perf_counter(), 0, 0.0
         segment_start, elapsed_before = time.perf_counter(), self.elapsed
         try:
             self.model.train()
@@ -590,15 +594,16 @@ class Trainer:
                     )
                 last_step = self.step == config.max_steps
                 if main and (self.step % config.log_interval == 0 or last_step or not applied):
-                    seconds = time.perf_counter() - interval_start
-                    metrics.write(self._step_record(loss, lr, grad_norm, interval_tokens / max(seconds, 1e-9), applied))
+                    seconds = max(time.perf_counter() - interval_start - paused, 1e-9)
+                    metrics.write(self._step_record(loss, lr, grad_norm, interval_tokens / seconds, applied))
                     bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
-                    interval_start, interval_tokens = time.perf_counter(), 0
+                    interval_start, interval_tokens, paused = time.perf_counter(), 0, 0.0
                 if self.bad_steps >= config.max_bad_steps:
                     raise TrainingError(
                         f"stopping at step {self.step}: {self.bad_steps} steps in a row had a non-finite loss "
                         "or gradient; lower optim.lr, check the data, or resume from an earlier checkpoint"
                     )
+                pause_start = time.perf_counter()
                 if self.val_windows is not None and (self.step % config.eval_interval == 0 or last_step):
                     values = self.evaluate()
                     last_val = values["val_loss"]
@@ -606,10 +611,8 @@ class Trainer:
                         metrics.write({"step": self.step, "tokens": self.tokens, **values, "elapsed": self.elapsed})
                 if (config.checkpoint_interval and self.step % config.checkpoint_interval == 0) or last_step:
                     self.save_checkpoint()
-                    last_saved = self.step
+                paused += time.perf_counter() - pause_start
                 bar.update(1)
-            if last_saved != self.step and self.step > 0:
-                self.save_checkpoint()
         finally:
             bar.close()
             if metrics is not None:

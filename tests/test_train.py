@@ -1,3 +1,4 @@
+import importlib.util
 import json
 import math
 import os
@@ -138,6 +139,10 @@ def test_short_run_loss_falls_and_writes_metrics_checkpoints(data_dir, tmp_path)
 
     png = plot_run(run)
     assert png == run / "loss.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from gpt2kit.cli import main
+
+    png.unlink()
+    assert main(["plot", str(run)]) == 0 and png.exists()
 
 
 def test_sigkill_then_resume_gives_bit_identical_losses(data_dir, tmp_path):
@@ -196,8 +201,9 @@ def test_resume_refuses_changed_config_and_corrupt_weights(data_dir, tmp_path):
         Trainer(tiny_config(data_dir, tmp_path / "fresh"), resume=True)
 
 
-def test_nan_guard_skips_bad_steps_then_stops(data_dir, tmp_path):
-    trainer = Trainer(tiny_config(data_dir, tmp_path / "run", max_steps=20, eval_interval=0, max_bad_steps=3))
+def test_nan_guard_skips_bad_steps_then_stops(data_dir, tmp_path, caplog):
+    config = tiny_config(data_dir, tmp_path / "run", max_steps=20, eval_interval=0, max_bad_steps=3, tensorboard=True)
+    trainer = Trainer(config)
     model = trainer.model
     bad_steps = {3, 6, 7, 8}
     calls = {"n": 0}
@@ -229,6 +235,12 @@ def test_nan_guard_skips_bad_steps_then_stops(data_dir, tmp_path):
     assert skipped == [3, 6, 7, 8]
     assert all(r["loss"] is None for r in records if r.get("skipped"))
     assert all(math.isfinite(p.sum().item()) for p in model.parameters())
+    assert "step 3: loss nan, gradient norm nan: update skipped (1 bad in a row)" in caplog.text
+    # TensorBoard is optional: used when installed, a warning otherwise.
+    if importlib.util.find_spec("tensorboard") is None:
+        assert "tensorboard=true but tensorboard is not installed" in caplog.text
+    else:
+        assert any((tmp_path / "run" / "tensorboard").iterdir())
 
 
 def test_fine_tune_a_saved_transformers_model(data_dir, tmp_path, tiny_tokenizer):
@@ -302,14 +314,21 @@ def test_two_gloo_processes_match_one_process(data_dir, tmp_path, parallelism):
     assert checkpoints(tmp_path / "ddp")  # rank 0 wrote the final checkpoint
 
 
-def test_cli_train_reports_config_errors_in_one_line_each(data_dir, tmp_path):
+def test_cli_train_reports_config_errors_in_one_line_each(data_dir, tmp_path, capsys):
+    from gpt2kit.cli import main
+
     config = tmp_path / "c.toml"
     config.write_text('preset = "cpu-1m"\n')
-    command = [sys.executable, "-m", "gpt2kit", "train", "--config", str(config), "--data", str(data_dir)]
-    command += ["--out", str(tmp_path / "run"), "--set", "optim.lr=-1", "dropout=2"]
-    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == [
+    argv = ["train", "--config", str(config), "--data", str(data_dir), "--out", str(tmp_path / "run")]
+    assert main([*argv, "--set", "optim.lr=-1", "dropout=2"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
         "gpt2kit train: error: config: dropout must be in [0, 1), got 2.0",
         "config: optim.lr must be positive, got -1.0",
     ]
+    assert main([*argv, "--set", "context_length=32", "batch_tokens=100"]) == 2
+    assert "batch_tokens (100) must be a multiple of" in capsys.readouterr().err
+    assert main(["plot", str(tmp_path / "nowhere")]) == 2
+    assert (
+        capsys.readouterr().err.strip()
+        == f"gpt2kit plot: error: {tmp_path / 'nowhere' / 'metrics.jsonl'}: missing (is {tmp_path / 'nowhere'} a training run directory?)"
+    )
