@@ -119,40 +119,50 @@ LOSS_CHUNK_LOGITS = 1 << 25
 class TiedOutputLoss(torch.autograd.Function):
     """Mean next-token cross-entropy through the tied output layer, one chunk of rows at a time.
 
-    The full (B*T, vocab) logits and their gradient are never held: each chunk's
-    gradients with respect to the hidden states and the embedding matrix are
-    computed right away in the forward pass (softmax minus one-hot), so backward
-    only scales them. Fewer passes over memory than logits + cross_entropy, and
-    peak memory of one chunk of logits.
+    The full (B*T, vocab) logits and their gradient never exist: each chunk's
+    logits go into one reused buffer, become exp(logits - max) in place, and
+    give the gradients with respect to the hidden states and the embedding
+    matrix right away (softmax minus one-hot, the 1/sum folded into small
+    per-row scales), so backward only scales them. That saves the memory
+    passes, and on CPU the page faults, of fresh logit-sized tensors.
     """
 
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, with_grads: bool):
-        rows = hidden.shape[0]
-        chunks = -(-rows * weight.shape[0] // LOSS_CHUNK_LOGITS)  # equal chunks, none of them a small remainder
+        rows, vocab = hidden.shape[0], weight.shape[0]
+        chunks = -(-rows * vocab // LOSS_CHUNK_LOGITS)  # equal chunks, none of them a small remainder
         chunk = -(-rows // chunks)
+        buffer = hidden.new_empty(chunk, vocab)
         total = hidden.new_zeros((), dtype=torch.float32)
         grad_hidden = torch.empty_like(hidden) if with_grads else None
-        grad_weight = torch.zeros_like(weight) if with_grads else None
+        grad_weight = None
         for start in range(0, rows, chunk):
             h, t = hidden[start : start + chunk], targets[start : start + chunk]
-            log_probs = torch.log_softmax(h @ weight.t(), dim=-1)
-            total -= log_probs.gather(1, t[:, None]).sum()
+            n = len(t)
+            exps = torch.mm(h, weight.t(), out=buffer[:n])
+            row_max = exps.amax(dim=1, keepdim=True)
+            picked = exps.gather(1, t[:, None])
+            exps.sub_(row_max).exp_()
+            row_sum = exps.sum(dim=1, keepdim=True)
+            total += (row_max + row_sum.log() - picked).sum()
             if with_grads:
-                # d(mean loss)/d(logits) = (softmax - one_hot) / rows; the 1/rows goes into the matmuls.
-                probs = log_probs.exp_()
-                probs[torch.arange(len(t), device=t.device), t] -= 1.0
-                torch.mm(probs, weight, out=grad_hidden[start : start + chunk])
-                grad_weight.addmm_(probs.t(), h, alpha=1.0 / rows)
-        if with_grads:
-            grad_hidden.div_(rows)
-        ctx.save_for_backward(grad_hidden, grad_weight)
+                # d(mean loss)/d(logits) = (exps / row_sum - one_hot) / rows = (exps - row_sum * one_hot) * scale
+                exps[torch.arange(n, device=t.device), t] -= row_sum.squeeze(1)
+                scale = 1.0 / (row_sum * rows)
+                torch.mm(exps, weight, out=grad_hidden[start : start + n]).mul_(scale)
+                if grad_weight is None:
+                    grad_weight = torch.mm(exps.t(), h * scale)
+                else:
+                    grad_weight.addmm_(exps.t(), h * scale)
+        # Kept on ctx (not saved tensors) so backward can hand them to autograd without a copy.
+        ctx.grads = (grad_hidden, grad_weight)
         return total / rows
 
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor):
-        grad_hidden, grad_weight = ctx.saved_tensors
-        return grad_hidden * grad_loss, grad_weight * grad_loss, None, None
+        grad_hidden, grad_weight = ctx.grads
+        del ctx.grads  # once: the graph cannot be run backward twice
+        return grad_hidden.mul_(grad_loss), grad_weight.mul_(grad_loss), None, None
 
 
 class CausalSelfAttention(nn.Module):
