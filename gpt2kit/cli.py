@@ -327,6 +327,79 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- data and training ----------------------------------------------------------------
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from gpt2kit.data.prepare import prepare
+
+    result = prepare(
+        args.input or [],
+        args.tokenizer,
+        args.out,
+        val_fraction=args.val_fraction,
+        workers=args.workers,
+        seed=args.seed,
+        split_lines=args.split_lines,
+        text_field=args.text_field,
+        on_bad_utf8=args.on_bad_utf8,
+        hf_dataset=args.hf_dataset,
+        hf_split=args.split,
+        shard_tokens=args.shard_tokens,
+        progress=not args.quiet,
+    )
+    manifest = result.manifest
+    for split in ("train", "val"):
+        stats = manifest.split_stats(split)
+        print(
+            f"{split}: {stats.num_docs:,} documents, {stats.num_tokens:,} tokens, "
+            f"{stats.bytes_per_token:.3f} bytes/token"
+        )
+    inputs = manifest.input_stats
+    print(
+        f"bad UTF-8 ({manifest.settings['on_bad_utf8']}): {inputs['bad_utf8_replaced']} documents repaired, "
+        f"{inputs['bad_utf8_skipped']} skipped; {inputs['empty_skipped']} empty documents skipped"
+    )
+    print(
+        f"shard groups: {result.groups_written} written, {result.groups_reused} reused; "
+        f"{result.tokens_per_s:,.0f} tokens/s -> {result.out}"
+    )
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import logging
+
+    from gpt2kit.config import apply_overrides, load_config
+    from gpt2kit.train import train
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    config = load_config(args.config)
+    config.data, config.out = args.data, args.out
+    for name in ("preset", "init_from", "max_steps", "seed"):
+        if getattr(args, name) is not None:
+            setattr(config, name, getattr(args, name))
+    if args.compile:
+        config.compile = True
+    apply_overrides(config, args.set)
+    result = train(config, resume=args.resume)
+    if result.checkpoint is not None:
+        loss = f"{result.loss:.4f}" if result.loss is not None else "n/a"
+        val = f"{result.val_loss:.4f}" if result.val_loss is not None else "n/a"
+        print(f"step {result.step}: {result.tokens:,} tokens, loss {loss}, val_loss {val}")
+        print(f"checkpoint: {result.checkpoint}")
+        print(f"metrics: {result.run_dir / 'metrics.jsonl'}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from gpt2kit.plot import plot_run
+
+    print(plot_run(args.run_dir, args.out))
+    return 0
+
+
 # -- parser -------------------------------------------------------------------------
 
 
@@ -448,6 +521,50 @@ def add_sampling_commands(commands) -> None:
     p.set_defaults(func=cmd_serve)
 
 
+def add_data_commands(commands) -> None:
+    p = commands.add_parser("prepare", help="tokenize a corpus into token shards for training")
+    p.add_argument("--input", nargs="+", help="text/jsonl(.gz|.zst)/parquet files, directories or globs")
+    p.add_argument("--hf-dataset", help="a HF dataset NAME[:CONFIG] (hub id or local directory), streamed")
+    p.add_argument("--split", default="train", help="split of --hf-dataset (default: train)")
+    p.add_argument("--tokenizer", default="gpt2", help="'gpt2', a tokenizer or model directory, or a .tiktoken file")
+    p.add_argument("--out", required=True, help="output directory for shards and manifest.json")
+    p.add_argument("--val-fraction", type=float, default=0.005, help="share of documents for validation")
+    p.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: all cores)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the train/validation split")
+    p.add_argument("--split-lines", action="store_true", help="one document per line of text files")
+    p.add_argument("--text-field", default="text", help="field (jsonl) or column (parquet, HF) with the text")
+    p.add_argument("--on-bad-utf8", choices=("error", "replace", "skip"), default="replace")
+    p.add_argument("--shard-tokens", type=int, default=100_000_000, help="train tokens per shard")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_prepare)
+
+
+def add_train_commands(commands) -> None:
+    p = commands.add_parser("train", help="pretrain or fine-tune a model on prepared shards (torchrun for many)")
+    p.add_argument("--config", required=True, help="a TOML or YAML training config (see configs/)")
+    p.add_argument("--data", required=True, help="a directory written by `gpt2kit prepare`")
+    p.add_argument("--out", required=True, help="the run directory")
+    p.add_argument("--preset", help="model size preset (gpt2, cpu-6m, ...)")
+    p.add_argument("--init-from", dest="init_from", help="fine-tune this model directory or hub id")
+    p.add_argument("--max-steps", dest="max_steps", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    p.add_argument("--compile", action="store_true", help="torch.compile each block (same as --set compile=true)")
+    p.add_argument(
+        "--set",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override config fields (dotted names)",
+    )
+    p.set_defaults(func=cmd_train)
+    p = commands.add_parser("plot", help="plot a run's train and validation loss to RUN_DIR/loss.png")
+    p.add_argument("run_dir")
+    p.add_argument("--out", help="the PNG to write (default RUN_DIR/loss.png)")
+    p.set_defaults(func=cmd_plot)
+
+
 # Each area of the CLI registers its own subcommands; add new areas here, one per line.
 COMMAND_GROUPS = (
     add_tokenizer_commands,
@@ -455,6 +572,8 @@ COMMAND_GROUPS = (
     add_demo_commands,
     add_webtext_commands,
     add_sampling_commands,
+    add_data_commands,
+    add_train_commands,
 )
 
 
