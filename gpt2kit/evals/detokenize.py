@@ -93,10 +93,14 @@ class Detokenizer:
                 if self.segment(joined_text) == joined_tokens:
                     chunks[-1] = (joined_tokens, joined_text)
                     continue
-            if self.segment(text) != [token]:
-                text = token  # the substitution would not read back: keep the token as written
             chunks.append(([token], text))
-        return " ".join(text for _, text in chunks)
+        return " ".join(self._readable(tokens, text) for tokens, text in chunks)
+
+    def _readable(self, tokens: list[str], text: str) -> str:
+        """A lone token whose substitute would not read back (a quote with nothing to attach to) stays as written."""
+        if len(tokens) == 1 and self.segment(text) != tokens:
+            return tokens[0]
+        return text
 
     def _text(self, token: str) -> str:
         for table in (self.attach_left, self.attach_right, self.infix, self.replace):

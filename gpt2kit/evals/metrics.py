@@ -15,11 +15,13 @@ from collections import Counter
 from collections.abc import Sequence
 
 from gpt2kit.errors import GPT2KitError
+from gpt2kit.evals.detokenize import ABBREVIATIONS
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 _PUNCTUATION = frozenset(string.punctuation)
-# A sentence ends at . ! or ? (optionally followed by closing quotes or brackets) before whitespace.
-_SENTENCE_END = re.compile(r"(?<=[.!?])[\"'”’)\]]*\s+")
+# A sentence ends at . ! or ? (and any closing quotes or brackets) before whitespace.
+_SENTENCE_END = re.compile(r"[.!?]+[\"'”’)\]]*(?=\s)")
+_LAST_WORD = re.compile(r"(\w+)\.$")
 
 
 def normalize_answer(text: str) -> str:
@@ -67,7 +69,17 @@ def coqa_turn_scores(golds: Sequence[str], prediction: str) -> tuple[float, floa
 
 
 def split_sentences(text: str) -> list[str]:
-    return [s.strip() for s in _SENTENCE_END.split(text.strip()) if s.strip()]
+    """Sentences of generated text; a period after an initial or a known abbreviation ("Mr.", "M.") ends none."""
+    text = text.strip()
+    sentences, start = [], 0
+    for match in _SENTENCE_END.finditer(text):
+        word = _LAST_WORD.search(text[start : match.end()])
+        if word and (len(word.group(1)) == 1 and word.group(1).isupper() or word.group(1).lower() in ABBREVIATIONS):
+            continue
+        sentences.append(text[start : match.end()].strip())
+        start = match.end()
+    sentences.append(text[start:].strip())
+    return [s for s in sentences if s]
 
 
 def first_sentences(text: str, count: int) -> str:

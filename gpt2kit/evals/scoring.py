@@ -106,21 +106,42 @@ def score_positions(model: GPT, hidden: torch.Tensor, targets: torch.Tensor) -> 
     return torch.cat(logprobs), torch.cat(greedy)
 
 
-def _fit(request: ScoreRequest, max_length: int) -> ScoreRequest:
-    """Drop context tokens from the left so that the model input (context + continuation - 1) fits."""
+def _fit(request: ScoreRequest, max_length: int) -> list[ScoreRequest]:
+    """The request as pieces whose model input (context + continuation - 1) fits `max_length`.
+
+    The context loses tokens from the left. A continuation longer than half the
+    window is scored in pieces of half a window, each conditioned on everything
+    before it that fits, so no piece is scored with less than half a window.
+    """
     if not request.context:
         raise GPT2KitError("score request: the context is empty (condition on <|endoftext|> instead)")
     if not request.continuation:
         raise GPT2KitError("score request: the continuation is empty")
-    if len(request.continuation) > max_length:
-        raise GPT2KitError(
-            f"score request: a continuation of {len(request.continuation)} tokens does not fit "
-            f"the context of {max_length} tokens"
-        )
-    overflow = len(request.context) + len(request.continuation) - 1 - max_length
-    if overflow <= 0:
-        return request
-    return ScoreRequest(request.context[overflow:], request.continuation, request.group)
+    if len(request.context) + len(request.continuation) - 1 <= max_length:
+        return [request]
+    if len(request.continuation) < max_length // 2:
+        overflow = len(request.context) + len(request.continuation) - 1 - max_length
+        return [ScoreRequest(request.context[overflow:], request.continuation, request.group)]
+    full = request.context + request.continuation
+    piece = max(1, max_length // 2)
+    pieces = []
+    for start in range(len(request.context), len(full), piece):
+        end = min(start + piece, len(full))
+        context_start = max(0, end - 1 - max_length)
+        pieces.append(ScoreRequest(full[context_start:start], full[start:end]))
+    return pieces
+
+
+def _join_pieces(pieces: list[ContinuationScore | None], owner: list[int], n: int) -> list[ContinuationScore]:
+    logprobs: list[list[float]] = [[] for _ in range(n)]
+    greedy: list[list[bool]] = [[] for _ in range(n)]
+    for piece, i in zip(pieces, owner, strict=True):
+        logprobs[i] += piece.token_logprobs
+        greedy[i] += piece.token_greedy
+    return [
+        ContinuationScore(math.fsum(values), all(flags), values, flags)
+        for values, flags in zip(logprobs, greedy, strict=True)
+    ]
 
 
 def _shared_prefix_length(requests: list[ScoreRequest]) -> int:
@@ -157,7 +178,12 @@ class Scorer:
         was_training = self.model.training
         self.model.eval()
         try:
-            fitted = [_fit(r, self.max_length) for r in requests]
+            fitted: list[ScoreRequest] = []
+            owner: list[int] = []  # the request each piece belongs to
+            for i, request in enumerate(requests):
+                pieces = _fit(request, self.max_length)
+                fitted += pieces
+                owner += [i] * len(pieces)
             results: list[ContinuationScore | None] = [None] * len(fitted)
             groups: dict[Hashable, list[int]] = {}
             single: list[int] = []
@@ -173,7 +199,7 @@ class Scorer:
                 else:
                     self._score_shared_prefix(fitted, members, prefix, results)
             self._score_independent(fitted, sorted(single), results)
-            return results  # type: ignore[return-value]
+            return _join_pieces(results, owner, len(requests))
         finally:
             self.model.train(was_training)
 
