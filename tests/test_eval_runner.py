@@ -68,7 +68,7 @@ def test_scores_do_not_depend_on_batch_size(model, fixtures):
 
 def test_results_carry_the_contract_fields(model, fixtures):
     results = evaluate(model, byte_tokenizer(), ["lambada", "wikitext2"], data_dir=fixtures, limit=2, model_name="tiny")
-    for task, result in results.items():
+    for result in results.values():
         assert {"metrics", "protocol", "n", "data_sha256", "model", "model_params", "runtime_s"} <= result.keys()
         assert all(isinstance(v, float) for v in result["metrics"].values())
         assert result["model"] == "tiny" and result["model_params"] == model.num_parameters()
@@ -176,7 +176,10 @@ def test_hugging_face_datasets_load_by_name_and_fail_clearly_offline(model_dir, 
     local.mkdir()
     (local / "test.jsonl").write_text('{"text": "the cat sat"}\n{"text": "a dog ran"}\n')
     out = tmp_path / "r.json"
-    done = _cli(["--model", str(model_dir), "--tasks", "lambada", "--data", f"lambada=hf:{local}@test", "--out", str(out)], tmp_path)
+    done = _cli(
+        ["--model", str(model_dir), "--tasks", "lambada", "--data", f"lambada=hf:{local}@test", "--out", str(out)],
+        tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     result = json.loads(out.read_text())["lambada"]
     assert result["n"] == 2 and result["data"] == f"hf:{local}@test"

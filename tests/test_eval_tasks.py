@@ -219,7 +219,9 @@ def test_cnn_dailymail_rouge_by_hand(tmp_path):
 def test_translation_bleu_and_files(tmp_path):
     import sacrebleu
 
-    src = write(tmp_path, "newstest2014-fren-src.en.sgm", '<srcset>\n<seg id="1">one &amp; two</seg>\n<seg id="2">xx</seg>\n')
+    src = write(
+        tmp_path, "newstest2014-fren-src.en.sgm", '<srcset>\n<seg id="1">one &amp; two</seg>\n<seg id="2">xx</seg>\n'
+    )
     write(tmp_path, "newstest2014-fren-ref.fr.sgm", '<refset>\n<seg id="1">bc</seg>\n<seg id="2">bc de</seg>\n')
     write(tmp_path, "newstest2013.en", "a\nb\n")
     write(tmp_path, "newstest2013.fr", "c\nd\n")
