@@ -208,7 +208,7 @@ PTB = Detokenizer(
     name="ptb",
     attach_left={**PTB_CLITICS, "'": "'"},
     attach_right={"$": "$", "#": "#"},
-    # Mikolov's PTB writes every number as N; no digit occurs otherwise, so "1" reads back as N.
+    # Mikolov's PTB writes every number as N; no token is a bare "1" otherwise, so "1" reads back as N.
     replace={"N": "1"},
 )
 
