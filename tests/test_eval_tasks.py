@@ -233,3 +233,19 @@ def test_translation_bleu_and_files(tmp_path):
     expected = sacrebleu.corpus_bleu(["bc", "bc"], [["bc", "bc de"]]).score
     assert result["metrics"]["bleu"] == pytest.approx(expected)
     assert "2 pairs drawn" in result["protocol"]
+
+
+@pytest.mark.parametrize(
+    "task, relative, words, lines",
+    [("wikitext2", "wikitext-2/wiki.valid.tokens", 217_646, 3_760), ("ptb", "ptb/ptb.valid.txt", 73_760, 3_370)],
+)
+def test_word_counts_on_the_shared_validation_files(task, relative, words, lines):
+    from conftest import shared_file
+
+    path = shared_file(relative)
+    file_lines = lm._lines(path.read_text(encoding="utf-8"))
+    assert len(file_lines) == lines and lm.count_words(file_lines) == words  # the published counts
+    result = run(BigramLM({}, n_positions=1024), task, path, limit=300, batch_size=16)
+    assert result["counts"]["words"] == lm.count_words(file_lines[:300]) and result["counts"]["lines"] == 300
+    # Detokenized text: fewer bytes than the lines as written, every byte scored once (one token per byte here).
+    assert result["counts"]["tokens"] == result["counts"]["bytes"] < sum(len(line) + 1 for line in file_lines[:300])

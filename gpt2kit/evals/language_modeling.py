@@ -40,6 +40,11 @@ def _lines(text: str) -> list[str]:
     return lines
 
 
+def count_words(lines: list[str]) -> int:
+    """The dataset's own token count: whitespace tokens plus one end-of-line (<eos>) per line."""
+    return sum(len(line.split()) for line in lines) + len(lines)
+
+
 def load_word_corpus(ctx: TaskContext, text_key: str) -> Corpus:
     if ctx.data.rows is not None:
         # HF rows are lines; WikiText keeps each line's newline in the text, PTB does not.
@@ -82,7 +87,7 @@ def run_corpus(ctx: TaskContext, detokenizer: Detokenizer | None, unit: str, tex
         units = ctx.limited(corpus.lines)
         detok = detokenizer if detokenizer is not None and ctx.options.detokenize_for(ctx.name) else None
         text = "".join((detok.detokenize_line(line) if detok else line) + "\n" for line in units)
-        words = sum(len(line.split()) for line in units) + len(units)
+        words = count_words(units)
     else:
         full, dropped = _character_slice(ctx)
         if not full:

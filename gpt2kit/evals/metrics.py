@@ -68,13 +68,18 @@ def coqa_turn_scores(golds: Sequence[str], prediction: str) -> tuple[float, floa
     return em / len(golds), f1 / len(golds)
 
 
+def _is_abbreviation(word: str) -> bool:
+    initial = len(word) == 1 and word.isupper()
+    return initial or word.lower() in ABBREVIATIONS
+
+
 def split_sentences(text: str) -> list[str]:
     """Sentences of generated text; a period after an initial or a known abbreviation ("Mr.", "M.") ends none."""
     text = text.strip()
     sentences, start = [], 0
     for match in _SENTENCE_END.finditer(text):
         word = _LAST_WORD.search(text[start : match.end()])
-        if word and (len(word.group(1)) == 1 and word.group(1).isupper() or word.group(1).lower() in ABBREVIATIONS):
+        if word and _is_abbreviation(word.group(1)):
             continue
         sentences.append(text[start : match.end()].strip())
         start = match.end()
