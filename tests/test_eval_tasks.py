@@ -249,3 +249,30 @@ def test_word_counts_on_the_shared_validation_files(task, relative, words, lines
     assert result["counts"]["words"] == lm.count_words(file_lines[:300]) and result["counts"]["lines"] == 300
     # Detokenized text: fewer bytes than the lines as written, every byte scored once (one token per byte here).
     assert result["counts"]["tokens"] == result["counts"]["bytes"] < sum(len(line) + 1 for line in file_lines[:300])
+
+
+def test_translation_reads_plain_parallel_text_and_checks_alignment(tmp_path):
+    import sacrebleu
+
+    from gpt2kit.errors import GPT2KitError
+
+    write(tmp_path, "test.fr", "xx\nyy\nzz\n")
+    write(tmp_path, "test.en", "bc\nbc\nbc\n")
+    samples = []
+    # fr->en from a source file whose partner is found by name; no dev file: 1 pair is held out as the example.
+    result = run(BigramLM(ANSWER_CHAIN), "wmt14_fr_en", tmp_path / "test.fr", samples=samples, shots=1)
+    assert result["n"] == 2 and [s["hypothesis"] for s in samples] == ["bc", "bc"]
+    assert result["metrics"]["bleu"] == pytest.approx(sacrebleu.corpus_bleu(["bc", "bc"], [["bc", "bc"]]).score)
+    write(tmp_path, "short.en", "bc\n")
+    with pytest.raises(GPT2KitError, match="has 3 sentences but .*short.en has 1"):
+        run(BigramLM(ANSWER_CHAIN), "wmt14_fr_en", f"{tmp_path / 'test.fr'},{tmp_path / 'short.en'}")
+    with pytest.raises(GPT2KitError, match="cannot tell which file holds the en side"):
+        run(BigramLM(ANSWER_CHAIN), "wmt14_fr_en", write(tmp_path, "source.txt", "xx\n"))
+
+
+def test_summarization_needs_room_for_an_article(tmp_path):
+    from gpt2kit.errors import GPT2KitError
+
+    path = write_jsonl(tmp_path, "cnndm.jsonl", [{"article": "xx.", "highlights": "bc."}])
+    with pytest.raises(GPT2KitError, match="leaves no room for an article"):
+        run(BigramLM(ANSWER_CHAIN, n_positions=100), "cnn_dailymail", path)

@@ -8,6 +8,7 @@ the hint itself does. ROUGE-1/2/L F1 from `rouge-score`.
 
 from __future__ import annotations
 
+from gpt2kit.errors import GPT2KitError
 from gpt2kit.evals.data import DataSource, HFDataset, expect_str, iter_jsonl, require_examples
 from gpt2kit.evals.metrics import first_sentences, rouge_f1
 from gpt2kit.evals.task import Column, TaskContext, TaskOutput, TaskSpec
@@ -44,6 +45,11 @@ def load_articles(source: DataSource) -> list[tuple[str, str]]:
 def summarize(ctx: TaskContext, articles: list[str], hint: bool) -> list[str]:
     hint_ids = ctx.encode(HINT) if hint else []
     room = ctx.context_length - SUMMARY_TOKENS - len(hint_ids)
+    if room < 1:
+        raise GPT2KitError(
+            f"cnn_dailymail: a context of {ctx.context_length} tokens leaves no room for an article "
+            f"before {SUMMARY_TOKENS} summary tokens"
+        )
     prompts = [ctx.encode(article)[:room] + hint_ids for article in articles]
     completions = ctx.generate(
         prompts, max_new_tokens=SUMMARY_TOKENS, temperature=1.0, top_k=TOP_K, seed=ctx.options.seed
