@@ -45,6 +45,7 @@ bench: install
 	$(PY) bench/serve_load.py
 	$(PY) bench/prepare.py
 	$(PY) bench/train.py
+	$(PY) bench/eval.py
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache

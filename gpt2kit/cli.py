@@ -400,6 +400,70 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- eval ---------------------------------------------------------------------------
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import logging
+
+    from gpt2kit.evals import (
+        EvalOptions,
+        evaluate,
+        markdown_table,
+        parse_tasks,
+        task_listing,
+        write_results,
+        write_samples,
+    )
+    from gpt2kit.evals.data import parse_data_assignments
+
+    if args.list:
+        print(task_listing())
+        return 0
+    if not args.model or not args.tasks:
+        raise GPT2KitError("--model and --tasks are required (or use --list)")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    options = EvalOptions.from_file(args.config).to_dict() if args.config else {}
+    overrides = {
+        "limit": args.limit,
+        "batch_size": args.batch_size,
+        "context_length": args.context_length,
+        "stride": args.stride,
+        "shots": args.shots,
+        "seed": args.seed,
+    }
+    options.update({k: v for k, v in overrides.items() if v is not None})
+    if args.no_detokenize is not None:
+        options["no_detokenize"] = args.no_detokenize
+    if args.lambada_stopword_filter:
+        options["lambada_stopword_filter"] = True
+    eval_options = EvalOptions.from_dict(options, where="eval options")
+    tasks = parse_tasks(args.tasks)
+    data = parse_data_assignments(args.data)
+
+    from gpt2kit.checkpoint import load
+
+    loaded = load(args.model, device=args.device)
+    name = loaded.path.name if Path(args.model).is_dir() else args.model
+    samples: list[dict] | None = [] if args.log_samples else None
+    results = evaluate(
+        loaded.model,
+        loaded.tokenizer,
+        tasks,
+        data,
+        data_dir=args.data_dir,
+        options=eval_options,
+        model_name=name,
+        samples=samples,
+    )
+    if args.out:
+        write_results(results, args.out)
+    if samples is not None:
+        write_samples(samples, args.log_samples)
+    print(markdown_table(results))
+    return 0
+
+
 # -- parser -------------------------------------------------------------------------
 
 
@@ -565,6 +629,44 @@ def add_train_commands(commands) -> None:
     p.set_defaults(func=cmd_plot)
 
 
+def add_eval_commands(commands) -> None:
+    p = commands.add_parser("eval", help="zero-shot evaluation on the GPT-2 paper's tasks")
+    p.add_argument("--model", help="a model directory or hub id")
+    p.add_argument("--tasks", help="comma-separated task names, or 'all' (see --list)")
+    p.add_argument("--list", action="store_true", help="list the tasks, their protocols and data files")
+    p.add_argument("--data-dir", help="directory searched for each task's standard file names")
+    p.add_argument(
+        "--data",
+        action="append",
+        default=[],
+        metavar="TASK=PATH",
+        help="a task's data file (repeatable); PATH may be hf or hf:NAME[:CONFIG][@SPLIT]",
+    )
+    p.add_argument("--limit", type=int, help="at most N examples per task (lines for corpora)")
+    p.add_argument("--batch-size", type=int, help="rows per forward pass (default 8; never changes a score)")
+    p.add_argument("--context-length", type=int, help="tokens of context (default: the model's)")
+    p.add_argument("--stride", type=int, help="corpus perplexity: window step (default: the context, no overlap)")
+    p.add_argument(
+        "--no-detokenize",
+        nargs="?",
+        const="all",
+        metavar="TASKS",
+        help="turn detokenizers off (for all tasks, or the listed ones)",
+    )
+    p.add_argument(
+        "--lambada-stopword-filter",
+        action="store_true",
+        help="also report the paper's stop-word-filtered LAMBADA accuracy",
+    )
+    p.add_argument("--shots", type=int, help="example pairs in the context for translation and NQ (default 10)")
+    p.add_argument("--seed", type=int, help="seed for sampling and example draws (default 0)")
+    p.add_argument("--config", help="a TOML or YAML file of eval options (flags override it)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", help="write the results JSON here")
+    p.add_argument("--log-samples", metavar="PATH", help="write per-example records (JSON lines) here")
+    p.set_defaults(func=cmd_eval)
+
+
 # Each area of the CLI registers its own subcommands; add new areas here, one per line.
 COMMAND_GROUPS = (
     add_tokenizer_commands,
@@ -574,6 +676,7 @@ COMMAND_GROUPS = (
     add_sampling_commands,
     add_data_commands,
     add_train_commands,
+    add_eval_commands,
 )
 
 
