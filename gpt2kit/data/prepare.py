@@ -177,8 +177,10 @@ class DocumentReader:
         if name.endswith(".gz"):
             return gzip.open(path, "rb")
         if name.endswith(".zst"):
-            import zstandard
-
+            try:
+                import zstandard
+            except ImportError:
+                raise PrepareError(f"{path}: reading .zst needs zstandard (pip install 'gpt2kit[data]')") from None
             raw = open(path, "rb")
             return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))
         return open(path, "rb")
@@ -221,8 +223,11 @@ class DocumentReader:
             raise
 
     def _parquet(self, path: Path) -> Iterator[str]:
-        import pyarrow
-        import pyarrow.parquet as pq
+        try:
+            import pyarrow
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise PrepareError(f"{path}: reading parquet needs pyarrow (pip install 'gpt2kit[data]')") from None
 
         try:
             parquet = pq.ParquetFile(path)
@@ -494,7 +499,7 @@ def prepare(
     known_size = sum(p.stat().st_size for p in files) if plain_text else None
     bar = tqdm(total=known_size, unit="B", unit_scale=True, desc=f"prepare -> {out}", disable=not progress)
     pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
-    pending: deque[tuple[Batch, Future | TokenizedBatch]] = deque()
+    pending: deque[tuple[Batch, Future]] = deque()
     group: _GroupWriter | None = None
     docs_seen = 0
     tokens_written = 0
