@@ -1,14 +1,14 @@
 """Training step throughput: gpt2kit vs transformers' GPT2LMHeadModel, identical shapes, in one process.
 
 A step is forward + backward + fused AdamW on random token ids. The two models
-are timed alternately (so both see the same background load) and the fastest
-step of each counts. transformers computes its loss on T-1 positions (it shifts
+are timed alternately (so both see the same background load): tokens/s is the median
+step, the ratio the median of the per-round ratios. transformers computes its loss on T-1 positions (it shifts
 the labels), gpt2kit on T; the difference is under 0.4% of the work at T=256.
 
 CPU (fp32): the cpu-25m preset at context 256, batch 8, and gpt2 (124M) at
 context 1024, batch 1. MFU is against the measured fp32 matmul peak of this CPU
-(gpt2kit.mfu, cached). Peak RSS is the process's high-water mark during each
-step, reset before it (both models stay resident, so compare the step's growth).
+(gpt2kit.mfu, cached). Peak RSS comes from a separate child process per model
+(build, warm-up step, one step), so neither model's memory counts for the other.
 
 CUDA (--device cuda): gpt2 at context 1024, bf16 autocast, torch.compile for
 both, batch 16 by default; MFU against the GPU's published bf16 peak.
@@ -33,33 +33,14 @@ import common  # noqa: E402,F401  (sets GPT2KIT_GPT2_VOCAB for the shared data)
 CPU_CASES = {"cpu-25m": (256, 8), "gpt2": (1024, 1)}  # preset: (context, batch)
 
 
-def reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS counter (Linux >= 4.0); False where unsupported."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def rss_mb(field: str) -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def build_models(preset: str, context: int, device: torch.device):
+def build_models(preset: str, context: int, device: torch.device, only: str | None = None):
     import transformers
 
     from gpt2kit.model import GPT, preset_config
 
     config = preset_config(preset, n_positions=max(context, 1024 if preset == "gpt2" else context))
     torch.manual_seed(0)
-    ours = GPT(config).to(device)
+    ours = GPT(config).to(device) if only in (None, "gpt2kit") else None
     hf_config = transformers.GPT2Config(
         vocab_size=config.vocab_size,
         n_positions=config.n_positions,
@@ -71,8 +52,7 @@ def build_models(preset: str, context: int, device: torch.device):
         attn_pdrop=0.0,
         attn_implementation="sdpa",
     )
-    theirs = transformers.GPT2LMHeadModel(hf_config).to(device)
-    theirs.train()
+    theirs = transformers.GPT2LMHeadModel(hf_config).to(device).train() if only in (None, "transformers") else None
     return config, ours, theirs
 
 
@@ -98,32 +78,49 @@ def make_step(name: str, model, batch: torch.Tensor, targets: torch.Tensor, devi
     return step
 
 
-def run_case(preset: str, context: int, batch_size: int, args, device: torch.device) -> None:
-    from gpt2kit.mfu import cpu_peak_flops, flops_per_token, gpu_peak_flops
-
+def prepare_case(preset: str, context: int, batch_size: int, device: torch.device, only: str | None = None):
+    """The models (compiled on CUDA), a random batch, and a step function per model."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    config, ours, theirs = build_models(preset, context, device)
+    config, ours, theirs = build_models(preset, context, device, only)
     if device.type == "cuda":
         from gpt2kit.parallelize import DistEnv, parallelize
 
-        ours = parallelize(ours, DistEnv(), device, compile=True)
-        theirs = torch.compile(theirs)
+        ours = parallelize(ours, DistEnv(), device, compile=True) if ours is not None else None
+        theirs = torch.compile(theirs) if theirs is not None else None
     tokens = torch.randint(0, config.vocab_size, (batch_size, context + 1), device=device)
     batch, targets = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
-    steps = {
-        "gpt2kit": make_step("gpt2kit", ours, batch, targets, device, dtype),
-        "transformers": make_step("transformers", theirs, batch, targets, device, dtype),
-    }
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    peaks: dict[str, float] = {}
-    growth: dict[str, float] = {}
+    steps = {}
+    for name, model in (("gpt2kit", ours), ("transformers", theirs)):
+        if model is not None:
+            steps[name] = make_step(name, model, batch, targets, device, dtype)
+    return config, dtype, steps
+
+
+def child_peak_rss(preset: str, context: int, batch_size: int, name: str) -> float:
+    """In a fresh process: build one model, run a warm-up step and a step; the peak RSS in MB.
+
+    VmHWM belongs to this process's own address space (ru_maxrss would carry the parent's over exec).
+    """
+    _, _, steps = prepare_case(preset, context, batch_size, torch.device("cpu"), only=name)
+    steps[name]()
+    steps[name]()
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def run_case(preset: str, context: int, batch_size: int, args, device: torch.device) -> None:
+    from gpt2kit.mfu import cpu_peak_flops, flops_per_token, gpu_peak_flops
+
+    config, dtype, steps = prepare_case(preset, context, batch_size, device)
     for step in steps.values():  # warm-up (and compilation on CUDA)
         for _ in range(args.warmup):
             step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    gpu_memory: dict[str, float] = {}
     for _ in range(args.steps):
         for name, step in steps.items():
-            before = rss_mb("VmRSS")
-            tracked = reset_peak_rss()
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
                 torch.cuda.synchronize(device)
@@ -131,33 +128,38 @@ def run_case(preset: str, context: int, batch_size: int, args, device: torch.dev
             step()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
+                gpu_memory[name] = torch.cuda.max_memory_allocated(device) / 2**20
             times[name].append(time.perf_counter() - start)
-            if device.type == "cuda":
-                peaks[name] = max(peaks.get(name, 0.0), torch.cuda.max_memory_allocated(device) / 2**20)
-            elif tracked and before is not None:
-                peak = rss_mb("VmHWM")
-                peaks[name] = max(peaks.get(name, 0.0), peak)
-                growth[name] = max(growth.get(name, 0.0), peak - before)
+    del steps
+    memory = dict(gpu_memory)
+    if device.type == "cpu" and args.rss:
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
+            for name in times:
+                memory[name] = pool.apply(child_peak_rss, (preset, context, batch_size, name))
     n_tokens = batch_size * context
     # Re-measured here (the cache keeps the best figure seen), as the CPU's load changes over time.
     peak = gpu_peak_flops(torch.cuda.get_device_name(device), dtype) if device.type == "cuda" else cpu_peak_flops(True)
     per_token = flops_per_token(config, context)
-    threads = torch.get_num_threads()
     label = f"{preset} context {context} batch {batch_size} ({device.type}, {str(dtype).removeprefix('torch.')}"
-    label += f", {threads} threads)" if device.type == "cpu" else ", compiled)"
+    label += f", {torch.get_num_threads()} threads)" if device.type == "cpu" else ", compiled)"
     print(label)
     rates = {}
     for name, seconds in times.items():
-        rates[name] = n_tokens / min(seconds)
+        rates[name] = n_tokens / statistics.median(seconds)
         mfu = f"{rates[name] * per_token / peak:6.1%}" if peak else "   n/a"
-        memory = f"peak {'GPU mem' if device.type == 'cuda' else 'RSS'} {peaks.get(name, float('nan')):7.0f} MB"
-        if growth:
-            memory += f" (+{growth[name]:.0f} MB in the step)"
-        print(
-            f"  {name:12s} {rates[name]:9.0f} tokens/s (median {n_tokens / statistics.median(seconds):7.0f})  "
-            f"MFU {mfu}  {memory}"
-        )
-    print(f"  ratio gpt2kit / transformers: {rates['gpt2kit'] / rates['transformers']:.2f}x tokens/s")
+        kind = "peak GPU memory" if device.type == "cuda" else "peak RSS"
+        used = f"  {kind} {memory[name]:7.0f} MB" if name in memory else ""
+        print(f"  {name:12s} {rates[name]:9.0f} tokens/s (best {n_tokens / min(seconds):7.0f})  MFU {mfu}{used}")
+    # Each round times both models back to back: the median of per-round ratios shrugs off load that
+    # comes and goes between rounds.
+    ratio = statistics.median(a / b for a, b in zip(times["transformers"], times["gpt2kit"], strict=True))
+    print(f"  ratio gpt2kit / transformers: {ratio:.2f}x tokens/s", end="")
+    if len(memory) == 2:
+        print(f", {memory['gpt2kit'] / memory['transformers']:.2f}x memory")
+    else:
+        print()
     if peak:
         print(f"  peak: {peak / 1e9:.0f} GFLOP/s ({'measured fp32 matmul' if device.type == 'cpu' else 'published'})")
 
@@ -166,10 +168,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--cases", default=None, help="comma-separated presets (cpu: cpu-25m,gpt2; cuda: gpt2)")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per model (alternating)")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per model (alternating)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--batch", type=int, default=None, help="override the batch size")
     parser.add_argument("--context", type=int, default=None, help="override the context length")
+    parser.add_argument("--no-rss", dest="rss", action="store_false", help="skip the peak-RSS child processes")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():

@@ -59,7 +59,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     log_interval: int = 10  # steps between metrics.jsonl lines
     eval_interval: int = 100  # steps between validation runs; 0 disables them
-    eval_windows: int = 64  # validation windows per evaluation (the first ones of the val split)
+    eval_windows: int = 64  # validation windows per evaluation, spread evenly over the val split
     checkpoint_interval: int = 500  # steps between checkpoints; one is always written at the end
     keep_checkpoints: int = 3  # the newest K checkpoints are kept
     device: str = "auto"  # auto, cpu, cuda, cuda:N or mps

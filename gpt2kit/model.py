@@ -268,13 +268,16 @@ class GPT(nn.Module):
         """
         B, T = idx.shape
         past = kv_cache.length if kv_cache is not None else 0
-        if position_ids is None:
-            if attention_mask is not None:
+        if position_ids is None and attention_mask is None:
+            # Plain positions past..past+T-1: checked without reading the device (no sync in training).
+            if past + T > self.config.n_positions:
+                raise ValueError(f"sequence of {past + T} tokens exceeds the context of {self.config.n_positions}")
+            position_ids = torch.arange(past, past + T, device=idx.device).unsqueeze(0)
+        else:
+            if position_ids is None:
                 position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past : past + T]
-            else:
-                position_ids = torch.arange(past, past + T, device=idx.device).unsqueeze(0)
-        if int(position_ids.max()) >= self.config.n_positions:
-            raise ValueError(f"sequence of {past + T} tokens exceeds the context of {self.config.n_positions}")
+            if int(position_ids.max()) >= self.config.n_positions:
+                raise ValueError(f"sequence of {past + T} tokens exceeds the context of {self.config.n_positions}")
         mask = self._attention_mask(T, past, attention_mask, idx.device)
         x = self.drop(self.wte(idx) + self.wpe(position_ids))
         for block in self.h:

@@ -457,7 +457,7 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict:
-        """Mean loss over the first eval_windows validation windows, with perplexity and bits per byte."""
+        """Mean loss over eval_windows validation windows spread over the split, with perplexity and bits per byte."""
         indices = eval_indices(len(self.val_windows), self.config.eval_windows, self.env.rank, self.env.world_size)
         module = self.model  # unwrapped: no gradient hooks (FSDP2 shards it in place, so it still gathers)
         module.eval()

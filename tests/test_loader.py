@@ -91,7 +91,7 @@ def test_too_little_data_and_eval_indices(data_dir):
     windows = TokenWindows(data_dir, "val", CONTEXT)
     with pytest.raises(ShardError, match="the val split has .* windows .* one step needs"):
         WindowLoader(windows, len(windows) + 1, seed=0)
-    assert eval_indices(10, 6).tolist() == [0, 1, 2, 3, 4, 5]
-    assert eval_indices(10, 6, rank=1, world_size=2).tolist() == [1, 3, 5]
+    assert eval_indices(10, 5).tolist() == [0, 2, 4, 6, 8]  # spread over the whole split
+    assert eval_indices(10, 4, rank=1, world_size=2).tolist() == [2, 7]
     assert eval_indices(3, 6).tolist() == [0, 1, 2]
-    assert eval_indices(10, 7, rank=0, world_size=2).tolist() == [0, 2, 4]  # equal counts on every rank
+    assert eval_indices(10, 5, rank=0, world_size=2).tolist() == [0, 5]  # equal counts on every rank

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpt2kit.data.prepare import PrepareError, prepare
+from gpt2kit.data.prepare import PrepareError, load_manifest, prepare
 from gpt2kit.data.shards import HEADER, Manifest, ShardError, open_tokens, read_header, token_dtype, write_shard
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,6 +88,18 @@ def test_prepare_writes_documents_with_endoftext_and_a_manifest(tmp_path, tiny_t
         assert len(shard.sha256) == 64
     manifest.verify(tmp_path / "out", checksums=True)
     assert result.groups_written == 1 and result.tokens_written == len(everything)
+    # A flipped byte keeps the header valid; only the checksum notices.
+    shard = tmp_path / "out" / manifest.shards[0].file
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 1
+    shard.write_bytes(bytes(data))
+    manifest.verify(tmp_path / "out")
+    with pytest.raises(ShardError, match="sha256 differs from the manifest"):
+        manifest.verify(tmp_path / "out", checksums=True)
+    manifest.complete = False
+    manifest.save(tmp_path / "out")
+    with pytest.raises(ShardError, match="preparation did not finish"):
+        load_manifest(tmp_path / "out")
 
 
 def _split_on(tokens: list[int], eot: int) -> list[list[int]]:

@@ -114,10 +114,14 @@ class WindowLoader:
 
 
 def eval_indices(num_windows: int, limit: int, rank: int = 0, world_size: int = 1) -> np.ndarray:
-    """The first `limit` windows in order, strided over ranks.
+    """`limit` windows spread evenly over the split (all of them when there are fewer), strided over ranks.
 
-    The count is rounded down to a multiple of the world size, so every rank runs
-    the same number of forward passes (FSDP gathers weights in each).
+    Evenly spaced rather than the first ones, so a short evaluation samples every
+    part of the validation text. The count is rounded down to a multiple of the
+    world size, so every rank runs the same number of forward passes (FSDP
+    gathers weights in each).
     """
     count = min(num_windows, limit)
-    return np.arange(count - count % world_size)[rank::world_size]
+    count -= count % world_size
+    spread = (np.arange(count, dtype=np.int64) * num_windows) // max(count, 1)
+    return spread[rank::world_size]

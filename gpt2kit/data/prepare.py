@@ -177,8 +177,10 @@ class DocumentReader:
         if name.endswith(".gz"):
             return gzip.open(path, "rb")
         if name.endswith(".zst"):
-            import zstandard
-
+            try:
+                import zstandard
+            except ImportError:
+                raise PrepareError(f"{path}: reading .zst needs zstandard (pip install 'gpt2kit[data]')") from None
             raw = open(path, "rb")
             return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))
         return open(path, "rb")
@@ -221,8 +223,11 @@ class DocumentReader:
             raise
 
     def _parquet(self, path: Path) -> Iterator[str]:
-        import pyarrow
-        import pyarrow.parquet as pq
+        try:
+            import pyarrow
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise PrepareError(f"{path}: reading parquet needs pyarrow (pip install 'gpt2kit[data]')") from None
 
         try:
             parquet = pq.ParquetFile(path)
@@ -394,15 +399,17 @@ class _GroupWriter:
             writer.abort()
 
 
-def _reusable_groups(out: Path, manifest: Manifest | None, tokenizer: Tokenizer, settings: dict) -> list[GroupInfo]:
+def _reusable_groups(
+    out: Path, manifest: Manifest | None, tokenizer: Tokenizer, tokenizer_sha: str, settings: dict
+) -> list[GroupInfo]:
     """Groups of an earlier run with the same tokenizer and settings whose shards are intact."""
     if manifest is None:
         return []
-    if manifest.tokenizer.get("sha256") != tokenizer.sha256:
+    if manifest.tokenizer.get("sha256") != tokenizer_sha:
         raise PrepareError(
             f"{out}: holds shards made with tokenizer {manifest.tokenizer.get('name')!r} "
             f"(sha256 {str(manifest.tokenizer.get('sha256'))[:12]}...), not {tokenizer.name!r} "
-            f"(sha256 {tokenizer.sha256[:12]}...); use another --out"
+            f"(sha256 {tokenizer_sha[:12]}...); use another --out"
         )
     for key in sorted(set(settings) | set(manifest.settings)):
         if settings.get(key) != manifest.settings.get(key):
@@ -473,12 +480,18 @@ def prepare(
         "shard_tokens": shard_tokens,
         "batch_bytes": batch_bytes,
     }
+    tokenizer_sha = tok.sha256  # hashes the whole vocabulary: compute it once
     previous = Manifest.load(out) if (out / MANIFEST_NAME).exists() else None
-    reusable = _reusable_groups(out, previous, tok, settings)
+    reusable = _reusable_groups(out, previous, tok, tokenizer_sha, settings)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer_dir = out / TOKENIZER_DIR
     tok.save(tokenizer_dir)
-    tokenizer_info = {"name": tok.name, "sha256": tok.sha256, "vocab_size": tok.vocab_size, "eot_token": tok.eot_token}
+    tokenizer_info = {
+        "name": tok.name,
+        "sha256": tokenizer_sha,
+        "vocab_size": tok.vocab_size,
+        "eot_token": tok.eot_token,
+    }
     manifest = Manifest(tokenizer_info, dtype.name, settings)
     reuse_end = reusable[-1].end_batch if reusable else 0
 
@@ -494,7 +507,7 @@ def prepare(
     known_size = sum(p.stat().st_size for p in files) if plain_text else None
     bar = tqdm(total=known_size, unit="B", unit_scale=True, desc=f"prepare -> {out}", disable=not progress)
     pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
-    pending: deque[tuple[Batch, Future | TokenizedBatch]] = deque()
+    pending: deque[tuple[Batch, Future]] = deque()
     group: _GroupWriter | None = None
     docs_seen = 0
     tokens_written = 0
@@ -539,7 +552,7 @@ def prepare(
                     manifest.shards.extend(s for s in previous.shards if s.group == reused.index)
                     reuse_digest = hashlib.sha256()
                 continue
-            args = (str(tokenizer_dir), tok.sha256, batch.docs, batch.doc_bytes, val_rows, dtype.name)
+            args = (str(tokenizer_dir), tokenizer_sha, batch.docs, batch.doc_bytes, val_rows, dtype.name)
             if pool is None:
                 consume(batch, tokenize_batch(*args))
                 continue
