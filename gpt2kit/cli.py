@@ -8,6 +8,7 @@ with exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -128,6 +129,277 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- webtext --------------------------------------------------------------------------
+
+
+def cmd_webtext_build(args: argparse.Namespace) -> int:
+    import logging
+
+    from gpt2kit.webtext import WebTextConfig, build_webtext, format_stage_table
+
+    # trafilatura logs an ERROR for every page it cannot parse; the stage counts already report them
+    logging.getLogger("trafilatura").setLevel(logging.CRITICAL)
+    from gpt2kit.webtext.config import apply_settings, load_config_file, parse_overrides
+
+    config = WebTextConfig()
+    if args.config:
+        apply_settings(config, load_config_file(args.config))
+    kind, inputs = next(
+        (kind, value)
+        for kind, value in (("reddit", args.reddit), ("urls", args.urls), ("warc", args.warc), ("html", args.html_dir))
+        if value
+    )
+    inputs = [inputs] if isinstance(inputs, str) else inputs
+    config.input_kind, config.inputs, config.out = kind, [str(v) for v in inputs], args.out
+    flags = {
+        "workers": args.workers,
+        "reddit": {"min_karma": args.min_karma, "cutoff": args.cutoff, "subreddit_blocklist": args.subreddit_blocklist},
+        "filters": {"domain_blocklist": args.domain_blocklist, "min_words": args.min_words},
+    }
+    apply_settings(config, _without_none(flags))
+    apply_settings(config, parse_overrides(args.set or []))
+    report = build_webtext(config)
+    print(format_stage_table(report))
+    print(f"{report.documents:,} documents in {len(report.shards)} shards -> {report.out}")
+    if report.top_domains:
+        print("top domains: " + ", ".join(f"{d} ({n})" for d, n in report.top_domains[:10]))
+    return 0
+
+
+def _without_none(settings: dict) -> dict:
+    """Only the flags that were given."""
+    kept = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            value = _without_none(value)
+            if value:
+                kept[key] = value
+        elif value is not None:
+            kept[key] = value
+    return kept
+
+
+# -- overlap (the paper's 8-gram Bloom filter analysis) ------------------------------
+
+
+def cmd_overlap_build(args: argparse.Namespace) -> int:
+    from gpt2kit.overlap import build_filter
+
+    result = build_filter(
+        args.corpus,
+        args.out,
+        fpr=args.fpr,
+        workers=args.workers,
+        text_field=args.text_field,
+        expected_ngrams=args.expected_ngrams,
+    )
+    params = result.params
+    print(f"{result.ngrams:,} 8-grams from {result.documents:,} documents in {result.files} files -> {result.path}")
+    print(
+        f"m={params.m:,} bits ({params.nbytes / 1e6:.1f} MB), k={params.k}, false-positive bound {params.fpr_bound:.2e}"
+    )
+    print(f"insert: {result.seconds:.1f} s, {result.ngrams_per_second:,.0f} 8-grams/s with {result.workers} processes")
+    return 0
+
+
+def cmd_overlap_check(args: argparse.Namespace) -> int:
+    import json
+
+    from gpt2kit.overlap import BloomFilter, check_overlap, format_table
+
+    rows = check_overlap(args.filter, args.test, unit=args.unit, field=args.field, flags_out=args.flags)
+    print(format_table(rows, BloomFilter.open(args.filter).header))
+    if args.json:
+        from gpt2kit.io import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps([row.summary() for row in rows], indent=2) + "\n")
+    return 0
+
+
+# -- sampling and serving -----------------------------------------------------------
+
+SAMPLE_SEPARATOR = "=" * 40
+
+
+def _generation_config(args: argparse.Namespace):
+    """A GenerationConfig from --config (TOML/YAML) overridden by the flags given on the command line."""
+    from gpt2kit.generate import GenerationConfig, load_config_table
+
+    values = load_config_table(args.config, "generation") if args.config else {}
+    flags = {
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "seed": args.seed,
+        "stop": tuple(args.stop) if args.stop else None,
+    }
+    values.update({key: value for key, value in flags.items() if value is not None})
+    defaults = {"max_new_tokens": 64, "top_k": 40}  # the paper's samples: top-k 40
+    return GenerationConfig.from_dict({**defaults, **values}, where=args.config or "sample options")
+
+
+def _print_samples(loaded, prompt: str, config, args: argparse.Namespace) -> None:
+    from gpt2kit.generate import GenerationConfig, generate, stream
+
+    shown_prompt = "" if args.unconditional else prompt
+    header = lambda index: print(f"{SAMPLE_SEPARATOR} SAMPLE {index + 1} {SAMPLE_SEPARATOR}")
+    if not args.stream:
+        completions = generate(loaded.model, loaded.tokenizer, [prompt] * args.num_samples, config)
+        for index, completion in enumerate(completions):
+            if args.num_samples > 1:
+                header(index)
+            print(shown_prompt + completion.text, flush=True)
+        return
+    for index in range(args.num_samples):
+        if args.num_samples > 1:
+            header(index)
+        # Sample i uses seed + i, as generate() gives it when batching the samples.
+        seed = None if config.seed is None else config.seed + index
+        sys.stdout.write(shown_prompt)
+        for delta in stream(loaded.model, loaded.tokenizer, prompt, GenerationConfig(**{**vars(config), "seed": seed})):
+            sys.stdout.write(delta)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from gpt2kit.checkpoint import load
+
+    config = _generation_config(args)
+    sources = sum(bool(x) for x in (args.prompt is not None, args.prompt_file, args.unconditional, args.interactive))
+    if sources != 1:
+        raise GPT2KitError("give exactly one of --prompt, --prompt-file, --unconditional or --interactive")
+    if args.num_samples < 1:
+        raise GPT2KitError(f"--num-samples must be >= 1, got {args.num_samples}")
+    if args.prompt_file:
+        try:
+            prompt = Path(args.prompt_file).read_bytes().decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise GPT2KitError(f"{args.prompt_file}: not UTF-8 (byte {err.start})") from None
+    else:
+        prompt = args.prompt or ""  # --unconditional: an empty prompt starts from <|endoftext|>
+    loaded = load(args.model, device=args.device)
+    if not args.interactive:
+        _print_samples(loaded, prompt, config, args)
+        return 0
+    # As openai/gpt-2's interactive_conditional_samples.py: ask, sample, repeat until EOF.
+    while True:
+        try:
+            prompt = input("Model prompt >>> ")
+        except EOFError:
+            print()
+            return 0
+        if not prompt.strip():
+            print("Prompt should not be empty!")
+            continue
+        _print_samples(loaded, prompt, config, args)
+        print(SAMPLE_SEPARATOR * 2)
+
+
+SERVE_OPTIONS = (
+    "model",
+    "host",
+    "port",
+    "model_name",
+    "api_key",
+    "device",
+    "max_prompt_tokens",
+    "max_tokens_cap",
+    "max_n",
+    "max_choices",
+    "max_body_bytes",
+    "request_timeout_s",
+    "max_batch_size",
+)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from gpt2kit.generate import load_config_table
+    from gpt2kit.serve import ServerConfig, serve
+
+    values = load_config_table(args.config, "serve") if args.config else {}
+    values.update({name: getattr(args, name) for name in SERVE_OPTIONS if getattr(args, name) is not None})
+    if not values.get("model"):
+        raise GPT2KitError("give --model (or model in the --config file)")
+    serve(ServerConfig.from_dict(values, where=args.config or "serve options"))
+    return 0
+
+
+# -- data and training ----------------------------------------------------------------
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from gpt2kit.data.prepare import prepare
+
+    result = prepare(
+        args.input or [],
+        args.tokenizer,
+        args.out,
+        val_fraction=args.val_fraction,
+        workers=args.workers,
+        seed=args.seed,
+        split_lines=args.split_lines,
+        text_field=args.text_field,
+        on_bad_utf8=args.on_bad_utf8,
+        hf_dataset=args.hf_dataset,
+        hf_split=args.split,
+        shard_tokens=args.shard_tokens,
+        progress=not args.quiet,
+    )
+    manifest = result.manifest
+    for split in ("train", "val"):
+        stats = manifest.split_stats(split)
+        print(
+            f"{split}: {stats.num_docs:,} documents, {stats.num_tokens:,} tokens, "
+            f"{stats.bytes_per_token:.3f} bytes/token"
+        )
+    inputs = manifest.input_stats
+    print(
+        f"bad UTF-8 ({manifest.settings['on_bad_utf8']}): {inputs['bad_utf8_replaced']} documents repaired, "
+        f"{inputs['bad_utf8_skipped']} skipped; {inputs['empty_skipped']} empty documents skipped"
+    )
+    print(
+        f"shard groups: {result.groups_written} written, {result.groups_reused} reused; "
+        f"{result.tokens_per_s:,.0f} tokens/s -> {result.out}"
+    )
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import logging
+
+    from gpt2kit.config import apply_overrides, load_config
+    from gpt2kit.train import train
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    config = load_config(args.config)
+    config.data, config.out = args.data, args.out
+    for name in ("preset", "init_from", "max_steps", "seed"):
+        if getattr(args, name) is not None:
+            setattr(config, name, getattr(args, name))
+    if args.compile:
+        config.compile = True
+    apply_overrides(config, args.set)
+    result = train(config, resume=args.resume)
+    if result.checkpoint is not None:
+        loss = f"{result.loss:.4f}" if result.loss is not None else "n/a"
+        val = f"{result.val_loss:.4f}" if result.val_loss is not None else "n/a"
+        print(f"step {result.step}: {result.tokens:,} tokens, loss {loss}, val_loss {val}")
+        print(f"checkpoint: {result.checkpoint}")
+        print(f"metrics: {result.run_dir / 'metrics.jsonl'}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from gpt2kit.plot import plot_run
+
+    print(plot_run(args.run_dir, args.out))
+    return 0
+
+
 # -- eval ---------------------------------------------------------------------------
 
 
@@ -230,6 +502,133 @@ def add_demo_commands(commands) -> None:
     p.set_defaults(func=cmd_demo)
 
 
+def add_webtext_commands(commands) -> None:
+    """`webtext build` (the corpus) and `overlap build|check` (its 8-gram overlap with test sets)."""
+    web = commands.add_parser("webtext", help="build a WebText-style corpus from Reddit links, URLs, WARC or HTML")
+    web_commands = web.add_subparsers(dest="webtext_command", required=True, metavar="ACTION")
+    p = web_commands.add_parser("build", help="read, fetch, extract, filter, deduplicate and write shards")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--reddit", nargs="+", metavar="FILE", help="Reddit submission dumps (JSON lines, .zst ok)")
+    source.add_argument("--urls", metavar="FILE", help="a URL list, one per line")
+    source.add_argument("--warc", nargs="+", metavar="FILE", help="WARC files")
+    source.add_argument("--html-dir", metavar="DIR", help="a directory of saved HTML pages")
+    p.add_argument("--out", required=True, help="output directory (shards, stats.json, domains.tsv)")
+    p.add_argument("--workers", type=int, help="processes (tasks) per stage (default 1)")
+    p.add_argument("--config", help="TOML or YAML settings (see gpt2kit/webtext/config.py)")
+    p.add_argument("--min-karma", type=int, help="Reddit: minimum score (default 3)")
+    p.add_argument("--cutoff", help="Reddit: drop submissions created on or after this date (default 2018-01-01)")
+    p.add_argument("--subreddit-blocklist", help="Reddit: comma-separated subreddits to skip")
+    p.add_argument("--domain-blocklist", help="comma-separated domains to drop (with their subdomains)")
+    p.add_argument("--min-words", type=int, help="minimum words per document (default 64)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any setting, e.g. fetch.per_domain_delay=2")
+    p.set_defaults(func=cmd_webtext_build)
+    _add_overlap_commands(commands)
+
+
+def _add_overlap_commands(commands) -> None:
+    ov = commands.add_parser("overlap", help="8-gram Bloom filter overlap between a corpus and test sets")
+    ov_commands = ov.add_subparsers(dest="overlap_command", required=True, metavar="ACTION")
+    p = ov_commands.add_parser("build", help="build a Bloom filter of every 8-gram of a corpus")
+    p.add_argument("--corpus", nargs="+", required=True, help="text files, JSON-lines shards (.jsonl[.gz|.zst]), dirs")
+    p.add_argument("--out", required=True, help="filter file to write")
+    p.add_argument("--fpr", type=float, default=1e-8, help="false-positive rate bound (default 1e-8)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")
+    p.add_argument("--text-field", default="text", help="field holding the text in JSON lines")
+    p.add_argument("--expected-ngrams", type=int, help="size for this many 8-grams and skip the counting pass")
+    p.set_defaults(func=cmd_overlap_build)
+    p = ov_commands.add_parser("check", help="report how much of each test set's 8-grams the filter holds")
+    p.add_argument("--filter", required=True)
+    p.add_argument("--test", nargs="+", required=True, help="test files (.txt, .jsonl)")
+    p.add_argument(
+        "--unit", default="auto", choices=["auto", "line", "wikitext", "file"], help="example unit of text files"
+    )
+    p.add_argument("--field", help="JSON field of each example (default: text/article/question/...)")
+    p.add_argument("--flags", help="write per-example overlap flags here (JSON lines)")
+    p.add_argument("--json", help="write the table as JSON here")
+    p.set_defaults(func=cmd_overlap_check)
+
+
+def add_sampling_commands(commands) -> None:
+    p = commands.add_parser("sample", help="sample text from a model (greedy with --temperature 0)")
+    p.add_argument("--model", required=True, help="a model directory or hub id")
+    p.add_argument("--prompt", help="prompt text")
+    p.add_argument("--prompt-file", help="read the prompt from a UTF-8 file")
+    p.add_argument("--unconditional", action="store_true", help="sample from <|endoftext|>, as the paper did")
+    p.add_argument("--interactive", action="store_true", help="a prompt loop on stdin")
+    p.add_argument("--config", help="a TOML/YAML file of generation settings; flags override it")
+    p.add_argument("--max-new-tokens", type=int, help="default 64")
+    p.add_argument("--temperature", type=float, help="default 1.0; 0 is greedy (argmax)")
+    p.add_argument("--top-k", type=int, help="default 40, as the paper's samples; 0 turns it off")
+    p.add_argument("--top-p", type=float, help="nucleus sampling; default 1.0 (off)")
+    p.add_argument("--seed", type=int, help="sample i uses seed + i")
+    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--stop", action="append", help="stop before this string (repeatable)")
+    p.add_argument("--stream", action="store_true", help="print text as it is generated")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
+    p.set_defaults(func=cmd_sample)
+
+    p = commands.add_parser("serve", help="an OpenAI-compatible completions server with a playground page")
+    p.add_argument("--model", help="a model directory or hub id")
+    p.add_argument("--config", help="a TOML/YAML file of server settings; flags override it")
+    p.add_argument("--host", help="default 127.0.0.1 (this machine only)")
+    p.add_argument("--port", type=int, help="default 8000")
+    p.add_argument("--model-name", help="the id clients see (default: the directory name)")
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1/*")
+    p.add_argument("--device", help="default cpu")
+    p.add_argument("--max-prompt-tokens", type=int, help="default: the model's context")
+    p.add_argument("--max-tokens-cap", type=int, help="largest max_tokens a request may ask for (default 1024)")
+    p.add_argument("--max-n", type=int, help="largest n a request may ask for (default 8)")
+    p.add_argument("--max-choices", type=int, help="largest prompts x n in one request (default 32)")
+    p.add_argument("--max-body-bytes", type=int, help="default 1000000")
+    p.add_argument("--request-timeout", dest="request_timeout_s", type=float, help="seconds (default 300)")
+    p.add_argument("--max-batch-size", type=int, help="sequences decoded together (default 16)")
+    p.set_defaults(func=cmd_serve)
+
+
+def add_data_commands(commands) -> None:
+    p = commands.add_parser("prepare", help="tokenize a corpus into token shards for training")
+    p.add_argument("--input", nargs="+", help="text/jsonl(.gz|.zst)/parquet files, directories or globs")
+    p.add_argument("--hf-dataset", help="a HF dataset NAME[:CONFIG] (hub id or local directory), streamed")
+    p.add_argument("--split", default="train", help="split of --hf-dataset (default: train)")
+    p.add_argument("--tokenizer", default="gpt2", help="'gpt2', a tokenizer or model directory, or a .tiktoken file")
+    p.add_argument("--out", required=True, help="output directory for shards and manifest.json")
+    p.add_argument("--val-fraction", type=float, default=0.005, help="share of documents for validation")
+    p.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: all cores)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the train/validation split")
+    p.add_argument("--split-lines", action="store_true", help="one document per line of text files")
+    p.add_argument("--text-field", default="text", help="field (jsonl) or column (parquet, HF) with the text")
+    p.add_argument("--on-bad-utf8", choices=("error", "replace", "skip"), default="replace")
+    p.add_argument("--shard-tokens", type=int, default=100_000_000, help="train tokens per shard")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_prepare)
+
+
+def add_train_commands(commands) -> None:
+    p = commands.add_parser("train", help="pretrain or fine-tune a model on prepared shards (torchrun for many)")
+    p.add_argument("--config", required=True, help="a TOML or YAML training config (see configs/)")
+    p.add_argument("--data", required=True, help="a directory written by `gpt2kit prepare`")
+    p.add_argument("--out", required=True, help="the run directory")
+    p.add_argument("--preset", help="model size preset (gpt2, cpu-6m, ...)")
+    p.add_argument("--init-from", dest="init_from", help="fine-tune this model directory or hub id")
+    p.add_argument("--max-steps", dest="max_steps", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    p.add_argument("--compile", action="store_true", help="torch.compile each block (same as --set compile=true)")
+    p.add_argument(
+        "--set",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override config fields (dotted names)",
+    )
+    p.set_defaults(func=cmd_train)
+    p = commands.add_parser("plot", help="plot a run's train and validation loss to RUN_DIR/loss.png")
+    p.add_argument("run_dir")
+    p.add_argument("--out", help="the PNG to write (default RUN_DIR/loss.png)")
+    p.set_defaults(func=cmd_plot)
+
+
 def add_eval_commands(commands) -> None:
     p = commands.add_parser("eval", help="zero-shot evaluation on the GPT-2 paper's tasks")
     p.add_argument("--model", help="a model directory or hub id")
@@ -273,6 +672,10 @@ COMMAND_GROUPS = (
     add_tokenizer_commands,
     add_model_commands,
     add_demo_commands,
+    add_webtext_commands,
+    add_sampling_commands,
+    add_data_commands,
+    add_train_commands,
     add_eval_commands,
 )
 

@@ -74,9 +74,11 @@ class BigramLM(nn.Module):
     def num_parameters(self, non_embedding: bool = False) -> int:
         return 0 if non_embedding else self.table.weight.numel()
 
-    def forward(self, idx, *, kv_cache=None, attention_mask=None, position_ids=None):
+    def forward(self, idx, *, kv_cache=None, attention_mask=None, position_ids=None, logits_to_keep=0):
         if kv_cache is not None:
             if kv_cache.length + idx.shape[1] > kv_cache.max_length:
                 raise ValueError("KV cache is full")
             kv_cache.advance(idx.shape[1])
+        if logits_to_keep > 0:
+            idx = idx[:, -logits_to_keep:]
         return F.linear(self.ln_f(self.table(idx)), self.wte.weight)
