@@ -57,6 +57,7 @@ def test_sentences():
         "Prices rose 3.5 percent.",
         "M. Dupont a dit non.",
     ]
+    assert first_sentences("the end\n\n\nA new line. And more. Not this.", 3) == "the end A new line. And more."
 
 
 def test_rouge_by_hand():

@@ -119,12 +119,22 @@ def test_lambada_stopword_filter_skips_stop_words(tmp_path):
         vocab_size=tokenizer.vocab_size,
         runners_up={ids[" ate"]: ids[" cake"]},
     )
-    path = write_jsonl(tmp_path, "lambada_test.jsonl", [{"text": "she ate cake"}, {"text": "she ate the"}])
-    samples = []
-    result = run(model, "lambada", path, tokenizer=tokenizer, samples=samples, lambada_stopword_filter=True)
-    assert [s["prediction_stopword_filter"] for s in samples] == ["cake", "cake"]
-    assert result["metrics"]["acc_last_word"] == 0.5  # greedy says "the": right only for the second
-    assert result["metrics"]["acc_stopword_filter"] == 0.5  # the filter says "cake": right only for the first
+    texts = ["she ate cake", "she ate the", "she she she ate cake"]  # the last one is left-padded in its batch
+    path = write_jsonl(tmp_path, "lambada_test.jsonl", [{"text": t} for t in texts])
+    for batch_size in (1, 8):
+        samples = []
+        result = run(
+            model,
+            "lambada",
+            path,
+            tokenizer=tokenizer,
+            samples=samples,
+            lambada_stopword_filter=True,
+            batch_size=batch_size,
+        )
+        assert [s["prediction_stopword_filter"] for s in samples] == ["cake", "cake", "cake"]
+        assert result["metrics"]["acc_last_word"] == pytest.approx(1 / 3)  # greedy says "the": right for the second
+        assert result["metrics"]["acc_stopword_filter"] == pytest.approx(2 / 3)  # "cake": right for the others
 
 
 # -- CBT and Winograd ---------------------------------------------------------------------------
@@ -276,3 +286,28 @@ def test_summarization_needs_room_for_an_article(tmp_path):
     path = write_jsonl(tmp_path, "cnndm.jsonl", [{"article": "xx.", "highlights": "bc."}])
     with pytest.raises(GPT2KitError, match="leaves no room for an article"):
         run(BigramLM(ANSWER_CHAIN, n_positions=100), "cnn_dailymail", path)
+
+
+def test_stopword_filter_with_left_padding_matches_one_at_a_time(tmp_path, gpt2_tokenizer):
+    import torch
+
+    from gpt2kit.model import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=gpt2_tokenizer.vocab_size, n_positions=64, n_layer=1, n_head=2, n_embd=16)).eval()
+    texts = ["the cat sat on the mat", "it was late", "she told him a long story about the old house by the sea"]
+    path = write_jsonl(tmp_path, "lambada_test.jsonl", [{"text": t} for t in texts])
+    predictions = []
+    for batch_size in (1, 3):
+        samples = []
+        run(
+            model,
+            "lambada",
+            path,
+            tokenizer=gpt2_tokenizer,
+            samples=samples,
+            lambada_stopword_filter=True,
+            batch_size=batch_size,
+        )
+        predictions.append([s["prediction_stopword_filter"] for s in samples])
+    assert predictions[0] == predictions[1] and all(p.isalpha() for p in predictions[0])

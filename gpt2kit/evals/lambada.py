@@ -92,43 +92,71 @@ def _word_continuation(ctx: TaskContext, passage: Passage) -> tuple[list[int], l
     return whole, context, whole[len(context) :]
 
 
-def stopword_filtered_word(ctx: TaskContext, context: list[int]) -> str:
-    """The most likely non-stop-word among greedy completions of the top first tokens of a new word."""
+def stopword_filtered_words(ctx: TaskContext, contexts: list[list[int]]) -> list[str]:
+    """For each context, the most likely non-stop-word among greedy completions of its top word starts.
+
+    Contexts run `batch_size` at a time, left-padded; each context's candidates
+    then continue from its KV cache, copied once per candidate.
+    """
     model, tokenizer = ctx.model, ctx.tokenizer
-    context = context[-(ctx.context_length - MAX_WORD_TOKENS) :]
     device = model.wte.weight.device
-    cache = KVCache(model.config, 1, len(context) + MAX_WORD_TOKENS, device=device, dtype=model.wte.weight.dtype)
-    with torch.no_grad():
-        last = hidden_states(model, torch.tensor([context], device=device), kv_cache=cache)[0, -1]
-        logprobs = torch.log_softmax(head_logits(model, last[None])[0].double(), dim=-1)
-        ranked = torch.argsort(logprobs, descending=True)[:200].tolist()
-        firsts = [t for t in ranked if _starts_word(tokenizer.decode([t]))][:CANDIDATES]
-        if not firsts:
-            return ""
-        rows = cache.repeat(len(firsts))
-        words = [[t] for t in firsts]
-        scores = [logprobs[t].item() for t in firsts]
-        open_rows = [True] * len(firsts)
-        step = torch.tensor([[t] for t in firsts], device=device)
-        for _ in range(MAX_WORD_TOKENS - 1):
-            hidden = hidden_states(model, step, kv_cache=rows)[:, -1]
-            step_logprobs = torch.log_softmax(head_logits(model, hidden).double(), dim=-1)
-            best = step_logprobs.argmax(dim=-1).tolist()
-            for row, token in enumerate(best):
-                if open_rows[row] and _continues_word(tokenizer.decode([token])):
-                    words[row].append(token)
-                    scores[row] += step_logprobs[row, token].item()
-                else:
-                    open_rows[row] = False
-            if not any(open_rows):
-                break
-            step = torch.tensor([[t] for t in best], device=device)
-    completed = [(score, tokenizer.decode(tokens).strip()) for score, tokens in zip(scores, words, strict=True)]
-    completed.sort(key=lambda pair: -pair[0])
-    for _, word in completed:
-        if word.lower() not in STOP_WORDS:
-            return word
-    return completed[0][1]
+    words: list[str] = []
+    for start in range(0, len(contexts), ctx.options.batch_size):
+        batch = [c[-(ctx.context_length - MAX_WORD_TOKENS) :] for c in contexts[start : start + ctx.options.batch_size]]
+        width = max(map(len, batch))
+        idx = torch.full((len(batch), width), tokenizer.eot_token, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, context in enumerate(batch):
+            idx[row, width - len(context) :] = torch.tensor(context)
+            mask[row, width - len(context) :] = 1
+        idx, mask = idx.to(device), mask.to(device)
+        padded = bool((mask == 0).any())
+        cache = KVCache(model.config, len(batch), width + MAX_WORD_TOKENS, device=device, dtype=model.wte.weight.dtype)
+        with torch.no_grad():
+            hidden = hidden_states(model, idx, kv_cache=cache, attention_mask=mask if padded else None)[:, -1]
+            first_logprobs = torch.log_softmax(head_logits(model, hidden).double(), dim=-1)
+            candidates = [_word_starts(tokenizer, row) for row in first_logprobs]
+            # Every context gets CANDIDATES rows (repeating its last start when it has fewer), so rows line up.
+            tokens: list[list[int]] = []
+            for cands in candidates:
+                filled = (cands + cands[-1:] * CANDIDATES)[:CANDIDATES] if cands else [tokenizer.eot_token] * CANDIDATES
+                tokens += [[t] for t in filled]
+            owners = [b for b in range(len(batch)) for _ in range(CANDIDATES)]
+            scores = [first_logprobs[owners[r], tokens[r][0]].item() for r in range(len(tokens))]
+            rows = torch.tensor(owners, device=device)
+            cache.select(rows)
+            mask = mask[rows]
+            open_rows = [True] * len(tokens)
+            step = torch.tensor([t[:1] for t in tokens], device=device)
+            for _ in range(MAX_WORD_TOKENS - 1):
+                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+                hidden = hidden_states(model, step, kv_cache=cache, attention_mask=mask if padded else None)[:, -1]
+                step_logprobs = torch.log_softmax(head_logits(model, hidden).double(), dim=-1)
+                best = step_logprobs.argmax(dim=-1).tolist()
+                for r, token in enumerate(best):
+                    if open_rows[r] and _continues_word(tokenizer.decode([token])):
+                        tokens[r].append(token)
+                        scores[r] += step_logprobs[r, token].item()
+                    else:
+                        open_rows[r] = False
+                if not any(open_rows):
+                    break
+                step = torch.tensor([[t] for t in best], device=device)
+        for b, cands in enumerate(candidates):
+            rows_of_b = range(b * CANDIDATES, b * CANDIDATES + len(cands))
+            completed = sorted(
+                ((scores[r], tokenizer.decode(tokens[r]).strip()) for r in rows_of_b), key=lambda p: -p[0]
+            )
+            words.append(
+                next((w for _, w in completed if w.lower() not in STOP_WORDS), completed[0][1] if completed else "")
+            )
+    return words
+
+
+def _word_starts(tokenizer, logprobs: torch.Tensor) -> list[int]:
+    """The CANDIDATES most likely tokens that begin a new word (a space, then letters)."""
+    ranked = torch.argsort(logprobs, descending=True)[:200].tolist()
+    return [t for t in ranked if _starts_word(tokenizer.decode([t]))][:CANDIDATES]
 
 
 def _starts_word(text: str) -> bool:
@@ -161,6 +189,7 @@ def run(ctx: TaskContext) -> TaskOutput:
             last_token_request.append(len(requests))
             requests.append(ScoreRequest(tuple(whole[:-1]), (whole[-1],)))
     scores = ctx.scorer.score(requests)
+    predictions = stopword_filtered_words(ctx, contexts) if ctx.options.lambada_stopword_filter else []
     samples, last_token_hits, word_hits, filter_hits, word_logprobs, last_logprobs = [], 0, 0, 0, [], []
     for i, passage in enumerate(passages):
         score, last = scores[word_request[i]], scores[last_token_request[i]]
@@ -178,9 +207,8 @@ def run(ctx: TaskContext) -> TaskOutput:
             "correct_last_token": last_hit,
         }
         if ctx.options.lambada_stopword_filter:
-            prediction = stopword_filtered_word(ctx, contexts[i])
-            filter_hits += prediction == passage.target
-            sample["prediction_stopword_filter"] = prediction
+            filter_hits += predictions[i] == passage.target
+            sample["prediction_stopword_filter"] = predictions[i]
         samples.append(sample)
     n = len(passages)
     metrics = {

@@ -74,16 +74,19 @@ def _is_abbreviation(word: str) -> bool:
 
 
 def split_sentences(text: str) -> list[str]:
-    """Sentences of generated text; a period after an initial or a known abbreviation ("Mr.", "M.") ends none."""
-    text = text.strip()
-    sentences, start = [], 0
-    for match in _SENTENCE_END.finditer(text):
-        word = _LAST_WORD.search(text[start : match.end()])
-        if word and _is_abbreviation(word.group(1)):
-            continue
-        sentences.append(text[start : match.end()].strip())
-        start = match.end()
-    sentences.append(text[start:].strip())
+    """Sentences of generated text: a line break ends one too; a period after an initial or a known
+    abbreviation ("Mr.", "M.") does not."""
+    sentences = []
+    for line in text.split("\n"):
+        line = line.strip()
+        start = 0
+        for match in _SENTENCE_END.finditer(line):
+            word = _LAST_WORD.search(line[start : match.end()])
+            if word and _is_abbreviation(word.group(1)):
+                continue
+            sentences.append(line[start : match.end()].strip())
+            start = match.end()
+        sentences.append(line[start:].strip())
     return [s for s in sentences if s]
 
 

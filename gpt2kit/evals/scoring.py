@@ -192,12 +192,14 @@ class Scorer:
                     single.append(i)
                 else:
                     groups.setdefault(request.group, []).append(i)
+            shared: list[tuple[list[int], int]] = []
             for members in groups.values():
                 prefix = _shared_prefix_length([fitted[i] for i in members])
                 if len(members) == 1 or prefix == 0:
                     single.extend(members)
                 else:
-                    self._score_shared_prefix(fitted, members, prefix, results)
+                    shared.append((members, prefix))
+            self._score_shared_prefixes(fitted, shared, results)
             self._score_independent(fitted, sorted(single), results)
             return _join_pieces(results, owner, len(requests))
         finally:
@@ -230,34 +232,79 @@ class Scorer:
             self._distribute(requests, batch, logprobs, greedy, results)
 
     # -- shared prefixes -----------------------------------------------------------------
-    def _score_shared_prefix(
-        self, requests: list[ScoreRequest], members: list[int], prefix: int, results: list[ContinuationScore | None]
+    def _score_shared_prefixes(
+        self, requests: list[ScoreRequest], groups: list[tuple[list[int], int]], results: list[ContinuationScore | None]
+    ) -> None:
+        """Groups of similar prefix length share batches: prefixes run once, members' suffixes run after them."""
+        groups = sorted(groups, key=lambda g: (-g[1], g[0][0]))
+        chunk: list[tuple[list[int], int]] = []
+        rows = 0
+        for group in groups:
+            if chunk and (len(chunk) == self.batch_size or rows + len(group[0]) > self.batch_size):
+                self._score_group_chunk(requests, chunk, results)
+                chunk, rows = [], 0
+            chunk.append(group)
+            rows += len(group[0])
+        if chunk:
+            self._score_group_chunk(requests, chunk, results)
+
+    def _score_group_chunk(
+        self, requests: list[ScoreRequest], groups: list[tuple[list[int], int]], results: list[ContinuationScore | None]
     ) -> None:
         model, device = self.model, _device(self.model)
-        fulls = [requests[i].context + requests[i].continuation for i in members]
-        suffixes = [list(full[prefix:-1]) for full in fulls]
-        width = max(map(len, suffixes))
-        cache = KVCache(model.config, 1, prefix + width, device=device, dtype=model.wte.weight.dtype)
-        prefix_hidden = hidden_states(model, torch.tensor([list(fulls[0][:prefix])], device=device), kv_cache=cache)
-        last_prefix_state = prefix_hidden[0, -1]
+        prefixes = [requests[members[0]].context[:prefix] for members, prefix in groups]
+        # Each member: (its request, its group's row, the suffix it still has to run after the prefix).
+        members = [
+            (i, g, list((requests[i].context + requests[i].continuation)[prefix:-1]))
+            for g, (group_members, prefix) in enumerate(groups)
+            for i in group_members
+        ]
+        prefix_width = max(map(len, prefixes))
+        suffix_width = max(len(suffix) for _, _, suffix in members)
+        idx = torch.zeros((len(groups), prefix_width), dtype=torch.long)
+        prefix_mask = torch.zeros((len(groups), prefix_width), dtype=torch.long)
+        for g, tokens in enumerate(prefixes):
+            idx[g, : len(tokens)] = torch.tensor(tokens)
+            prefix_mask[g, : len(tokens)] = 1
+        cache = KVCache(
+            model.config, len(groups), prefix_width + suffix_width, device=device, dtype=model.wte.weight.dtype
+        )
+        # Right padding: causal attention keeps each prefix's own states exact.
+        prefix_hidden = hidden_states(model, idx.to(device), kv_cache=cache)
+        last_states = prefix_hidden[
+            torch.arange(len(groups), device=device), torch.tensor([len(p) - 1 for p in prefixes], device=device)
+        ]
+        ragged = any(len(p) != prefix_width for p in prefixes)
         for start in range(0, len(members), self.batch_size):
-            chunk = list(range(start, min(start + self.batch_size, len(members))))
-            states = []
+            batch = members[start : start + self.batch_size]
+            owners = torch.tensor([g for _, g, _ in batch], device=device)
             suffix_hidden = None
-            if width:
-                idx = torch.zeros((len(chunk), width), dtype=torch.long)
-                for row, k in enumerate(chunk):
-                    idx[row, : len(suffixes[k])] = torch.tensor(suffixes[k])
-                suffix_hidden = hidden_states(model, idx.to(device), kv_cache=cache.repeat(len(chunk)))
-            targets = []
-            for row, k in enumerate(chunk):
-                request = requests[members[k]]
+            if suffix_width:
+                rows_cache = cache.repeat(1)
+                rows_cache.select(owners)
+                suffix_idx = torch.zeros((len(batch), suffix_width), dtype=torch.long)
+                for row, (_, _, suffix) in enumerate(batch):
+                    suffix_idx[row, : len(suffix)] = torch.tensor(suffix)
+                # A shorter prefix leaves padding in the cache: mask it; positions then count real tokens only.
+                mask = None
+                if ragged:
+                    mask = torch.cat(
+                        [
+                            prefix_mask.to(device)[owners],
+                            torch.ones((len(batch), suffix_width), dtype=torch.long, device=device),
+                        ],
+                        dim=1,
+                    )
+                suffix_hidden = hidden_states(model, suffix_idx.to(device), kv_cache=rows_cache, attention_mask=mask)
+            states, targets = [], []
+            for row, (i, g, _) in enumerate(batch):
+                request, prefix = requests[i], len(prefixes[g])
                 # Input position p predicts token p + 1; position prefix - 1 is the prefix's last state.
                 for p in range(len(request.context) - 1, len(request.context) + len(request.continuation) - 1):
-                    states.append(last_prefix_state if p == prefix - 1 else suffix_hidden[row, p - prefix])
+                    states.append(last_states[g] if p == prefix - 1 else suffix_hidden[row, p - prefix])
                 targets += request.continuation
             logprobs, greedy = score_positions(model, torch.stack(states), torch.tensor(targets, device=device))
-            self._distribute(requests, [members[k] for k in chunk], logprobs, greedy, results)
+            self._distribute(requests, [i for i, _, _ in batch], logprobs, greedy, results)
 
     @staticmethod
     def _distribute(
