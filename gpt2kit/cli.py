@@ -120,6 +120,20 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_synth(args: argparse.Namespace) -> int:
+    from gpt2kit.synth import DEFAULT_MIX, SynthConfig, generate, parse_mix
+
+    config = SynthConfig(
+        size_mb=args.size_mb,
+        seed=args.seed,
+        mix=parse_mix(args.mix) if args.mix else dict(DEFAULT_MIX),
+        eval_examples=args.eval_examples,
+    )
+    result = generate(args.out, config, progress=True)
+    print(result.summary())
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from gpt2kit.demo import run_demo
 
@@ -160,6 +174,13 @@ def add_model_commands(commands) -> None:
 
 
 def add_demo_commands(commands) -> None:
+    p = commands.add_parser("synth", help="generate a synthetic web with naturally occurring tasks, and eval sets")
+    p.add_argument("--out", required=True, help="directory for train/ shards, eval/ sets and manifest.json")
+    p.add_argument("--size-mb", type=float, default=20.0, help="megabytes of training documents")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mix", help="document kinds and weights, e.g. story=0.3,forum=0.1 (default: all kinds)")
+    p.add_argument("--eval-examples", type=int, default=200, help="held-out examples per evaluation set")
+    p.set_defaults(func=cmd_synth)
     p = commands.add_parser("demo", help="run the main job end to end, offline")
     p.add_argument("--out", default="demo-out")
     p.add_argument("--quick", action="store_true", help="one small model, for CI")
