@@ -424,7 +424,8 @@ class Writer:
     def news(self) -> str:
         article, summary = self.news_article(self.news_event())
         title = self.rng.choice(["Local news", "Weekend report", "Town news", "Festival report"])
-        return f"{title}\n\n{article}\n\nTL;DR: {summary}\n"
+        gap = "\n" if self.rng.random() < 0.5 else "\n\n"
+        return f"{title}\n\n{article}{gap}TL;DR: {summary}\n"
 
     # phrasebook ---------------------------------------------------------------------------------------------
     def phrase(self, shapes: Iterable[str] = tuple(PHRASE_SHAPES)) -> tuple[str, str]:
