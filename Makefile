@@ -32,6 +32,7 @@ demo: install
 
 bench: install
 	$(PY) bench/tokenizer.py
+	$(PY) bench/overlap.py
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache

@@ -8,6 +8,7 @@ with exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -178,6 +179,92 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print(markdown_table(models, columns, {}))
     print("\n".join(trend_lines(models, columns, {})))
     print(f"report: {report}")
+
+
+# -- webtext --------------------------------------------------------------------------
+
+
+def cmd_webtext_build(args: argparse.Namespace) -> int:
+    import logging
+
+    from gpt2kit.webtext import WebTextConfig, build_webtext, format_stage_table
+
+    # trafilatura logs an ERROR for every page it cannot parse; the stage counts already report them
+    logging.getLogger("trafilatura").setLevel(logging.CRITICAL)
+    from gpt2kit.webtext.config import apply_settings, load_config_file, parse_overrides
+
+    config = WebTextConfig()
+    if args.config:
+        apply_settings(config, load_config_file(args.config))
+    kind, inputs = next(
+        (kind, value)
+        for kind, value in (("reddit", args.reddit), ("urls", args.urls), ("warc", args.warc), ("html", args.html_dir))
+        if value
+    )
+    inputs = [inputs] if isinstance(inputs, str) else inputs
+    config.input_kind, config.inputs, config.out = kind, [str(v) for v in inputs], args.out
+    flags = {
+        "workers": args.workers,
+        "reddit": {"min_karma": args.min_karma, "cutoff": args.cutoff, "subreddit_blocklist": args.subreddit_blocklist},
+        "filters": {"domain_blocklist": args.domain_blocklist, "min_words": args.min_words},
+    }
+    apply_settings(config, _without_none(flags))
+    apply_settings(config, parse_overrides(args.set or []))
+    report = build_webtext(config)
+    print(format_stage_table(report))
+    print(f"{report.documents:,} documents in {len(report.shards)} shards -> {report.out}")
+    if report.top_domains:
+        print("top domains: " + ", ".join(f"{d} ({n})" for d, n in report.top_domains[:10]))
+    return 0
+
+
+def _without_none(settings: dict) -> dict:
+    """Only the flags that were given."""
+    kept = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            value = _without_none(value)
+            if value:
+                kept[key] = value
+        elif value is not None:
+            kept[key] = value
+    return kept
+
+
+# -- overlap (the paper's 8-gram Bloom filter analysis) ------------------------------
+
+
+def cmd_overlap_build(args: argparse.Namespace) -> int:
+    from gpt2kit.overlap import build_filter
+
+    result = build_filter(
+        args.corpus,
+        args.out,
+        fpr=args.fpr,
+        workers=args.workers,
+        text_field=args.text_field,
+        expected_ngrams=args.expected_ngrams,
+    )
+    params = result.params
+    print(f"{result.ngrams:,} 8-grams from {result.documents:,} documents in {result.files} files -> {result.path}")
+    print(
+        f"m={params.m:,} bits ({params.nbytes / 1e6:.1f} MB), k={params.k}, false-positive bound {params.fpr_bound:.2e}"
+    )
+    print(f"insert: {result.seconds:.1f} s, {result.ngrams_per_second:,.0f} 8-grams/s with {result.workers} processes")
+    return 0
+
+
+def cmd_overlap_check(args: argparse.Namespace) -> int:
+    import json
+
+    from gpt2kit.overlap import BloomFilter, check_overlap, format_table
+
+    rows = check_overlap(args.filter, args.test, unit=args.unit, field=args.field, flags_out=args.flags)
+    print(format_table(rows, BloomFilter.open(args.filter).header))
+    if args.json:
+        from gpt2kit.io import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps([row.summary() for row in rows], indent=2) + "\n")
     return 0
 
 
@@ -243,11 +330,58 @@ def add_demo_commands(commands) -> None:
     p.set_defaults(func=cmd_sweep)
 
 
+def add_webtext_commands(commands) -> None:
+    """`webtext build` (the corpus) and `overlap build|check` (its 8-gram overlap with test sets)."""
+    web = commands.add_parser("webtext", help="build a WebText-style corpus from Reddit links, URLs, WARC or HTML")
+    web_commands = web.add_subparsers(dest="webtext_command", required=True, metavar="ACTION")
+    p = web_commands.add_parser("build", help="read, fetch, extract, filter, deduplicate and write shards")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--reddit", nargs="+", metavar="FILE", help="Reddit submission dumps (JSON lines, .zst ok)")
+    source.add_argument("--urls", metavar="FILE", help="a URL list, one per line")
+    source.add_argument("--warc", nargs="+", metavar="FILE", help="WARC files")
+    source.add_argument("--html-dir", metavar="DIR", help="a directory of saved HTML pages")
+    p.add_argument("--out", required=True, help="output directory (shards, stats.json, domains.tsv)")
+    p.add_argument("--workers", type=int, help="processes (tasks) per stage (default 1)")
+    p.add_argument("--config", help="TOML or YAML settings (see gpt2kit/webtext/config.py)")
+    p.add_argument("--min-karma", type=int, help="Reddit: minimum score (default 3)")
+    p.add_argument("--cutoff", help="Reddit: drop submissions created on or after this date (default 2018-01-01)")
+    p.add_argument("--subreddit-blocklist", help="Reddit: comma-separated subreddits to skip")
+    p.add_argument("--domain-blocklist", help="comma-separated domains to drop (with their subdomains)")
+    p.add_argument("--min-words", type=int, help="minimum words per document (default 64)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any setting, e.g. fetch.per_domain_delay=2")
+    p.set_defaults(func=cmd_webtext_build)
+    _add_overlap_commands(commands)
+
+
+def _add_overlap_commands(commands) -> None:
+    ov = commands.add_parser("overlap", help="8-gram Bloom filter overlap between a corpus and test sets")
+    ov_commands = ov.add_subparsers(dest="overlap_command", required=True, metavar="ACTION")
+    p = ov_commands.add_parser("build", help="build a Bloom filter of every 8-gram of a corpus")
+    p.add_argument("--corpus", nargs="+", required=True, help="text files, JSON-lines shards (.jsonl[.gz|.zst]), dirs")
+    p.add_argument("--out", required=True, help="filter file to write")
+    p.add_argument("--fpr", type=float, default=1e-8, help="false-positive rate bound (default 1e-8)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")
+    p.add_argument("--text-field", default="text", help="field holding the text in JSON lines")
+    p.add_argument("--expected-ngrams", type=int, help="size for this many 8-grams and skip the counting pass")
+    p.set_defaults(func=cmd_overlap_build)
+    p = ov_commands.add_parser("check", help="report how much of each test set's 8-grams the filter holds")
+    p.add_argument("--filter", required=True)
+    p.add_argument("--test", nargs="+", required=True, help="test files (.txt, .jsonl)")
+    p.add_argument(
+        "--unit", default="auto", choices=["auto", "line", "wikitext", "file"], help="example unit of text files"
+    )
+    p.add_argument("--field", help="JSON field of each example (default: text/article/question/...)")
+    p.add_argument("--flags", help="write per-example overlap flags here (JSON lines)")
+    p.add_argument("--json", help="write the table as JSON here")
+    p.set_defaults(func=cmd_overlap_check)
+
+
 # Each area of the CLI registers its own subcommands; add new areas here, one per line.
 COMMAND_GROUPS = (
     add_tokenizer_commands,
     add_model_commands,
     add_demo_commands,
+    add_webtext_commands,
 )
 
 

@@ -1,0 +1,244 @@
+import gzip
+import json
+import random
+import string
+
+import numpy as np
+import pytest
+import zstandard
+
+from gpt2kit import overlap
+from gpt2kit.cli import main
+from gpt2kit.errors import GPT2KitError
+from gpt2kit.overlap import (
+    NGRAM,
+    BloomFilter,
+    bloom_params,
+    build_filter,
+    check_overlap,
+    format_table,
+    load_examples,
+    normalise,
+    normalise_words,
+)
+
+
+def random_words(rng: random.Random, count: int, vocab: int = 5000) -> list[str]:
+    return [f"w{rng.randrange(vocab)}" for _ in range(count)]
+
+
+def random_text(rng: random.Random, words: int) -> str:
+    tokens = random_words(rng, words)
+    lines, line = [], []
+    for token in tokens:
+        line.append(token.capitalize() if rng.random() < 0.1 else token)
+        if rng.random() < 0.08:
+            lines.append(" ".join(line) + rng.choice([".", ",", "!", " --"]))
+            line = []
+    lines.append(" ".join(line))
+    return "\n".join(lines) + "\n"
+
+
+def exact_ngrams(texts) -> set[tuple[str, ...]]:
+    grams = set()
+    for text in texts:
+        words = normalise_words(text)
+        grams.update(tuple(words[i : i + NGRAM]) for i in range(len(words) - NGRAM + 1))
+    return grams
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    """A text file, a zstd JSON-lines shard and a gzip one, in a directory."""
+    rng = random.Random(0)
+    root = tmp_path / "corpus"
+    root.mkdir()
+    texts = {"book.txt": random_text(rng, 6000)}
+    (root / "book.txt").write_text(texts["book.txt"])
+    docs = [random_text(rng, rng.randrange(3, 400)) for _ in range(40)]
+    payload = "".join(json.dumps({"text": d, "url": f"http://x/{i}"}) + "\n" for i, d in enumerate(docs))
+    (root / "shard-0.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(payload.encode()))
+    more = [random_text(rng, 200) for _ in range(10)]
+    with gzip.open(root / "sub.jsonl.gz", "wt") as handle:
+        handle.writelines(json.dumps({"text": d}) + "\n" for d in more)
+    return root, [texts["book.txt"], *docs, *more]
+
+
+def test_normalisation_is_the_papers():
+    assert normalise("Hello,  World!\nIt's 2019 -- GPT_2 café") == "hello world it s 2019 gpt 2 café"
+    assert normalise_words("  ") == []
+
+
+def test_params_meet_the_bound():
+    for n in (1, 10, 12345, 5_000_000, 200_000_000):
+        params = bloom_params(n, 1e-8)
+        assert params.fpr_bound <= 1e-8
+        assert params.m == params.stripes * params.stripe_bits and params.stripe_bits % 64 == 0
+    assert bloom_params(1000, 1e-3).k < bloom_params(1000, 1e-8).k
+    with pytest.raises(GPT2KitError, match="false-positive"):
+        bloom_params(10, 1.5)
+
+
+def test_equals_exact_set_count(tmp_path, corpus):
+    root, texts = corpus
+    result = build_filter([root], tmp_path / "f.bloom", workers=1)
+    truth = exact_ngrams([texts[0]]) | exact_ngrams(texts[1:])
+    total = sum(max(0, len(normalise_words(t)) - NGRAM + 1) for t in texts)
+    assert result.ngrams == total and result.documents == len(texts) and result.files == 3
+
+    rng = random.Random(5)
+    book_words = normalise_words(texts[0])
+    tests = []
+    for _ in range(60):  # half copied from the corpus (some straddling line ends), half new text
+        if rng.random() < 0.5:
+            start = rng.randrange(len(book_words) - 30)
+            tests.append(" ".join(book_words[start : start + rng.randrange(8, 30)]) + " " + random_text(rng, 12))
+        else:
+            tests.append(random_text(rng, rng.randrange(0, 40)))
+    test_file = tmp_path / "test.jsonl"
+    test_file.write_text("".join(json.dumps({"text": t}) + "\n" for t in tests))
+    flags = tmp_path / "flags.jsonl"
+    (row,) = check_overlap(result.path, [test_file], flags_out=flags)
+
+    expected_found = expected_total = expected_docs = 0
+    per_example = []
+    for text in tests:
+        words = normalise_words(text)
+        grams = [tuple(words[i : i + NGRAM]) for i in range(len(words) - NGRAM + 1)]
+        hits = sum(g in truth for g in grams)
+        per_example.append(hits)
+        expected_found += hits
+        expected_total += len(grams)
+        expected_docs += hits > 0
+    assert row.ngrams == expected_total and row.ngrams_found == expected_found
+    assert row.examples_with_overlap == expected_docs and 0 < expected_docs < len(tests)
+    written = [json.loads(line) for line in flags.read_text().splitlines()]
+    assert [w["found"] for w in written] == per_example
+    assert [w["index"] for w in written] == list(range(len(tests)))
+    assert all(w["overlap"] == (w["found"] > 0) for w in written)
+
+
+def test_planted_overlap_is_found(tmp_path):
+    rng = random.Random(1)
+    passage = "The quick brown fox of Ashdown jumped over seventeen lazy dogs while the moon rose slowly."
+    book = random_text(rng, 3000) + passage + "\n" + random_text(rng, 3000)
+    (tmp_path / "book.txt").write_text(book)
+    build_filter([tmp_path / "book.txt"], tmp_path / "f.bloom")
+    test = tmp_path / "lambada.txt"
+    test.write_text(f"unrelated words go here and do not match anything at all today\n{passage.upper()}\n")
+    (clean, planted) = check_overlap(tmp_path / "f.bloom", [test], unit="line")[0].flags
+    assert planted["found"] == planted["ngrams"] == len(normalise_words(passage)) - NGRAM + 1
+    assert clean["found"] == 0
+
+
+def test_measured_false_positive_rate_is_under_the_bound(tmp_path):
+    rng = random.Random(2)
+    (tmp_path / "c.txt").write_text(random_text(rng, 30000))
+    # A loose filter shows the measurement is calibrated; the paper's 1e-8 filter must show no false positives.
+    letters = string.ascii_lowercase
+    queries = np.concatenate(
+        [
+            overlap.text_fingerprints(" ".join("".join(rng.choices(letters, k=6)) for _ in range(NGRAM)))
+            for _ in range(20000)
+        ]
+    )
+    queries = np.concatenate([queries, np.random.default_rng(0).integers(0, 2**63, 400_000, dtype=np.uint64)])
+    loose = build_filter([tmp_path / "c.txt"], tmp_path / "loose.bloom", fpr=1e-2)
+    rate = BloomFilter.open(loose.path).contains(queries).mean()
+    assert 0.002 < rate <= 1e-2 * 1.15
+    tight = build_filter([tmp_path / "c.txt"], tmp_path / "tight.bloom", fpr=1e-8)
+    assert BloomFilter.open(tight.path).contains(queries).sum() == 0
+    assert tight.params.fpr_bound <= 1e-8
+
+
+def test_blocks_carry_ngrams_across_boundaries(tmp_path, monkeypatch):
+    rng = random.Random(3)
+    text = random_text(rng, 4000)
+    (tmp_path / "c.txt").write_text(text)
+    monkeypatch.setattr(overlap, "TEXT_BLOCK_BYTES", 100)
+    result = build_filter([tmp_path / "c.txt"], tmp_path / "f.bloom")
+    assert result.ngrams == len(normalise_words(text)) - NGRAM + 1
+    test = tmp_path / "t.txt"
+    test.write_text(text)
+    (row,) = check_overlap(result.path, [test], unit="file")
+    assert row.ngrams_found == row.ngrams == result.ngrams
+
+
+def test_two_processes_build_the_same_filter(tmp_path, corpus):
+    root, _ = corpus
+    # Sized for 9M 8-grams so the filter has many stripes, each guarded by its own lock.
+    one = build_filter([root], tmp_path / "one.bloom", workers=1, expected_ngrams=9_000_000)
+    two = build_filter([root], tmp_path / "two.bloom", workers=2, expected_ngrams=9_000_000)
+    assert one.params.stripes > 1 and two.workers == 2
+    assert (tmp_path / "one.bloom").read_bytes()[4096:] == (tmp_path / "two.bloom").read_bytes()[4096:]
+    header = BloomFilter.open(two.path).header
+    assert header["version"] == 1 and header["n"] == 9_000_000 and header["items_inserted"] == one.ngrams
+
+
+def test_load_examples_units(tmp_path):
+    wiki = tmp_path / "wiki.valid.raw"
+    wiki.write_text(" \n = A = \n \n a one two \n\n = = Sub = = \n a three \n = B = \n b four \n")
+    assert len(load_examples(wiki)) == 2
+    assert len(load_examples(wiki, unit="line")) == 6
+    nq = tmp_path / "nq.jsonl"
+    nq.write_text('{"question": "who sings", "answer": ["x"]}\n{"question": "when was", "answer": ["y"]}\n')
+    assert load_examples(nq) == ["who sings", "when was"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"answer": 1}\n')
+    with pytest.raises(GPT2KitError, match="pass --field"):
+        load_examples(bad)
+
+
+def test_bad_inputs_get_one_clear_line(tmp_path):
+    with pytest.raises(GPT2KitError, match="no such file"):
+        build_filter([tmp_path / "missing.txt"], tmp_path / "f.bloom")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(GPT2KitError, match="no text"):
+        build_filter([tmp_path / "empty"], tmp_path / "f.bloom")
+    (tmp_path / "bad.txt").write_bytes(b"fine line\nbad \xff byte\n")
+    with pytest.raises(GPT2KitError, match=r"bad.txt:2: not UTF-8"):
+        build_filter([tmp_path / "bad.txt"], tmp_path / "f.bloom")
+    (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{"text": \n')
+    with pytest.raises(GPT2KitError, match=r"bad.jsonl:2: not valid JSON"):
+        build_filter([tmp_path / "bad.jsonl"], tmp_path / "f.bloom")
+    (tmp_path / "short.txt").write_text("only seven words in this whole file\n")
+    with pytest.raises(GPT2KitError, match="no 8-grams"):
+        build_filter([tmp_path / "short.txt"], tmp_path / "f.bloom")
+    (tmp_path / "good.txt").write_text("one two three four five six seven eight nine\n")
+    with pytest.raises(GPT2KitError, match="sized for 1"):
+        build_filter([tmp_path / "good.txt"], tmp_path / "f.bloom", expected_ngrams=1)
+    assert not (tmp_path / "f.bloom").exists()
+    result = build_filter([tmp_path / "good.txt"], tmp_path / "f.bloom")
+    data = result.path.read_bytes()
+    (tmp_path / "cut.bloom").write_bytes(data[:-1])
+    with pytest.raises(GPT2KitError, match="truncated"):
+        BloomFilter.open(tmp_path / "cut.bloom")
+    (tmp_path / "junk.bloom").write_bytes(b"not a filter at all")
+    with pytest.raises(GPT2KitError, match="bad magic"):
+        BloomFilter.open(tmp_path / "junk.bloom")
+
+
+def test_cli_build_and_check(tmp_path, corpus, capsys):
+    root, texts = corpus
+    test = tmp_path / "t.jsonl"
+    test.write_text(
+        json.dumps({"article": texts[3]})
+        + "\n"
+        + json.dumps({"article": "nothing here is in common with the corpus at all, not one"})
+        + "\n"
+    )
+    assert main(["overlap", "build", "--corpus", str(root), "--out", str(tmp_path / "f.bloom"), "--workers", "2"]) == 0
+    assert "8-grams/s with 2 processes" in capsys.readouterr().out
+    code = main(
+        ["overlap", "check", "--filter", str(tmp_path / "f.bloom"), "--test", str(test), "--flags", str(tmp_path / "x")]
+    )
+    out = capsys.readouterr().out
+    assert code == 0 and "t.jsonl" in out and "98.15%" in out and "50.00%" in out
+    assert main(["overlap", "check", "--filter", str(tmp_path / "nope"), "--test", str(test)]) == 2
+    assert "no such filter file" in capsys.readouterr().err
+
+
+def test_format_table_has_a_row_per_file():
+    rows = [overlap.OverlapRow("a/ptb.valid.txt", 10, 9, 100, 25, 3)]
+    table = format_table(rows)
+    assert "ptb.valid.txt" in table and "25.00%" in table and "33.33%" in table
