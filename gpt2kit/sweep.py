@@ -37,6 +37,7 @@ class EvalJob:
     task: str
     data: str | None = None  # the task's data file (or SRC,REF); None: found by name under the data directory
     examples: str | None = None  # the few-shot example pool, where the task uses one
+    limit: int | None = None  # examples to score; None: the sweep's eval_limit
 
 
 def parse_eval_jobs(tasks: str, data: list[str] | None = None) -> list[EvalJob]:
@@ -156,7 +157,7 @@ def evaluate_size(config: SweepConfig, model_dir: Path) -> dict[str, dict]:
             data,
             data_dir=config.eval_data_dir,
             options=options,
-            limit=config.eval_limit,
+            limit=job.limit or config.eval_limit,
             model_name=str(model_dir),
         )
         results[job.name] = outcome[job.task]

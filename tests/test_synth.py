@@ -191,3 +191,17 @@ def test_cli_synth(tmp_path, capsys):
     assert main(["synth", "--out", str(tmp_path / "web"), "--mix", "story=1,poems=1"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("gpt2kit synth: error:") and "poems" in err and "\n" not in err
+
+
+def test_lambada_keys_are_not_in_the_training_8gram_filter(corpus, tmp_path):
+    """The same check with `gpt2kit overlap`'s Bloom filter of every training 8-gram: a LAMBADA key is one 8-gram."""
+    from gpt2kit.overlap import BloomFilter, build_filter
+
+    out, result = corpus
+    build_filter(result.train_files, tmp_path / "train.bloom")
+    bloom = BloomFilter.open(tmp_path / "train.bloom")
+    keys = [" ".join(normalize_words(row["text"])[-8:]) for row in jsonl(out / EVAL_DIR / LAMBADA_FILE)]
+    assert not any(bloom.contains_text(key).any() for key in keys)
+    # The filter does see 8-grams of training stories, so the check can fail.
+    story = next(json.loads(line)["text"] for line in result.train_files[0].open() if '"story"' in line)
+    assert bloom.contains_text(story).all()
