@@ -7,7 +7,7 @@ harness's own metric functions, so the baseline and the models are measured the 
 - question answering: always the most frequent gold answer of the set
 - translation: the same output for every sentence, the most frequent target words of the example pairs
 - summarisation: three random sentences of the article (the paper's random-3 baseline)
-- held-out perplexity: a unigram model of the training tokens
+- held-out perplexity: a unigram model of the training tokens (per token)
 """
 
 from __future__ import annotations
@@ -79,11 +79,18 @@ def summary_random_three(path: str | Path, seed: int = 0) -> float:
     return (scores["rouge1"] + scores["rouge2"] + scores["rougeL"]) / 3
 
 
-def unigram_word_perplexity(train_tokens: np.ndarray, text: str, tokenizer, vocab_size: int) -> float:
-    """Word-level perplexity of `text` under add-one unigram token frequencies: exp(token NLL / whitespace words)."""
-    if not text.split():
+def unigram_perplexity(train_tokens: np.ndarray, text: str, tokenizer) -> float:
+    """Per-token perplexity of `text` under add-one unigram frequencies of `train_tokens`.
+
+    The text is tokenized as the harness's corpus tasks do (every line ended by a newline), so the value
+    compares with their `ppl`.
+    """
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if not any(line.strip() for line in lines):
         raise GPT2KitError("unigram baseline: the held-out text is empty")
-    counts = np.bincount(np.asarray(train_tokens, dtype=np.int64), minlength=vocab_size).astype(np.float64) + 1.0
+    counts = np.bincount(np.asarray(train_tokens, dtype=np.int64), minlength=tokenizer.vocab_size) + 1.0
     log_probs = np.log(counts / counts.sum())
-    ids = np.asarray(tokenizer.encode(text), dtype=np.int64)
-    return math.exp(-float(log_probs[ids].sum()) / len(text.split()))
+    ids = np.asarray(tokenizer.encode("".join(line + "\n" for line in lines)), dtype=np.int64)
+    return math.exp(-float(log_probs[ids].mean()))

@@ -13,6 +13,7 @@ against parameters with its log-linear trend, samples and the time of each step.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import time
@@ -29,16 +30,29 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class DemoPlan:
     corpus_mb: float
+    heldout_kb: int
     vocab_size: int
     sizes: tuple[str, ...]
     tokens: int
-    eval_limit: int
+    eval_limits: dict[str, int | None]  # examples per evaluation; None: the whole set
 
 
 FULL = DemoPlan(
-    corpus_mb=6.0, vocab_size=2048, sizes=("cpu-100k", "cpu-1m", "cpu-3m"), tokens=1_500_000, eval_limit=150
+    corpus_mb=6.0,
+    heldout_kb=100,
+    vocab_size=2048,
+    sizes=("cpu-100k", "cpu-1m", "cpu-3m"),
+    tokens=1_500_000,
+    eval_limits={"lambada": 200, "world_qa": None, "arithmetic": None, "velorian": 150, "tldr": 60, "heldout": None},
 )
-QUICK = DemoPlan(corpus_mb=1.0, vocab_size=1024, sizes=("cpu-100k",), tokens=200_000, eval_limit=40)
+QUICK = DemoPlan(
+    corpus_mb=1.0,
+    heldout_kb=30,
+    vocab_size=1024,
+    sizes=("cpu-100k",),
+    tokens=200_000,
+    eval_limits={"lambada": 40, "world_qa": 40, "arithmetic": 40, "velorian": 40, "tldr": 20, "heldout": None},
+)
 
 # `gpt2kit train` settings shared by every size: small batches and a high learning rate suit tiny models.
 TRAIN_OVERRIDES = [
@@ -59,10 +73,10 @@ TRAIN_OVERRIDES = [
 SAMPLE_PROMPTS = ["Velorian phrasebook, lesson 7\n\n", "Forum: Quick questions\n\nQ:", "Town news\n\n", ""]
 
 
-def eval_jobs(eval_dir: Path) -> list[EvalJob]:
+def eval_jobs(eval_dir: Path, limits: dict[str, int | None]) -> list[EvalJob]:
     """The synthetic tasks, each read by the real task of `gpt2kit eval` whose format it shares."""
     e = lambda name: str(eval_dir / name)
-    return [
+    jobs = [
         EvalJob("lambada", "lambada", e(synth.LAMBADA_FILE)),
         EvalJob("world_qa", "nq_open", e(synth.NQ_FILE), e(synth.NQ_EXAMPLES_FILE)),
         EvalJob("arithmetic", "nq_open", e(synth.ARITHMETIC_FILE), e(synth.ARITHMETIC_EXAMPLES_FILE)),
@@ -75,6 +89,7 @@ def eval_jobs(eval_dir: Path) -> list[EvalJob]:
         EvalJob("tldr", "cnn_dailymail", e(synth.CNNDM_FILE)),
         EvalJob("heldout", "wikitext2", e(synth.HELDOUT_FILE)),
     ]
+    return [dataclasses.replace(job, limit=limits.get(job.name)) for job in jobs]
 
 
 COLUMNS = [
@@ -83,22 +98,22 @@ COLUMNS = [
     Column("arithmetic", "em", "Arithmetic (EM)", percent=True),
     Column("velorian", "bleu", "English-Velorian (BLEU)"),
     Column("tldr", "rouge_avg", "TL;DR news (R-AVG)", percent=True),
-    Column("heldout", "word_ppl", "Held-out web (PPL)", higher_is_better=False),
+    Column("heldout", "ppl", "Held-out web (token PPL)", higher_is_better=False),
 ]
 
 
 def trivial_baselines(eval_dir: Path, data_dir: Path, tokenizer, seed: int) -> tuple[dict[str, float], dict[str, str]]:
     """Each column's context-free baseline, with a note saying what it is."""
+    import numpy as np
+
     from gpt2kit import baselines
+    from gpt2kit.data.prepare import load_manifest
     from gpt2kit.data.shards import open_tokens
-    from gpt2kit.prepare import load_manifest
 
     label = {c.task: c.label for c in COLUMNS}
     references = synth.read_segments(eval_dir / synth.TRANSLATION_REF)
     examples = synth.read_segments(eval_dir / synth.TRANSLATION_DEV_REF)
-    manifest = load_manifest(data_dir)
-    train_tokens = [open_tokens(data_dir / shard.name) for shard in manifest.train_shards()]
-    import numpy as np
+    train_tokens = [open_tokens(path) for path in load_manifest(data_dir).shard_paths(data_dir, "train")]
 
     values = {
         label["lambada"]: baselines.lambada_most_frequent_word(eval_dir / synth.LAMBADA_FILE),
@@ -106,11 +121,8 @@ def trivial_baselines(eval_dir: Path, data_dir: Path, tokenizer, seed: int) -> t
         label["arithmetic"]: baselines.qa_most_frequent_answer(eval_dir / synth.ARITHMETIC_FILE),
         label["velorian"]: baselines.translation_constant_output(references, examples),
         label["tldr"]: baselines.summary_random_three(eval_dir / synth.CNNDM_FILE, seed),
-        label["heldout"]: baselines.unigram_word_perplexity(
-            np.concatenate(train_tokens),
-            (eval_dir / synth.HELDOUT_FILE).read_text(encoding="utf-8"),
-            tokenizer,
-            tokenizer.vocab_size,
+        label["heldout"]: baselines.unigram_perplexity(
+            np.concatenate(train_tokens), (eval_dir / synth.HELDOUT_FILE).read_text(encoding="utf-8"), tokenizer
         ),
     }
     notes = {
@@ -124,8 +136,35 @@ def trivial_baselines(eval_dir: Path, data_dir: Path, tokenizer, seed: int) -> t
     return values, notes
 
 
+def overlap_section(web: synth.SynthResult) -> str:
+    """The paper's Table 6 for the synthetic web (share of eval 8-grams in training), beside the item keys found."""
+    from gpt2kit.overlap import build_filter, check_overlap
+
+    bloom = web.out / "train-8grams.bloom"
+    build_filter(web.train_files, bloom)
+    files = {"lambada": synth.LAMBADA_FILE, "nq_open": synth.NQ_FILE, "arithmetic": synth.ARITHMETIC_FILE}
+    files["cnn_dailymail"] = synth.CNNDM_FILE
+    rows = check_overlap(bloom, [web.eval_dir / name for name in files.values()])
+    keys_found = synth.find_key_overlaps(web.out)
+    lines = [
+        "| eval set | examples | % of 8-grams in training | % of examples with any | items whose key is in training |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for (task, name), row in zip(files.items(), rows, strict=True):
+        lines.append(
+            f"| {name} | {row.examples} | {row.percent_ngrams:.1f} | {row.percent_examples:.1f} | {keys_found[task]} |"
+        )
+    lines.append(f"| translation pairs | - | - | - | {keys_found['translation']} |")
+    return (
+        "The world is small and repetitive on purpose, so many 8-grams of the evaluation sets also occur in training "
+        "(measured with `gpt2kit overlap`, the paper's 8-gram Bloom filter). No evaluation item does: its key (the 8 "
+        "words ending a story, a question, either side of a translation pair, a reference summary) never occurs in "
+        "the training text (`docs/synthetic-web.md`).\n\n" + "\n".join(lines)
+    )
+
+
 INTRO = """\
-Models of three sizes were trained on the same {tokens:,} tokens of a synthetic web (`gpt2kit synth`,
+Every model ({sizes}) was trained on the same {tokens:,} tokens of a synthetic web (`gpt2kit synth`,
 {corpus_mb:g} MB, seed {seed}) and evaluated zero-shot by `gpt2kit eval` on held-out sets that never occur in the
 training text. The tasks are not trained for: they occur in the web the way they do on the real one
 (encyclopedia pages and `Q:`/`A:` forum threads, phrasebooks with `english = velorian` lines, news posts ending in
@@ -135,7 +174,7 @@ trivial baseline."""
 
 def run_demo(out: Path, quick: bool = False, seed: int = 0) -> list[str]:
     """Run the whole demo under `out`; returns summary lines (the table, the trends, where the report is)."""
-    from gpt2kit.prepare import prepare
+    from gpt2kit.data.prepare import prepare
     from gpt2kit.tokenizer import Tokenizer, train
 
     plan = QUICK if quick else FULL
@@ -144,7 +183,9 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> list[str]:
 
     start = time.perf_counter()
     web = synth.generate(
-        out / "web", synth.SynthConfig(size_mb=plan.corpus_mb, seed=seed, eval_examples=200), progress=True
+        out / "web",
+        synth.SynthConfig(size_mb=plan.corpus_mb, seed=seed, eval_examples=200, heldout_kb=plan.heldout_kb),
+        progress=True,
     )
     timings["generate the corpus"] = time.perf_counter() - start
     logger.info("synth: %s", web.summary())
@@ -167,14 +208,13 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> list[str]:
         out=str(out),
         sizes=list(plan.sizes),
         tokens=plan.tokens,
-        eval_jobs=eval_jobs(web.eval_dir),
+        eval_jobs=eval_jobs(web.eval_dir, plan.eval_limits),
         overrides=TRAIN_OVERRIDES,
-        eval_limit=plan.eval_limit,
         no_detokenize=("wikitext2",),
         prompts=SAMPLE_PROMPTS,
         seed=seed,
     )
-    intro = INTRO.format(tokens=plan.tokens, corpus_mb=plan.corpus_mb, seed=seed)
+    intro = INTRO.format(sizes=", ".join(plan.sizes), tokens=plan.tokens, corpus_mb=plan.corpus_mb, seed=seed)
     report, results = run_sweep(
         config,
         columns=COLUMNS,
@@ -183,6 +223,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> list[str]:
         title="gpt2kit demo: zero-shot tasks and model capacity on a synthetic web",
         intro=intro,
         timings=timings,
+        extra_sections=[("Overlap between the evaluation sets and the training text", overlap_section(web))],
     )
     from gpt2kit.report import ModelReport
 

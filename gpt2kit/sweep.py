@@ -82,6 +82,11 @@ class SweepConfig:
     def __post_init__(self) -> None:
         if not self.sizes:
             raise GPT2KitError("sweep: --sizes is empty")
+        from gpt2kit.model import PRESETS
+
+        unknown = [size for size in self.sizes if size not in PRESETS]
+        if unknown:
+            raise GPT2KitError(f"sweep: unknown size {unknown[0]!r}; presets: {', '.join(PRESETS)}")
         if len(set(self.sizes)) != len(self.sizes):
             raise GPT2KitError(f"sweep: --sizes names a size twice: {','.join(self.sizes)}")
         if self.tokens < 1:
@@ -112,10 +117,13 @@ class SizeResult:
 # -- the three stages, each a thin layer over the library that does the work -------------------------------------
 
 
-def train_size(config: SweepConfig, size: str, run_dir: Path) -> Path:
-    """Train `size` for the sweep's token budget (resuming from a checkpoint if one exists); the final model directory."""
+def train_size(config: SweepConfig, size: str, run_dir: Path) -> tuple[Path, bool]:
+    """Train `size` for the sweep's token budget, resuming from its last checkpoint if there is one.
+
+    Returns the final model directory, and whether any training happened.
+    """
     from gpt2kit.config import apply_overrides, load_config
-    from gpt2kit.train import checkpoints, train
+    from gpt2kit.train import CHECKPOINT_NAME, checkpoints, train
 
     train_config = load_config(config.config)
     train_config.data, train_config.out = config.data, str(run_dir)
@@ -123,17 +131,12 @@ def train_size(config: SweepConfig, size: str, run_dir: Path) -> Path:
     apply_overrides(train_config, config.overrides)
     train_config.max_steps = max(1, math.ceil(config.tokens / train_config.batch_tokens))
     found = checkpoints(run_dir)
-    if found and _checkpoint_step(found[-1]) >= train_config.max_steps:
-        return found[-1]
+    if found and int(CHECKPOINT_NAME.fullmatch(found[-1].name).group(1)) >= train_config.max_steps:
+        return found[-1], False
     result = train(train_config, resume=bool(found))
     if result.checkpoint is None:
         raise GPT2KitError(f"{run_dir}: training finished without a checkpoint")
-    return result.checkpoint
-
-
-def _checkpoint_step(path: Path) -> int:
-    digits = "".join(c for c in path.name if c.isdigit())
-    return int(digits) if digits else -1
+    return result.checkpoint, True
 
 
 def evaluate_size(config: SweepConfig, model_dir: Path) -> dict[str, dict]:
@@ -218,8 +221,9 @@ def run_size(config: SweepConfig, size: str, out: Path) -> SizeResult:
     run_dir = out / "runs" / size
     seconds: dict[str, float] = {}
     start = time.perf_counter()
-    model_dir = train_size(config, size, run_dir)
-    seconds["train"] = time.perf_counter() - start
+    model_dir, trained = train_size(config, size, run_dir)
+    if trained:
+        seconds["train"] = time.perf_counter() - start
     eval_path = run_dir / EVAL_FILE
     if eval_path.exists():
         results = _load_json(eval_path)
@@ -269,6 +273,7 @@ def run_sweep(
     title: str = "Capacity sweep",
     intro: str = "",
     timings: dict[str, float] | None = None,
+    extra_sections: list[tuple[str, str]] | None = None,
     on_size: Callable[[SizeResult], None] | None = None,
 ) -> tuple[Path, list[SizeResult]]:
     """Run (or resume) the sweep and write its report; returns the report's path and each size's result."""
@@ -295,5 +300,6 @@ def run_sweep(
         intro=intro,
         baseline_notes=baseline_notes,
         timings=timings,
+        extra_sections=extra_sections,
     )
     return report, results
