@@ -184,19 +184,22 @@ FOODS = ("bread and cheese", "apples", "soup", "honey cakes", "fish", "plums")
 # Made-up words must not collide with these common English words.
 SHORT_ENGLISH = "a i am an as at be by do go he if in is it me my no of on or so to up us we ha hi la oh ok".split()
 
+# Trivia-style questions: each repeats the words that precede the answer in the relation's main statement
+# ("Kelvor is a city in which country?" / "Kelvor is a city in Norvania."). A small model can then answer a
+# question about a fact it has only seen stated; real questions need far bigger models to bridge wordings.
 QUESTION_TEMPLATES = {
-    "capital": "What is the capital of {s}?",
-    "ruler": "Who is the ruler of {s}?",
-    "country": "Which country is {s} in?",
-    "founded": "When was {s} founded?",
-    "known_for": "What is {s} famous for?",
-    "birthplace": "Where was {s} born?",
-    "job": "What does {s} do for a living?",
+    "capital": "The capital of {s} is which city?",
+    "ruler": "{s} is ruled by whom?",
+    "country": "{s} is a city in which country?",
+    "founded": "{s} was founded in which year?",
+    "known_for": "{s} is famous for what?",
+    "birthplace": "{s} was born in which city?",
+    "job": "{s} works as a what?",
 }
-# The first statement of each relation puts subject and relation before the answer, as the question does.
+# The first statement of each relation is the one its question echoes; the second says it another way.
 STATEMENT_TEMPLATES = {
     "capital": ("The capital of {s} is {a}.", "{a} is the capital of {s}."),
-    "ruler": ("The ruler of {s} is {a}.", "{s} is ruled by {a}."),
+    "ruler": ("{s} is ruled by {a}.", "The ruler of {s} is {a}."),
     "country": ("{s} is a city in {a}.", "The city of {s} lies in {a}."),
     "founded": ("{s} was founded in {a}.", "The city of {s} was founded in the year {a}."),
     "known_for": ("{s} is famous for {a}.", "Travellers know {s} for its {a}."),
