@@ -7,7 +7,7 @@ SHARED := $(abspath ../shared/data)
 export GPT2KIT_GPT2_VOCAB ?= $(SHARED)/gpt2-vocab/gpt2.tiktoken
 export GPT2KIT_SHARED_DATA ?= $(SHARED)
 
-.PHONY: install test test-slow lint demo bench clean
+.PHONY: install test test-slow lint demo bench clean browser
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,15 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: lint
+# The playground's browser test needs Chromium; install Debian's when missing, and go on without it if that fails.
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; else \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo "sudo -n"); export DEBIAN_FRONTEND=noninteractive; \
+	  { $$sudo apt-get install -y -q chromium chromium-driver \
+	    || { $$sudo apt-get update -q && $$sudo apt-get install -y -q chromium chromium-driver; }; } >/dev/null 2>&1 \
+	  || echo "note: could not install chromium + chromium-driver; the playground browser test will be skipped"; fi
+
+test: lint browser
 	$(PY) -m pytest -q
 
 test-slow: install
@@ -33,6 +41,8 @@ demo: install
 bench: install
 	$(PY) bench/tokenizer.py
 	$(PY) bench/overlap.py
+	$(PY) bench/generate.py
+	$(PY) bench/serve_load.py
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache

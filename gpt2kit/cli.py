@@ -268,6 +268,117 @@ def cmd_overlap_check(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- sampling and serving -----------------------------------------------------------
+
+SAMPLE_SEPARATOR = "=" * 40
+
+
+def _generation_config(args: argparse.Namespace):
+    """A GenerationConfig from --config (TOML/YAML) overridden by the flags given on the command line."""
+    from gpt2kit.generate import GenerationConfig, load_config_table
+
+    values = load_config_table(args.config, "generation") if args.config else {}
+    flags = {
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "seed": args.seed,
+        "stop": tuple(args.stop) if args.stop else None,
+    }
+    values.update({key: value for key, value in flags.items() if value is not None})
+    defaults = {"max_new_tokens": 64, "top_k": 40}  # the paper's samples: top-k 40
+    return GenerationConfig.from_dict({**defaults, **values}, where=args.config or "sample options")
+
+
+def _print_samples(loaded, prompt: str, config, args: argparse.Namespace) -> None:
+    from gpt2kit.generate import GenerationConfig, generate, stream
+
+    shown_prompt = "" if args.unconditional else prompt
+    header = lambda index: print(f"{SAMPLE_SEPARATOR} SAMPLE {index + 1} {SAMPLE_SEPARATOR}")
+    if not args.stream:
+        completions = generate(loaded.model, loaded.tokenizer, [prompt] * args.num_samples, config)
+        for index, completion in enumerate(completions):
+            if args.num_samples > 1:
+                header(index)
+            print(shown_prompt + completion.text, flush=True)
+        return
+    for index in range(args.num_samples):
+        if args.num_samples > 1:
+            header(index)
+        # Sample i uses seed + i, as generate() gives it when batching the samples.
+        seed = None if config.seed is None else config.seed + index
+        sys.stdout.write(shown_prompt)
+        for delta in stream(loaded.model, loaded.tokenizer, prompt, GenerationConfig(**{**vars(config), "seed": seed})):
+            sys.stdout.write(delta)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from gpt2kit.checkpoint import load
+
+    config = _generation_config(args)
+    sources = sum(bool(x) for x in (args.prompt is not None, args.prompt_file, args.unconditional, args.interactive))
+    if sources != 1:
+        raise GPT2KitError("give exactly one of --prompt, --prompt-file, --unconditional or --interactive")
+    if args.num_samples < 1:
+        raise GPT2KitError(f"--num-samples must be >= 1, got {args.num_samples}")
+    if args.prompt_file:
+        try:
+            prompt = Path(args.prompt_file).read_bytes().decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise GPT2KitError(f"{args.prompt_file}: not UTF-8 (byte {err.start})") from None
+    else:
+        prompt = args.prompt or ""  # --unconditional: an empty prompt starts from <|endoftext|>
+    loaded = load(args.model, device=args.device)
+    if not args.interactive:
+        _print_samples(loaded, prompt, config, args)
+        return 0
+    # As openai/gpt-2's interactive_conditional_samples.py: ask, sample, repeat until EOF.
+    while True:
+        try:
+            prompt = input("Model prompt >>> ")
+        except EOFError:
+            print()
+            return 0
+        if not prompt.strip():
+            print("Prompt should not be empty!")
+            continue
+        _print_samples(loaded, prompt, config, args)
+        print(SAMPLE_SEPARATOR * 2)
+
+
+SERVE_OPTIONS = (
+    "model",
+    "host",
+    "port",
+    "model_name",
+    "api_key",
+    "device",
+    "max_prompt_tokens",
+    "max_tokens_cap",
+    "max_n",
+    "max_choices",
+    "max_body_bytes",
+    "request_timeout_s",
+    "max_batch_size",
+)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from gpt2kit.generate import load_config_table
+    from gpt2kit.serve import ServerConfig, serve
+
+    values = load_config_table(args.config, "serve") if args.config else {}
+    values.update({name: getattr(args, name) for name in SERVE_OPTIONS if getattr(args, name) is not None})
+    if not values.get("model"):
+        raise GPT2KitError("give --model (or model in the --config file)")
+    serve(ServerConfig.from_dict(values, where=args.config or "serve options"))
+    return 0
+
+
 # -- parser -------------------------------------------------------------------------
 
 
@@ -376,12 +487,50 @@ def _add_overlap_commands(commands) -> None:
     p.set_defaults(func=cmd_overlap_check)
 
 
+def add_sampling_commands(commands) -> None:
+    p = commands.add_parser("sample", help="sample text from a model (greedy with --temperature 0)")
+    p.add_argument("--model", required=True, help="a model directory or hub id")
+    p.add_argument("--prompt", help="prompt text")
+    p.add_argument("--prompt-file", help="read the prompt from a UTF-8 file")
+    p.add_argument("--unconditional", action="store_true", help="sample from <|endoftext|>, as the paper did")
+    p.add_argument("--interactive", action="store_true", help="a prompt loop on stdin")
+    p.add_argument("--config", help="a TOML/YAML file of generation settings; flags override it")
+    p.add_argument("--max-new-tokens", type=int, help="default 64")
+    p.add_argument("--temperature", type=float, help="default 1.0; 0 is greedy (argmax)")
+    p.add_argument("--top-k", type=int, help="default 40, as the paper's samples; 0 turns it off")
+    p.add_argument("--top-p", type=float, help="nucleus sampling; default 1.0 (off)")
+    p.add_argument("--seed", type=int, help="sample i uses seed + i")
+    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--stop", action="append", help="stop before this string (repeatable)")
+    p.add_argument("--stream", action="store_true", help="print text as it is generated")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
+    p.set_defaults(func=cmd_sample)
+
+    p = commands.add_parser("serve", help="an OpenAI-compatible completions server with a playground page")
+    p.add_argument("--model", help="a model directory or hub id")
+    p.add_argument("--config", help="a TOML/YAML file of server settings; flags override it")
+    p.add_argument("--host", help="default 127.0.0.1 (this machine only)")
+    p.add_argument("--port", type=int, help="default 8000")
+    p.add_argument("--model-name", help="the id clients see (default: the directory name)")
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1/*")
+    p.add_argument("--device", help="default cpu")
+    p.add_argument("--max-prompt-tokens", type=int, help="default: the model's context")
+    p.add_argument("--max-tokens-cap", type=int, help="largest max_tokens a request may ask for (default 1024)")
+    p.add_argument("--max-n", type=int, help="largest n a request may ask for (default 8)")
+    p.add_argument("--max-choices", type=int, help="largest prompts x n in one request (default 32)")
+    p.add_argument("--max-body-bytes", type=int, help="default 1000000")
+    p.add_argument("--request-timeout", dest="request_timeout_s", type=float, help="seconds (default 300)")
+    p.add_argument("--max-batch-size", type=int, help="sequences decoded together (default 16)")
+    p.set_defaults(func=cmd_serve)
+
+
 # Each area of the CLI registers its own subcommands; add new areas here, one per line.
 COMMAND_GROUPS = (
     add_tokenizer_commands,
     add_model_commands,
     add_demo_commands,
     add_webtext_commands,
+    add_sampling_commands,
 )
 
 

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import codecs
 import logging
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,6 +28,11 @@ import torch
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.model import GPT, KVCache
 from gpt2kit.tokenizer import Tokenizer
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +82,38 @@ class GenerationConfig:
         if unknown:
             raise GPT2KitError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
         return cls(**values)
+
+
+def load_config_table(path: str | Path, section: str) -> dict[str, Any]:
+    """Settings from a TOML or YAML file: its top-level keys, or its `[section]` table if it has one."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise GPT2KitError(f"{path}: cannot read ({err.strerror or err})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise GPT2KitError(f"{path}: not UTF-8 (byte {err.start})") from None
+    if path.suffix == ".toml":
+        try:
+            values = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            raise GPT2KitError(f"{path}: not valid TOML ({err})") from None
+    elif path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            values = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise GPT2KitError(f"{path}: not valid YAML ({err})".replace("\n", " ")) from None
+    else:
+        raise GPT2KitError(f"{path}: expected a .toml, .yaml or .yml file")
+    if isinstance(values, dict) and isinstance(values.get(section), dict):
+        values = values[section]
+    if not isinstance(values, dict):
+        raise GPT2KitError(f"{path}: expected a table of {section} settings")
+    return values
 
 
 @dataclass
@@ -271,7 +310,8 @@ class Decoder:
         ids, mask = ids.to(self.device), mask.to(self.device)
         padded = bool((mask == 0).any())
         cache = KVCache(self.model.config, len(rows), capacity, device=self.device, dtype=self.model.wte.weight.dtype)
-        logits = self.model(ids, kv_cache=cache, attention_mask=mask if padded else None)[:, -1].float()
+        logits = self.model(ids, kv_cache=cache, attention_mask=mask if padded else None, logits_to_keep=1)
+        logits = logits[:, -1].float()
         return cache, mask, logits
 
     def _rebuild(self) -> None:
@@ -386,33 +426,56 @@ def _next_tokens(
     return tokens, chosen, tops
 
 
+NUCLEUS_GUESS = 1024  # top-p looks for its nucleus among this many tokens first, avoiding a full sort
+
+
 def _sample(logits: torch.Tensor, rows: list[SequenceState]) -> torch.Tensor:
-    """Temperature, then top-k, then top-p (renormalised after top-k), then one draw per row by inverse CDF."""
-    vocab = logits.shape[-1]
-    temperature = torch.tensor([row.config.temperature for row in rows], device=logits.device)
+    """Temperature, then top-k, then top-p (renormalised after top-k), then one draw per row by inverse CDF.
+
+    Rows are grouped by what they need, so that only rows with top-p and no top-k may pay for a
+    full sort of the vocabulary, and only when their nucleus is not within the top NUCLEUS_GUESS tokens.
+    """
+    device, vocab = logits.device, logits.shape[-1]
+    temperature = torch.tensor([row.config.temperature for row in rows], device=device)
     scaled = logits / temperature[:, None]
-    top_k = [row.config.top_k or vocab for row in rows]
-    top_p = [row.config.top_p for row in rows]
-    widest = min(vocab, max(top_k))
-    order = None
-    if widest < vocab:
-        scaled, order = scaled.topk(widest, -1)  # sorted, and far cheaper than a full sort
-    elif any(p < 1 for p in top_p):
-        scaled, order = scaled.sort(-1, descending=True)
-    if order is not None:
-        rank = torch.arange(scaled.shape[-1], device=logits.device)
-        limit = torch.tensor(top_k, device=logits.device)
-        scaled = scaled.masked_fill(rank[None, :] >= limit[:, None], float("-inf"))
-    probs = torch.softmax(scaled, -1)
-    if order is not None and any(p < 1 for p in top_p):
-        # Keep the smallest prefix whose mass reaches p: a token stays if the mass before it is below p.
-        before = probs.cumsum(-1) - probs
-        probs = probs * (before < torch.tensor(top_p, device=logits.device)[:, None])
-    cdf = probs.cumsum(-1)
-    draws = torch.stack([torch.rand((), generator=row.generator) for row in rows]).to(logits.device)
-    position = torch.searchsorted(cdf, (draws * cdf[:, -1])[:, None], right=True)[:, 0]
-    position = position.clamp(max=cdf.shape[-1] - 1)
-    return position if order is None else order.gather(1, position[:, None])[:, 0]
+    draws = torch.stack([torch.rand((), generator=row.generator) for row in rows]).to(device)
+    tokens = torch.empty(len(rows), dtype=torch.long, device=device)
+    top_k = [min(row.config.top_k, vocab) for row in rows]
+    top_p = torch.tensor([row.config.top_p for row in rows], device=device)
+
+    def pick(index: list[int], probs: torch.Tensor, order: torch.Tensor | None = None) -> None:
+        cdf = probs.cumsum(-1)
+        position = torch.searchsorted(cdf, (draws[index] * cdf[:, -1])[:, None], right=True)
+        position = position.clamp(max=cdf.shape[-1] - 1)
+        tokens[index] = (position if order is None else order.gather(1, position))[:, 0]
+
+    def nucleus(probs: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        # Keep the smallest prefix (probs sorted descending) whose mass reaches p: a token stays if the mass before it is below p.
+        return probs * ((probs.cumsum(-1) - probs) < p[:, None])
+
+    with_k = [i for i, k in enumerate(top_k) if k > 0]
+    if with_k:
+        values, order = scaled[with_k].topk(max(top_k[i] for i in with_k), -1)
+        rank = torch.arange(values.shape[-1], device=device)
+        limit = torch.tensor([top_k[i] for i in with_k], device=device)
+        probs = torch.softmax(values.masked_fill(rank[None, :] >= limit[:, None], float("-inf")), -1)
+        pick(with_k, nucleus(probs, top_p[with_k]), order)
+    only_p = [i for i, k in enumerate(top_k) if k == 0 and rows[i].config.top_p < 1]
+    if only_p:
+        probs = torch.softmax(scaled[only_p], -1)
+        head, order = probs.topk(min(vocab, NUCLEUS_GUESS), -1)
+        found = head.sum(-1) >= top_p[only_p]
+        inside = [i for i, ok in zip(only_p, found.tolist(), strict=True) if ok]
+        if inside:
+            pick(inside, nucleus(head[found], top_p[inside]), order[found])
+        outside = [i for i, ok in zip(only_p, found.tolist(), strict=True) if not ok]
+        if outside:
+            sorted_probs, order = probs[~found].sort(-1, descending=True)
+            pick(outside, nucleus(sorted_probs, top_p[outside]), order)
+    plain = [i for i, k in enumerate(top_k) if k == 0 and rows[i].config.top_p >= 1]
+    if plain:
+        pick(plain, torch.softmax(scaled[plain], -1))
+    return tokens
 
 
 def make_sequences(
@@ -490,3 +553,33 @@ def stream(model: GPT, tokenizer: Tokenizer, prompt: str | Sequence[int], config
     delta = row.take_delta()
     if delta:
         yield delta
+
+
+@torch.inference_mode()
+def prompt_logprobs(
+    model: GPT, tokenizer: Tokenizer, ids: list[int], top: int = 0
+) -> tuple[list[float | None], list[dict[str, float] | None] | None]:
+    """Each prompt token's logprob given the tokens before it (None for the first), and top alternatives.
+
+    A prompt longer than the context is scored in windows that overlap by half a context.
+    """
+    device = next(model.parameters()).device
+    context = model.config.n_positions
+    logprobs: list[float | None] = [None]
+    tops: list[dict[str, float] | None] | None = [None] if top > 0 else None
+    begin, end, scored = 0, min(len(ids), context), 1
+    with _EvalMode(model):
+        while scored < len(ids):
+            logits = model(torch.tensor([ids[begin:end]], device=device))[0, :, : tokenizer.vocab_size]
+            # Window position j predicts token begin + j + 1; take the targets not scored yet.
+            log_probs = torch.log_softmax(logits.float(), -1)[scored - begin - 1 : end - begin - 1]
+            targets = torch.tensor(ids[scored:end], device=device)
+            logprobs += log_probs.gather(1, targets[:, None])[:, 0].tolist()
+            if tops is not None:
+                values, indices = log_probs.topk(min(top, log_probs.shape[-1]), -1)
+                for row_values, row_ids in zip(values.tolist(), indices.tolist(), strict=True):
+                    tops.append({token_text(tokenizer, t): v for t, v in zip(row_ids, row_values, strict=True)})
+            scored = end
+            end = min(len(ids), end + max(1, context // 2))
+            begin = max(0, end - context)
+    return logprobs, tops

@@ -200,12 +200,15 @@ class GPT(nn.Module):
         kv_cache: KVCache | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        logits_to_keep: int = 0,
     ) -> torch.Tensor:
         """Logits of shape (B, T, vocab_size) for token ids of shape (B, T).
 
         With `kv_cache`, `idx` continues the cached positions and the cache is
         extended. `attention_mask` (B, cached + T), 1 for real tokens and 0 for
         padding, masks left padding; positions then count real tokens only.
+        `logits_to_keep` > 0 computes logits for only that many last positions
+        (generation needs one: it skips most of the output layer's work and memory).
         """
         B, T = idx.shape
         past = kv_cache.length if kv_cache is not None else 0
@@ -222,6 +225,8 @@ class GPT(nn.Module):
             x = block(x, kv_cache, mask)
         if kv_cache is not None:
             kv_cache.advance(T)
+        if logits_to_keep > 0:
+            x = x[:, -logits_to_keep:]
         return F.linear(self.ln_f(x), self.wte.weight)
 
     @staticmethod

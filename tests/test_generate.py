@@ -54,7 +54,7 @@ class BigramModel(nn.Module):
             table[token] = following
         self.register_buffer("table", table)
 
-    def forward(self, idx, *, kv_cache=None, attention_mask=None):
+    def forward(self, idx, *, kv_cache=None, attention_mask=None, logits_to_keep=0):
         if kv_cache is not None:
             kv_cache.advance(idx.shape[1])
         logits = torch.zeros(*idx.shape, self.config.vocab_size)
@@ -73,6 +73,14 @@ def scripted(tokenizer, pieces: list[bytes], start: str = "@"):
 
 
 # -- correctness of the cached, batched decoder ---------------------------------------------
+
+
+def test_logits_to_keep_computes_only_the_last_positions(model):
+    idx = torch.randint(0, 1000, (2, 9))
+    with torch.no_grad():
+        full = model(idx)
+        assert torch.allclose(model(idx, logits_to_keep=1), full[:, -1:], atol=1e-6)
+        assert model(idx, logits_to_keep=3).shape == (2, 3, model.config.vocab_size)
 
 
 def test_greedy_batched_with_cache_equals_naive_full_recompute(model, gpt2_tokenizer):
@@ -194,7 +202,9 @@ def rows_for(tokenizer, n, **settings):
     return [SequenceState([0], GenerationConfig(seed=i, **settings), tokenizer, seed=i) for i in range(n)]
 
 
-def test_sampling_follows_temperature_top_k_and_top_p(tiny_tokenizer):
+@pytest.mark.parametrize("nucleus_guess", [1024, 1])  # 1: the nucleus is not in the guess, so a full sort
+def test_sampling_follows_temperature_top_k_and_top_p(tiny_tokenizer, monkeypatch, nucleus_guess):
+    monkeypatch.setattr("gpt2kit.generate.NUCLEUS_GUESS", nucleus_guess)
     probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
     logits = probs.log().repeat(4000, 1)
 
@@ -209,6 +219,9 @@ def test_sampling_follows_temperature_top_k_and_top_p(tiny_tokenizer):
     assert frequencies(top_k=1).tolist() == [1, 0, 0, 0]
     sharp = (probs**2) / (probs**2).sum()  # temperature 0.5 squares the probabilities
     assert torch.allclose(frequencies(temperature=0.5), sharp, atol=0.03)
+    assert torch.allclose(frequencies(top_k=3, top_p=0.85), torch.tensor([0.5, 0.3, 0.15, 0]) / 0.95, atol=0.03)
+    mixed = rows_for(tiny_tokenizer, 3, top_k=1) + rows_for(tiny_tokenizer, 3, top_p=0.4) + rows_for(tiny_tokenizer, 3)
+    assert _sample(logits[:9], mixed)[:6].tolist() == [0] * 6  # a batch mixing all three kinds of row
 
 
 def test_top_k_tokens_come_from_the_top_alternatives(model, gpt2_tokenizer):

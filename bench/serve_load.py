@@ -1,0 +1,221 @@
+"""Load test for `gpt2kit serve`: 200 requests at concurrency 16, mixed streaming / non-streaming / malformed.
+
+Starts the server on 127.0.0.1 in its own process, over a random-weight preset (or --model DIR).
+Reports p50/p95 latency, throughput and status codes, and the batching speed-up against the same
+requests sent one at a time. Passes when every valid request gets 200, every malformed one a 4xx,
+nothing a 5xx, and /health still answers afterwards.
+Usage: python bench/serve_load.py [--preset cpu-6m] [--requests 200] [--concurrency 16] [--max-tokens 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402,F401  (sets GPT2KIT_GPT2_VOCAB)
+
+ROOT = Path(__file__).resolve().parents[1]
+WORDS = "the river merchant sold forty lanterns to every sailor in the old town before winter came".split()
+
+# Each malformed request: (what is wrong, request keyword arguments for httpx).
+MALFORMED = [
+    ("broken JSON", {"content": b'{"prompt": "x", "max_tokens":', "headers": {"content-type": "application/json"}}),
+    ("temperature out of range", {"json": {"prompt": "x", "temperature": 7}}),
+    ("max_tokens over the cap", {"json": {"prompt": "x", "max_tokens": 100_000}}),
+    ("n over the cap", {"json": {"prompt": "x", "n": 1000}}),
+    ("empty prompt list", {"json": {"prompt": []}}),
+    ("missing prompt", {"json": {"max_tokens": 4}}),
+    ("prompt of the wrong type", {"json": {"prompt": {"text": "x"}}}),
+    ("token id outside the vocabulary", {"json": {"prompt": [1, 2, 10**9]}}),
+    ("body over the size limit", {"json": {"prompt": "x" * 2_000_000}}),
+    ("not UTF-8", {"content": b'{"prompt": "\xff\xfe"}', "headers": {"content-type": "application/json"}}),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def make_model(preset: str, directory: Path) -> Path:
+    import torch
+
+    from gpt2kit import GPT, Tokenizer, preset_config, save
+
+    torch.manual_seed(0)
+    save(GPT(preset_config(preset)), Tokenizer.gpt2(), directory)
+    return directory
+
+
+def valid_body(rng: random.Random, max_tokens: int, stream: bool) -> dict:
+    prompt = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 30)))
+    body = {"prompt": prompt, "max_tokens": rng.randint(max_tokens // 2, max_tokens), "stream": stream}
+    body.update(rng.choice([{"temperature": 0}, {"temperature": 0.8, "top_k": 40}, {"top_p": 0.9, "seed": 1}]))
+    if stream:
+        body["stream_options"] = {"include_usage": True}
+    return body
+
+
+async def send(client, url: str, kind: str, kwargs: dict) -> dict:
+    """One request; returns its kind, status, latency, tokens and any protocol problem."""
+    start = time.perf_counter()
+    result = {"kind": kind, "status": None, "tokens": 0, "problem": None, "first_byte": None}
+    try:
+        if kind == "stream":
+            async with client.stream("POST", url, **kwargs) as response:
+                result["status"] = response.status_code
+                events = []
+                async for line in response.aiter_lines():
+                    if result["first_byte"] is None:
+                        result["first_byte"] = time.perf_counter() - start
+                    if line.startswith("data: "):
+                        events.append(line.removeprefix("data: "))
+                if response.status_code == 200:
+                    if not events or events[-1] != "[DONE]":
+                        result["problem"] = "stream did not end with [DONE]"
+                    else:
+                        usage = [json.loads(e)["usage"] for e in events[:-1] if '"usage"' in e]
+                        result["tokens"] = usage[-1]["completion_tokens"] if usage else 0
+        else:
+            response = await client.post(url, **kwargs)
+            result["status"] = response.status_code
+            body = response.json()
+            if response.status_code == 200:
+                result["tokens"] = body["usage"]["completion_tokens"]
+            elif "error" not in body or "message" not in body["error"]:
+                result["problem"] = "error body is not OpenAI-style"
+    except Exception as err:  # a transport failure is a result to report, not a crash
+        result["problem"] = f"{type(err).__name__}: {err}"
+    result["latency"] = time.perf_counter() - start
+    return result
+
+
+async def run_load(url: str, plan: list[tuple[str, dict]], concurrency: int) -> tuple[list[dict], float]:
+    import httpx
+
+    limit = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=concurrency * 2)) as client:
+
+        async def one(kind, kwargs):
+            async with limit:
+                return await send(client, f"{url}/v1/completions", kind, kwargs)
+
+        start = time.perf_counter()
+        results = await asyncio.gather(*(one(kind, kwargs) for kind, kwargs in plan))
+        return list(results), time.perf_counter() - start
+
+
+def percentile(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", help="a model directory (default: random weights of --preset)")
+    parser.add_argument("--preset", default="cpu-6m")
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--malformed-share", type=float, default=0.2)
+    parser.add_argument("--baseline-requests", type=int, default=16, help="sent one at a time, then all at once")
+    args = parser.parse_args()
+    import httpx
+
+    rng = random.Random(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        model = Path(args.model) if args.model else make_model(args.preset, Path(tmp) / args.preset)
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        command = [sys.executable, "-m", "gpt2kit", "serve", "--model", str(model), "--port", str(port)]
+        command += ["--max-tokens-cap", str(max(64, args.max_tokens)), "--max-batch-size", str(args.concurrency)]
+        server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if server.poll() is not None or time.monotonic() > deadline:
+                    print(f"the server did not start: {server.stderr.read()[-2000:]}")
+                    return 1
+                time.sleep(0.2)
+
+            plan: list[tuple[str, dict]] = []
+            for i in range(args.requests):
+                if rng.random() < args.malformed_share:
+                    plan.append(("malformed", MALFORMED[i % len(MALFORMED)][1]))
+                else:
+                    stream = rng.random() < 0.5
+                    plan.append(("stream" if stream else "plain", {"json": valid_body(rng, args.max_tokens, stream)}))
+            results, elapsed = asyncio.run(run_load(url, plan, args.concurrency))
+
+            # The peer: the same valid requests one at a time, against all at once.
+            baseline = [
+                ("plain", {"json": valid_body(rng, args.max_tokens, False)}) for _ in range(args.baseline_requests)
+            ]
+            for body in baseline:
+                body[1]["json"].update(temperature=0, max_tokens=args.max_tokens)
+            sequential, sequential_time = asyncio.run(run_load(url, baseline, 1))
+            batched, batched_time = asyncio.run(run_load(url, baseline, args.concurrency))
+            health = httpx.get(f"{url}/health", timeout=10)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+
+    print(
+        f"{len(plan)} requests at concurrency {args.concurrency} against {model.name} "
+        f"(max_tokens <= {args.max_tokens}), {elapsed:.1f} s"
+    )
+    by_kind: dict[str, Counter] = {}
+    for result in results:
+        by_kind.setdefault(result["kind"], Counter())[result["status"]] += 1
+    for kind, counts in sorted(by_kind.items()):
+        print(f"  {kind:9s} status codes: {dict(sorted(counts.items(), key=lambda kv: str(kv[0])))}")
+    valid = [r for r in results if r["kind"] != "malformed"]
+    latencies = [r["latency"] for r in valid]
+    first_bytes = [r["first_byte"] for r in valid if r["kind"] == "stream" and r["first_byte"] is not None]
+    tokens = sum(r["tokens"] for r in valid)
+    print(f"  latency of valid requests: p50 {percentile(latencies, 50):.2f} s, p95 {percentile(latencies, 95):.2f} s")
+    if first_bytes:
+        print(f"  streaming time to first byte: p50 {percentile(first_bytes, 50):.2f} s")
+    print(f"  throughput: {len(plan) / elapsed:.1f} requests/s, {tokens / elapsed:.1f} generated tokens/s")
+    seq_tokens = sum(r["tokens"] for r in sequential) / sequential_time
+    bat_tokens = sum(r["tokens"] for r in batched) / batched_time
+    print(
+        f"  {args.baseline_requests} greedy requests one at a time: {seq_tokens:.1f} tokens/s; "
+        f"all at once: {bat_tokens:.1f} tokens/s; ratio batched / sequential: {bat_tokens / seq_tokens:.2f}x"
+    )
+    problems = [r["problem"] for r in results + sequential + batched if r["problem"]]
+    failures = []
+    if any(r["status"] != 200 for r in valid + sequential + batched):
+        failures.append("a valid request did not get 200")
+    if any(not (r["status"] and 400 <= r["status"] < 500) for r in results if r["kind"] == "malformed"):
+        failures.append("a malformed request did not get a 4xx")
+    if any(r["status"] and r["status"] >= 500 for r in results):
+        failures.append("a request got a 5xx")
+    if health.status_code != 200:
+        failures.append("/health did not answer afterwards")
+    failures += sorted(set(problems))
+    print(f"  /health afterwards: {health.status_code} {health.json()}")
+    print("  PASS: all targets met" if not failures else "  FAIL: " + "; ".join(failures))
+    return 0 if not failures else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

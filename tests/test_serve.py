@@ -1,0 +1,314 @@
+import json
+import threading
+import time
+
+import pytest
+import torch
+
+from gpt2kit.generate import GenerationConfig, generate
+from gpt2kit.model import GPT, GPTConfig
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("fastapi")
+from gpt2kit.serve import BackgroundServer, ServerConfig, create_app  # noqa: E402
+
+LIMITS = dict(
+    max_tokens_cap=64, max_n=4, max_choices=6, max_prompt_tokens=40, max_body_bytes=20_000, request_timeout_s=30
+)
+
+
+class SlowModel(torch.nn.Module):
+    """A GPT whose every forward pass also sleeps: makes generation slow enough to observe mid-flight."""
+
+    def __init__(self, model: GPT, delay: float):
+        super().__init__()
+        self.inner, self.delay, self.config, self.wte = model, delay, model.config, model.wte
+        self.batch_sizes: list[int] = []
+
+    def forward(self, idx, **kwargs):
+        self.batch_sizes.append(idx.shape[0])
+        time.sleep(self.delay)
+        return self.inner(idx, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def model(gpt2_tokenizer):
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=gpt2_tokenizer.vocab_size, n_positions=64, n_layer=2, n_head=2, n_embd=32)).eval()
+
+
+@pytest.fixture(scope="module")
+def server(model, gpt2_tokenizer):
+    app = create_app(model, gpt2_tokenizer, ServerConfig(**LIMITS), model_name="tiny-gpt2")
+    with BackgroundServer(app) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def slow(model, gpt2_tokenizer):
+    """A server over a model slowed to ~20 ms a step, with a 2 s request timeout."""
+    slow_model = SlowModel(model, 0.02)
+    config = ServerConfig(max_tokens_cap=2000, request_timeout_s=2.0, max_batch_size=8)
+    with BackgroundServer(create_app(slow_model, gpt2_tokenizer, config, model_name="slow")) as url:
+        yield url, slow_model
+
+
+def post(url, body, timeout=30, **kwargs):
+    return httpx.post(f"{url}/v1/completions", json=body, timeout=timeout, **kwargs)
+
+
+def greedy(model, tokenizer, prompt, n):
+    return generate(model, tokenizer, [prompt], GenerationConfig(max_new_tokens=n, temperature=0))[0]
+
+
+def sse_events(response) -> list[str]:
+    """The `data:` payloads of a server-sent event stream, checking its framing on the way."""
+    text = response.text
+    assert text.endswith("\n\n")
+    events = text.split("\n\n")[:-1]
+    assert all(event.startswith("data: ") and "\n" not in event for event in events)
+    return [event.removeprefix("data: ") for event in events]
+
+
+# -- the API ------------------------------------------------------------------------------
+
+
+def test_completion_matches_the_library_and_counts_usage(server, model, gpt2_tokenizer):
+    response = post(server, {"model": "tiny-gpt2", "prompt": "Hello world", "max_tokens": 10, "temperature": 0})
+    assert response.status_code == 200
+    body = response.json()
+    expected = greedy(model, gpt2_tokenizer, "Hello world", 10)
+    assert body["object"] == "text_completion" and body["model"] == "tiny-gpt2" and body["id"].startswith("cmpl-")
+    (choice,) = body["choices"]
+    assert choice["text"] == expected.text and choice["index"] == 0 and choice["logprobs"] is None
+    assert choice["finish_reason"] == expected.finish_reason
+    assert body["usage"] == {
+        "prompt_tokens": 2,
+        "completion_tokens": len(expected.token_ids),
+        "total_tokens": 2 + len(expected.token_ids),
+    }
+
+
+def test_prompt_lists_n_seed_echo_and_logprobs(server, model, gpt2_tokenizer):
+    body = {"prompt": ["One", "The dog"], "max_tokens": 5, "n": 2, "seed": 7, "temperature": 1.0}
+    first, again = post(server, body).json(), post(server, body).json()
+    assert [c["index"] for c in first["choices"]] == [0, 1, 2, 3]
+    assert [c["text"] for c in first["choices"]] == [c["text"] for c in again["choices"]]  # seeded
+    assert first["usage"]["prompt_tokens"] == 1 + 2  # each prompt counted once, not once per choice
+    echoed = post(server, {"prompt": "Hi there", "max_tokens": 3, "temperature": 0, "echo": True, "logprobs": 2})
+    (choice,) = echoed.json()["choices"]
+    completion = greedy(model, gpt2_tokenizer, "Hi there", 3)
+    assert choice["text"] == "Hi there" + completion.text
+    logprobs = choice["logprobs"]
+    assert logprobs["tokens"][:2] == ["Hi", " there"] and logprobs["token_logprobs"][0] is None
+    assert len(logprobs["tokens"]) == len(logprobs["token_logprobs"]) == len(logprobs["top_logprobs"]) == 5
+    assert logprobs["text_offset"][:3] == [0, 2, 8]
+    with torch.no_grad():
+        expected = torch.log_softmax(model(torch.tensor([[17250, 612]]))[0, 0], -1)[612].item()
+    assert logprobs["token_logprobs"][1] == pytest.approx(expected, abs=1e-4)
+    assert all(len(top) == 2 for top in logprobs["top_logprobs"][1:])
+    # Scoring a prompt without generating (how lm-eval asks for loglikelihoods): max_tokens 0, echo, logprobs.
+    scored = post(server, {"prompt": "Hi there", "max_tokens": 0, "echo": True, "logprobs": 0}).json()
+    (choice,) = scored["choices"]
+    assert choice["text"] == "Hi there" and choice["finish_reason"] == "length"
+    assert choice["logprobs"]["token_logprobs"][1] == pytest.approx(expected, abs=1e-4)
+    assert choice["logprobs"]["top_logprobs"] is None and scored["usage"]["completion_tokens"] == 0
+
+
+def test_stop_strings_over_http(server, model, gpt2_tokenizer):
+    full = greedy(model, gpt2_tokenizer, "Stop here", 12).text
+    stop = full[len(full) // 2 : len(full) // 2 + 3]
+    body = post(server, {"prompt": "Stop here", "max_tokens": 12, "temperature": 0, "stop": stop}).json()
+    assert body["choices"][0]["text"] == full[: full.index(stop)]
+    assert body["choices"][0]["finish_reason"] == "stop"
+
+
+def test_streaming_format(server, model, gpt2_tokenizer):
+    body = {"prompt": "Stream me", "max_tokens": 8, "temperature": 0, "stream": True, "n": 2}
+    body["stream_options"] = {"include_usage": True}
+    with httpx.stream("POST", f"{server}/v1/completions", json=body, timeout=30) as response:
+        response.read()
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = sse_events(response)
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    usage = chunks.pop()
+    assert usage["choices"] == [] and usage["usage"]["completion_tokens"] > 0
+    texts, finishes = {0: "", 1: ""}, {}
+    for chunk in chunks:
+        assert chunk["object"] == "text_completion" and chunk["model"] == "tiny-gpt2"
+        assert len({c["id"] for c in chunks}) == 1
+        for choice in chunk["choices"]:
+            assert choice["index"] not in finishes  # nothing after a choice's finish_reason
+            texts[choice["index"]] += choice["text"]
+            if choice["finish_reason"]:
+                finishes[choice["index"]] = choice["finish_reason"]
+    expected = greedy(model, gpt2_tokenizer, "Stream me", 8)
+    assert texts == {0: expected.text, 1: expected.text}
+    assert set(finishes) == {0, 1}
+
+
+def test_models_health_playground_and_unknown_routes(server):
+    models = httpx.get(f"{server}/v1/models").json()
+    assert models["object"] == "list" and models["data"][0]["id"] == "tiny-gpt2"
+    assert httpx.get(f"{server}/v1/models/tiny-gpt2").json()["id"] == "tiny-gpt2"
+    missing = httpx.get(f"{server}/v1/models/other")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+    assert httpx.get(f"{server}/health").json()["status"] == "ok"
+    page = httpx.get(f"{server}/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert 'id="prompt"' in page.text and 'id="generate"' in page.text
+    nowhere = httpx.get(f"{server}/v2/nothing")
+    assert nowhere.status_code == 404 and "error" in nowhere.json()
+
+
+# -- limits and malformed requests ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body, status, param",
+    [
+        ({"prompt": "x", "max_tokens": 65}, 400, "max_tokens"),
+        ({"prompt": "x", "n": 5}, 400, "n"),
+        ({"prompt": ["a", "b", "c", "d"], "n": 2}, 400, "n"),
+        ({"prompt": "word " * 50}, 400, "prompt"),
+        ({"prompt": [[1, 2], [99999]]}, 400, "prompt"),
+        ({"prompt": []}, 400, "prompt"),
+        ({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
+        ({"prompt": "x", "frequency_penalty": 0.5}, 400, "frequency_penalty"),
+        ({"prompt": "x", "temperature": 3}, 422, "temperature"),
+        ({"prompt": "x", "top_p": 0}, 422, "top_p"),
+        ({"prompt": "x", "max_tokens": -1}, 422, "max_tokens"),
+        ({"prompt": "x", "logprobs": 9}, 422, "logprobs"),
+        ({"prompt": "x", "n": "many"}, 422, "n"),
+        ({"prompt": {"text": "x"}}, 422, "prompt"),
+        ({"max_tokens": 3}, 422, "prompt"),
+    ],
+)
+def test_invalid_requests_get_openai_style_errors(server, body, status, param):
+    response = post(server, body)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["message"]
+    assert error["param"] == param
+
+
+def test_malformed_and_oversized_bodies(server):
+    broken = httpx.post(
+        f"{server}/v1/completions", content=b'{"prompt": "x",', headers={"content-type": "application/json"}
+    )
+    assert broken.status_code == 422 and broken.json()["error"]["code"] == "json_invalid"
+    not_utf8 = httpx.post(f"{server}/v1/completions", content=b'{"prompt": "\xff"}')
+    assert not_utf8.status_code == 422
+    big = post(server, {"prompt": "x" * 30_000})
+    assert big.status_code == 400 and big.json()["error"]["code"] == "request_too_large"
+
+    def chunks():  # no Content-Length: the limit is enforced while reading
+        for _ in range(30):
+            yield b" " * 1000
+
+    streamed = httpx.post(f"{server}/v1/completions", content=chunks())
+    assert streamed.status_code == 400
+    assert httpx.get(f"{server}/health").status_code == 200
+
+
+def test_timeout_is_a_400_and_stops_the_work(slow):
+    url, _ = slow
+    start = time.monotonic()
+    response = post(url, {"prompt": "slow", "max_tokens": 1000})
+    assert response.status_code == 400 and response.json()["error"]["code"] == "timeout"
+    assert time.monotonic() - start < 5
+    streamed = post(url, {"prompt": "slow", "max_tokens": 1000, "stream": True})
+    events = sse_events(streamed)
+    assert events[-1] == "[DONE]" and json.loads(events[-2])["error"]["code"] == "timeout"
+    wait_until_idle(url)
+
+
+def wait_until_idle(url, within=3.0):
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        health = httpx.get(f"{url}/health").json()
+        if health["active_sequences"] == 0 and health["queued_requests"] == 0:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the server is still generating: {health}")
+
+
+def test_disconnect_stops_generation(slow):
+    url, _ = slow
+    with httpx.stream("POST", f"{url}/v1/completions", json={"prompt": "x", "max_tokens": 1000, "stream": True}) as r:
+        lines = r.iter_lines()  # keep the iterator: dropping it closes the response
+        first = next(lines)
+        assert first.startswith("data: ")
+        assert httpx.get(f"{url}/health").json()["active_sequences"] == 1, first
+    # 1000 tokens would take 20 s; the closed stream must cancel them at once.
+    wait_until_idle(url)
+    with pytest.raises(httpx.ReadTimeout):  # a non-streaming client that gives up
+        post(url, {"prompt": "x", "max_tokens": 1000}, timeout=0.3)
+    wait_until_idle(url)
+
+
+def test_concurrent_requests_are_batched_and_the_loop_stays_free(slow, model, gpt2_tokenizer):
+    url, slow_model = slow
+    prompts = [f"Request number {i}" for i in range(6)]
+    results: dict[int, str] = {}
+
+    def ask(i):
+        body = {"prompt": prompts[i], "max_tokens": 20, "temperature": 0}
+        results[i] = post(url, body).json()["choices"][0]["text"]
+
+    slow_model.batch_sizes.clear()
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.2)
+    start = time.monotonic()
+    assert httpx.get(f"{url}/health").status_code == 200
+    assert time.monotonic() - start < 0.5  # answered while the model is busy
+    for thread in threads:
+        thread.join()
+    assert max(slow_model.batch_sizes) > 1  # requests shared forward passes
+    for i, prompt in enumerate(prompts):
+        assert results[i] == greedy(model, gpt2_tokenizer, prompt, 20).text
+
+
+def test_api_key(model, gpt2_tokenizer):
+    openai = pytest.importorskip("openai")
+    app = create_app(model, gpt2_tokenizer, ServerConfig(api_key="sekrit"), model_name="keyed")
+    with BackgroundServer(app) as url:
+        assert post(url, {"prompt": "x"}).status_code == 401
+        wrong = post(url, {"prompt": "x"}, headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_api_key"
+        assert httpx.get(f"{url}/v1/models").status_code == 401
+        assert httpx.get(f"{url}/health").status_code == 200
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="sekrit", max_retries=0)
+        assert client.completions.create(model="keyed", prompt="x", max_tokens=2).choices[0].text is not None
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=f"{url}/v1", api_key="wrong", max_retries=0).models.list()
+
+
+# -- the official client ------------------------------------------------------------------
+
+
+def test_openai_client_works_unchanged(server, model, gpt2_tokenizer):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0)
+    assert [m.id for m in client.models.list()] == ["tiny-gpt2"]
+    expected = greedy(model, gpt2_tokenizer, "The client", 12)
+    result = client.completions.create(model="tiny-gpt2", prompt="The client", max_tokens=12, temperature=0)
+    assert result.choices[0].text == expected.text
+    assert result.usage.completion_tokens == len(expected.token_ids)
+    stream = client.completions.create(
+        model="tiny-gpt2", prompt="The client", max_tokens=12, temperature=0, stream=True
+    )
+    assert "".join(chunk.choices[0].text for chunk in stream if chunk.choices) == expected.text
+    sampled = client.completions.create(
+        model="tiny-gpt2", prompt=["a", "b"], max_tokens=4, n=2, seed=3, logprobs=1, stop=["\n"]
+    )
+    assert len(sampled.choices) == 4 and len(sampled.choices[0].logprobs.tokens) >= 1
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model="tiny-gpt2", prompt="x", max_tokens=1000)
+    assert "max_tokens" in str(caught.value)
+    with pytest.raises(openai.UnprocessableEntityError):
+        client.completions.create(model="tiny-gpt2", prompt="x", temperature=9)
