@@ -172,6 +172,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     report, results = run_sweep(config)
+    if report is None:
+        return 0  # a torchrun rank other than 0: it trained, rank 0 reports
     from gpt2kit.report import ModelReport
 
     models = [ModelReport(r.size, r.params, r.results) for r in results]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -214,16 +215,11 @@ def _load_json(path: Path):
         raise GPT2KitError(f"{path}: unreadable ({err}); delete it to redo this step") from None
 
 
-def run_size(config: SweepConfig, size: str, out: Path) -> SizeResult:
-    """Train, evaluate and sample one size, skipping the steps already done."""
+def finish_size(config: SweepConfig, size: str, out: Path, model_dir: Path, seconds: dict[str, float]) -> SizeResult:
+    """Evaluate and sample one trained size, skipping what is already done."""
     from gpt2kit.checkpoint import load
 
     run_dir = out / "runs" / size
-    seconds: dict[str, float] = {}
-    start = time.perf_counter()
-    model_dir, trained = train_size(config, size, run_dir)
-    if trained:
-        seconds["train"] = time.perf_counter() - start
     eval_path = run_dir / EVAL_FILE
     if eval_path.exists():
         results = _load_json(eval_path)
@@ -275,21 +271,38 @@ def run_sweep(
     timings: dict[str, float] | None = None,
     extra_sections: list[tuple[str, str]] | None = None,
     on_size: Callable[[SizeResult], None] | None = None,
-) -> tuple[Path, list[SizeResult]]:
-    """Run (or resume) the sweep and write its report; returns the report's path and each size's result."""
+) -> tuple[Path | None, list[SizeResult]]:
+    """Run (or resume) the sweep and write its report; returns the report's path and each size's result.
+
+    Every size is trained first, then each is evaluated and sampled. Under torchrun every rank trains, and
+    rank 0 alone evaluates and reports (the other ranks return None and no results).
+    """
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    _check_settings(config, out)
-    results = []
-    timings = dict(timings or {})
+    rank = int(os.environ.get("RANK", "0"))
+    if rank == 0:
+        _check_settings(config, out)
+    seconds: dict[str, dict[str, float]] = {}
+    model_dirs: dict[str, Path] = {}
     for size in config.sizes:
-        logger.info("sweep: %s", size)
-        result = run_size(config, size, out)
+        logger.info("sweep: training %s", size)
+        start = time.perf_counter()
+        model_dirs[size], trained = train_size(config, size, out / "runs" / size)
+        seconds[size] = {"train": time.perf_counter() - start} if trained else {}
+    if rank != 0:
+        return None, []
+    results = []
+    for size in config.sizes:
+        logger.info("sweep: evaluating %s", size)
+        result = finish_size(config, size, out, model_dirs[size], seconds[size])
         results.append(result)
-        for stage, seconds in result.seconds.items():
-            timings[f"{stage} {size}"] = seconds
         if on_size:
             on_size(result)
+    timings = dict(timings or {})
+    for stage in ("train", "eval", "samples"):
+        for result in results:
+            if stage in result.seconds:
+                timings[f"{stage} {result.size}"] = result.seconds[stage]
     models = [ModelReport(r.size, r.params, r.results, r.metrics_path, r.samples) for r in results]
     report = write_report(
         out,
