@@ -43,6 +43,9 @@ bench: install
 	$(PY) bench/overlap.py
 	$(PY) bench/generate.py
 	$(PY) bench/serve_load.py
+	$(PY) bench/prepare.py
+	$(PY) bench/train.py
+	$(PY) bench/eval.py
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache

@@ -381,6 +381,143 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- data and training ----------------------------------------------------------------
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from gpt2kit.data.prepare import prepare
+
+    result = prepare(
+        args.input or [],
+        args.tokenizer,
+        args.out,
+        val_fraction=args.val_fraction,
+        workers=args.workers,
+        seed=args.seed,
+        split_lines=args.split_lines,
+        text_field=args.text_field,
+        on_bad_utf8=args.on_bad_utf8,
+        hf_dataset=args.hf_dataset,
+        hf_split=args.split,
+        shard_tokens=args.shard_tokens,
+        progress=not args.quiet,
+    )
+    manifest = result.manifest
+    for split in ("train", "val"):
+        stats = manifest.split_stats(split)
+        print(
+            f"{split}: {stats.num_docs:,} documents, {stats.num_tokens:,} tokens, "
+            f"{stats.bytes_per_token:.3f} bytes/token"
+        )
+    inputs = manifest.input_stats
+    print(
+        f"bad UTF-8 ({manifest.settings['on_bad_utf8']}): {inputs['bad_utf8_replaced']} documents repaired, "
+        f"{inputs['bad_utf8_skipped']} skipped; {inputs['empty_skipped']} empty documents skipped"
+    )
+    print(
+        f"shard groups: {result.groups_written} written, {result.groups_reused} reused; "
+        f"{result.tokens_per_s:,.0f} tokens/s -> {result.out}"
+    )
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import logging
+
+    from gpt2kit.config import apply_overrides, load_config
+    from gpt2kit.train import train
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    config = load_config(args.config)
+    config.data, config.out = args.data, args.out
+    for name in ("preset", "init_from", "max_steps", "seed"):
+        if getattr(args, name) is not None:
+            setattr(config, name, getattr(args, name))
+    if args.compile:
+        config.compile = True
+    apply_overrides(config, args.set)
+    result = train(config, resume=args.resume)
+    if result.checkpoint is not None:
+        loss = f"{result.loss:.4f}" if result.loss is not None else "n/a"
+        val = f"{result.val_loss:.4f}" if result.val_loss is not None else "n/a"
+        print(f"step {result.step}: {result.tokens:,} tokens, loss {loss}, val_loss {val}")
+        print(f"checkpoint: {result.checkpoint}")
+        print(f"metrics: {result.run_dir / 'metrics.jsonl'}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from gpt2kit.plot import plot_run
+
+    print(plot_run(args.run_dir, args.out))
+    return 0
+
+
+# -- eval ---------------------------------------------------------------------------
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import logging
+
+    from gpt2kit.evals import (
+        EvalOptions,
+        evaluate,
+        markdown_table,
+        parse_tasks,
+        task_listing,
+        write_results,
+        write_samples,
+    )
+    from gpt2kit.evals.data import parse_data_assignments
+
+    if args.list:
+        print(task_listing())
+        return 0
+    if not args.model or not args.tasks:
+        raise GPT2KitError("--model and --tasks are required (or use --list)")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    options = EvalOptions.from_file(args.config).to_dict() if args.config else {}
+    overrides = {
+        "limit": args.limit,
+        "batch_size": args.batch_size,
+        "context_length": args.context_length,
+        "stride": args.stride,
+        "shots": args.shots,
+        "seed": args.seed,
+    }
+    options.update({k: v for k, v in overrides.items() if v is not None})
+    if args.no_detokenize is not None:
+        options["no_detokenize"] = args.no_detokenize
+    if args.lambada_stopword_filter:
+        options["lambada_stopword_filter"] = True
+    eval_options = EvalOptions.from_dict(options, where="eval options")
+    tasks = parse_tasks(args.tasks)
+    data = parse_data_assignments(args.data)
+
+    from gpt2kit.checkpoint import load
+
+    loaded = load(args.model, device=args.device)
+    name = loaded.path.name if Path(args.model).is_dir() else args.model
+    samples: list[dict] | None = [] if args.log_samples else None
+    results = evaluate(
+        loaded.model,
+        loaded.tokenizer,
+        tasks,
+        data,
+        data_dir=args.data_dir,
+        options=eval_options,
+        model_name=name,
+        samples=samples,
+    )
+    if args.out:
+        write_results(results, args.out)
+    if samples is not None:
+        write_samples(samples, args.log_samples)
+    print(markdown_table(results))
+    return 0
+
+
 # -- parser -------------------------------------------------------------------------
 
 
@@ -526,6 +663,88 @@ def add_sampling_commands(commands) -> None:
     p.set_defaults(func=cmd_serve)
 
 
+def add_data_commands(commands) -> None:
+    p = commands.add_parser("prepare", help="tokenize a corpus into token shards for training")
+    p.add_argument("--input", nargs="+", help="text/jsonl(.gz|.zst)/parquet files, directories or globs")
+    p.add_argument("--hf-dataset", help="a HF dataset NAME[:CONFIG] (hub id or local directory), streamed")
+    p.add_argument("--split", default="train", help="split of --hf-dataset (default: train)")
+    p.add_argument("--tokenizer", default="gpt2", help="'gpt2', a tokenizer or model directory, or a .tiktoken file")
+    p.add_argument("--out", required=True, help="output directory for shards and manifest.json")
+    p.add_argument("--val-fraction", type=float, default=0.005, help="share of documents for validation")
+    p.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: all cores)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the train/validation split")
+    p.add_argument("--split-lines", action="store_true", help="one document per line of text files")
+    p.add_argument("--text-field", default="text", help="field (jsonl) or column (parquet, HF) with the text")
+    p.add_argument("--on-bad-utf8", choices=("error", "replace", "skip"), default="replace")
+    p.add_argument("--shard-tokens", type=int, default=100_000_000, help="train tokens per shard")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_prepare)
+
+
+def add_train_commands(commands) -> None:
+    p = commands.add_parser("train", help="pretrain or fine-tune a model on prepared shards (torchrun for many)")
+    p.add_argument("--config", required=True, help="a TOML or YAML training config (see configs/)")
+    p.add_argument("--data", required=True, help="a directory written by `gpt2kit prepare`")
+    p.add_argument("--out", required=True, help="the run directory")
+    p.add_argument("--preset", help="model size preset (gpt2, cpu-6m, ...)")
+    p.add_argument("--init-from", dest="init_from", help="fine-tune this model directory or hub id")
+    p.add_argument("--max-steps", dest="max_steps", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    p.add_argument("--compile", action="store_true", help="torch.compile each block (same as --set compile=true)")
+    p.add_argument(
+        "--set",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override config fields (dotted names)",
+    )
+    p.set_defaults(func=cmd_train)
+    p = commands.add_parser("plot", help="plot a run's train and validation loss to RUN_DIR/loss.png")
+    p.add_argument("run_dir")
+    p.add_argument("--out", help="the PNG to write (default RUN_DIR/loss.png)")
+    p.set_defaults(func=cmd_plot)
+
+
+def add_eval_commands(commands) -> None:
+    p = commands.add_parser("eval", help="zero-shot evaluation on the GPT-2 paper's tasks")
+    p.add_argument("--model", help="a model directory or hub id")
+    p.add_argument("--tasks", help="comma-separated task names, or 'all' (see --list)")
+    p.add_argument("--list", action="store_true", help="list the tasks, their protocols and data files")
+    p.add_argument("--data-dir", help="directory searched for each task's standard file names")
+    p.add_argument(
+        "--data",
+        action="append",
+        default=[],
+        metavar="TASK=PATH",
+        help="a task's data file (repeatable); PATH may be hf or hf:NAME[:CONFIG][@SPLIT]",
+    )
+    p.add_argument("--limit", type=int, help="at most N examples per task (lines for corpora)")
+    p.add_argument("--batch-size", type=int, help="rows per forward pass (default 8; never changes a score)")
+    p.add_argument("--context-length", type=int, help="tokens of context (default: the model's)")
+    p.add_argument("--stride", type=int, help="corpus perplexity: window step (default: the context, no overlap)")
+    p.add_argument(
+        "--no-detokenize",
+        nargs="?",
+        const="all",
+        metavar="TASKS",
+        help="turn detokenizers off (for all tasks, or the listed ones)",
+    )
+    p.add_argument(
+        "--lambada-stopword-filter",
+        action="store_true",
+        help="also report the paper's stop-word-filtered LAMBADA accuracy",
+    )
+    p.add_argument("--shots", type=int, help="example pairs in the context for translation and NQ (default 10)")
+    p.add_argument("--seed", type=int, help="seed for sampling and example draws (default 0)")
+    p.add_argument("--config", help="a TOML or YAML file of eval options (flags override it)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", help="write the results JSON here")
+    p.add_argument("--log-samples", metavar="PATH", help="write per-example records (JSON lines) here")
+    p.set_defaults(func=cmd_eval)
+
+
 # Each area of the CLI registers its own subcommands; add new areas here, one per line.
 COMMAND_GROUPS = (
     add_tokenizer_commands,
@@ -533,6 +752,9 @@ COMMAND_GROUPS = (
     add_demo_commands,
     add_webtext_commands,
     add_sampling_commands,
+    add_data_commands,
+    add_train_commands,
+    add_eval_commands,
 )
 
 

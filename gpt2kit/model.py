@@ -113,6 +113,60 @@ class KVCache:
         return copy
 
 
+# At most this many logits (128 MB in fp32) exist at a time in the output-layer loss. Larger chunks
+# mean fewer passes over the (vocab, n_embd) gradient they accumulate into.
+LOSS_CHUNK_LOGITS = 1 << 25
+
+
+class TiedOutputLoss(torch.autograd.Function):
+    """Mean next-token cross-entropy through the tied output layer, one chunk of rows at a time.
+
+    The full (B*T, vocab) logits and their gradient never exist: each chunk's
+    logits go into one reused buffer, become exp(logits - max) in place, and
+    give the gradients with respect to the hidden states and the embedding
+    matrix right away (softmax minus one-hot, the 1/sum folded into small
+    per-row scales), so backward only scales them. That saves the memory
+    passes, and on CPU the page faults, of fresh logit-sized tensors.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, with_grads: bool):
+        rows, vocab = hidden.shape[0], weight.shape[0]
+        chunks = -(-rows * vocab // LOSS_CHUNK_LOGITS)  # equal chunks, none of them a small remainder
+        chunk = -(-rows // chunks)
+        buffer = hidden.new_empty(chunk, vocab)
+        total = hidden.new_zeros((), dtype=torch.float32)
+        grad_hidden = torch.empty_like(hidden) if with_grads else None
+        grad_weight = None
+        for start in range(0, rows, chunk):
+            h, t = hidden[start : start + chunk], targets[start : start + chunk]
+            n = len(t)
+            exps = torch.mm(h, weight.t(), out=buffer[:n])
+            row_max = exps.amax(dim=1, keepdim=True)
+            picked = exps.gather(1, t[:, None])
+            exps.sub_(row_max).exp_()
+            row_sum = exps.sum(dim=1, keepdim=True)
+            total += (row_max + row_sum.log() - picked).sum()
+            if with_grads:
+                # d(mean loss)/d(logits) = (exps / row_sum - one_hot) / rows = (exps - row_sum * one_hot) * scale
+                exps[torch.arange(n, device=t.device), t] -= row_sum.squeeze(1)
+                scale = 1.0 / (row_sum * rows)
+                torch.mm(exps, weight, out=grad_hidden[start : start + n]).mul_(scale)
+                if grad_weight is None:
+                    grad_weight = torch.mm(exps.t(), h * scale)
+                else:
+                    grad_weight.addmm_(exps.t(), h * scale)
+        # Kept on ctx (not saved tensors) so backward can hand them to autograd without a copy.
+        ctx.grads = (grad_hidden, grad_weight)
+        return total / rows
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor):
+        grad_hidden, grad_weight = ctx.grads
+        del ctx.grads  # once: the graph cannot be run backward twice
+        return grad_hidden.mul_(grad_loss), grad_weight.mul_(grad_loss), None, None
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig, layer_index: int):
         super().__init__()
@@ -197,12 +251,16 @@ class GPT(nn.Module):
         self,
         idx: torch.Tensor,
         *,
+        targets: torch.Tensor | None = None,
         kv_cache: KVCache | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         logits_to_keep: int = 0,
     ) -> torch.Tensor:
         """Logits of shape (B, T, vocab_size) for token ids of shape (B, T).
+
+        With `targets` (B, T), the mean cross-entropy of predicting them instead
+        (a scalar), computed without materialising the logits.
 
         With `kv_cache`, `idx` continues the cached positions and the cache is
         extended. `attention_mask` (B, cached + T), 1 for real tokens and 0 for
@@ -225,9 +283,17 @@ class GPT(nn.Module):
             x = block(x, kv_cache, mask)
         if kv_cache is not None:
             kv_cache.advance(T)
-        if logits_to_keep > 0:
-            x = x[:, -logits_to_keep:]
-        return F.linear(self.ln_f(x), self.wte.weight)
+        if targets is None:
+            if logits_to_keep > 0:
+                x = x[:, -logits_to_keep:]
+            return F.linear(self.ln_f(x), self.wte.weight)
+        x = self.ln_f(x)
+        if torch.is_autocast_enabled(x.device.type):
+            # Under autocast the plain path keeps autocast's dtype rules (and torch.compile fuses it).
+            logits = F.linear(x, self.wte.weight).float()
+            return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+        with_grads = torch.is_grad_enabled() and (x.requires_grad or self.wte.weight.requires_grad)
+        return TiedOutputLoss.apply(x.reshape(-1, x.size(-1)), self.wte.weight, targets.reshape(-1), with_grads)
 
     @staticmethod
     def _attention_mask(T: int, past: int, attention_mask: torch.Tensor | None, device) -> torch.Tensor | None:

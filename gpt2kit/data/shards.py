@@ -1,0 +1,251 @@
+"""Token shards on disk: a small versioned header, then the token ids, plus a manifest.
+
+A shard is `HEADER` (32 bytes, little-endian: magic, format version, bytes per
+token, token count, document count) followed by the token ids as uint16, or
+uint32 when the vocabulary has more than 65536 entries. Every document ends
+with `<|endoftext|>`. `manifest.json` beside the shards names the tokenizer
+(sha256), every shard with its counts and sha256, and the train/val split.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import struct
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from gpt2kit.errors import GPT2KitError
+from gpt2kit.io import atomic_write_text
+
+MAGIC = b"GPT2KTOK"
+FORMAT_VERSION = 1
+HEADER = struct.Struct("<8sIIQQ")  # magic, version, itemsize, num_tokens, num_docs
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = "gpt2kit-shards"
+SPLITS = ("train", "val")
+
+
+class ShardError(GPT2KitError):
+    """A shard or manifest is missing, truncated, corrupt or from another tokenizer."""
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """uint16 holds ids 0..65535; larger vocabularies need uint32."""
+    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
+
+
+@dataclass(frozen=True)
+class ShardHeader:
+    version: int
+    dtype: np.dtype
+    num_tokens: int
+    num_docs: int
+
+
+def read_header(path: str | os.PathLike) -> ShardHeader:
+    """Parse and check a shard's header, including that the file holds every token it announces."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(HEADER.size)
+            size = os.fstat(handle.fileno()).st_size
+    except FileNotFoundError:
+        raise ShardError(f"{path}: shard is missing") from None
+    if len(raw) < HEADER.size:
+        raise ShardError(f"{path}: truncated shard ({size} bytes, shorter than the {HEADER.size}-byte header)")
+    magic, version, itemsize, num_tokens, num_docs = HEADER.unpack(raw)
+    if magic != MAGIC:
+        raise ShardError(f"{path}: not a gpt2kit token shard (bad magic {magic!r})")
+    if version != FORMAT_VERSION:
+        raise ShardError(f"{path}: shard format version {version}, this gpt2kit reads version {FORMAT_VERSION}")
+    if itemsize not in (2, 4):
+        raise ShardError(f"{path}: unsupported token size of {itemsize} bytes")
+    expected = HEADER.size + num_tokens * itemsize
+    if size != expected:
+        raise ShardError(
+            f"{path}: truncated or padded shard: header says {num_tokens} tokens ({expected} bytes), file has {size}"
+        )
+    dtype = np.dtype(np.uint16) if itemsize == 2 else np.dtype(np.uint32)
+    return ShardHeader(version, dtype, num_tokens, num_docs)
+
+
+def open_tokens(path: str | os.PathLike) -> np.ndarray:
+    """The shard's tokens as a read-only memory map (an empty array for an empty shard)."""
+    header = read_header(path)
+    if header.num_tokens == 0:
+        return np.empty(0, dtype=header.dtype)
+    return np.memmap(path, dtype=header.dtype, mode="r", offset=HEADER.size, shape=(header.num_tokens,))
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class ShardWriter:
+    """Stream tokens into a shard: a temporary file that becomes `path` only on `close()`.
+
+    Memory stays bounded by the arrays passed to `append`; a crash leaves no
+    partial shard under the final name.
+    """
+
+    def __init__(self, path: str | os.PathLike, dtype: np.dtype):
+        self.path = Path(path)
+        self.dtype = np.dtype(dtype)
+        self.num_tokens = 0
+        self.num_docs = 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, self._tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        self._handle = os.fdopen(fd, "wb")
+        self._handle.write(b"\0" * HEADER.size)
+
+    def append(self, tokens: np.ndarray, num_docs: int) -> None:
+        self._handle.write(np.ascontiguousarray(tokens, dtype=self.dtype).tobytes())
+        self.num_tokens += len(tokens)
+        self.num_docs += num_docs
+
+    def close(self) -> str:
+        """Write the header, publish the shard atomically and return its sha256."""
+        self._handle.seek(0)
+        self._handle.write(HEADER.pack(MAGIC, FORMAT_VERSION, self.dtype.itemsize, self.num_tokens, self.num_docs))
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+        os.fchmod(self._handle.fileno(), 0o644)  # mkstemp creates 0600; shards are ordinary data files
+        self._handle.close()
+        os.replace(self._tmp, self.path)
+        return file_sha256(self.path)
+
+    def abort(self) -> None:
+        self._handle.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._tmp)
+
+
+def write_shard(path: str | os.PathLike, tokens: np.ndarray, num_docs: int, dtype: np.dtype) -> str:
+    """Write a whole shard at once; returns its sha256."""
+    writer = ShardWriter(path, dtype)
+    try:
+        writer.append(tokens, num_docs)
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.close()
+
+
+# -- manifest ---------------------------------------------------------------------------
+
+
+@dataclass
+class ShardInfo:
+    file: str
+    split: str
+    group: int
+    num_docs: int
+    num_tokens: int
+    num_bytes: int  # UTF-8 bytes of the documents' text, for bits per byte
+    sha256: str
+
+
+@dataclass
+class GroupInfo:
+    """Consecutive input batches whose documents went into one train shard and one val shard."""
+
+    index: int
+    first_batch: int
+    end_batch: int
+    text_sha256: str
+
+
+@dataclass
+class SplitStats:
+    num_docs: int = 0
+    num_tokens: int = 0
+    num_bytes: int = 0
+
+    @property
+    def bytes_per_token(self) -> float:
+        return self.num_bytes / self.num_tokens if self.num_tokens else 0.0
+
+
+@dataclass
+class Manifest:
+    tokenizer: dict  # name, sha256, vocab_size, eot_token
+    dtype: str
+    settings: dict  # everything that decides the shards' content, to detect a changed re-run
+    shards: list[ShardInfo] = field(default_factory=list)
+    groups: list[GroupInfo] = field(default_factory=list)
+    complete: bool = False
+    input_stats: dict = field(default_factory=dict)  # documents read, bad UTF-8 and empty-document counts
+
+    def split_stats(self, split: str) -> SplitStats:
+        stats = SplitStats()
+        for shard in self.shards:
+            if shard.split == split:
+                stats.num_docs += shard.num_docs
+                stats.num_tokens += shard.num_tokens
+                stats.num_bytes += shard.num_bytes
+        return stats
+
+    def shard_paths(self, directory: str | os.PathLike, split: str) -> list[Path]:
+        return [Path(directory) / s.file for s in self.shards if s.split == split]
+
+    def to_json(self) -> str:
+        values = {"format": MANIFEST_FORMAT, "version": FORMAT_VERSION, **asdict(self)}
+        values["splits"] = {}
+        for split in SPLITS:
+            stats = self.split_stats(split)
+            values["splits"][split] = {**asdict(stats), "bytes_per_token": stats.bytes_per_token}
+        return json.dumps(values, indent=2)
+
+    def save(self, directory: str | os.PathLike) -> None:
+        atomic_write_text(Path(directory) / MANIFEST_NAME, self.to_json() + "\n")
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> Manifest:
+        path = Path(directory) / MANIFEST_NAME
+        try:
+            values = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ShardError(f"{path}: missing (prepare the data with `gpt2kit prepare`)") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ShardError(f"{path}: not valid JSON ({err})") from None
+        if not isinstance(values, dict) or values.get("format") != MANIFEST_FORMAT:
+            raise ShardError(f"{path}: not a gpt2kit shard manifest")
+        if values.get("version") != FORMAT_VERSION:
+            raise ShardError(f"{path}: manifest version {values.get('version')}, expected {FORMAT_VERSION}")
+        try:
+            return cls(
+                tokenizer=dict(values["tokenizer"]),
+                dtype=str(values["dtype"]),
+                settings=dict(values["settings"]),
+                shards=[ShardInfo(**s) for s in values["shards"]],
+                groups=[GroupInfo(**g) for g in values["groups"]],
+                complete=bool(values["complete"]),
+                input_stats=dict(values.get("input_stats", {})),
+            )
+        except (KeyError, TypeError) as err:
+            raise ShardError(f"{path}: malformed manifest ({type(err).__name__}: {err})") from None
+
+    def verify(self, directory: str | os.PathLike, checksums: bool = False) -> None:
+        """Check every listed shard: present, its header matches the manifest, and optionally its sha256."""
+        for shard in self.shards:
+            path = Path(directory) / shard.file
+            header = read_header(path)
+            if header.num_tokens != shard.num_tokens or header.num_docs != shard.num_docs:
+                raise ShardError(
+                    f"{path}: holds {header.num_tokens} tokens / {header.num_docs} documents, "
+                    f"the manifest says {shard.num_tokens} / {shard.num_docs}"
+                )
+            if header.dtype != np.dtype(self.dtype):
+                raise ShardError(f"{path}: tokens are {header.dtype}, the manifest says {self.dtype}")
+            if checksums and file_sha256(path) != shard.sha256:
+                raise ShardError(f"{path}: sha256 differs from the manifest (the shard is corrupt)")

@@ -1,0 +1,67 @@
+"""Human-readable output: the results as a table laid out like the paper's Table 3, and the task list."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from gpt2kit.evals.registry import TASKS
+from gpt2kit.evals.task import Column
+
+PAPER_SIZES = ("117M", "345M", "762M", "1542M")
+
+
+def format_value(value: float | None, unit: str) -> str:
+    """Fractions become percentages, as the paper prints them; perplexities and bits keep their scale."""
+    if value is None:
+        return "—"
+    if unit == "acc":
+        return f"{100 * value:.2f}"
+    if unit == "bpb":
+        return f"{value:.3f}"
+    return f"{value:.2f}"
+
+
+def markdown_table(results: Mapping[str, Mapping[str, Any]]) -> str:
+    """Rows: the evaluated model, its runtime, then the paper's GPT-2 sizes; columns: each task's metrics."""
+    columns: list[tuple[str, Column]] = [
+        (name, column) for name, spec in TASKS.items() if name in results for column in spec.columns
+    ]
+    if not columns:
+        return ""
+    first = next(iter(results.values()))
+    label = f"{first.get('model', 'model')} ({first.get('model_params', 0) / 1e6:.1f}M params)"
+    header = "| Model | " + " | ".join(column.header for _, column in columns) + " |"
+    rule = "|---|" + "---:|" * len(columns)
+    rows = [header, rule]
+    rows.append(
+        f"| {label} | "
+        + " | ".join(format_value(results[name]["metrics"].get(column.metric), column.unit) for name, column in columns)
+        + " |"
+    )
+    rows.append(
+        "| n / runtime (s) | "
+        + " | ".join(f"{results[name]['n']} / {results[name]['runtime_s']:.1f}" for name, _ in columns)
+        + " |"
+    )
+    for size in PAPER_SIZES:
+        values = [column.paper.get(size) for _, column in columns]
+        if any(v is not None for v in values):
+            shown = [
+                "—" if v is None else (f"{v:.3f}" if column.unit == "bpb" else f"{v:.2f}")
+                for v, (_, column) in zip(values, columns, strict=True)
+            ]
+            rows.append(f"| GPT-2 {size} (paper) | " + " | ".join(shown) + " |")
+    return "\n".join(rows)
+
+
+def task_listing() -> str:
+    """Every task: its family, protocol, the data it expects, and where a HF copy lives."""
+    lines = []
+    for name, spec in TASKS.items():
+        lines.append(f"{name}  [{spec.family}]  metrics: {', '.join(spec.metrics)}")
+        lines.append(f"    protocol: {spec.protocol}")
+        lines.append(f"    data:     {spec.file_format}")
+        if spec.hf_dataset:
+            lines.append(f"    or:       --data {name}={spec.hf_dataset.describe()} (or --data {name}=hf)")
+    return "\n".join(lines)

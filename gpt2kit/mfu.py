@@ -1,0 +1,119 @@
+"""Model FLOPs utilisation: training FLOPs per token, and the peak FLOP/s of the device.
+
+GPUs use a table of published dense peaks (bf16/fp16 tensor cores, and TF32
+for fp32 training). CPUs have no such table: the peak is an fp32 matmul measured
+once per CPU model, thread count and torch version, and cached on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from gpt2kit.io import atomic_write_text
+from gpt2kit.model import GPTConfig
+
+# Dense peak FLOP/s per GPU: (bf16/fp16 tensor cores, tf32 tensor cores). Matched by substring of the name.
+GPU_PEAK_FLOPS: dict[str, tuple[float, float]] = {
+    "H200": (989e12, 494e12),
+    "H100 NVL": (835e12, 418e12),
+    "H100 PCIe": (756e12, 378e12),
+    "H100": (989e12, 494e12),  # SXM
+    "GH200": (989e12, 494e12),
+    "B200": (2250e12, 1100e12),
+    "A100": (312e12, 156e12),
+    "A800": (312e12, 156e12),
+    "L40S": (362e12, 183e12),
+    "L4": (121e12, 60e12),
+    "A10G": (70e12, 35e12),
+    "A10": (125e12, 62.5e12),
+    "RTX 4090": (165e12, 82.6e12),
+    "RTX 3090": (71e12, 35.6e12),
+    "V100": (125e12, 15.7e12),  # no TF32: fp32 runs on CUDA cores
+    "T4": (65e12, 8.1e12),
+}
+
+
+def flops_per_token(config: GPTConfig, context: int) -> float:
+    """Forward + backward FLOPs per trained token: 6 per weight used in a matmul, plus attention scores.
+
+    The tied output layer counts (it is a matmul); the position table does not.
+    """
+    d = config.n_embd
+    per_layer = 4 * d * d + 2 * d * config.mlp_width  # qkv, attention output, MLP in and out
+    matmul_weights = config.n_layer * per_layer + config.vocab_size * d
+    return 6.0 * matmul_weights + 12.0 * config.n_layer * d * context
+
+
+def gpu_peak_flops(name: str, dtype: torch.dtype) -> float | None:
+    for key, (half, tf32) in GPU_PEAK_FLOPS.items():
+        if key in name:
+            return half if dtype in (torch.bfloat16, torch.float16) else tf32
+    return None
+
+
+def _cache_file() -> Path:
+    root = os.environ.get("GPT2KIT_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "gpt2kit"
+    )
+    return Path(root) / "cpu_peak_flops.json"
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def measure_cpu_peak_flops(size: int = 2048, repeats: int = 6) -> float:
+    """The best fp32 matmul rate over `repeats` runs with torch's current thread count."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b  # warm up the BLAS
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * size**3 / best
+
+
+def cpu_peak_flops(refresh: bool = False) -> float:
+    """The measured CPU matmul peak, cached per CPU model, thread count and torch version.
+
+    `refresh=True` measures again and keeps the higher of the two figures: a
+    measurement taken while other work shares the CPU reads low, never high.
+    """
+    key = f"{_cpu_name()} | threads={torch.get_num_threads()} | torch={torch.__version__}"
+    path = _cache_file()
+    try:
+        cache = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    cached = cache.get(key) if isinstance(cache.get(key), (int, float)) else None
+    if cached is not None and not refresh:
+        return float(cached)
+    peak = max(measure_cpu_peak_flops(), cached or 0.0)
+    cache[key] = peak
+    try:
+        atomic_write_text(path, json.dumps(cache, indent=2))
+    except OSError:
+        pass  # a read-only home only costs a re-measurement next time
+    return peak
+
+
+def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
+    """Peak FLOP/s of one device for training in `dtype`, or None when unknown."""
+    if device.type == "cuda":
+        return gpu_peak_flops(torch.cuda.get_device_name(device), dtype)
+    if device.type == "cpu":
+        return cpu_peak_flops()
+    return None

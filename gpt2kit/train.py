@@ -1,0 +1,629 @@
+"""Pretraining and fine-tuning: the objective -sum log p(s_i | s_<i) on prepared token shards.
+
+One process or many under torchrun (DDP, or FSDP2 for models that do not fit
+one device). Every step sees `batch_tokens` tokens: each rank runs
+`accumulation_steps` micro-batches of its disjoint share of the step's windows.
+AdamW (decay on matrices only), linear warmup then cosine decay to a floor,
+global-norm clipping, a guard that skips non-finite steps, evaluation on the
+validation shards, and checkpoints in the HF layout plus a training-state file
+from which `resume=True` continues bit for bit (CPU, fixed seed).
+
+Rank 0 alone writes metrics and checkpoints; every rank reads the checkpoint to resume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import random
+import re
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from gpt2kit.checkpoint import CheckpointError, load, save
+from gpt2kit.config import ConfigError, OptimConfig, TrainConfig, get_field
+from gpt2kit.data.loader import TokenWindows, WindowLoader, eval_indices
+from gpt2kit.data.prepare import TOKENIZER_DIR, load_manifest
+from gpt2kit.data.shards import file_sha256
+from gpt2kit.errors import GPT2KitError
+from gpt2kit.io import atomic_directory, atomic_write_text
+from gpt2kit.mfu import flops_per_token, peak_flops
+from gpt2kit.model import GPT, preset_config
+from gpt2kit.parallelize import DistEnv, gradient_sync, init_distributed, parallelize, shutdown_distributed
+from gpt2kit.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+STATE_FILE = "training_state.pt"
+STATE_FORMAT = "gpt2kit-training-state"
+STATE_VERSION = 1
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINT_NAME = re.compile(r"step-(\d+)")
+# Fields a resumed run may change; any other difference would break the continuation. (Changing
+# parallelism or compile, like changing the number of ranks, keeps the math but not every last bit.)
+RESUME_MAY_CHANGE = {
+    "parallelism",
+    "compile",
+    "max_steps",
+    "log_interval",
+    "eval_interval",
+    "eval_windows",
+    "checkpoint_interval",
+    "keep_checkpoints",
+    "progress",
+    "tensorboard",
+    "wandb",
+    "wandb_project",
+    "num_threads",
+    "data",
+    "out",
+}
+
+
+class TrainingError(GPT2KitError):
+    """The run cannot start or continue: a bad checkpoint, mismatched data, or too many non-finite steps."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    tokens: int
+    loss: float | None
+    val_loss: float | None
+    checkpoint: Path | None
+
+
+# -- schedule and optimizer ----------------------------------------------------------------
+
+
+def learning_rate(step: int, optim: OptimConfig, max_steps: int) -> float:
+    """Linear warmup over steps 1..warmup_steps, then cosine decay to min_lr at decay_steps (default max_steps)."""
+    if step <= optim.warmup_steps:
+        return optim.lr * step / optim.warmup_steps
+    decay_steps = optim.decay_steps or max_steps
+    progress = min(1.0, (step - optim.warmup_steps) / max(1, decay_steps - optim.warmup_steps))
+    return optim.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (optim.lr - optim.min_lr)
+
+
+def build_optimizer(model: torch.nn.Module, optim: OptimConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices (>= 2-D: embeddings and linear weights), none on biases and norms."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": optim.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    fused = optim.fused and device.type in ("cpu", "cuda")
+    return torch.optim.AdamW(groups, lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps, fused=fused or None)
+
+
+# -- devices and random state --------------------------------------------------------------
+
+
+def select_device(spec: str, env: DistEnv) -> torch.device:
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", env.local_rank)
+        return torch.device("cpu")
+    device = torch.device(spec)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise TrainingError(f"device {spec!r}: CUDA is not available on this machine")
+        if device.index is None:
+            device = torch.device("cuda", env.local_rank)
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise TrainingError(f"device {spec!r}: MPS is not available on this machine")
+    return device
+
+
+def select_dtype(spec: str, device: torch.device) -> torch.dtype:
+    """The autocast dtype: bf16 on CUDA by default (fp16 where bf16 is missing), fp32 elsewhere."""
+    if spec == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[spec]
+
+
+def capture_rng(device: torch.device) -> dict:
+    """Every generator a step may draw from, as tensors and plain types (loadable with weights_only)."""
+    version, internal, gauss = random.getstate()
+    _, keys, position, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": {"version": version, "internal": list(internal), "gauss": gauss},
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(position),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_rng(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    python = state["python"]
+    random.setstate((python["version"], tuple(python["internal"]), python["gauss"]))
+    numpy_state = state["numpy"]
+    np.random.set_state(
+        (
+            "MT19937",
+            numpy_state["keys"].numpy().astype(np.uint32),
+            numpy_state["pos"],
+            numpy_state["has_gauss"],
+            numpy_state["cached_gaussian"],
+        )
+    )
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+# -- checkpoints -----------------------------------------------------------------------------
+
+
+def checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    root = Path(run_dir) / CHECKPOINT_DIR
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if CHECKPOINT_NAME.fullmatch(p.name) and (p / STATE_FILE).exists()]
+    return sorted(found, key=lambda p: int(CHECKPOINT_NAME.fullmatch(p.name).group(1)))
+
+
+def load_training_state(checkpoint: Path) -> dict:
+    """The training state of a checkpoint, after checking that the weights beside it are the ones it names."""
+    path = checkpoint / STATE_FILE
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise TrainingError(f"{path}: missing") from None
+    except Exception as err:  # truncated or foreign files fail in many ways inside the unpickler
+        raise TrainingError(f"{path}: unreadable training state ({type(err).__name__}: {err})") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise TrainingError(f"{path}: not a gpt2kit training state")
+    if state.get("version") != STATE_VERSION:
+        raise TrainingError(f"{path}: training state version {state.get('version')}, expected {STATE_VERSION}")
+    weights = checkpoint / "model.safetensors"
+    if not weights.exists() or file_sha256(weights) != state["weights_sha256"]:
+        raise TrainingError(f"{weights}: missing or not the weights this training state was saved with")
+    return state
+
+
+def _config_differences(saved: TrainConfig, current: TrainConfig) -> list[str]:
+    def flat(values: dict, prefix: str = "") -> dict:
+        items = {}
+        for key, value in values.items():
+            if isinstance(value, dict):
+                items.update(flat(value, f"{prefix}{key}."))
+            else:
+                items[prefix + key] = value
+        return items
+
+    old, new = flat(saved.to_dict()), flat(current.to_dict())
+    return [key for key in old if key not in RESUME_MAY_CHANGE and old[key] != new.get(key)]
+
+
+# -- metrics -------------------------------------------------------------------------------------
+
+
+class MetricsLog:
+    """metrics.jsonl (one JSON object per line), plus TensorBoard and W&B when asked for and installed."""
+
+    def __init__(self, run_dir: Path, config: TrainConfig, resume_step: int | None):
+        self.path = run_dir / METRICS_FILE
+        if resume_step is None:
+            self.path.write_text("")
+        else:
+            # Drop what the interrupted run logged after its last checkpoint: those steps are redone.
+            kept = []
+            if self.path.exists():
+                for line in self.path.read_text().splitlines():
+                    with contextlib.suppress(json.JSONDecodeError):
+                        if json.loads(line).get("step", 0) <= resume_step:
+                            kept.append(line + "\n")
+            atomic_write_text(self.path, "".join(kept))
+        self.handle = open(self.path, "a", encoding="utf-8")
+        self.tensorboard = None
+        self.wandb = None
+        if config.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
+            except ImportError:
+                log.warning("tensorboard=true but tensorboard is not installed; logging to metrics.jsonl only")
+        if config.wandb:
+            try:
+                import wandb
+
+                self.wandb = wandb.init(project=config.wandb_project, config=config.to_dict(), dir=str(run_dir))
+            except ImportError:
+                log.warning("wandb=true but wandb is not installed; logging to metrics.jsonl only")
+
+    def write(self, record: dict) -> None:
+        self.handle.write(json.dumps(record) + "\n")
+        self.handle.flush()
+        numbers = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k not in ("step", "tokens")}
+        if self.tensorboard is not None:
+            for key, value in numbers.items():
+                self.tensorboard.add_scalar(key, value, record["step"])
+        if self.wandb is not None:
+            self.wandb.log(numbers, step=record["step"])
+
+    def close(self) -> None:
+        self.handle.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+# -- the trainer ---------------------------------------------------------------------------------
+
+
+class Trainer:
+    """One training run (or its continuation); `run()` trains to `config.max_steps`."""
+
+    def __init__(self, config: TrainConfig, resume: bool = False, env: DistEnv | None = None):
+        config.validate()
+        self.config = config
+        self.env = env or DistEnv.from_environment()
+        self.device = select_device(config.device, self.env)
+        self.dtype = select_dtype(config.dtype, self.device)
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        init_distributed(self.env, self.device)
+        self.run_dir = Path(config.out)
+        self.state: dict | None = None
+        self.checkpoint: Path | None = None
+        self._load_resume_state(resume)
+
+        self.manifest = load_manifest(config.data)
+        self.model, self.tokenizer = self._build_model()
+        n_positions = self.model.config.n_positions
+        self.context = config.context_length or n_positions
+        if self.context > n_positions:
+            raise ConfigError(f"config: context_length {self.context} exceeds the model's context of {n_positions}")
+        self.accumulation = config.accumulation_steps(self.context, self.env.world_size)
+        self.model.to(self.device)
+        self.train_module = parallelize(
+            self.model,
+            self.env,
+            self.device,
+            strategy=config.parallelism,
+            compile=config.compile,
+            param_dtype=self.dtype if self.dtype != torch.float32 else None,
+        )
+        self.optimizer = build_optimizer(self.model, config.optim, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+
+        windows = TokenWindows(config.data, "train", self.context, self.manifest)
+        self.loader = WindowLoader(
+            windows,
+            config.batch_tokens // self.context,
+            seed=config.seed,
+            rank=self.env.rank,
+            world_size=self.env.world_size,
+        )
+        self.val_windows = None
+        if config.eval_interval:
+            self.val_windows = TokenWindows(config.data, "val", self.context, self.manifest)
+            if len(eval_indices(len(self.val_windows), config.eval_windows, 0, self.env.world_size)) == 0:
+                raise TrainingError(
+                    f"{config.data}: the validation split has too few windows of {self.context} tokens; "
+                    "prepare with a larger --val-fraction, or set eval_interval=0"
+                )
+        self.step = 0
+        self.tokens = 0
+        self.elapsed = 0.0
+        self.bad_steps = 0
+        if self.state is not None:
+            self._restore(self.state)
+        else:
+            torch.manual_seed(config.seed + self.env.rank)  # dropout masks differ between ranks
+        self.flops_per_token = flops_per_token(self.model.config, self.context)
+        self.peak_flops = peak_flops(self.device, self.dtype) if self.env.is_main else None
+
+    # -- setup ------------------------------------------------------------------------------------
+    def _load_resume_state(self, resume: bool) -> None:
+        found = checkpoints(self.run_dir)
+        if not resume:
+            if found:
+                raise TrainingError(
+                    f"{self.run_dir}: already holds checkpoints (latest {found[-1].name}); "
+                    "pass --resume to continue that run, or use another --out"
+                )
+            return
+        if not found:
+            raise TrainingError(f"{self.run_dir}: no checkpoint to resume from")
+        self.checkpoint = found[-1]
+        self.state = load_training_state(self.checkpoint)
+        saved = TrainConfig.from_dict(self.state["config"], f"{self.checkpoint / STATE_FILE}")
+        changed = _config_differences(saved, self.config)
+        if changed:
+            key = changed[0]
+            raise TrainingError(
+                f"--resume: {key} differs from the checkpoint's config ({get_field(saved, key)!r} there, "
+                f"{get_field(self.config, key)!r} now); it must stay the same to continue the run exactly"
+            )
+
+    def _data_tokenizer(self) -> Tokenizer:
+        tokenizer = Tokenizer.from_dir(Path(self.config.data) / TOKENIZER_DIR)
+        if tokenizer.sha256 != self.manifest.tokenizer["sha256"]:
+            raise TrainingError(f"{self.config.data}/{TOKENIZER_DIR}: does not match the manifest's tokenizer")
+        return tokenizer
+
+    def _build_model(self) -> tuple[GPT, Tokenizer]:
+        config = self.config
+        source = self.checkpoint if self.checkpoint is not None else config.init_from
+        if source is not None:
+            try:
+                loaded = load(source)
+            except CheckpointError as err:
+                raise TrainingError(f"cannot load the model to start from: {err}") from None
+            # Rebuild with this run's dropout; the weights move over without a copy.
+            with torch.device("meta"):
+                model = GPT(replace(loaded.model.config, dropout=config.dropout))
+            model.load_state_dict(loaded.model.state_dict(), assign=True)
+            tokenizer = loaded.tokenizer
+        else:
+            tokenizer = self._data_tokenizer()
+            multiple = config.vocab_multiple
+            vocab = -(-tokenizer.vocab_size // multiple) * multiple
+            overrides = {"vocab_size": vocab, "dropout": config.dropout}
+            if config.context_length:
+                overrides["n_positions"] = config.context_length
+            torch.manual_seed(config.seed)  # every rank builds the same initial weights
+            model = GPT(preset_config(config.preset, **overrides))
+        if tokenizer.sha256 != self.manifest.tokenizer["sha256"]:
+            raise TrainingError(
+                f"{config.data}: tokenized with {self.manifest.tokenizer['name']!r} "
+                f"(sha256 {self.manifest.tokenizer['sha256'][:12]}...), but the model's tokenizer "
+                f"{tokenizer.name!r} differs (sha256 {tokenizer.sha256[:12]}...); "
+                "prepare the data with --tokenizer set to the model directory"
+            )
+        return model, tokenizer
+
+    def _restore(self, state: dict) -> None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        set_optimizer_state_dict(
+            self.model, self.optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True)
+        )
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.loader.load_state_dict(state["loader"])
+        rng = state["rng"]
+        restore_rng(rng[self.env.rank] if self.env.rank < len(rng) else rng[0], self.device)
+        self.step = state["step"]
+        self.tokens = state["tokens"]
+        self.elapsed = state["elapsed_s"]
+        self.bad_steps = state["bad_steps"]
+        if self.step >= self.config.max_steps:
+            log.warning(
+                "the checkpoint is at step %d, max_steps is %d: nothing to do", self.step, self.config.max_steps
+            )
+
+    def _autocast(self):
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def _all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.env.distributed:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    # -- steps --------------------------------------------------------------------------------------
+    def train_step(self) -> tuple[float, float, bool]:
+        """One optimizer step; returns (loss, grad norm, whether the update was applied)."""
+        inputs, targets = self.loader.next_batch()
+        micro = self.config.micro_batch_size
+        loss_sum = torch.zeros((), device=self.device)
+        for i in range(self.accumulation):
+            x = inputs[i * micro : (i + 1) * micro].to(self.device, non_blocking=True)
+            y = targets[i * micro : (i + 1) * micro].to(self.device, non_blocking=True)
+            with gradient_sync(self.train_module, enabled=i == self.accumulation - 1):
+                with self._autocast():
+                    loss = self.train_module(x, targets=y)
+                self.scaler.scale(loss / self.accumulation).backward()
+            loss_sum += loss.detach().float()
+        loss_mean = self._all_reduce_sum(loss_sum / self.accumulation) / self.env.world_size
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip or math.inf)
+        if hasattr(grad_norm, "full_tensor"):  # FSDP2 shards the norm as a DTensor
+            grad_norm = grad_norm.full_tensor()
+        loss_value, norm_value = loss_mean.item(), grad_norm.item()
+        # The fp16 grad scaler skips steps with inf gradients itself; only the loss decides there.
+        finite = math.isfinite(loss_value) and (self.scaler.is_enabled() or math.isfinite(norm_value))
+        if finite:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss_value, norm_value, finite
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Mean loss over the first eval_windows validation windows, with perplexity and bits per byte."""
+        indices = eval_indices(len(self.val_windows), self.config.eval_windows, self.env.rank, self.env.world_size)
+        module = self.model  # unwrapped: no gradient hooks (FSDP2 shards it in place, so it still gathers)
+        module.eval()
+        total = torch.zeros(2, dtype=torch.float64, device=self.device)
+        for start in range(0, len(indices), self.config.micro_batch_size):
+            x, y = self.val_windows.batch(indices[start : start + self.config.micro_batch_size])
+            with self._autocast():
+                loss = module(x.to(self.device), targets=y.to(self.device))
+            total[0] += loss.double() * y.numel()
+            total[1] += y.numel()
+        module.train()
+        total = self._all_reduce_sum(total)
+        val_loss = (total[0] / total[1]).item()
+        bytes_per_token = self.manifest.split_stats("val").bytes_per_token
+        return {
+            "val_loss": val_loss,
+            "val_ppl": math.exp(min(val_loss, 700.0)),
+            "val_bpb": val_loss / math.log(2) / bytes_per_token if bytes_per_token else None,
+        }
+
+    # -- checkpoints --------------------------------------------------------------------------------
+    def save_checkpoint(self) -> Path | None:
+        """Write checkpoints/step-N (HF layout + training state) atomically; keep the newest K. Rank 0 writes."""
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        sharded = self.config.parallelism == "fsdp" and self.env.distributed
+        weights = get_model_state_dict(self.model, options=options) if sharded else None
+        optimizer_state = get_optimizer_state_dict(self.model, self.optimizer, options=options)
+        rng = [capture_rng(self.device)]
+        if self.env.distributed:
+            gathered: list = [None] * self.env.world_size
+            dist.all_gather_object(gathered, rng[0])
+            rng = gathered
+        path = None
+        if self.env.is_main:
+            model = self.model
+            if sharded:
+                with torch.device("meta"):
+                    model = GPT(self.model.config)
+                model.load_state_dict(weights, assign=True)
+            path = self.run_dir / CHECKPOINT_DIR / f"step-{self.step:08d}"
+            with atomic_directory(path) as tmp:
+                save(model, self.tokenizer, tmp)
+                state = {
+                    "format": STATE_FORMAT,
+                    "version": STATE_VERSION,
+                    "step": self.step,
+                    "tokens": self.tokens,
+                    "elapsed_s": self.elapsed,
+                    "bad_steps": self.bad_steps,
+                    "config": self.config.to_dict(),
+                    "optimizer": optimizer_state,
+                    "scheduler": {
+                        "step": self.step,
+                        "lr": learning_rate(self.step, self.config.optim, self.config.max_steps),
+                    },
+                    "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+                    "rng": rng,
+                    "loader": self.loader.state_dict(),
+                    "world_size": self.env.world_size,
+                    "weights_sha256": file_sha256(tmp / "model.safetensors"),
+                }
+                torch.save(state, tmp / STATE_FILE)
+            for old in checkpoints(self.run_dir)[: -self.config.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        if self.env.distributed:
+            dist.barrier()
+        return path
+
+    def _step_record(self, loss: float, lr: float, grad_norm: float, tokens_per_s: float, applied: bool) -> dict:
+        mfu = None
+        if self.peak_flops:
+            mfu = tokens_per_s * self.flops_per_token / (self.peak_flops * self.env.world_size)
+        record = {
+            "step": self.step,
+            "tokens": self.tokens,
+            "loss": loss if math.isfinite(loss) else None,
+            "lr": lr,
+            "grad_norm": grad_norm if math.isfinite(grad_norm) else None,
+            "tokens_per_s": tokens_per_s,
+            "mfu": mfu,
+            "elapsed": self.elapsed,
+        }
+        if not applied:
+            record["skipped"] = True
+        return record
+
+    # -- the loop -----------------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        from tqdm.auto import tqdm
+
+        config = self.config
+        main = self.env.is_main
+        metrics = None
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.run_dir / "train_config.json", json.dumps(config.to_dict(), indent=2))
+            metrics = MetricsLog(self.run_dir, config, self.step if self.state is not None else None)
+            if self.state is not None:
+                log.info("resumed from %s (step %d)", self.checkpoint, self.step)
+        bar = tqdm(
+            total=config.max_steps, initial=self.step, desc="train", unit="step", disable=not (main and config.progress)
+        )
+        last_loss = last_val = None
+        # tokens/s covers training only: time spent evaluating and checkpointing is set aside.
+        interval_start, interval_tokens, paused = time.perf_counter(), 0, 0.0
+        segment_start, elapsed_before = time.perf_counter(), self.elapsed
+        try:
+            self.model.train()
+            while self.step < config.max_steps:
+                self.step += 1
+                lr = learning_rate(self.step, config.optim, config.max_steps)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                loss, grad_norm, applied = self.train_step()
+                self.tokens += config.batch_tokens
+                interval_tokens += config.batch_tokens
+                self.elapsed = elapsed_before + time.perf_counter() - segment_start
+                self.bad_steps = 0 if applied else self.bad_steps + 1
+                if applied:
+                    last_loss = loss
+                else:
+                    log.warning(
+                        "step %d: loss %s, gradient norm %s: update skipped (%d bad in a row)",
+                        self.step,
+                        loss,
+                        grad_norm,
+                        self.bad_steps,
+                    )
+                last_step = self.step == config.max_steps
+                if main and (self.step % config.log_interval == 0 or last_step or not applied):
+                    seconds = max(time.perf_counter() - interval_start - paused, 1e-9)
+                    metrics.write(self._step_record(loss, lr, grad_norm, interval_tokens / seconds, applied))
+                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+                    interval_start, interval_tokens, paused = time.perf_counter(), 0, 0.0
+                if self.bad_steps >= config.max_bad_steps:
+                    raise TrainingError(
+                        f"stopping at step {self.step}: {self.bad_steps} steps in a row had a non-finite loss "
+                        "or gradient; lower optim.lr, check the data, or resume from an earlier checkpoint"
+                    )
+                pause_start = time.perf_counter()
+                if self.val_windows is not None and (self.step % config.eval_interval == 0 or last_step):
+                    values = self.evaluate()
+                    last_val = values["val_loss"]
+                    if main:
+                        metrics.write({"step": self.step, "tokens": self.tokens, **values, "elapsed": self.elapsed})
+                if (config.checkpoint_interval and self.step % config.checkpoint_interval == 0) or last_step:
+                    self.save_checkpoint()
+                paused += time.perf_counter() - pause_start
+                bar.update(1)
+        finally:
+            bar.close()
+            if metrics is not None:
+                metrics.close()
+        found = checkpoints(self.run_dir) if main else []
+        return TrainResult(self.run_dir, self.step, self.tokens, last_loss, last_val, found[-1] if found else None)
+
+
+def train(config: TrainConfig, resume: bool = False) -> TrainResult:
+    """Run (or continue) training as `config` says; joins and leaves the torchrun process group if any."""
+    try:
+        return Trainer(config, resume=resume).run()
+    finally:
+        shutdown_distributed()
