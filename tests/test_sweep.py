@@ -81,7 +81,6 @@ def test_resume_refuses_changed_settings_and_redoes_changed_evaluations(tmp_path
 def prepared(tmp_path_factory):
     """A small synthetic web, a BPE trained on it, and its prepared shards."""
     from gpt2kit.data.prepare import prepare
-
     from gpt2kit.synth import SynthConfig, generate, iter_documents
     from gpt2kit.tokenizer import train
 
