@@ -40,8 +40,8 @@ class DemoPlan:
 FULL = DemoPlan(
     corpus_mb=6.0,
     heldout_kb=100,
-    vocab_size=2048,
-    sizes=("cpu-100k", "cpu-1m", "cpu-3m"),
+    vocab_size=1024,
+    sizes=("cpu-100k", "cpu-1m", "cpu-2m"),
     tokens=1_500_000,
     eval_limits={"lambada": 200, "world_qa": None, "arithmetic": None, "velorian": 150, "tldr": 60, "heldout": None},
 )

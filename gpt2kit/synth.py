@@ -38,7 +38,7 @@ from gpt2kit.io import atomic_write_text
 # -- configuration ---------------------------------------------------------------------------------------------
 
 DOCUMENT_KINDS = ("encyclopedia", "forum", "news", "phrasebook", "story", "arithmetic")
-DEFAULT_MIX = {"encyclopedia": 0.22, "forum": 0.12, "news": 0.14, "phrasebook": 0.2, "story": 0.22, "arithmetic": 0.1}
+DEFAULT_MIX = {"encyclopedia": 0.26, "forum": 0.14, "news": 0.14, "phrasebook": 0.2, "story": 0.16, "arithmetic": 0.1}
 
 TRAIN_DIR = "train"
 EVAL_DIR = "eval"
@@ -231,7 +231,7 @@ def _made_up_word(rng: random.Random, onsets: str, vowels: str, codas: str, syll
 class World:
     """Places, people and their facts, and the Velorian lexicon; everything follows from the seed."""
 
-    def __init__(self, seed: int, n_countries: int = 8, cities_per_country: int = 4, n_people: int = 48):
+    def __init__(self, seed: int, n_countries: int = 6, cities_per_country: int = 4, n_people: int = 32):
         rng = random.Random(f"world:{seed}")
         taken = {w for group in (ADJECTIVES, NOUNS, VERBS, PREPOSITIONS, DETERMINERS, JOBS, PRODUCTS) for w in group}
         taken |= {w.lower() for w in STORY_NAMES + PET_NAMES} | set(SHORT_ENGLISH)
