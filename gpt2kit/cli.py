@@ -121,12 +121,66 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_synth(args: argparse.Namespace) -> int:
+    from gpt2kit.synth import DEFAULT_MIX, SynthConfig, generate, parse_mix
+
+    config = SynthConfig(
+        size_mb=args.size_mb,
+        seed=args.seed,
+        mix=parse_mix(args.mix) if args.mix else dict(DEFAULT_MIX),
+        eval_examples=args.eval_examples,
+    )
+    result = generate(args.out, config, progress=True)
+    print(result.summary())
+    return 0
+
+
+def _log_progress() -> None:
+    import logging
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from gpt2kit.demo import run_demo
 
-    for line in run_demo(Path(args.out), quick=args.quick):
+    _log_progress()
+    for line in run_demo(Path(args.out), quick=args.quick, seed=args.seed):
         print(line)
     return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from gpt2kit.report import markdown_table, trend_lines
+    from gpt2kit.sweep import SweepConfig, default_columns, parse_eval_jobs, run_sweep
+
+    _log_progress()
+    config = SweepConfig(
+        data=args.data,
+        out=args.out,
+        sizes=[s.strip() for s in args.sizes.split(",") if s.strip()],
+        tokens=args.tokens,
+        eval_jobs=parse_eval_jobs(args.eval_tasks, args.eval_data),
+        config=args.config,
+        overrides=args.set,
+        eval_data_dir=args.eval_data_dir,
+        eval_limit=args.eval_limit,
+        eval_shots=args.eval_shots,
+        no_detokenize=tuple(t for t in (args.no_detokenize or "").split(",") if t),
+        prompts=args.prompt or [""],
+        seed=args.seed,
+    )
+    report, results = run_sweep(config)
+    if report is None:
+        return 0  # a torchrun rank other than 0: it trained, rank 0 reports
+    from gpt2kit.report import ModelReport
+
+    models = [ModelReport(r.size, r.params, r.results) for r in results]
+    columns = default_columns(config.eval_jobs)
+    print(markdown_table(models, columns, {}))
+    print("\n".join(trend_lines(models, columns, {})))
+    print(f"report: {report}")
 
 
 # -- webtext --------------------------------------------------------------------------
@@ -496,10 +550,34 @@ def add_model_commands(commands) -> None:
 
 
 def add_demo_commands(commands) -> None:
+    p = commands.add_parser("synth", help="generate a synthetic web with naturally occurring tasks, and eval sets")
+    p.add_argument("--out", required=True, help="directory for train/ shards, eval/ sets and manifest.json")
+    p.add_argument("--size-mb", type=float, default=20.0, help="megabytes of training documents")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mix", help="document kinds and weights, e.g. story=0.3,forum=0.1 (default: all kinds)")
+    p.add_argument("--eval-examples", type=int, default=200, help="held-out examples per evaluation set")
+    p.set_defaults(func=cmd_synth)
     p = commands.add_parser("demo", help="run the main job end to end, offline")
     p.add_argument("--out", default="demo-out")
     p.add_argument("--quick", action="store_true", help="one small model, for CI")
+    p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
+    p = commands.add_parser("sweep", help="train several model sizes on the same data and budget, evaluate, report")
+    p.add_argument("--data", required=True, help="a prepared data directory (gpt2kit prepare)")
+    p.add_argument("--sizes", required=True, help="model presets, comma-separated (see gpt2kit info)")
+    p.add_argument("--tokens", type=int, required=True, help="training tokens for every size")
+    p.add_argument("--eval-tasks", required=True, help="eval tasks, comma-separated; NAME=TASK runs TASK as NAME")
+    p.add_argument("--config", help="a gpt2kit train config (TOML or YAML); its preset and max_steps are set per size")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="train config override")
+    p.add_argument("--eval-data", action="append", default=[], metavar="NAME[:examples]=PATH")
+    p.add_argument("--eval-data-dir", help="directory with the eval tasks' standard file names")
+    p.add_argument("--eval-limit", type=int, help="examples per eval task")
+    p.add_argument("--eval-shots", type=int, help="example pairs for translation and question answering")
+    p.add_argument("--no-detokenize", help="eval tasks whose detokenizer is off, comma-separated")
+    p.add_argument("--prompt", action="append", help="a sample prompt (repeatable; default: unconditional)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="sweep-out")
+    p.set_defaults(func=cmd_sweep)
 
 
 def add_webtext_commands(commands) -> None:

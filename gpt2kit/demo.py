@@ -1,49 +1,247 @@
-"""`gpt2kit demo`: a short offline tour of what works so far.
+"""`gpt2kit demo`: the paper's two claims, end to end, offline, in minutes on a CPU.
 
-Generates a small seeded text, trains a BPE on it, builds a CPU preset sized
-to that vocabulary, saves it in the HF layout and loads it back.
+1. `synth` writes a small synthetic web in which tasks occur naturally, and held-out evaluation sets
+2. a byte-level BPE is trained on it
+3. `prepare` tokenizes it into shards
+4. CPU presets of several sizes train on the same tokens for the same budget
+5. each is evaluated zero-shot on every synthetic task, and on held-out perplexity, by `gpt2kit eval`
+6. each draws samples
+
+and `report.md` gathers a Table-3-shaped table with trivial baselines, the training curves, the score
+against parameters with its log-linear trend, samples and the time of each step.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import random
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+from gpt2kit import synth
+from gpt2kit.report import Column, markdown_table, trend_lines
+from gpt2kit.sweep import EvalJob, SweepConfig, run_sweep
 
-from gpt2kit.checkpoint import load, save
-from gpt2kit.model import GPT, preset_config
-from gpt2kit.tokenizer import train
-
-SUBJECTS = ["the river", "a merchant", "the old town", "every sailor", "the council", "my neighbour"]
-VERBS = ["crossed", "remembered", "sold", "painted", "visited", "counted"]
-OBJECTS = ["the bridge", "forty lanterns", "a blue boat", "the northern market", "three letters", "the harbour"]
+logger = logging.getLogger(__name__)
 
 
-def generated_text(n_sentences: int, seed: int) -> str:
-    rng = random.Random(seed)
-    sentences = [f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(OBJECTS)}." for _ in range(n_sentences)]
-    return "\n".join(" ".join(sentences[i : i + 5]).capitalize() for i in range(0, n_sentences, 5)) + "\n"
+@dataclass(frozen=True)
+class DemoPlan:
+    corpus_mb: float
+    heldout_kb: int
+    vocab_size: int
+    sizes: tuple[str, ...]
+    tokens: int
+    eval_limits: dict[str, int | None]  # examples per evaluation; None: the whole set
+
+
+FULL = DemoPlan(
+    corpus_mb=6.0,
+    heldout_kb=100,
+    vocab_size=1024,
+    sizes=("cpu-100k", "cpu-1m", "cpu-2m"),
+    tokens=1_500_000,
+    eval_limits={"lambada": 200, "world_qa": None, "arithmetic": None, "velorian": 150, "tldr": 60, "heldout": None},
+)
+QUICK = DemoPlan(
+    corpus_mb=1.0,
+    heldout_kb=30,
+    vocab_size=1024,
+    sizes=("cpu-100k",),
+    tokens=200_000,
+    eval_limits={"lambada": 40, "world_qa": 40, "arithmetic": 40, "velorian": 40, "tldr": 20, "heldout": None},
+)
+
+# `gpt2kit train` settings shared by every size: small batches and a high learning rate suit tiny models.
+TRAIN_OVERRIDES = [
+    "context_length=256",
+    "batch_tokens=2048",
+    "micro_batch_size=8",
+    "device=cpu",
+    "optim.lr=4e-3",
+    "optim.min_lr=4e-4",
+    "optim.warmup_steps=30",
+    "log_interval=10",
+    "eval_interval=100",
+    "eval_windows=16",
+    "checkpoint_interval=200",
+    "keep_checkpoints=1",
+]
+
+SAMPLE_PROMPTS = ["Velorian phrasebook, lesson 7\n\n", "Forum: Quick questions\n\nQ:", "Town news\n\n", ""]
+
+
+def eval_jobs(eval_dir: Path, limits: dict[str, int | None]) -> list[EvalJob]:
+    """The synthetic tasks, each read by the real task of `gpt2kit eval` whose format it shares."""
+    e = lambda name: str(eval_dir / name)
+    jobs = [
+        EvalJob("lambada", "lambada", e(synth.LAMBADA_FILE)),
+        EvalJob("world_qa", "nq_open", e(synth.NQ_FILE), e(synth.NQ_EXAMPLES_FILE)),
+        EvalJob("arithmetic", "nq_open", e(synth.ARITHMETIC_FILE), e(synth.ARITHMETIC_EXAMPLES_FILE)),
+        EvalJob(
+            "velorian",
+            "wmt14_en_fr",
+            f"{e(synth.TRANSLATION_SRC)},{e(synth.TRANSLATION_REF)}",
+            f"{e(synth.TRANSLATION_DEV_SRC)},{e(synth.TRANSLATION_DEV_REF)}",
+        ),
+        EvalJob("tldr", "cnn_dailymail", e(synth.CNNDM_FILE)),
+        EvalJob("heldout", "wikitext2", e(synth.HELDOUT_FILE)),
+    ]
+    return [dataclasses.replace(job, limit=limits.get(job.name)) for job in jobs]
+
+
+COLUMNS = [
+    Column("lambada", "acc_last_word", "Stories, last word (ACC)", percent=True),
+    Column("world_qa", "em", "World QA (EM)", percent=True),
+    Column("arithmetic", "em", "Arithmetic (EM)", percent=True),
+    Column("velorian", "bleu", "English-Velorian (BLEU)"),
+    Column("tldr", "rouge_avg", "TL;DR news (R-AVG)", percent=True),
+    Column("heldout", "ppl", "Held-out web (token PPL)", higher_is_better=False),
+]
+
+
+def trivial_baselines(eval_dir: Path, data_dir: Path, tokenizer, seed: int) -> tuple[dict[str, float], dict[str, str]]:
+    """Each column's context-free baseline, with a note saying what it is."""
+    import numpy as np
+
+    from gpt2kit import baselines
+    from gpt2kit.data.prepare import load_manifest
+    from gpt2kit.data.shards import open_tokens
+
+    label = {c.task: c.label for c in COLUMNS}
+    references = synth.read_segments(eval_dir / synth.TRANSLATION_REF)
+    examples = synth.read_segments(eval_dir / synth.TRANSLATION_DEV_REF)
+    train_tokens = [open_tokens(path) for path in load_manifest(data_dir).shard_paths(data_dir, "train")]
+
+    values = {
+        label["lambada"]: baselines.lambada_most_frequent_word(eval_dir / synth.LAMBADA_FILE),
+        label["world_qa"]: baselines.qa_most_frequent_answer(eval_dir / synth.NQ_FILE),
+        label["arithmetic"]: baselines.qa_most_frequent_answer(eval_dir / synth.ARITHMETIC_FILE),
+        label["velorian"]: baselines.translation_constant_output(references, examples),
+        label["tldr"]: baselines.summary_random_three(eval_dir / synth.CNNDM_FILE, seed),
+        label["heldout"]: baselines.unigram_perplexity(
+            np.concatenate(train_tokens), (eval_dir / synth.HELDOUT_FILE).read_text(encoding="utf-8"), tokenizer
+        ),
+    }
+    notes = {
+        label["lambada"]: "always the most frequent final word",
+        label["world_qa"]: "always the most frequent answer",
+        label["arithmetic"]: "always the most frequent answer",
+        label["velorian"]: "the same output for every sentence: the example pairs' most frequent Velorian words",
+        label["tldr"]: "three random sentences of the article (the paper's random-3)",
+        label["heldout"]: "a unigram model of the training tokens (add-one smoothed)",
+    }
+    return values, notes
+
+
+def overlap_section(web: synth.SynthResult) -> str:
+    """The paper's Table 6 for the synthetic web (share of eval 8-grams in training), beside the item keys found."""
+    from gpt2kit.overlap import build_filter, check_overlap
+
+    bloom = web.out / "train-8grams.bloom"
+    build_filter(web.train_files, bloom)
+    files = {"lambada": synth.LAMBADA_FILE, "nq_open": synth.NQ_FILE, "arithmetic": synth.ARITHMETIC_FILE}
+    files["cnn_dailymail"] = synth.CNNDM_FILE
+    rows = check_overlap(bloom, [web.eval_dir / name for name in files.values()])
+    keys_found = synth.find_key_overlaps(web.out)
+    lines = [
+        "| eval set | examples | % of 8-grams in training | % of examples with any | items whose key is in training |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for (task, name), row in zip(files.items(), rows, strict=True):
+        lines.append(
+            f"| {name} | {row.examples} | {row.percent_ngrams:.1f} | {row.percent_examples:.1f} | {keys_found[task]} |"
+        )
+    lines.append(f"| translation pairs | - | - | - | {keys_found['translation']} |")
+    return (
+        "The world is small and repetitive on purpose, so many 8-grams of the evaluation sets also occur in training "
+        "(measured with `gpt2kit overlap`, the paper's 8-gram Bloom filter). No evaluation item does: its key (the 8 "
+        "words ending a story, a question, either side of a translation pair, a reference summary) never occurs in "
+        "the training text (`docs/synthetic-web.md`).\n\n" + "\n".join(lines)
+    )
+
+
+INTRO = """\
+Every model ({sizes}) was trained on the same {tokens:,} tokens of a synthetic web (`gpt2kit synth`,
+{corpus_mb:g} MB, seed {seed}) and evaluated zero-shot by `gpt2kit eval` on held-out sets that never occur in the
+training text. The tasks are not trained for: they occur in the web the way they do on the real one
+(encyclopedia pages and `Q:`/`A:` forum threads, phrasebooks with `english = velorian` lines, news posts ending in
+`TL;DR:`, stories, homework sheets). Table 3 of the paper has one row per model; here the first row is a
+trivial baseline."""
 
 
 def run_demo(out: Path, quick: bool = False, seed: int = 0) -> list[str]:
-    """Run the tour, writing under `out`; returns the lines of its summary."""
-    out.mkdir(parents=True, exist_ok=True)
-    corpus = out / "corpus.txt"
-    corpus.write_text(generated_text(2000 if quick else 20000, seed))
-    tokenizer = train([corpus], vocab_size=512)
-    tokenizer.save(out / "tokenizer")
-    torch.manual_seed(seed)
-    model = GPT(preset_config("cpu-1m", vocab_size=tokenizer.vocab_size))
-    save(model, tokenizer, out / "model")
-    reloaded = load(out / "model")
-    sample = "The river crossed the bridge."
-    ids = tokenizer.encode(sample)
-    with torch.no_grad():
-        logits = reloaded.model(torch.tensor([ids]))
+    """Run the whole demo under `out`; returns summary lines (the table, the trends, where the report is)."""
+    from gpt2kit.data.prepare import prepare
+    from gpt2kit.tokenizer import Tokenizer, train
+
+    plan = QUICK if quick else FULL
+    out = Path(out)
+    timings: dict[str, float] = {}
+
+    start = time.perf_counter()
+    web = synth.generate(
+        out / "web",
+        synth.SynthConfig(size_mb=plan.corpus_mb, seed=seed, eval_examples=200, heldout_kb=plan.heldout_kb),
+        progress=True,
+    )
+    timings["generate the corpus"] = time.perf_counter() - start
+    logger.info("synth: %s", web.summary())
+
+    start = time.perf_counter()
+    tokenizer_dir = out / "tokenizer"
+    if not (tokenizer_dir / "vocab.json").exists():
+        train(synth.iter_documents(web.out), plan.vocab_size, files=False, show_progress=True).save(tokenizer_dir)
+    tokenizer = Tokenizer.from_dir(tokenizer_dir)
+    timings["train the BPE"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    data_dir = out / "data"
+    prepare([str(p) for p in web.train_files], str(tokenizer_dir), data_dir, val_fraction=0.02, seed=seed)
+    timings["prepare the shards"] = time.perf_counter() - start
+
+    baselines, notes = trivial_baselines(web.eval_dir, data_dir, tokenizer, seed)
+    config = SweepConfig(
+        data=str(data_dir),
+        out=str(out),
+        sizes=list(plan.sizes),
+        tokens=plan.tokens,
+        eval_jobs=eval_jobs(web.eval_dir, plan.eval_limits),
+        overrides=TRAIN_OVERRIDES,
+        no_detokenize=("wikitext2",),
+        prompts=SAMPLE_PROMPTS,
+        seed=seed,
+    )
+    intro = INTRO.format(sizes=", ".join(plan.sizes), tokens=plan.tokens, corpus_mb=plan.corpus_mb, seed=seed)
+    report, results = run_sweep(
+        config,
+        columns=COLUMNS,
+        baselines=baselines,
+        baseline_notes=notes,
+        title="gpt2kit demo: zero-shot tasks and model capacity on a synthetic web",
+        intro=intro,
+        timings=timings,
+        extra_sections=[("Overlap between the evaluation sets and the training text", overlap_section(web))],
+    )
+    from gpt2kit.report import ModelReport
+
+    models = [ModelReport(r.size, r.params, r.results) for r in results]
     return [
-        f"corpus: {corpus} ({corpus.stat().st_size:,} bytes)",
-        f"tokenizer: {tokenizer.vocab_size} tokens; {sample!r} -> {len(ids)} tokens, {len(sample.encode()) / len(ids):.2f} bytes/token",
-        f"model: cpu-1m, {model.num_parameters():,} parameters, saved to {out / 'model'} and reloaded",
-        f"logits: {tuple(logits.shape)}",
+        markdown_table(models, COLUMNS, baselines),
+        "",
+        *trend_lines(models, COLUMNS, baselines),
+        "",
+        f"report: {report}",
     ]
+
+
+def generated_text(n_sentences: int, seed: int) -> str:
+    """Simple seeded sentences, for tests that need a little text to train a tokenizer on."""
+    rng = random.Random(seed)
+    subjects = ["the river", "a merchant", "the old town", "every sailor", "the council", "my neighbour"]
+    verbs = ["crossed", "remembered", "sold", "painted", "visited", "counted"]
+    objects = ["the bridge", "forty lanterns", "a blue boat", "the northern market", "three letters", "the harbour"]
+    sentences = [f"{rng.choice(subjects)} {rng.choice(verbs)} {rng.choice(objects)}." for _ in range(n_sentences)]
+    return "\n".join(" ".join(sentences[i : i + 5]).capitalize() for i in range(0, n_sentences, 5)) + "\n"

@@ -1,0 +1,321 @@
+"""The capacity report: a Table-3-shaped table, training curves, score-vs-parameters plots and samples.
+
+Input is one `ModelReport` per model size (its parameter count, its `gpt2kit eval` results, the path of
+its training `metrics.jsonl`, and samples) and a list of `Column`s saying which metric of which task to
+show. `write_report` writes `report.md`, `loss.png` and `capacity.png` into a directory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gpt2kit.errors import GPT2KitError
+from gpt2kit.io import atomic_write_text
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of the table: `metric` of `task` in the results, shown under `label`.
+
+    `percent` shows a fraction in [0, 1] as a percentage, the paper's unit for accuracies. Perplexities
+    (`higher_is_better=False`) are fitted and plotted on a log scale.
+    """
+
+    task: str
+    metric: str
+    label: str
+    percent: bool = False
+    higher_is_better: bool = True
+
+    def display(self, value: float | None) -> str:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return "-"
+        if self.percent:
+            return f"{100 * value:.1f}"
+        return f"{value:.2f}" if abs(value) < 1000 else f"{value:,.0f}"
+
+    def scaled(self, value: float) -> float:
+        return 100 * value if self.percent else value
+
+
+@dataclass
+class ModelReport:
+    """Everything the report shows about one trained model."""
+
+    name: str
+    params: int
+    results: dict[str, dict] = field(default_factory=dict)  # task -> {"metrics": {...}, "protocol": ..., "n": ...}
+    metrics_path: Path | None = None  # the training run's metrics.jsonl
+    samples: list[tuple[str, str]] = field(default_factory=list)  # (prompt, completion)
+
+    def metric(self, column: Column) -> float | None:
+        value = self.results.get(column.task, {}).get("metrics", {}).get(column.metric)
+        return float(value) if isinstance(value, (int, float)) else None
+
+
+@dataclass(frozen=True)
+class Trend:
+    """score = intercept + slope * log10(params); for lower-is-better metrics, log10(score) is fitted."""
+
+    slope: float
+    intercept: float
+    log_score: bool
+
+    def predict(self, params: float) -> float:
+        value = self.intercept + self.slope * math.log10(params)
+        return 10**value if self.log_score else value
+
+    def describe(self, column: Column) -> str:
+        if self.log_score:
+            return f"x{10**self.slope:.2f} per 10x params"
+        unit = " points" if column.percent else ""
+        return f"{self.slope:+.2f}{unit} per 10x params"
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """The JSON objects of a training run's metrics.jsonl (one per logged step or evaluation)."""
+    path = Path(path)
+    rows = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise GPT2KitError(f"{path}: training metrics not found") from None
+    except UnicodeDecodeError as err:
+        raise GPT2KitError(f"{path}: not UTF-8 (byte {err.start})") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise GPT2KitError(f"{path}:{number}: not JSON ({err.msg})") from None
+        if not isinstance(row, dict):
+            raise GPT2KitError(f"{path}:{number}: expected a JSON object")
+        rows.append(row)
+    return rows
+
+
+def fit_trend(params: list[int], scores: list[float], column: Column) -> Trend | None:
+    """Least-squares fit of the score against log10(params); None with fewer than two points."""
+    import numpy as np
+
+    points = [(p, s) for p, s in zip(params, scores, strict=True) if s is not None and p > 0]
+    log_score = not column.higher_is_better
+    if log_score:
+        points = [(p, s) for p, s in points if s > 0]
+    if len({p for p, _ in points}) < 2:
+        return None
+    x = np.log10([p for p, _ in points])
+    y = np.array([column.scaled(s) for _, s in points], dtype=float)
+    if log_score:
+        y = np.log10(y)
+    slope, intercept = np.polyfit(x, y, 1)
+    return Trend(float(slope), float(intercept), log_score)
+
+
+def _curve(rows: list[dict], key: str) -> tuple[list[float], list[float]]:
+    xs, ys = [], []
+    for row in rows:
+        value = row.get(key)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            xs.append(row.get("tokens", row.get("step", len(xs))))
+            ys.append(value)
+    return xs, ys
+
+
+def plot_loss(models: list[ModelReport], path: Path) -> bool:
+    """Training (and validation) loss against tokens seen, one colour per model; False if no curves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    drawn = False
+    for index, model in enumerate(models):
+        if model.metrics_path is None:
+            continue
+        rows = read_metrics(model.metrics_path)
+        colour = f"C{index}"
+        xs, ys = _curve(rows, "loss")
+        if xs:
+            ax.plot(xs, ys, color=colour, alpha=0.8, label=f"{model.name} ({_params(model.params)}) train")
+            drawn = True
+        xs, ys = _curve(rows, "val_loss")
+        if xs:
+            ax.plot(xs, ys, "o--", color=colour, label=f"{model.name} val")
+            drawn = True
+    if drawn:
+        uses_tokens = any("tokens" in row for m in models if m.metrics_path for row in read_metrics(m.metrics_path))
+        ax.set_xlabel("tokens seen" if uses_tokens else "step")
+        ax.set_ylabel("cross-entropy loss (nats/token)")
+        ax.set_title("Training curves")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return drawn
+
+
+def plot_capacity(models: list[ModelReport], columns: list[Column], baselines: dict[str, float], path: Path) -> None:
+    """One panel per column: score against parameters on a log axis, the fitted trend, the baseline."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    n = len(columns)
+    ncols = min(3, n)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.4 * nrows), squeeze=False)
+    params = [m.params for m in models]
+    for ax, column in zip(axes.flat, columns, strict=False):
+        scores = [m.metric(column) for m in models]
+        shown = [(p, column.scaled(s)) for p, s in zip(params, scores, strict=True) if s is not None]
+        if shown:
+            ax.plot([p for p, _ in shown], [s for _, s in shown], "o", color="C0", label="models")
+        trend = fit_trend(params, scores, column)
+        if trend is not None:
+            xs = np.logspace(math.log10(min(params)), math.log10(max(params)), 50)
+            ax.plot(
+                xs, [trend.predict(x) for x in xs], "-", color="C0", alpha=0.6, label=f"fit: {trend.describe(column)}"
+            )
+        if column.label in baselines:
+            ax.axhline(column.scaled(baselines[column.label]), color="C3", linestyle="--", label="baseline")
+        ax.set_xscale("log")
+        if not column.higher_is_better:
+            ax.set_yscale("log")
+        ax.set_title(column.label, fontsize=10)
+        ax.set_xlabel("parameters")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.suptitle("Zero-shot score against model size")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _params(n: int) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return str(n)
+
+
+def markdown_table(models: list[ModelReport], columns: list[Column], baselines: dict[str, float]) -> str:
+    """Rows: the baseline, then each model by size; columns: the tasks. Like the paper's Table 3."""
+    arrows = ["(higher is better)" if c.higher_is_better else "(lower is better)" for c in columns]
+    header = "| model | parameters | " + " | ".join(c.label for c in columns) + " |"
+    rule = "|---|---:|" + "---:|" * len(columns)
+    lines = [header, rule, "| | | " + " | ".join(arrows) + " |"]
+    lines.append("| trivial baseline | - | " + " | ".join(c.display(baselines.get(c.label)) for c in columns) + " |")
+    for model in sorted(models, key=lambda m: m.params):
+        cells = [c.display(model.metric(c)) for c in columns]
+        lines.append(f"| {model.name} | {model.params:,} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def trend_lines(models: list[ModelReport], columns: list[Column], baselines: dict[str, float]) -> list[str]:
+    """One line per column: the fitted log-linear slope and whether the scores rise with size above the baseline."""
+    lines = []
+    ordered = sorted(models, key=lambda m: m.params)
+    for column in columns:
+        scores = [m.metric(column) for m in ordered]
+        trend = fit_trend([m.params for m in ordered], scores, column)
+        if trend is None:
+            lines.append(f"- **{column.label}**: fewer than two sizes scored, no trend")
+            continue
+        known = [s for s in scores if s is not None]
+        better = (lambda a, b: a > b) if column.higher_is_better else (lambda a, b: a < b)
+        monotone = all(better(b, a) for a, b in zip(known, known[1:], strict=False))
+        baseline = baselines.get(column.label)
+        beats = baseline is not None and better(known[-1], baseline)
+        verdict = "improves with every size" if monotone else "does not improve monotonically"
+        if baseline is not None:
+            verdict += "; the largest model " + ("beats" if beats else "does not beat") + " the baseline"
+        lines.append(f"- **{column.label}**: {trend.describe(column)}; {verdict}")
+    return lines
+
+
+def write_report(
+    out_dir: str | Path,
+    models: list[ModelReport],
+    columns: list[Column],
+    baselines: dict[str, float] | None = None,
+    *,
+    title: str = "Capacity report",
+    intro: str = "",
+    baseline_notes: dict[str, str] | None = None,
+    timings: dict[str, float] | None = None,
+    extra_sections: list[tuple[str, str]] | None = None,
+) -> Path:
+    """Write report.md, loss.png and capacity.png under `out_dir`; returns the report's path.
+
+    `baselines` maps a column label to the trivial baseline's score (same unit as the results);
+    `baseline_notes` says what each baseline is.
+    """
+    if not models:
+        raise GPT2KitError("report: no models to report on")
+    if not columns:
+        raise GPT2KitError("report: no task columns to report")
+    baselines = baselines or {}
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ordered = sorted(models, key=lambda m: m.params)
+    has_loss = plot_loss(ordered, out_dir / "loss.png")
+    plot_capacity(ordered, columns, baselines, out_dir / "capacity.png")
+
+    parts = [f"# {title}", ""]
+    if intro:
+        parts += [intro.strip(), ""]
+    parts += ["## Zero-shot results by model size", "", markdown_table(ordered, columns, baselines), ""]
+    parts += ["Accuracies, exact match and ROUGE are percentages; BLEU is sacreBLEU's corpus score.", ""]
+    if baseline_notes:
+        parts += ["Trivial baselines:", ""]
+        parts += [f"- {label}: {note}" for label, note in baseline_notes.items()] + [""]
+    parts += ["## Log-linear trends", "", *trend_lines(ordered, columns, baselines), ""]
+    parts += ["![score against parameters](capacity.png)", ""]
+    if has_loss:
+        parts += ["## Training curves", "", "![training loss](loss.png)", ""]
+    protocols = _protocols(ordered)
+    if protocols:
+        parts += ["## Protocols", "", *[f"- `{task}`: {text}" for task, text in protocols.items()], ""]
+    if any(m.samples for m in ordered):
+        parts += ["## Samples", ""]
+        for model in ordered:
+            if not model.samples:
+                continue
+            parts += [f"### {model.name} ({model.params:,} parameters)", ""]
+            for prompt, completion in model.samples:
+                parts += ["```text", _fence_safe(prompt) + "⟨" + _fence_safe(completion) + "⟩", "```", ""]
+        parts += ["Text between ⟨ ⟩ is the model's; the rest is the prompt.", ""]
+    for heading, body in extra_sections or []:
+        parts += [f"## {heading}", "", body.strip(), ""]
+    if timings:
+        parts += ["## Timing", "", "| step | seconds |", "|---|---:|"]
+        parts += [f"| {step} | {seconds:.1f} |" for step, seconds in timings.items()]
+        parts += [f"| total | {sum(timings.values()):.1f} |", ""]
+    path = out_dir / "report.md"
+    atomic_write_text(path, "\n".join(parts))
+    return path
+
+
+def _protocols(models: list[ModelReport]) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for model in models:
+        for task, result in model.results.items():
+            protocol = result.get("protocol")
+            if isinstance(protocol, str) and task not in found:
+                found[task] = protocol
+    return found
+
+
+def _fence_safe(text: str) -> str:
+    return text.replace("```", "'''")

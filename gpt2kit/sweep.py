@@ -1,0 +1,318 @@
+"""`gpt2kit sweep`: the paper's capacity study. Train several model sizes on the same data with the same token
+budget, evaluate each zero-shot with `gpt2kit eval`, draw samples, and write the capacity report.
+
+A sweep directory holds `sweep.json` (its settings), one training run per size under `runs/SIZE/`, each
+size's `eval.json` and `samples.json`, and the report. Running the same sweep again resumes it: finished
+steps are skipped, an interrupted training run continues from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from gpt2kit.errors import GPT2KitError
+from gpt2kit.io import atomic_write_text
+from gpt2kit.report import Column, ModelReport, write_report
+
+logger = logging.getLogger(__name__)
+
+SETTINGS_FILE = "sweep.json"
+EVAL_FILE = "eval.json"
+SAMPLES_FILE = "samples.json"
+# Settings that must not change when a sweep is resumed: they define what is being compared.
+FIXED_SETTINGS = ("data", "tokens", "config", "overrides", "seed")
+
+
+@dataclass(frozen=True)
+class EvalJob:
+    """One evaluation: `task` from the eval registry, reported under `name` (a task may run on several data sets)."""
+
+    name: str
+    task: str
+    data: str | None = None  # the task's data file (or SRC,REF); None: found by name under the data directory
+    examples: str | None = None  # the few-shot example pool, where the task uses one
+    limit: int | None = None  # examples to score; None: the sweep's eval_limit
+
+
+def parse_eval_jobs(tasks: str, data: list[str] | None = None) -> list[EvalJob]:
+    """`lambada,arith=nq_open` plus `--eval-data arith=FILE --eval-data arith:examples=FILE` -> jobs."""
+    paths: dict[str, str] = {}
+    for item in data or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise GPT2KitError(f"--eval-data expects NAME=PATH or NAME:examples=PATH, got {item!r}")
+        paths[key.strip()] = value.strip()
+    jobs = []
+    for part in filter(None, (p.strip() for p in tasks.split(","))):
+        name, _, task = part.partition("=")
+        jobs.append(EvalJob(name, task or name, paths.pop(name, None), paths.pop(f"{name}:examples", None)))
+    if not jobs:
+        raise GPT2KitError("--eval-tasks is empty")
+    if len({j.name for j in jobs}) != len(jobs):
+        raise GPT2KitError(f"--eval-tasks names a task twice: {tasks}")
+    if paths:
+        raise GPT2KitError(f"--eval-data {next(iter(paths))}=...: not one of the evaluations ({tasks})")
+    return jobs
+
+
+@dataclass
+class SweepConfig:
+    data: str  # a prepared data directory (`gpt2kit prepare`)
+    out: str
+    sizes: list[str]  # model presets, trained in this order
+    tokens: int  # training tokens per size
+    eval_jobs: list[EvalJob]
+    config: str | None = None  # a `gpt2kit train` config file; each size overrides its preset and max_steps
+    overrides: list[str] = field(default_factory=list)  # `--set key=value` for every run
+    eval_data_dir: str | None = None
+    eval_limit: int | None = None
+    eval_shots: int | None = None
+    eval_batch_size: int = 16
+    no_detokenize: tuple[str, ...] = ()
+    prompts: list[str] = field(default_factory=lambda: [""])  # "" samples unconditionally
+    sample_tokens: int = 80
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.sizes:
+            raise GPT2KitError("sweep: --sizes is empty")
+        from gpt2kit.model import PRESETS
+
+        unknown = [size for size in self.sizes if size not in PRESETS]
+        if unknown:
+            raise GPT2KitError(f"sweep: unknown size {unknown[0]!r}; presets: {', '.join(PRESETS)}")
+        if len(set(self.sizes)) != len(self.sizes):
+            raise GPT2KitError(f"sweep: --sizes names a size twice: {','.join(self.sizes)}")
+        if self.tokens < 1:
+            raise GPT2KitError(f"sweep: --tokens must be positive, got {self.tokens}")
+        if self.eval_limit is not None and self.eval_limit < 1:
+            raise GPT2KitError(f"sweep: --eval-limit must be positive, got {self.eval_limit}")
+        if self.sample_tokens < 1:
+            raise GPT2KitError(f"sweep: sample_tokens must be positive, got {self.sample_tokens}")
+
+    def settings(self) -> dict:
+        values = asdict(self)
+        values["eval_jobs"] = [asdict(job) for job in self.eval_jobs]
+        values["no_detokenize"] = list(self.no_detokenize)
+        return values
+
+
+@dataclass
+class SizeResult:
+    size: str
+    model_dir: Path
+    params: int
+    results: dict[str, dict]
+    samples: list[tuple[str, str]]
+    metrics_path: Path
+    seconds: dict[str, float]
+
+
+# -- the three stages, each a thin layer over the library that does the work -------------------------------------
+
+
+def train_size(config: SweepConfig, size: str, run_dir: Path) -> tuple[Path, bool]:
+    """Train `size` for the sweep's token budget, resuming from its last checkpoint if there is one.
+
+    Returns the final model directory, and whether any training happened.
+    """
+    from gpt2kit.config import apply_overrides, load_config
+    from gpt2kit.train import CHECKPOINT_NAME, checkpoints, train
+
+    train_config = load_config(config.config)
+    train_config.data, train_config.out = config.data, str(run_dir)
+    train_config.preset, train_config.seed = size, config.seed
+    apply_overrides(train_config, config.overrides)
+    train_config.max_steps = max(1, math.ceil(config.tokens / train_config.batch_tokens))
+    found = checkpoints(run_dir)
+    if found and int(CHECKPOINT_NAME.fullmatch(found[-1].name).group(1)) >= train_config.max_steps:
+        return found[-1], False
+    result = train(train_config, resume=bool(found))
+    if result.checkpoint is None:
+        raise GPT2KitError(f"{run_dir}: training finished without a checkpoint")
+    return result.checkpoint, True
+
+
+def evaluate_size(config: SweepConfig, model_dir: Path) -> dict[str, dict]:
+    """Run every eval job on the model with `gpt2kit eval`'s library; results keyed by job name."""
+    from gpt2kit.checkpoint import load
+    from gpt2kit.evals import EvalOptions, evaluate
+
+    loaded = load(model_dir)
+    options = EvalOptions(batch_size=config.eval_batch_size, seed=config.seed, no_detokenize=config.no_detokenize)
+    if config.eval_shots is not None:
+        options.shots = config.eval_shots
+    results = {}
+    for job in config.eval_jobs:
+        data = {job.task: job.data} if job.data else {}
+        if job.examples:
+            data[f"{job.task}:examples"] = job.examples
+        outcome = evaluate(
+            loaded.model,
+            loaded.tokenizer,
+            [job.task],
+            data,
+            data_dir=config.eval_data_dir,
+            options=options,
+            limit=job.limit or config.eval_limit,
+            model_name=str(model_dir),
+        )
+        results[job.name] = outcome[job.task]
+    return results
+
+
+def sample_size(config: SweepConfig, model_dir: Path) -> list[tuple[str, str]]:
+    """One top-k 40 sample per prompt (the paper's sampling), seeded; "" samples from <|endoftext|>."""
+    from gpt2kit.checkpoint import load
+    from gpt2kit.generate import GenerationConfig, generate
+
+    loaded = load(model_dir)
+    eot = loaded.tokenizer.eot_token
+    prompts = [loaded.tokenizer.encode(p) if p else [eot] for p in config.prompts]
+    settings = GenerationConfig(max_new_tokens=config.sample_tokens, temperature=1.0, top_k=40, seed=config.seed)
+    completions = generate(loaded.model, loaded.tokenizer, prompts, settings)
+    return [(p, c.text) for p, c in zip(config.prompts, completions, strict=True)]
+
+
+# -- the sweep ---------------------------------------------------------------------------------------------------
+
+
+def _check_settings(config: SweepConfig, out: Path) -> None:
+    path = out / SETTINGS_FILE
+    current = config.settings()
+    if path.exists():
+        try:
+            saved = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise GPT2KitError(f"{path}: unreadable sweep settings ({err})") from None
+        for key in FIXED_SETTINGS:
+            if saved.get(key) != current[key]:
+                raise GPT2KitError(
+                    f"{out}: this sweep was started with {key}={saved.get(key)!r}, not {current[key]!r}; "
+                    "use another --out to compare different settings"
+                )
+        if saved.get("eval_jobs") != current["eval_jobs"] or saved.get("eval_limit") != current["eval_limit"]:
+            logger.info("evaluation settings changed: every size is evaluated again")
+            for eval_file in out.glob(f"runs/*/{EVAL_FILE}"):
+                eval_file.unlink()
+        if saved.get("prompts") != current["prompts"] or saved.get("sample_tokens") != current["sample_tokens"]:
+            for samples_file in out.glob(f"runs/*/{SAMPLES_FILE}"):
+                samples_file.unlink()
+    atomic_write_text(path, json.dumps(current, indent=2))
+
+
+def _load_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise GPT2KitError(f"{path}: unreadable ({err}); delete it to redo this step") from None
+
+
+def finish_size(config: SweepConfig, size: str, out: Path, model_dir: Path, seconds: dict[str, float]) -> SizeResult:
+    """Evaluate and sample one trained size, skipping what is already done."""
+    from gpt2kit.checkpoint import load
+
+    run_dir = out / "runs" / size
+    eval_path = run_dir / EVAL_FILE
+    if eval_path.exists():
+        results = _load_json(eval_path)
+    else:
+        start = time.perf_counter()
+        results = evaluate_size(config, model_dir)
+        seconds["eval"] = time.perf_counter() - start
+        atomic_write_text(eval_path, json.dumps(results, indent=2))
+    samples_path = run_dir / SAMPLES_FILE
+    if samples_path.exists():
+        samples = [tuple(pair) for pair in _load_json(samples_path)]
+    else:
+        start = time.perf_counter()
+        samples = sample_size(config, model_dir)
+        seconds["samples"] = time.perf_counter() - start
+        atomic_write_text(samples_path, json.dumps(samples, indent=2, ensure_ascii=False))
+    params = load(model_dir).model.num_parameters()
+    return SizeResult(size, model_dir, params, results, samples, run_dir / "metrics.jsonl", seconds)
+
+
+def default_columns(jobs: list[EvalJob]) -> list[Column]:
+    """Each job's headline metric, as the eval registry names and shows it."""
+    from gpt2kit.evals import get_task
+
+    columns = []
+    for job in jobs:
+        spec_column = get_task(job.task).columns[0]
+        label = spec_column.header if job.name == job.task else f"{job.name} ({spec_column.metric})"
+        columns.append(
+            Column(
+                job.name,
+                spec_column.metric,
+                label,
+                percent=spec_column.unit == "acc",
+                higher_is_better=spec_column.unit not in ("ppl", "bpb"),
+            )
+        )
+    return columns
+
+
+def run_sweep(
+    config: SweepConfig,
+    *,
+    columns: list[Column] | None = None,
+    baselines: dict[str, float] | None = None,
+    baseline_notes: dict[str, str] | None = None,
+    title: str = "Capacity sweep",
+    intro: str = "",
+    timings: dict[str, float] | None = None,
+    extra_sections: list[tuple[str, str]] | None = None,
+    on_size: Callable[[SizeResult], None] | None = None,
+) -> tuple[Path | None, list[SizeResult]]:
+    """Run (or resume) the sweep and write its report; returns the report's path and each size's result.
+
+    Every size is trained first, then each is evaluated and sampled. Under torchrun every rank trains, and
+    rank 0 alone evaluates and reports (the other ranks return None and no results).
+    """
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rank = int(os.environ.get("RANK", "0"))
+    if rank == 0:
+        _check_settings(config, out)
+    seconds: dict[str, dict[str, float]] = {}
+    model_dirs: dict[str, Path] = {}
+    for size in config.sizes:
+        logger.info("sweep: training %s", size)
+        start = time.perf_counter()
+        model_dirs[size], trained = train_size(config, size, out / "runs" / size)
+        seconds[size] = {"train": time.perf_counter() - start} if trained else {}
+    if rank != 0:
+        return None, []
+    results = []
+    for size in config.sizes:
+        logger.info("sweep: evaluating %s", size)
+        result = finish_size(config, size, out, model_dirs[size], seconds[size])
+        results.append(result)
+        if on_size:
+            on_size(result)
+    timings = dict(timings or {})
+    for stage in ("train", "eval", "samples"):
+        for result in results:
+            if stage in result.seconds:
+                timings[f"{stage} {result.size}"] = result.seconds[stage]
+    models = [ModelReport(r.size, r.params, r.results, r.metrics_path, r.samples) for r in results]
+    report = write_report(
+        out,
+        models,
+        columns or default_columns(config.eval_jobs),
+        baselines,
+        title=title,
+        intro=intro,
+        baseline_notes=baseline_notes,
+        timings=timings,
+        extra_sections=extra_sections,
+    )
+    return report, results

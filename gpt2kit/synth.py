@@ -1,0 +1,792 @@
+"""`gpt2kit synth`: a seeded synthetic "web" in which tasks occur naturally, plus held-out evaluation sets.
+
+The paper's claim is that a language model trained on web text picks up tasks from "naturally occurring
+demonstrations". This module builds a small world (countries, cities, people, a second language called
+Velorian) and writes web-like documents about it in which tasks appear the way they do on the web:
+
+- encyclopedia pages state the world's facts, restated across many pages (knowledge for question answering)
+- forum threads ask and answer `Q:` / `A:` questions about some of those facts (the question-answering format)
+- news posts end in a `TL;DR:` summary (summarization)
+- phrasebook and travel pages pair English with Velorian (`the red house = ta kolo vem`; translation)
+- stories end in a word that only the long context predicts (LAMBADA)
+- arithmetic homework sheets and questions
+
+The world is deliberately small and repetitive, so that models of a few million parameters, trained for
+minutes on a CPU, learn some of it; bigger models learn more.
+
+Alongside the training documents it writes held-out evaluation sets in the file formats that `gpt2kit eval`
+reads for the real tasks. Every evaluation item has a key word sequence that must never occur in the training
+text, in the paper's 8-gram normalisation (lower-cased alphanumeric words): the 8 words that end a LAMBADA
+passage, a question, each side of a translation pair, a reference summary. Training documents that contain a
+key are discarded while generating, and `find_key_overlaps` checks a written corpus independently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import random
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from gpt2kit.errors import GPT2KitError
+from gpt2kit.io import atomic_write_text
+
+# -- configuration ---------------------------------------------------------------------------------------------
+
+DOCUMENT_KINDS = ("encyclopedia", "forum", "news", "phrasebook", "story", "arithmetic")
+DEFAULT_MIX = {"encyclopedia": 0.26, "forum": 0.14, "news": 0.14, "phrasebook": 0.2, "story": 0.16, "arithmetic": 0.1}
+
+TRAIN_DIR = "train"
+EVAL_DIR = "eval"
+MANIFEST = "manifest.json"
+# Evaluation file names are the standard ones `gpt2kit eval` looks for under --data-dir.
+LAMBADA_FILE = "lambada_test.jsonl"
+NQ_FILE = "NQ-open.dev.jsonl"
+NQ_EXAMPLES_FILE = "NQ-open.train.jsonl"
+CNNDM_FILE = "cnndm.jsonl"
+TRANSLATION_SRC = "newstest2014-fren-src.en.sgm"
+TRANSLATION_REF = "newstest2014-fren-ref.fr.sgm"
+TRANSLATION_DEV_SRC = "newstest2013-src.en.sgm"
+TRANSLATION_DEV_REF = "newstest2013-ref.fr.sgm"
+ARITHMETIC_FILE = "arithmetic.jsonl"
+ARITHMETIC_EXAMPLES_FILE = "arithmetic.train.jsonl"
+HELDOUT_FILE = "heldout.txt"
+
+MIN_KEY_WORDS = 4  # the overlap guard indexes keys by their first 4 words
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """What `gpt2kit synth` generates. `mix` weights document kinds (normalised to sum to 1)."""
+
+    size_mb: float = 20.0
+    seed: int = 0
+    mix: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MIX))
+    eval_examples: int = 200
+    heldout_kb: int = 200
+    shard_mb: float = 8.0
+
+    def __post_init__(self) -> None:
+        if not self.size_mb > 0:
+            raise GPT2KitError(f"synth: --size-mb must be positive, got {self.size_mb}")
+        if self.eval_examples < 10:
+            raise GPT2KitError(f"synth: eval_examples must be at least 10, got {self.eval_examples}")
+        if self.heldout_kb <= 0:
+            raise GPT2KitError(f"synth: heldout_kb must be positive, got {self.heldout_kb}")
+        if not self.shard_mb > 0:
+            raise GPT2KitError(f"synth: shard_mb must be positive, got {self.shard_mb}")
+        unknown = sorted(set(self.mix) - set(DOCUMENT_KINDS))
+        if unknown:
+            raise GPT2KitError(
+                f"synth: unknown document kind {unknown[0]!r} in mix; kinds: {', '.join(DOCUMENT_KINDS)}"
+            )
+        if any(weight < 0 for weight in self.mix.values()) or not sum(self.mix.values()) > 0:
+            raise GPT2KitError(f"synth: mix weights must be non-negative and not all zero, got {self.mix}")
+
+
+def parse_mix(text: str) -> dict[str, float]:
+    """`story=0.3,forum=0.1` -> weights; kinds left out get weight 0."""
+    mix: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        kind, sep, value = part.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            mix[kind.strip()] = float(value)
+        except ValueError:
+            raise GPT2KitError(f"synth: --mix expects KIND=WEIGHT[,KIND=WEIGHT...], got {part!r}") from None
+    if not mix:
+        raise GPT2KitError("synth: --mix is empty")
+    return mix
+
+
+# -- normalisation and the overlap guard ----------------------------------------------------------------------
+
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def normalize_words(text: str) -> list[str]:
+    """The paper's overlap normalisation: lower-cased alphanumeric words."""
+    return _WORD.findall(text.lower())
+
+
+class KeyGuard:
+    """Finds evaluation keys (word sequences of >= 4 words) inside texts, by exact match.
+
+    Keys are indexed by their first four words, so a text costs one set look-up per word position
+    (done in C through `zip` and `isdisjoint`), and only texts with a candidate are matched in full.
+    """
+
+    def __init__(self, keys: Iterable[tuple[str, ...]] = ()):
+        self._by_prefix: dict[tuple[str, ...], set[tuple[str, ...]]] = {}
+        for key in keys:
+            self.add(key)
+
+    def add(self, key: tuple[str, ...]) -> None:
+        if len(key) < MIN_KEY_WORDS:
+            raise ValueError(f"overlap key {' '.join(key)!r} is shorter than {MIN_KEY_WORDS} words")
+        self._by_prefix.setdefault(key[:MIN_KEY_WORDS], set()).add(key)
+
+    def __len__(self) -> int:
+        return sum(len(keys) for keys in self._by_prefix.values())
+
+    def hits(self, text: str) -> list[tuple[str, ...]]:
+        words = normalize_words(text)
+        windows = zip(words, words[1:], words[2:], words[3:], strict=False)
+        if self._by_prefix.keys().isdisjoint(windows):
+            return []
+        found = []
+        for i in range(len(words) - MIN_KEY_WORDS + 1):
+            for key in self._by_prefix.get(tuple(words[i : i + MIN_KEY_WORDS]), ()):
+                if tuple(words[i : i + len(key)]) == key:
+                    found.append(key)
+        return found
+
+
+# -- the world --------------------------------------------------------------------------------------------------
+
+ADJECTIVES = ("red", "blue", "green", "old", "new", "big", "small", "quiet", "bright", "dark", "warm", "cold")
+NOUNS = (
+    "house", "boat", "bird", "tree", "bridge", "road", "garden", "window", "door", "horse",
+    "river", "market", "lamp", "book", "table", "hill", "cat", "dog", "apple", "coat",
+)  # fmt: skip
+VERBS = ("sees", "finds", "follows", "paints", "carries", "likes", "opens", "watches", "sells", "needs")
+PREPOSITIONS = ("near", "under", "behind", "beside", "above")
+DETERMINERS = ("the", "a", "my", "your", "this")
+COPULA = "is"
+JOBS = ("baker", "painter", "sailor", "farmer", "weaver", "smith", "doctor", "teacher", "potter", "miller", "fisher")
+PRODUCTS = ("glass", "wool", "salt", "cheese", "silk", "iron", "honey", "paper", "bread", "wine", "copper", "lace")
+FESTIVALS = ("spring fair", "harvest festival", "lantern festival", "river festival", "winter market", "music week")
+CONTESTS = (
+    "boat race", "baking contest", "chess tournament", "singing contest",
+    "horse race", "poetry prize", "fishing contest", "dance contest",
+)  # fmt: skip
+DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+STORY_NAMES = (
+    "Anna", "Ben", "Clara", "David", "Emma", "Felix", "Grace", "Henry", "Iris", "Jack",
+    "Kate", "Leo", "Lucy", "Max", "Nina", "Oscar", "Paul", "Rosa", "Sam", "Tom",
+    "Vera", "Will", "Zoe", "Adam", "Beth", "Carl", "Dora", "Eric", "Fay", "Hugo",
+)  # fmt: skip
+STORY_OBJECTS = (
+    "lantern", "kite", "compass", "basket", "violin", "scarf", "ring", "hammer", "map", "blanket",
+    "teapot", "whistle", "candle", "mirror", "drum", "ladder", "bucket", "feather", "clock", "shell",
+)  # fmt: skip
+STORY_PLACES = ("market", "harbour", "forest", "beach", "library", "station", "orchard", "bakery", "mill", "square")
+PETS = ("dog", "cat", "goat", "parrot", "pony", "rabbit")
+PET_NAMES = ("Biscuit", "Pepper", "Rusty", "Snowy", "Bramble", "Pickle", "Maple", "Ziggy", "Button", "Nutmeg")
+WEATHER = ("sunny", "rainy", "windy", "foggy", "cold", "warm")
+FOODS = ("bread and cheese", "apples", "soup", "honey cakes", "fish", "plums")
+
+# Made-up words must not collide with these common English words.
+SHORT_ENGLISH = "a i am an as at be by do go he if in is it me my no of on or so to up us we ha hi la oh ok".split()
+
+# Trivia-style questions: each repeats the words that precede the answer in the relation's main statement
+# ("Kelvor is a city in which country?" / "Kelvor is a city in Norvania."). A small model can then answer a
+# question about a fact it has only seen stated; real questions need far bigger models to bridge wordings.
+QUESTION_TEMPLATES = {
+    "capital": "The capital of {s} is which city?",
+    "ruler": "{s} is ruled by whom?",
+    "country": "{s} is a city in which country?",
+    "founded": "{s} was founded in which year?",
+    "known_for": "{s} is famous for what?",
+    "birthplace": "{s} was born in which city?",
+    "job": "{s} works as a what?",
+}
+# The first statement of each relation is the one its question echoes; the second says it another way.
+STATEMENT_TEMPLATES = {
+    "capital": ("The capital of {s} is {a}.", "{a} is the capital of {s}."),
+    "ruler": ("{s} is ruled by {a}.", "The ruler of {s} is {a}."),
+    "country": ("{s} is a city in {a}.", "The city of {s} lies in {a}."),
+    "founded": ("{s} was founded in {a}.", "The city of {s} was founded in the year {a}."),
+    "known_for": ("{s} is famous for {a}.", "Travellers know {s} for its {a}."),
+    "birthplace": ("{s} was born in {a}.", "{s} was born in the city of {a}."),
+    "job": ("{s} works as a {a}.", "By trade, {s} is a {a}."),
+}
+
+
+@dataclass(frozen=True)
+class Fact:
+    relation: str
+    subject: str
+    answer: str
+
+    @property
+    def question(self) -> str:
+        return QUESTION_TEMPLATES[self.relation].format(s=self.subject)
+
+    def statement(self, rng: random.Random) -> str:
+        first, second = STATEMENT_TEMPLATES[self.relation]
+        return (first if rng.random() < 0.7 else second).format(s=self.subject, a=self.answer)
+
+
+def _made_up_word(rng: random.Random, onsets: str, vowels: str, codas: str, syllables: int) -> str:
+    word = "".join(rng.choice(onsets) + rng.choice(vowels) for _ in range(syllables))
+    return word + rng.choice(codas)
+
+
+class World:
+    """Places, people and their facts, and the Velorian lexicon; everything follows from the seed."""
+
+    def __init__(self, seed: int, n_countries: int = 6, cities_per_country: int = 4, n_people: int = 32):
+        rng = random.Random(f"world:{seed}")
+        taken = {w for group in (ADJECTIVES, NOUNS, VERBS, PREPOSITIONS, DETERMINERS, JOBS, PRODUCTS) for w in group}
+        taken |= {w.lower() for w in STORY_NAMES + PET_NAMES} | set(SHORT_ENGLISH)
+
+        def fresh(make: Callable[[], str]) -> str:
+            while True:
+                word = make()
+                if word.lower() not in taken:
+                    taken.add(word.lower())
+                    return word
+
+        proper = lambda syl: fresh(
+            lambda: _made_up_word(rng, "bdgklmnprstvz", "aeio", ["", "n", "r", "s"], syl).title()
+        )
+        self.countries = [proper(2) + rng.choice(["ia", "and", "or"]) for _ in range(n_countries)]
+        self.cities = [proper(rng.choice([2, 3])) for _ in range(n_countries * cities_per_country)]
+        self.people = [proper(2) for _ in range(n_people)]
+        self.city_country = {city: self.countries[i // cities_per_country] for i, city in enumerate(self.cities)}
+        self.country_cities = {c: [x for x in self.cities if self.city_country[x] == c] for c in self.countries}
+        self.capital = {c: rng.choice(cities) for c, cities in self.country_cities.items()}
+        rulers = rng.sample(self.people, n_countries)
+        self.ruler = dict(zip(self.countries, rulers, strict=True))
+        self.founded = {city: str(rng.randrange(1100, 1900)) for city in self.cities}
+        self.known_for = {city: rng.choice(PRODUCTS) for city in self.cities}
+        self.birthplace = {person: rng.choice(self.cities) for person in self.people}
+        self.job = {person: rng.choice(JOBS) for person in self.people}
+        self.facts = (
+            [Fact("capital", c, self.capital[c]) for c in self.countries]
+            + [Fact("ruler", c, self.ruler[c]) for c in self.countries]
+            + [Fact("country", x, self.city_country[x]) for x in self.cities]
+            + [Fact("founded", x, self.founded[x]) for x in self.cities]
+            + [Fact("known_for", x, self.known_for[x]) for x in self.cities]
+            + [Fact("birthplace", p, self.birthplace[p]) for p in self.people]
+            + [Fact("job", p, self.job[p]) for p in self.people]
+        )
+        # Velorian: one made-up word per English word; nouns come before their adjectives.
+        english = DETERMINERS + ADJECTIVES + NOUNS + VERBS + PREPOSITIONS + (COPULA,)
+        velorian_word = lambda syllables: fresh(
+            lambda: _made_up_word(rng, "ktvlshmr", "aeiou", ["", "", "sh", "th"], syllables)
+        )
+        self.velorian = {w: velorian_word(1 + (len(w) > 4)) for w in english}
+        # Hold out about a third of the facts of every relation: their questions are never asked in training.
+        self.heldout_facts: list[Fact] = []
+        self.asked_facts: list[Fact] = []
+        for relation in QUESTION_TEMPLATES:
+            group = [f for f in self.facts if f.relation == relation]
+            rng.shuffle(group)
+            cut = max(1, round(len(group) / 3))
+            self.heldout_facts += group[:cut]
+            self.asked_facts += group[cut:]
+
+    def to_dict(self) -> dict:
+        return {
+            "countries": self.countries,
+            "cities": self.cities,
+            "people": self.people,
+            "facts": [asdict(f) for f in self.facts],
+            "heldout_questions": [f.question for f in self.heldout_facts],
+            "velorian": self.velorian,
+        }
+
+    def translate(self, words: list[str]) -> str:
+        """English phrase (as produced by `phrase`) -> Velorian, moving each adjective after its noun."""
+        out = [self.velorian[w] for w in words]
+        for i in range(len(words) - 1):
+            if words[i] in ADJECTIVES and words[i + 1] in NOUNS:
+                out[i], out[i + 1] = out[i + 1], out[i]
+        return " ".join(out)
+
+
+# -- phrases (translation) --------------------------------------------------------------------------------------
+
+
+def _np(rng: random.Random, adjective: bool) -> list[str]:
+    words = [rng.choice(DETERMINERS)]
+    if adjective:
+        words.append(rng.choice(ADJECTIVES))
+    return words + [rng.choice(NOUNS)]
+
+
+PHRASE_SHAPES: dict[str, Callable[[random.Random], list[str]]] = {
+    "np": lambda r: _np(r, True),
+    "copula": lambda r: _np(r, False) + [COPULA, r.choice(ADJECTIVES)],
+    "svo": lambda r: _np(r, True) + [r.choice(VERBS)] + _np(r, False),
+    "locative": lambda r: _np(r, False) + [r.choice(PREPOSITIONS)] + _np(r, False),
+    "svo_adj": lambda r: _np(r, True) + [r.choice(VERBS)] + _np(r, True),
+    "svo_loc": lambda r: _np(r, False) + [r.choice(VERBS)] + _np(r, False) + [r.choice(PREPOSITIONS)] + _np(r, False),
+}
+# Held-out sentences come only from the long shapes, which have millions of combinations.
+EVAL_PHRASE_SHAPES = ("svo", "svo_adj", "svo_loc")
+
+
+# -- documents --------------------------------------------------------------------------------------------------
+
+
+class Writer:
+    """Generates documents of each kind from a world and a random stream."""
+
+    def __init__(self, world: World, rng: random.Random):
+        self.world = world
+        self.rng = rng
+
+    # encyclopedia -------------------------------------------------------------------------------------------
+    def encyclopedia(self) -> str:
+        w, rng = self.world, self.rng
+        kind = rng.random()
+        if kind < 0.2:
+            country = rng.choice(w.countries)
+            cities = w.country_cities[country]
+            facts = [Fact("capital", country, w.capital[country]), Fact("ruler", country, w.ruler[country])]
+            facts += [Fact("country", c, country) for c in rng.sample(cities, min(3, len(cities)))]
+            title, intro = (
+                country,
+                f"{country} is a country {rng.choice(['in the north', 'by the sea', 'in the hills', 'on the great plain'])}.",
+            )
+            outro = f"Its cities include {', '.join(cities[:-1])} and {cities[-1]}."
+        elif kind < 0.6:
+            city = rng.choice(w.cities)
+            facts = [
+                Fact(r, city, getattr(w, attr)[city])
+                for r, attr in (("country", "city_country"), ("founded", "founded"), ("known_for", "known_for"))
+            ]
+            natives = [p for p in w.people if w.birthplace[p] == city]
+            facts += [Fact("birthplace", p, city) for p in rng.sample(natives, min(2, len(natives)))]
+            if w.capital[w.city_country[city]] == city:
+                facts.append(Fact("capital", w.city_country[city], city))
+            title, intro = city, ""
+            outro = f"The weather in {city} is {rng.choice(WEATHER)} for much of the year."
+        else:
+            person = rng.choice(w.people)
+            home = w.birthplace[person]
+            facts = [
+                Fact("birthplace", person, home),
+                Fact("job", person, w.job[person]),
+                Fact("country", home, w.city_country[home]),
+            ]
+            ruled = [c for c, r in w.ruler.items() if r == person]
+            facts += [Fact("ruler", c, person) for c in ruled]
+            title, intro = person, ""
+            outro = f"{person} enjoys {rng.choice(FOODS)} and long walks by the {rng.choice(STORY_PLACES)}."
+        rng.shuffle(facts)
+        body = " ".join(filter(None, [intro] + [f.statement(rng) for f in facts] + [outro]))
+        return f"{title}\n\n{body}\n"
+
+    # forum --------------------------------------------------------------------------------------------------
+    def forum(self) -> str:
+        rng = self.rng
+        facts = rng.sample(self.world.asked_facts, rng.randint(2, 5))
+        topic = rng.choice(
+            ["Quick questions", "Help with my geography homework", "Trivia night practice", "Travel questions"]
+        )
+        lines = [f"Forum: {topic}", ""]
+        for fact in facts:
+            lines += [f"Q: {fact.question}", f"A: {fact.answer}", ""]
+        if rng.random() < 0.3:
+            lines.append(rng.choice(["Thanks, that helps!", "Great, thank you.", "Good luck with the quiz!"]))
+        return "\n".join(lines).rstrip() + "\n"
+
+    # news with TL;DR ----------------------------------------------------------------------------------------
+    def news_event(self) -> dict:
+        w, rng = self.world, self.rng
+        town = rng.choice(w.cities)
+        winner, second, mayor = rng.sample(w.people, 3)
+        return {
+            "town": town,
+            "festival": rng.choice(FESTIVALS),
+            "contest": rng.choice(CONTESTS),
+            "winner": winner,
+            "second": second,
+            "mayor": mayor,
+            "day": rng.choice(DAYS),
+            "visitors": rng.sample([c for c in w.cities if c != town], 2),
+        }
+
+    def news_article(self, event: dict) -> tuple[str, str]:
+        """(article, summary) for an event; the summary is what follows `TL;DR:`."""
+        w, rng, e = self.world, self.rng, event
+        winner = e["winner"]
+        sentences = [
+            f"{e['town']} held its yearly {e['festival']} on {e['day']}.",
+            f"Visitors came from {e['visitors'][0]} and {e['visitors'][1]} to watch.",
+            f"The most popular event was the {e['contest']}.",
+            f"{winner}, a {w.job[winner]} from {w.birthplace[winner]}, won the {e['contest']} after a close finish.",
+            f"{e['second']} came second.",
+            f'"{rng.choice(["I trained every morning for this", "I did not expect to win", "The others were very good this year", "My family helped me a lot"])}," said {winner}.',
+            f"The ruler of {w.city_country[e['town']]}, {w.ruler[w.city_country[e['town']]]}, sent a letter of thanks.",
+            f"The {e['festival']} will return next year.",
+        ]
+        keep = sentences[:4] + [s for s in sentences[4:] if rng.random() < 0.6]
+        summary = f"{winner} won the {e['contest']} at the {e['festival']} in {e['town']}."
+        return " ".join(keep), summary
+
+    def news(self) -> str:
+        article, summary = self.news_article(self.news_event())
+        title = self.rng.choice(["Local news", "Weekend report", "Town news", "Festival report"])
+        gap = "\n" if self.rng.random() < 0.5 else "\n\n"
+        return f"{title}\n\n{article}{gap}TL;DR: {summary}\n"
+
+    # phrasebook ---------------------------------------------------------------------------------------------
+    def phrase(self, shapes: Iterable[str] = tuple(PHRASE_SHAPES)) -> tuple[str, str]:
+        words = PHRASE_SHAPES[self.rng.choice(list(shapes))](self.rng)
+        return " ".join(words), self.world.translate(words)
+
+    def phrasebook(self) -> str:
+        rng = self.rng
+        pairs = [self.phrase() for _ in range(rng.randint(4, 10))]
+        if rng.random() < 0.6:
+            lines = [f"Velorian phrasebook, lesson {rng.randint(1, 40)}", ""]
+            lines += [f"{en} = {vel}" for en, vel in pairs]
+            return "\n".join(lines) + "\n"
+        city = rng.choice(self.world.cities)
+        sentences = [f"When you visit {city}, it helps to know a little Velorian."]
+        for en, vel in pairs[:5]:
+            sentences.append(
+                rng.choice(['"{e}" in Velorian is "{v}".', 'To say "{e}", you say "{v}".']).format(e=en, v=vel)
+            )
+        return "Travel tips\n\n" + " ".join(sentences) + "\n"
+
+    # stories (LAMBADA) --------------------------------------------------------------------------------------
+    def _filler(self, names: list[str]) -> str:
+        rng = self.rng
+        return rng.choice(
+            [
+                f"The weather was {rng.choice(WEATHER)} that day.",
+                f"{rng.choice(names)} talked for a while about the {rng.choice(STORY_PLACES)}.",
+                f"A {rng.choice(PETS)} watched them from behind a wall.",
+                f"They stopped to eat {rng.choice(FOODS)}.",
+                f"{rng.choice(names)} hummed an old song.",
+                f"The road to the {rng.choice(STORY_PLACES)} was long and {rng.choice(['quiet', 'busy', 'muddy', 'dusty'])}.",
+                f"Somewhere a bell rang {rng.choice(['twice', 'three times', 'once'])}.",
+            ]
+        )
+
+    def story(self) -> tuple[str, str]:
+        """(passage without its last word, last word): a story whose last word needs the long context."""
+        rng = self.rng
+        kind = rng.randrange(4)
+        a, b, c = rng.sample(STORY_NAMES, 3)
+        thing, place = rng.choice(STORY_OBJECTS), rng.choice(STORY_PLACES)
+        fill = lambda n: [self._filler([a, b, c]) for _ in range(n)]
+        if kind == 0:  # the owner gets the thing back
+            parts = [
+                f"{a} had a {rng.choice(ADJECTIVES)} {thing}.",
+                *fill(1),
+                f"One morning {a} and {b} walked to the {place}.",
+                *fill(2),
+            ]
+            parts += [f"{b} wanted to hold the {thing}, so {a} gave it to {b}.", *fill(1)]
+            ending, target = f"Before they went home, {b} gave the {thing} back to", a
+        elif kind == 1:  # the pet's name
+            pet, name = rng.choice(PETS), rng.choice(PET_NAMES)
+            parts = [
+                f"{a} has a {pet} called {name}.",
+                *fill(1),
+                f"Every {rng.choice(DAYS)} they go to the {place} together.",
+                *fill(2),
+            ]
+            parts += [f"Today {c} came along too.", *fill(1)]
+            ending, target = f"When it was time to leave, {a} whistled and called the {pet} by its name,", name
+        elif kind == 2:  # where someone comes from
+            home = rng.choice(self.world.cities)
+            parts = [
+                f"{a} grew up in {home}, far from the {place}.",
+                *fill(2),
+                f"For many years {a} worked with {b} and {c}.",
+                *fill(2),
+            ]
+            ending, target = f"In the end {a} missed the old streets and went back to", home
+        else:  # the thing that was bought
+            adjective = rng.choice(ADJECTIVES)
+            parts = [
+                f"At the {place}, {a} bought a {adjective} {thing} from {b}.",
+                *fill(2),
+                f"Then {a} met {c} and they talked for an hour.",
+                *fill(1),
+            ]
+            ending, target = f"At home, {a} unwrapped the {adjective}", thing
+        return " ".join(parts + [ending]), target
+
+    def story_document(self) -> str:
+        passage, target = self.story()
+        return f"{passage} {target}.\n"
+
+    # arithmetic ---------------------------------------------------------------------------------------------
+    def arithmetic(self, allowed: Callable[[int, int], bool]) -> str:
+        rng = self.rng
+        pairs: list[tuple[int, int]] = []
+        wanted = rng.randint(4, 8)
+        while len(pairs) < wanted:
+            a, b = rng.randrange(ARITH_MAX), rng.randrange(ARITH_MAX)
+            if allowed(a, b):
+                pairs.append((a, b))
+        if rng.random() < 0.5:
+            lines = [f"Homework sheet {rng.randint(1, 30)}: addition", ""]
+            lines += [f"{i}. {a} + {b} = {a + b}" for i, (a, b) in enumerate(pairs, 1)]
+        else:
+            lines = ["Forum: Maths help", ""]
+            for a, b in pairs:
+                lines += [f"Q: What is {a} plus {b}?", f"A: {a + b}", ""]
+        return "\n".join(lines).rstrip() + "\n"
+
+
+ARITH_MAX = 25
+
+
+def arithmetic_question(a: int, b: int) -> str:
+    return f"What is {a} plus {b}?"
+
+
+# -- evaluation sets --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EvalSets:
+    """Held-out items in memory, with the keys that must not occur in training text."""
+
+    lambada: list[str] = field(default_factory=list)
+    nq: list[Fact] = field(default_factory=list)
+    nq_examples: list[Fact] = field(default_factory=list)
+    cnndm: list[tuple[str, str]] = field(default_factory=list)
+    translation: list[tuple[str, str]] = field(default_factory=list)
+    translation_dev: list[tuple[str, str]] = field(default_factory=list)
+    arithmetic: list[tuple[int, int]] = field(default_factory=list)
+    arithmetic_examples: list[tuple[int, int]] = field(default_factory=list)
+
+
+def eval_keys(eval_dir: Path) -> dict[str, list[tuple[str, ...]]]:
+    """Read the written evaluation files and derive each item's key, independently of the generator."""
+    keys: dict[str, list[tuple[str, ...]]] = {}
+    keys["lambada"] = [tuple(normalize_words(row["text"])[-8:]) for row in _read_jsonl(eval_dir / LAMBADA_FILE)]
+    keys["nq_open"] = [tuple(normalize_words(row["question"])) for row in _read_jsonl(eval_dir / NQ_FILE)]
+    keys["arithmetic"] = [tuple(normalize_words(row["question"])) for row in _read_jsonl(eval_dir / ARITHMETIC_FILE)]
+    keys["cnn_dailymail"] = [tuple(normalize_words(row["highlights"])) for row in _read_jsonl(eval_dir / CNNDM_FILE)]
+    sides = read_segments(eval_dir / TRANSLATION_SRC) + read_segments(eval_dir / TRANSLATION_REF)
+    keys["translation"] = [tuple(normalize_words(s)) for s in sides]
+    return keys
+
+
+_SEGMENT = re.compile(r"<seg[^>]*>(.*?)</seg>")
+
+
+def read_segments(path: Path) -> list[str]:
+    """The sentences of a WMT SGML file written by `_sgm`."""
+    return [html.unescape(s) for s in _SEGMENT.findall(path.read_text(encoding="utf-8"))]
+
+
+def _read_jsonl(path: Path) -> Iterator[dict]:
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError as err:
+                raise GPT2KitError(f"{path}:{number}: not JSON ({err.msg})") from None
+
+
+def _build_eval_sets(world: World, config: SynthConfig) -> EvalSets:
+    rng = random.Random(f"eval:{config.seed}")
+    writer = Writer(world, rng)
+    n = config.eval_examples
+    sets = EvalSets()
+    seen: set[tuple[str, ...]] = set()
+
+    def unique(key: tuple[str, ...]) -> bool:
+        if key in seen:
+            return False
+        seen.add(key)
+        return True
+
+    while len(sets.lambada) < n:
+        passage, target = writer.story()
+        text = f"{passage} {target}"
+        if unique(tuple(normalize_words(text)[-8:])):
+            sets.lambada.append(text)
+    sets.nq = list(world.heldout_facts)
+    sets.nq_examples = rng.sample(world.asked_facts, min(50, len(world.asked_facts)))
+    while len(sets.cnndm) < n:
+        article, summary = writer.news_article(writer.news_event())
+        if unique(tuple(normalize_words(summary))):
+            sets.cnndm.append((article, summary))
+    while len(sets.translation) < n:
+        en, vel = writer.phrase(EVAL_PHRASE_SHAPES)
+        if unique(tuple(normalize_words(en))):
+            sets.translation.append((en, vel))
+    while len(sets.translation_dev) < 50:
+        en, vel = writer.phrase(EVAL_PHRASE_SHAPES)
+        if tuple(normalize_words(en)) not in seen:
+            sets.translation_dev.append((en, vel))
+    pairs = [(a, b) for a in range(ARITH_MAX) for b in range(ARITH_MAX)]
+    rng.shuffle(pairs)
+    n_arith = min(n, len(pairs) // 5)
+    sets.arithmetic = pairs[:n_arith]
+    sets.arithmetic_examples = pairs[n_arith : n_arith + 50]
+    return sets
+
+
+def _sgm(lines: list[str], set_tag: str, lang: str) -> str:
+    out = [
+        f'<{set_tag} setid="velorian-synth" srclang="en" trglang="vel">',
+        f'<doc docid="synth" genre="phrasebook" origlang="{lang}">',
+    ]
+    out += [f'<seg id="{i}">{html.escape(line, quote=False)}</seg>' for i, line in enumerate(lines, 1)]
+    return "\n".join(out + ["</doc>", f"</{set_tag}>"]) + "\n"
+
+
+def _jsonl(rows: Iterable[dict]) -> str:
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+
+
+def _write_eval_sets(sets: EvalSets, eval_dir: Path) -> None:
+    files = {
+        LAMBADA_FILE: _jsonl({"text": t} for t in sets.lambada),
+        NQ_FILE: _jsonl({"question": f.question, "answer": [f.answer]} for f in sets.nq),
+        NQ_EXAMPLES_FILE: _jsonl({"question": f.question, "answer": [f.answer]} for f in sets.nq_examples),
+        CNNDM_FILE: _jsonl({"article": a, "highlights": h} for a, h in sets.cnndm),
+        ARITHMETIC_FILE: _jsonl(
+            {"question": arithmetic_question(a, b), "answer": [str(a + b)]} for a, b in sets.arithmetic
+        ),
+        ARITHMETIC_EXAMPLES_FILE: _jsonl(
+            {"question": arithmetic_question(a, b), "answer": [str(a + b)]} for a, b in sets.arithmetic_examples
+        ),
+        TRANSLATION_SRC: _sgm([en for en, _ in sets.translation], "srcset", "en"),
+        TRANSLATION_REF: _sgm([vel for _, vel in sets.translation], "refset", "en"),
+        TRANSLATION_DEV_SRC: _sgm([en for en, _ in sets.translation_dev], "srcset", "en"),
+        TRANSLATION_DEV_REF: _sgm([vel for _, vel in sets.translation_dev], "refset", "en"),
+    }
+    for name, text in files.items():
+        atomic_write_text(eval_dir / name, text)
+
+
+# -- the corpus -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SynthResult:
+    out: Path
+    train_files: list[Path]
+    eval_dir: Path
+    documents: dict[str, int]
+    train_bytes: int
+    rejected: int
+
+    def summary(self) -> str:
+        kinds = ", ".join(f"{kind} {count:,}" for kind, count in self.documents.items())
+        return (
+            f"{sum(self.documents.values()):,} documents, {self.train_bytes / 1e6:.1f} MB in {len(self.train_files)} "
+            f"shard(s) under {self.out / TRAIN_DIR} ({kinds}); {self.rejected:,} rejected for overlap with eval keys; "
+            f"eval sets under {self.eval_dir}"
+        )
+
+
+def _document_stream(
+    world: World, sets: EvalSets, guard: KeyGuard, mix: dict[str, float], rng: random.Random, rejected: list[int]
+) -> Iterator[tuple[str, str]]:
+    """Endless (kind, text) documents in proportion to `mix`, skipping any that contain an eval key."""
+    writer = Writer(world, rng)
+    held_pairs = set(sets.arithmetic)
+    makers: dict[str, Callable[[], str]] = {
+        "encyclopedia": writer.encyclopedia,
+        "forum": writer.forum,
+        "news": writer.news,
+        "phrasebook": writer.phrasebook,
+        "story": writer.story_document,
+        "arithmetic": lambda: writer.arithmetic(lambda a, b: (a, b) not in held_pairs),
+    }
+    kinds = [k for k in DOCUMENT_KINDS if mix.get(k, 0) > 0]
+    weights = [mix[k] for k in kinds]
+    while True:
+        for kind in rng.choices(kinds, weights, k=1024):
+            text = makers[kind]()
+            if guard.hits(text):
+                rejected[0] += 1
+                continue
+            yield kind, text
+
+
+def generate(out: str | Path, config: SynthConfig, progress: bool = False) -> SynthResult:
+    """Write the training shards, evaluation sets, world description and manifest under `out`."""
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    train_dir, eval_dir = out / TRAIN_DIR, out / EVAL_DIR
+    for stale in sorted(train_dir.glob("synth-*.jsonl")) if train_dir.exists() else []:
+        stale.unlink()  # a smaller re-run must not leave old shards behind for `prepare` to pick up
+    world = World(config.seed)
+    sets = _build_eval_sets(world, config)
+    _write_eval_sets(sets, eval_dir)
+    guard = KeyGuard(key for keys in eval_keys(eval_dir).values() for key in keys)
+
+    mix = {k: v / sum(config.mix.values()) for k, v in config.mix.items()}
+    rejected = [0]
+    counts = dict.fromkeys(DOCUMENT_KINDS, 0)
+    stream = _document_stream(world, sets, guard, mix, random.Random(f"train:{config.seed}"), rejected)
+    target, shard_target = int(config.size_mb * 1e6), int(config.shard_mb * 1e6)
+    train_files: list[Path] = []
+    written = 0
+    with tqdm(total=target, unit="B", unit_scale=True, desc="synth", disable=not progress) as bar:
+        while written < target:
+            shard: list[str] = []
+            shard_bytes = 0
+            while shard_bytes < shard_target and written + shard_bytes < target:
+                kind, text = next(stream)
+                counts[kind] += 1
+                shard.append(json.dumps({"text": text, "kind": kind}, ensure_ascii=False) + "\n")
+                size = len(text.encode("utf-8"))
+                shard_bytes += size
+                bar.update(size)
+            path = train_dir / f"synth-{len(train_files):05d}.jsonl"
+            atomic_write_text(path, "".join(shard))
+            train_files.append(path)
+            written += shard_bytes
+
+    heldout_stream = _document_stream(world, sets, guard, mix, random.Random(f"heldout:{config.seed}"), [0])
+    heldout: list[str] = []
+    while sum(len(t) for t in heldout) < config.heldout_kb * 1000:
+        heldout.append(next(heldout_stream)[1])
+    atomic_write_text(eval_dir / HELDOUT_FILE, "\n".join(heldout))
+
+    atomic_write_text(out / "world.json", json.dumps(world.to_dict(), indent=1, ensure_ascii=False))
+    manifest = {
+        "generator": "gpt2kit synth",
+        "config": asdict(config),
+        "documents": counts,
+        "train_bytes": written,
+        "rejected_for_overlap": rejected[0],
+        "train_files": [p.name for p in train_files],
+        "eval_files": {
+            p.name: {
+                "sha256": hashlib.sha256(p.read_bytes()).hexdigest(),
+                "lines": p.read_text(encoding="utf-8").count("\n"),
+            }
+            for p in sorted(eval_dir.iterdir())
+            if p.is_file() and not p.name.startswith(".")
+        },
+    }
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2))
+    return SynthResult(out, train_files, eval_dir, counts, written, rejected[0])
+
+
+def iter_documents(synth_dir: str | Path) -> Iterator[str]:
+    """The training documents of a generated corpus, in order."""
+    train_dir = Path(synth_dir) / TRAIN_DIR
+    files = sorted(train_dir.glob("synth-*.jsonl"))
+    if not files:
+        raise GPT2KitError(f"{train_dir}: no synth-*.jsonl shards (run `gpt2kit synth --out {synth_dir}` first)")
+    for path in files:
+        for row in _read_jsonl(path):
+            yield row["text"]
+
+
+def find_key_overlaps(synth_dir: str | Path) -> dict[str, int]:
+    """Count, per evaluation set, the items whose key occurs anywhere in the training documents."""
+    synth_dir = Path(synth_dir)
+    keys = eval_keys(synth_dir / EVAL_DIR)
+    guard = KeyGuard(key for group in keys.values() for key in group)
+    found: set[tuple[str, ...]] = set()
+    for text in iter_documents(synth_dir):
+        found.update(guard.hits(text))
+    return {task: sum(key in found for key in group) for task, group in keys.items()}

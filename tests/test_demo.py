@@ -1,0 +1,48 @@
+"""`gpt2kit demo --quick`: the whole pipeline end to end (synth, BPE, prepare, train, eval, samples, report)."""
+
+import hashlib
+import json
+import re
+
+from gpt2kit.cli import main
+from gpt2kit.demo import COLUMNS
+
+
+def test_quick_demo_end_to_end_then_resumes(tmp_path, capsys):
+    out = tmp_path / "demo-out"
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.splitlines()[0].startswith("| model | parameters | Stories, last word (ACC) |")
+    assert f"report: {out / 'report.md'}" in printed
+
+    report = (out / "report.md").read_text()
+    lines = report.splitlines()
+    header = next(line for line in lines if line.startswith("| model |"))
+    baseline = next(line for line in lines if line.startswith("| trivial baseline |"))
+    model = next(line for line in lines if line.startswith("| cpu-100k |"))
+    assert all(c.label in header for c in COLUMNS)
+    # Every task has a baseline and a score for the model (no "-" cells).
+    assert "| - |" not in baseline.split("|", 3)[3] and " - |" not in model
+    for png in ("loss.png", "capacity.png"):
+        assert (out / png).read_bytes().startswith(b"\x89PNG")
+    assert "### cpu-100k" in report and "⟨" in report  # samples
+    assert re.search(r"\| lambada_test.jsonl \| 200 \| [\d.]+ \| [\d.]+ \| 0 \|", report)  # overlap, no key found
+    for step in ("generate the corpus", "train the BPE", "prepare the shards", "train cpu-100k", "eval cpu-100k"):
+        assert f"| {step} |" in report
+
+    # The real harness scored the synthetic files: every job records the sha256 of the file it read.
+    results = json.loads((out / "runs/cpu-100k/eval.json").read_text())
+    assert set(results) == {c.task for c in COLUMNS}
+    lambada = out / "web/eval/lambada_test.jsonl"
+    assert results["lambada"]["data_sha256"] == hashlib.sha256(lambada.read_bytes()).hexdigest()
+    assert results["lambada"]["n"] == 40 and results["heldout"]["metrics"]["ppl"] > 1
+
+    # Running it again finds everything done: no training, evaluation or sampling is repeated.
+    checkpoint = next((out / "runs/cpu-100k/checkpoints").iterdir())
+    stamps = lambda: [p.stat().st_mtime_ns for p in (checkpoint / "model.safetensors", out / "runs/cpu-100k/eval.json")]
+    before = stamps()
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    again = (out / "report.md").read_text()
+    assert "| train cpu-100k |" not in again and "| eval cpu-100k |" not in again
+    assert stamps() == before
+    assert [line for line in again.splitlines() if line.startswith("| cpu-100k")] == [model]

@@ -1,0 +1,114 @@
+import json
+import math
+
+import pytest
+
+from gpt2kit.errors import GPT2KitError
+from gpt2kit.report import Column, ModelReport, fit_trend, markdown_table, read_metrics, trend_lines, write_report
+
+ACC = Column("lambada", "acc_last_word", "LAMBADA (ACC)", percent=True)
+PPL = Column("wikitext2", "word_ppl", "Held-out (PPL)", higher_is_better=False)
+BLEU = Column("wmt14_en_fr", "bleu", "Velorian (BLEU)")
+
+
+def fake_run(tmp_path, name, params, final_loss):
+    metrics = tmp_path / name / "metrics.jsonl"
+    metrics.parent.mkdir(parents=True)
+    rows = [
+        {"step": s, "tokens": 1000 * s, "loss": final_loss + 3 / (s + 1), "lr": 1e-3, "tokens_per_s": 5e3}
+        for s in range(20)
+    ]
+    rows.append({"step": 19, "tokens": 19000, "val_loss": final_loss + 0.1})
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # Scores grow by a known amount per 10x parameters: 10 points of accuracy, perplexity halves.
+    decades = math.log10(params / 1e5)
+    results = {
+        "lambada": {"metrics": {"acc_last_word": 0.1 + 0.1 * decades, "ppl": 50.0}, "protocol": "last word", "n": 100},
+        "wikitext2": {"metrics": {"word_ppl": 80.0 * 0.5**decades}, "protocol": "non-overlapping windows", "n": 5},
+    }
+    return ModelReport(name, params, results, metrics, samples=[("Once upon a time", " there was a ```fence```")])
+
+
+@pytest.fixture
+def models(tmp_path):
+    return [
+        fake_run(tmp_path, name, params, loss)
+        for name, params, loss in (("large", 10**7, 1.0), ("tiny", 10**5, 2.0), ("small", 10**6, 1.5))
+    ]
+
+
+def test_fit_recovers_the_known_slopes(models):
+    params = [m.params for m in models]
+    acc = fit_trend(params, [m.metric(ACC) for m in models], ACC)
+    assert acc.slope == pytest.approx(10.0) and not acc.log_score
+    assert acc.predict(1e6) == pytest.approx(20.0)
+    ppl = fit_trend(params, [m.metric(PPL) for m in models], PPL)
+    assert ppl.log_score and 10**ppl.slope == pytest.approx(0.5)
+    assert ppl.describe(PPL) == "x0.50 per 10x params"
+    assert fit_trend([10], [0.5], ACC) is None
+
+
+def test_table_is_shaped_like_table_3(models):
+    table = markdown_table(models, [ACC, PPL, BLEU], {"LAMBADA (ACC)": 0.05})
+    lines = table.splitlines()
+    assert lines[0] == "| model | parameters | LAMBADA (ACC) | Held-out (PPL) | Velorian (BLEU) |"
+    assert lines[3] == "| trivial baseline | - | 5.0 | - | - |"
+    # Rows are ordered by size, whatever the input order.
+    assert [line.split("|")[1].strip() for line in lines[4:]] == ["tiny", "small", "large"]
+    assert lines[4] == "| tiny | 100,000 | 10.0 | 80.00 | - |"
+    assert lines[6] == "| large | 10,000,000 | 30.0 | 20.00 | - |"
+
+
+def test_trend_lines_judge_monotonicity_and_baseline(models):
+    lines = trend_lines(models, [ACC, PPL, BLEU], {"LAMBADA (ACC)": 0.5, "Held-out (PPL)": 100.0})
+    assert (
+        lines[0]
+        == "- **LAMBADA (ACC)**: +10.00 points per 10x params; improves with every size; the largest model does not beat the baseline"
+    )
+    assert (
+        lines[1]
+        == "- **Held-out (PPL)**: x0.50 per 10x params; improves with every size; the largest model beats the baseline"
+    )
+    assert "no trend" in lines[2]
+    models[0].results["lambada"]["metrics"]["acc_last_word"] = 0.0
+    assert "does not improve monotonically" in trend_lines(models, [ACC], {})[0]
+
+
+def test_write_report_writes_markdown_and_plots(tmp_path, models):
+    path = write_report(
+        tmp_path / "out",
+        models,
+        [ACC, PPL],
+        {"LAMBADA (ACC)": 0.05},
+        title="Test",
+        baseline_notes={"LAMBADA (ACC)": "most frequent target word"},
+        timings={"train": 12.5, "eval": 2.0},
+    )
+    text = path.read_text()
+    for png in ("loss.png", "capacity.png"):
+        data = (tmp_path / "out" / png).read_bytes()
+        assert data.startswith(b"\x89PNG") and len(data) > 10_000
+        assert f"]({png})" in text
+    assert "| total | 14.5 |" in text
+    assert "most frequent target word" in text
+    assert "`lambada`: last word" in text
+    assert "### tiny (100,000 parameters)" in text
+    assert "```fence```" not in text  # samples cannot break out of their code block
+
+
+def test_report_without_training_curves(tmp_path, models):
+    for m in models:
+        m.metrics_path = None
+    text = write_report(tmp_path, models, [ACC]).read_text()
+    assert not (tmp_path / "loss.png").exists() and "loss.png" not in text
+
+
+def test_bad_inputs(tmp_path, models):
+    with pytest.raises(GPT2KitError, match="no models"):
+        write_report(tmp_path, [], [ACC])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"step": 1}\nnot json\n')
+    with pytest.raises(GPT2KitError, match=r"bad.jsonl:2: not JSON"):
+        read_metrics(bad)
+    with pytest.raises(GPT2KitError, match="training metrics not found"):
+        read_metrics(tmp_path / "missing.jsonl")

@@ -1,0 +1,170 @@
+import json
+import shutil
+
+import pytest
+
+from gpt2kit.errors import GPT2KitError
+from gpt2kit.sweep import EvalJob, SweepConfig, _check_settings, parse_eval_jobs
+
+
+def test_parse_eval_jobs():
+    jobs = parse_eval_jobs(
+        "lambada, arith=nq_open ,nq_open", ["arith=a.jsonl", "arith:examples=b.jsonl", "lambada=l.jsonl"]
+    )
+    assert jobs == [
+        EvalJob("lambada", "lambada", "l.jsonl", None),
+        EvalJob("arith", "nq_open", "a.jsonl", "b.jsonl"),
+        EvalJob("nq_open", "nq_open", None, None),
+    ]
+
+
+@pytest.mark.parametrize(
+    "tasks, data, message",
+    [
+        ("", [], "empty"),
+        ("lambada,lambada", [], "twice"),
+        ("lambada", ["ptb=x"], "not one of the evaluations"),
+        ("lambada", ["lambada"], "NAME=PATH"),
+    ],
+)
+def test_parse_eval_jobs_errors(tasks, data, message):
+    with pytest.raises(GPT2KitError, match=message):
+        parse_eval_jobs(tasks, data)
+
+
+def config(tmp_path, **changes):
+    values = dict(data="data", out=str(tmp_path), sizes=["cpu-1m"], tokens=1000, eval_jobs=[EvalJob("ptb", "ptb")])
+    return SweepConfig(**{**values, **changes})
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"sizes": []}, "empty"),
+        ({"sizes": ["cpu-1m", "cpu-1m"]}, "twice"),
+        ({"sizes": ["cpu-9z"]}, "unknown size 'cpu-9z'"),
+        ({"tokens": 0}, "positive"),
+        ({"eval_limit": 0}, "positive"),
+    ],
+)
+def test_config_validation(tmp_path, changes, message):
+    with pytest.raises(GPT2KitError, match=message):
+        config(tmp_path, **changes)
+
+
+def test_resume_refuses_changed_settings_and_redoes_changed_evaluations(tmp_path):
+    _check_settings(config(tmp_path), tmp_path)
+    saved = json.loads((tmp_path / "sweep.json").read_text())
+    assert saved["tokens"] == 1000 and saved["eval_jobs"][0]["task"] == "ptb"
+    # Adding a size is how a sweep grows: allowed.
+    _check_settings(config(tmp_path, sizes=["cpu-1m", "cpu-6m"]), tmp_path)
+    with pytest.raises(GPT2KitError, match="started with tokens=1000"):
+        _check_settings(config(tmp_path, tokens=2000), tmp_path)
+    run = tmp_path / "runs" / "cpu-1m"
+    run.mkdir(parents=True)
+    (run / "eval.json").write_text("{}")
+    (run / "samples.json").write_text("[]")
+    _check_settings(config(tmp_path, sizes=["cpu-1m", "cpu-6m"]), tmp_path)
+    assert (run / "eval.json").exists() and (run / "samples.json").exists()
+    _check_settings(config(tmp_path, eval_jobs=[EvalJob("ptb", "ptb"), EvalJob("lambada", "lambada")]), tmp_path)
+    assert not (run / "eval.json").exists() and (run / "samples.json").exists()
+    _check_settings(
+        config(tmp_path, eval_jobs=[EvalJob("ptb", "ptb"), EvalJob("lambada", "lambada")], prompts=["Hi"]), tmp_path
+    )
+    assert not (run / "samples.json").exists()
+    (tmp_path / "sweep.json").write_text("{broken")
+    with pytest.raises(GPT2KitError, match="unreadable sweep settings"):
+        _check_settings(config(tmp_path), tmp_path)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """A small synthetic web, a BPE trained on it, and its prepared shards."""
+    from gpt2kit.data.prepare import prepare
+    from gpt2kit.synth import SynthConfig, generate, iter_documents
+    from gpt2kit.tokenizer import train
+
+    root = tmp_path_factory.mktemp("sweep-data")
+    web = generate(root / "web", SynthConfig(size_mb=0.3, eval_examples=20, heldout_kb=5))
+    train(iter_documents(web.out), 400, files=False).save(root / "tok")
+    prepare([str(p) for p in web.train_files], str(root / "tok"), root / "data", val_fraction=0.05, progress=False)
+    return root
+
+
+TINY_RUN = [
+    "context_length=64",
+    "batch_tokens=512",
+    "micro_batch_size=8",
+    "device=cpu",
+    "optim.warmup_steps=2",
+    "log_interval=1",
+    "eval_interval=10",
+    "eval_windows=2",
+    "checkpoint_interval=6",
+    "keep_checkpoints=2",
+    "progress=false",
+]
+
+
+def tiny_sweep(root, out, sizes):
+    from gpt2kit.synth import EVAL_DIR, LAMBADA_FILE, NQ_EXAMPLES_FILE, NQ_FILE
+
+    eval_dir = root / "web" / EVAL_DIR
+    jobs = [
+        EvalJob("lambada", "lambada", str(eval_dir / LAMBADA_FILE), limit=5),
+        EvalJob("qa", "nq_open", str(eval_dir / NQ_FILE), str(eval_dir / NQ_EXAMPLES_FILE), limit=4),
+    ]
+    return SweepConfig(
+        data=str(root / "data"),
+        out=str(out),
+        sizes=sizes,
+        tokens=512 * 12,
+        eval_jobs=jobs,
+        overrides=TINY_RUN,
+        eval_shots=2,
+        prompts=["Q:", ""],
+        sample_tokens=8,
+    )
+
+
+def test_sweep_trains_evaluates_reports_and_resumes(prepared, tmp_path):
+    from gpt2kit.sweep import run_sweep
+
+    out = tmp_path / "sweep"
+    report, results = run_sweep(tiny_sweep(prepared, out, ["cpu-100k"]))
+    first = results[0]
+    assert first.model_dir.name == "step-00000012" and set(first.seconds) == {"train", "eval", "samples"}
+    assert set(first.results) == {"lambada", "qa"} and first.results["qa"]["n"] == 4
+    assert first.results["qa"]["metrics"]["em"] >= 0 and len(first.samples) == 2
+    steps = [json.loads(line)["step"] for line in (out / "runs/cpu-100k/metrics.jsonl").open()]
+    assert max(steps) == 12
+    text = report.read_text()
+    assert "| cpu-100k | " in text and "LAMBADA" in text and "qa (em)" in text
+
+    # Growing the sweep trains only the new size and reuses the finished one.
+    weights = (first.model_dir / "model.safetensors").read_bytes()
+    _, results = run_sweep(tiny_sweep(prepared, out, ["cpu-100k", "cpu-1m"]))
+    assert results[0].seconds == {} and set(results[1].seconds) == {"train", "eval", "samples"}
+    assert results[0].params < results[1].params
+    assert (first.model_dir / "model.safetensors").read_bytes() == weights
+    assert "| cpu-1m | " in (out / "report.md").read_text()
+
+    # A run killed after its step-6 checkpoint resumes from there and ends with the same weights.
+    run = out / "runs/cpu-1m"
+    final = (run / "checkpoints/step-00000012/model.safetensors").read_bytes()
+    shutil.rmtree(run / "checkpoints/step-00000012")
+    (run / "eval.json").unlink()
+    _, results = run_sweep(tiny_sweep(prepared, out, ["cpu-100k", "cpu-1m"]))
+    assert "train" in results[1].seconds and "eval" in results[1].seconds and "samples" not in results[1].seconds
+    assert (run / "checkpoints/step-00000012/model.safetensors").read_bytes() == final
+
+
+def test_sweep_cli_errors(prepared, tmp_path, capsys):
+    from gpt2kit.cli import main
+
+    args = ["sweep", "--data", str(prepared / "data"), "--sizes", "cpu-100k", "--tokens", "512", "--out", str(tmp_path)]
+    assert main([*args, "--eval-tasks", "lambada", "--eval-data", "ptb=x"]) == 2
+    assert "not one of the evaluations" in capsys.readouterr().err
+    assert main([*args, "--eval-tasks", "lambada", "--sizes", "no-such-size"]) == 2
+    err = capsys.readouterr().err
+    assert "no-such-size" in err and err.count("\n") == 1
