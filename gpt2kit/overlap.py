@@ -30,7 +30,6 @@ import multiprocessing
 import os
 import re
 import struct
-import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -40,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from gpt2kit.errors import GPT2KitError
+from gpt2kit.io import atomic_open
 
 log = logging.getLogger(__name__)
 
@@ -399,20 +399,10 @@ def _write_filter(path: Path, header: dict, bits: memoryview | bytes) -> None:
     """Header then bits, to a temporary file renamed into place."""
     encoded = json.dumps(header, sort_keys=True).encode()
     offset = _data_offset(len(encoded))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(MAGIC + struct.pack("<I", len(encoded)) + encoded)
-            handle.write(b"\0" * (offset - handle.tell()))
-            handle.write(bits)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path) as handle:
+        handle.write(MAGIC + struct.pack("<I", len(encoded)) + encoded)
+        handle.write(b"\0" * (offset - handle.tell()))
+        handle.write(bits)
 
 
 # -- building -------------------------------------------------------------------------------------------------------
