@@ -169,6 +169,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         eval_shots=args.eval_shots,
         no_detokenize=tuple(t for t in (args.no_detokenize or "").split(",") if t),
         prompts=args.prompt or [""],
+        device=args.device,
         seed=args.seed,
     )
     report, results = run_sweep(config)
@@ -575,6 +576,7 @@ def add_demo_commands(commands) -> None:
     p.add_argument("--eval-shots", type=int, help="example pairs for translation and question answering")
     p.add_argument("--no-detokenize", help="eval tasks whose detokenizer is off, comma-separated")
     p.add_argument("--prompt", action="append", help="a sample prompt (repeatable; default: unconditional)")
+    p.add_argument("--device", default="auto", help="where evaluation and sampling run (default: CUDA if present)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="sweep-out")
     p.set_defaults(func=cmd_sweep)

@@ -38,11 +38,11 @@ class DemoPlan:
 
 
 FULL = DemoPlan(
-    corpus_mb=6.0,
+    corpus_mb=8.0,
     heldout_kb=100,
     vocab_size=1024,
-    sizes=("cpu-100k", "cpu-1m", "cpu-2m"),
-    tokens=1_500_000,
+    sizes=("cpu-25k", "cpu-100k", "cpu-1m"),
+    tokens=2_000_000,
     eval_limits={"lambada": 200, "world_qa": None, "arithmetic": None, "velorian": 150, "tldr": 60, "heldout": None},
 )
 QUICK = DemoPlan(

@@ -56,9 +56,9 @@ PRESETS: dict[str, dict] = {
     "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),
     "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),
     "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),
+    "cpu-25k": dict(n_layer=2, n_head=2, n_embd=32, n_positions=256),
     "cpu-100k": dict(n_layer=2, n_head=2, n_embd=64, n_positions=256),
     "cpu-1m": dict(n_layer=4, n_head=4, n_embd=128, n_positions=256),
-    "cpu-2m": dict(n_layer=4, n_head=4, n_embd=192, n_positions=256),
     "cpu-6m": dict(n_layer=6, n_head=8, n_embd=256, n_positions=256),
     "cpu-25m": dict(n_layer=8, n_head=8, n_embd=512, n_positions=512),
 }

@@ -167,6 +167,7 @@ def plot_capacity(models: list[ModelReport], columns: list[Column], baselines: d
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     import numpy as np
 
     n = len(columns)
@@ -186,10 +187,19 @@ def plot_capacity(models: list[ModelReport], columns: list[Column], baselines: d
                 xs, [trend.predict(x) for x in xs], "-", color="C0", alpha=0.6, label=f"fit: {trend.describe(column)}"
             )
         if column.label in baselines:
-            ax.axhline(column.scaled(baselines[column.label]), color="C3", linestyle="--", label="baseline")
+            baseline = column.scaled(baselines[column.label])
+            values = [s for _, s in shown]
+            # On a log axis a far-off baseline would flatten the models' points: name it instead of drawing it.
+            far = not column.higher_is_better and values and not min(values) / 3 <= baseline <= max(values) * 3
+            if far:
+                ax.plot([], [], " ", label=f"baseline: {column.display(baselines[column.label])} (off the chart)")
+            else:
+                ax.axhline(baseline, color="C3", linestyle="--", label="baseline")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         if not column.higher_is_better:
             ax.set_yscale("log")
+            ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_title(column.label, fontsize=10)
         ax.set_xlabel("parameters")
         ax.grid(alpha=0.3, which="both")

@@ -75,6 +75,7 @@ class SweepConfig:
     eval_limit: int | None = None
     eval_shots: int | None = None
     eval_batch_size: int = 16
+    device: str = "auto"  # where evaluation and sampling run: auto (CUDA when there is one), cpu, cuda, cuda:N
     no_detokenize: tuple[str, ...] = ()
     prompts: list[str] = field(default_factory=lambda: [""])  # "" samples unconditionally
     sample_tokens: int = 80
@@ -140,12 +141,20 @@ def train_size(config: SweepConfig, size: str, run_dir: Path) -> tuple[Path, boo
     return result.checkpoint, True
 
 
+def _device(spec: str) -> str:
+    if spec != "auto":
+        return spec
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def evaluate_size(config: SweepConfig, model_dir: Path) -> dict[str, dict]:
     """Run every eval job on the model with `gpt2kit eval`'s library; results keyed by job name."""
     from gpt2kit.checkpoint import load
     from gpt2kit.evals import EvalOptions, evaluate
 
-    loaded = load(model_dir)
+    loaded = load(model_dir, device=_device(config.device))
     options = EvalOptions(batch_size=config.eval_batch_size, seed=config.seed, no_detokenize=config.no_detokenize)
     if config.eval_shots is not None:
         options.shots = config.eval_shots
@@ -173,7 +182,7 @@ def sample_size(config: SweepConfig, model_dir: Path) -> list[tuple[str, str]]:
     from gpt2kit.checkpoint import load
     from gpt2kit.generate import GenerationConfig, generate
 
-    loaded = load(model_dir)
+    loaded = load(model_dir, device=_device(config.device))
     eot = loaded.tokenizer.eot_token
     prompts = [loaded.tokenizer.encode(p) if p else [eot] for p in config.prompts]
     settings = GenerationConfig(max_new_tokens=config.sample_tokens, temperature=1.0, top_k=40, seed=config.seed)
@@ -217,8 +226,6 @@ def _load_json(path: Path):
 
 def finish_size(config: SweepConfig, size: str, out: Path, model_dir: Path, seconds: dict[str, float]) -> SizeResult:
     """Evaluate and sample one trained size, skipping what is already done."""
-    from gpt2kit.checkpoint import load
-
     run_dir = out / "runs" / size
     eval_path = run_dir / EVAL_FILE
     if eval_path.exists():
@@ -236,7 +243,7 @@ def finish_size(config: SweepConfig, size: str, out: Path, model_dir: Path, seco
         samples = sample_size(config, model_dir)
         seconds["samples"] = time.perf_counter() - start
         atomic_write_text(samples_path, json.dumps(samples, indent=2, ensure_ascii=False))
-    params = load(model_dir).model.num_parameters()
+    params = next(iter(results.values()))["model_params"]  # every eval result records the model's size
     return SizeResult(size, model_dir, params, results, samples, run_dir / "metrics.jsonl", seconds)
 
 
