@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 SETTINGS_FILE = "sweep.json"
 EVAL_FILE = "eval.json"
 SAMPLES_FILE = "samples.json"
+TIMINGS_FILE = "timings.json"  # seconds each stage took when it ran, so a resumed sweep still reports them
 # Settings that must not change when a sweep is resumed: they define what is being compared.
 FIXED_SETTINGS = ("data", "tokens", "config", "overrides", "seed")
 
@@ -113,7 +114,8 @@ class SizeResult:
     results: dict[str, dict]
     samples: list[tuple[str, str]]
     metrics_path: Path
-    seconds: dict[str, float]
+    seconds: dict[str, float]  # the stages run by this call
+    timings: dict[str, float]  # every stage's seconds, including those of earlier calls
 
 
 # -- the three stages, each a thin layer over the library that does the work -------------------------------------
@@ -244,7 +246,16 @@ def finish_size(config: SweepConfig, size: str, out: Path, model_dir: Path, seco
         seconds["samples"] = time.perf_counter() - start
         atomic_write_text(samples_path, json.dumps(samples, indent=2, ensure_ascii=False))
     params = next(iter(results.values()))["model_params"]  # every eval result records the model's size
-    return SizeResult(size, model_dir, params, results, samples, run_dir / "metrics.jsonl", seconds)
+    timings = _record_timings(run_dir, seconds)
+    return SizeResult(size, model_dir, params, results, samples, run_dir / "metrics.jsonl", seconds, timings)
+
+
+def _record_timings(run_dir: Path, seconds: dict[str, float]) -> dict[str, float]:
+    path = run_dir / TIMINGS_FILE
+    timings = _load_json(path) if path.exists() else {}
+    timings.update(seconds)
+    atomic_write_text(path, json.dumps(timings, indent=2))
+    return timings
 
 
 def default_columns(jobs: list[EvalJob]) -> list[Column]:
@@ -296,6 +307,8 @@ def run_sweep(
         start = time.perf_counter()
         model_dirs[size], trained = train_size(config, size, out / "runs" / size)
         seconds[size] = {"train": time.perf_counter() - start} if trained else {}
+        if trained and rank == 0:
+            _record_timings(out / "runs" / size, seconds[size])
     if rank != 0:
         return None, []
     results = []
@@ -308,8 +321,8 @@ def run_sweep(
     timings = dict(timings or {})
     for stage in ("train", "eval", "samples"):
         for result in results:
-            if stage in result.seconds:
-                timings[f"{stage} {result.size}"] = result.seconds[stage]
+            if stage in result.timings:
+                timings[f"{stage} {result.size}"] = result.timings[stage]
     models = [ModelReport(r.size, r.params, r.results, r.metrics_path, r.samples) for r in results]
     report = write_report(
         out,

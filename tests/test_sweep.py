@@ -145,9 +145,11 @@ def test_sweep_trains_evaluates_reports_and_resumes(prepared, tmp_path):
     weights = (first.model_dir / "model.safetensors").read_bytes()
     _, results = run_sweep(tiny_sweep(prepared, out, ["cpu-100k", "cpu-1m"]))
     assert results[0].seconds == {} and set(results[1].seconds) == {"train", "eval", "samples"}
+    assert results[0].timings == first.timings and set(first.timings) == {"train", "eval", "samples"}
     assert results[0].params < results[1].params
     assert (first.model_dir / "model.safetensors").read_bytes() == weights
-    assert "| cpu-1m | " in (out / "report.md").read_text()
+    grown = (out / "report.md").read_text()
+    assert "| cpu-1m | " in grown and f"| train cpu-100k | {first.timings['train']:.1f} |" in grown
 
     # A run killed after its step-6 checkpoint resumes from there and ends with the same weights.
     run = out / "runs/cpu-1m"
