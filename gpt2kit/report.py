@@ -199,7 +199,13 @@ def plot_capacity(models: list[ModelReport], columns: list[Column], baselines: d
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         if not column.higher_is_better:
             ax.set_yscale("log")
-            ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            # Within a decade a log axis has no major tick to label: label the minor ones then.
+            values = [s for _, s in shown] or [1.0]
+            within_decade = max(values) / min(values) < 10
+            ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+            ax.yaxis.set_minor_formatter(
+                matplotlib.ticker.FormatStrFormatter("%g") if within_decade else matplotlib.ticker.NullFormatter()
+            )
         ax.set_title(column.label, fontsize=10)
         ax.set_xlabel("parameters")
         ax.grid(alpha=0.3, which="both")
