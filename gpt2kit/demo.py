@@ -49,11 +49,11 @@ FULL = DemoPlan(
     eval_limits={},  # every example of every set: scoring takes seconds
 )
 QUICK = DemoPlan(
-    corpus_mb=1.0,
+    corpus_mb=1.5,
     heldout_kb=30,
     vocab_size=1024,
     sizes=("cpu-100k",),
-    tokens=200_000,
+    tokens=500_000,
     eval_limits={"lambada": 40, "world_qa": 40, "arithmetic": 40, "velorian": 40, "tldr": 20, "heldout": None},
 )
 
