@@ -226,12 +226,15 @@ def _params(n: int) -> str:
 
 
 def markdown_table(models: list[ModelReport], columns: list[Column], baselines: dict[str, float]) -> str:
-    """Rows: the baseline, then each model by size; columns: the tasks. Like the paper's Table 3."""
+    """Rows: the baseline (when there is one), then each model by size; columns: the tasks. Like the paper's Table 3."""
     arrows = ["(higher is better)" if c.higher_is_better else "(lower is better)" for c in columns]
     header = "| model | parameters | " + " | ".join(c.label for c in columns) + " |"
     rule = "|---|---:|" + "---:|" * len(columns)
     lines = [header, rule, "| | | " + " | ".join(arrows) + " |"]
-    lines.append("| trivial baseline | - | " + " | ".join(c.display(baselines.get(c.label)) for c in columns) + " |")
+    if baselines:
+        lines.append(
+            "| trivial baseline | - | " + " | ".join(c.display(baselines.get(c.label)) for c in columns) + " |"
+        )
     for model in sorted(models, key=lambda m: m.params):
         cells = [c.display(model.metric(c)) for c in columns]
         lines.append(f"| {model.name} | {model.params:,} | " + " | ".join(cells) + " |")

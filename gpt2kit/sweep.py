@@ -138,9 +138,9 @@ def train_size(config: SweepConfig, size: str, run_dir: Path) -> tuple[Path, boo
     if found and int(CHECKPOINT_NAME.fullmatch(found[-1].name).group(1)) >= train_config.max_steps:
         return found[-1], False
     result = train(train_config, resume=bool(found))
-    if result.checkpoint is None:
+    if result.checkpoint is None and int(os.environ.get("RANK", "0")) == 0:
         raise GPT2KitError(f"{run_dir}: training finished without a checkpoint")
-    return result.checkpoint, True
+    return result.checkpoint or run_dir, True  # under torchrun only rank 0 learns the checkpoint's path
 
 
 def _device(spec: str) -> str:
