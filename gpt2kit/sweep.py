@@ -127,7 +127,8 @@ def train_size(config: SweepConfig, size: str, run_dir: Path) -> tuple[Path, boo
     Returns the final model directory, and whether any training happened.
     """
     from gpt2kit.config import apply_overrides, load_config
-    from gpt2kit.train import CHECKPOINT_NAME, checkpoints, train
+    from gpt2kit.parallelize import DistEnv, init_distributed
+    from gpt2kit.train import CHECKPOINT_NAME, checkpoints, select_device, train
 
     train_config = load_config(config.config)
     train_config.data, train_config.out = config.data, str(run_dir)
@@ -137,6 +138,8 @@ def train_size(config: SweepConfig, size: str, run_dir: Path) -> tuple[Path, boo
     found = checkpoints(run_dir)
     if found and int(CHECKPOINT_NAME.fullmatch(found[-1].name).group(1)) >= train_config.max_steps:
         return found[-1], False
+    env = DistEnv.from_environment()
+    init_distributed(env, select_device(train_config.device, env))  # once for all sizes; run_sweep leaves it
     result = train(train_config, resume=bool(found))
     if result.checkpoint is None and int(os.environ.get("RANK", "0")) == 0:
         raise GPT2KitError(f"{run_dir}: training finished without a checkpoint")
@@ -302,13 +305,18 @@ def run_sweep(
         _check_settings(config, out)
     seconds: dict[str, dict[str, float]] = {}
     model_dirs: dict[str, Path] = {}
-    for size in config.sizes:
-        logger.info("sweep: training %s", size)
-        start = time.perf_counter()
-        model_dirs[size], trained = train_size(config, size, out / "runs" / size)
-        seconds[size] = {"train": time.perf_counter() - start} if trained else {}
-        if trained and rank == 0:
-            _record_timings(out / "runs" / size, seconds[size])
+    from gpt2kit.parallelize import shutdown_distributed
+
+    try:
+        for size in config.sizes:
+            logger.info("sweep: training %s", size)
+            start = time.perf_counter()
+            model_dirs[size], trained = train_size(config, size, out / "runs" / size)
+            seconds[size] = {"train": time.perf_counter() - start} if trained else {}
+            if trained and rank == 0:
+                _record_timings(out / "runs" / size, seconds[size])
+    finally:
+        shutdown_distributed()
     if rank != 0:
         return None, []
     results = []
