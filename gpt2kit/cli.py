@@ -182,6 +182,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print(markdown_table(models, columns, {}))
     print("\n".join(trend_lines(models, columns, {})))
     print(f"report: {report}")
+    return 0
 
 
 # -- webtext --------------------------------------------------------------------------
@@ -569,7 +570,7 @@ def add_demo_commands(commands) -> None:
     p.add_argument("--tokens", type=int, required=True, help="training tokens for every size")
     p.add_argument("--eval-tasks", required=True, help="eval tasks, comma-separated; NAME=TASK runs TASK as NAME")
     p.add_argument("--config", help="a gpt2kit train config (TOML or YAML); its preset and max_steps are set per size")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="train config override")
+    p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE", help="train config overrides")
     p.add_argument("--eval-data", action="append", default=[], metavar="NAME[:examples]=PATH")
     p.add_argument("--eval-data-dir", help="directory with the eval tasks' standard file names")
     p.add_argument("--eval-limit", type=int, help="examples per eval task")

@@ -14,13 +14,16 @@ against parameters with its log-linear trend, samples and the time of each step.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from gpt2kit import synth
+from gpt2kit.io import atomic_write_text
 from gpt2kit.report import Column, markdown_table, trend_lines
 from gpt2kit.sweep import EvalJob, SweepConfig, run_sweep
 
@@ -43,14 +46,14 @@ FULL = DemoPlan(
     vocab_size=1024,
     sizes=("cpu-25k", "cpu-100k", "cpu-1m"),
     tokens=2_000_000,
-    eval_limits={"lambada": 200, "world_qa": None, "arithmetic": None, "velorian": 150, "tldr": 60, "heldout": None},
+    eval_limits={},  # every example of every set: scoring takes seconds
 )
 QUICK = DemoPlan(
-    corpus_mb=1.0,
+    corpus_mb=1.5,
     heldout_kb=30,
     vocab_size=1024,
     sizes=("cpu-100k",),
-    tokens=200_000,
+    tokens=500_000,
     eval_limits={"lambada": 40, "world_qa": 40, "arithmetic": 40, "velorian": 40, "tldr": 20, "heldout": None},
 )
 
@@ -69,6 +72,11 @@ TRAIN_OVERRIDES = [
     "checkpoint_interval=200",
     "keep_checkpoints=1",
 ]
+
+DEMO_SETTINGS = "demo.json"
+TIMINGS_FILE = "timings.json"
+# What a demo writes under its output directory (cleared when a demo with other settings reuses it).
+DEMO_OUTPUTS = ("web", "tokenizer", "data", "runs", "sweep.json", "report.md", "loss.png", "capacity.png", TIMINGS_FILE)
 
 SAMPLE_PROMPTS = ["Velorian phrasebook, lesson 7\n\n", "Forum: Quick questions\n\nQ:", "Town news\n\n", ""]
 
@@ -172,6 +180,31 @@ training text. The tasks are not trained for: they occur in the web the way they
 trivial baseline."""
 
 
+def _start_fresh_if_changed(out: Path, plan: DemoPlan, seed: int) -> dict[str, float]:
+    """Reuse `out` when it holds a run of the same plan and seed (the demo then resumes); otherwise clear what an
+    earlier demo wrote there. Returns the step timings recorded so far."""
+    settings = json.loads(json.dumps({"plan": dataclasses.asdict(plan), "seed": seed}))
+    settings_path, timings_path = out / DEMO_SETTINGS, out / TIMINGS_FILE
+    try:
+        same = json.loads(settings_path.read_text()) == settings
+    except (OSError, ValueError):
+        same = False
+    if not same:
+        if settings_path.exists():
+            logger.info("%s holds a demo with other settings: starting afresh", out)
+        for name in DEMO_OUTPUTS:
+            path = out / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+        atomic_write_text(settings_path, json.dumps(settings, indent=2))
+    try:
+        return json.loads(timings_path.read_text()) if same and timings_path.exists() else {}
+    except ValueError:
+        return {}
+
+
 def run_demo(out: Path, quick: bool = False, seed: int = 0) -> list[str]:
     """Run the whole demo under `out`; returns summary lines (the table, the trends, where the report is)."""
     from gpt2kit.data.prepare import prepare
@@ -179,7 +212,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> list[str]:
 
     plan = QUICK if quick else FULL
     out = Path(out)
-    timings: dict[str, float] = {}
+    timings = _start_fresh_if_changed(out, plan, seed)
 
     start = time.perf_counter()
     web = synth.generate(
@@ -190,19 +223,24 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> list[str]:
     timings["generate the corpus"] = time.perf_counter() - start
     logger.info("synth: %s", web.summary())
 
-    start = time.perf_counter()
     tokenizer_dir = out / "tokenizer"
     if not (tokenizer_dir / "vocab.json").exists():
+        start = time.perf_counter()
         train(synth.iter_documents(web.out), plan.vocab_size, files=False, show_progress=True).save(tokenizer_dir)
+        timings["train the BPE"] = time.perf_counter() - start
     tokenizer = Tokenizer.from_dir(tokenizer_dir)
-    timings["train the BPE"] = time.perf_counter() - start
 
     start = time.perf_counter()
     data_dir = out / "data"
     prepare([str(p) for p in web.train_files], str(tokenizer_dir), data_dir, val_fraction=0.02, seed=seed)
     timings["prepare the shards"] = time.perf_counter() - start
-
+    start = time.perf_counter()
     baselines, notes = trivial_baselines(web.eval_dir, data_dir, tokenizer, seed)
+    timings["trivial baselines"] = time.perf_counter() - start
+    start = time.perf_counter()
+    overlap = overlap_section(web)
+    timings["overlap of eval sets and training text"] = time.perf_counter() - start
+    atomic_write_text(out / TIMINGS_FILE, json.dumps(timings, indent=2))
     config = SweepConfig(
         data=str(data_dir),
         out=str(out),
@@ -223,7 +261,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> list[str]:
         title="gpt2kit demo: zero-shot tasks and model capacity on a synthetic web",
         intro=intro,
         timings=timings,
-        extra_sections=[("Overlap between the evaluation sets and the training text", overlap_section(web))],
+        extra_sections=[("Overlap between the evaluation sets and the training text", overlap)],
     )
     from gpt2kit.report import ModelReport
 

@@ -199,7 +199,13 @@ def plot_capacity(models: list[ModelReport], columns: list[Column], baselines: d
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         if not column.higher_is_better:
             ax.set_yscale("log")
-            ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            # Within a decade a log axis has no major tick to label: label the minor ones then.
+            values = [s for _, s in shown] or [1.0]
+            within_decade = max(values) / min(values) < 10
+            ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+            ax.yaxis.set_minor_formatter(
+                matplotlib.ticker.FormatStrFormatter("%g") if within_decade else matplotlib.ticker.NullFormatter()
+            )
         ax.set_title(column.label, fontsize=10)
         ax.set_xlabel("parameters")
         ax.grid(alpha=0.3, which="both")
@@ -220,12 +226,15 @@ def _params(n: int) -> str:
 
 
 def markdown_table(models: list[ModelReport], columns: list[Column], baselines: dict[str, float]) -> str:
-    """Rows: the baseline, then each model by size; columns: the tasks. Like the paper's Table 3."""
+    """Rows: the baseline (when there is one), then each model by size; columns: the tasks. Like the paper's Table 3."""
     arrows = ["(higher is better)" if c.higher_is_better else "(lower is better)" for c in columns]
     header = "| model | parameters | " + " | ".join(c.label for c in columns) + " |"
     rule = "|---|---:|" + "---:|" * len(columns)
     lines = [header, rule, "| | | " + " | ".join(arrows) + " |"]
-    lines.append("| trivial baseline | - | " + " | ".join(c.display(baselines.get(c.label)) for c in columns) + " |")
+    if baselines:
+        lines.append(
+            "| trivial baseline | - | " + " | ".join(c.display(baselines.get(c.label)) for c in columns) + " |"
+        )
     for model in sorted(models, key=lambda m: m.params):
         cells = [c.display(model.metric(c)) for c in columns]
         lines.append(f"| {model.name} | {model.params:,} | " + " | ".join(cells) + " |")

@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 SETTINGS_FILE = "sweep.json"
 EVAL_FILE = "eval.json"
 SAMPLES_FILE = "samples.json"
+TIMINGS_FILE = "timings.json"  # seconds each stage took when it ran, so a resumed sweep still reports them
 # Settings that must not change when a sweep is resumed: they define what is being compared.
 FIXED_SETTINGS = ("data", "tokens", "config", "overrides", "seed")
 
@@ -113,7 +114,8 @@ class SizeResult:
     results: dict[str, dict]
     samples: list[tuple[str, str]]
     metrics_path: Path
-    seconds: dict[str, float]
+    seconds: dict[str, float]  # the stages run by this call
+    timings: dict[str, float]  # every stage's seconds, including those of earlier calls
 
 
 # -- the three stages, each a thin layer over the library that does the work -------------------------------------
@@ -125,7 +127,8 @@ def train_size(config: SweepConfig, size: str, run_dir: Path) -> tuple[Path, boo
     Returns the final model directory, and whether any training happened.
     """
     from gpt2kit.config import apply_overrides, load_config
-    from gpt2kit.train import CHECKPOINT_NAME, checkpoints, train
+    from gpt2kit.parallelize import DistEnv, init_distributed
+    from gpt2kit.train import CHECKPOINT_NAME, checkpoints, select_device, train
 
     train_config = load_config(config.config)
     train_config.data, train_config.out = config.data, str(run_dir)
@@ -135,10 +138,12 @@ def train_size(config: SweepConfig, size: str, run_dir: Path) -> tuple[Path, boo
     found = checkpoints(run_dir)
     if found and int(CHECKPOINT_NAME.fullmatch(found[-1].name).group(1)) >= train_config.max_steps:
         return found[-1], False
+    env = DistEnv.from_environment()
+    init_distributed(env, select_device(train_config.device, env))  # once for all sizes; run_sweep leaves it
     result = train(train_config, resume=bool(found))
-    if result.checkpoint is None:
+    if result.checkpoint is None and int(os.environ.get("RANK", "0")) == 0:
         raise GPT2KitError(f"{run_dir}: training finished without a checkpoint")
-    return result.checkpoint, True
+    return result.checkpoint or run_dir, True  # under torchrun only rank 0 learns the checkpoint's path
 
 
 def _device(spec: str) -> str:
@@ -244,7 +249,16 @@ def finish_size(config: SweepConfig, size: str, out: Path, model_dir: Path, seco
         seconds["samples"] = time.perf_counter() - start
         atomic_write_text(samples_path, json.dumps(samples, indent=2, ensure_ascii=False))
     params = next(iter(results.values()))["model_params"]  # every eval result records the model's size
-    return SizeResult(size, model_dir, params, results, samples, run_dir / "metrics.jsonl", seconds)
+    timings = _record_timings(run_dir, seconds)
+    return SizeResult(size, model_dir, params, results, samples, run_dir / "metrics.jsonl", seconds, timings)
+
+
+def _record_timings(run_dir: Path, seconds: dict[str, float]) -> dict[str, float]:
+    path = run_dir / TIMINGS_FILE
+    timings = _load_json(path) if path.exists() else {}
+    timings.update(seconds)
+    atomic_write_text(path, json.dumps(timings, indent=2))
+    return timings
 
 
 def default_columns(jobs: list[EvalJob]) -> list[Column]:
@@ -291,11 +305,18 @@ def run_sweep(
         _check_settings(config, out)
     seconds: dict[str, dict[str, float]] = {}
     model_dirs: dict[str, Path] = {}
-    for size in config.sizes:
-        logger.info("sweep: training %s", size)
-        start = time.perf_counter()
-        model_dirs[size], trained = train_size(config, size, out / "runs" / size)
-        seconds[size] = {"train": time.perf_counter() - start} if trained else {}
+    from gpt2kit.parallelize import shutdown_distributed
+
+    try:
+        for size in config.sizes:
+            logger.info("sweep: training %s", size)
+            start = time.perf_counter()
+            model_dirs[size], trained = train_size(config, size, out / "runs" / size)
+            seconds[size] = {"train": time.perf_counter() - start} if trained else {}
+            if trained and rank == 0:
+                _record_timings(out / "runs" / size, seconds[size])
+    finally:
+        shutdown_distributed()
     if rank != 0:
         return None, []
     results = []
@@ -308,8 +329,8 @@ def run_sweep(
     timings = dict(timings or {})
     for stage in ("train", "eval", "samples"):
         for result in results:
-            if stage in result.seconds:
-                timings[f"{stage} {result.size}"] = result.seconds[stage]
+            if stage in result.timings:
+                timings[f"{stage} {result.size}"] = result.timings[stage]
     models = [ModelReport(r.size, r.params, r.results, r.metrics_path, r.samples) for r in results]
     report = write_report(
         out,

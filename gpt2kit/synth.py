@@ -273,13 +273,13 @@ class World:
             lambda: _made_up_word(rng, "ktvlshmr", "aeiou", ["", "", "sh", "th"], syllables)
         )
         self.velorian = {w: velorian_word(1 + (len(w) > 4)) for w in english}
-        # Hold out about a third of the facts of every relation: their questions are never asked in training.
+        # Hold out half the facts of every relation: their questions are never asked in training.
         self.heldout_facts: list[Fact] = []
         self.asked_facts: list[Fact] = []
         for relation in QUESTION_TEMPLATES:
             group = [f for f in self.facts if f.relation == relation]
             rng.shuffle(group)
-            cut = max(1, round(len(group) / 3))
+            cut = max(1, len(group) // 2)
             self.heldout_facts += group[:cut]
             self.asked_facts += group[cut:]
 

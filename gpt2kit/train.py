@@ -622,8 +622,14 @@ class Trainer:
 
 
 def train(config: TrainConfig, resume: bool = False) -> TrainResult:
-    """Run (or continue) training as `config` says; joins and leaves the torchrun process group if any."""
+    """Run (or continue) training as `config` says.
+
+    Under torchrun it joins the process group and leaves it at the end, unless the caller had already joined
+    (as a sweep does: a group destroyed and re-created on torchrun's store can hang on stale rendezvous keys).
+    """
+    joins_group = not dist.is_initialized()
     try:
         return Trainer(config, resume=resume).run()
     finally:
-        shutdown_distributed()
+        if joins_group:
+            shutdown_distributed()

@@ -57,6 +57,7 @@ def test_table_is_shaped_like_table_3(models):
     assert [line.split("|")[1].strip() for line in lines[4:]] == ["tiny", "small", "large"]
     assert lines[4] == "| tiny | 100,000 | 10.0 | 80.00 | - |"
     assert lines[6] == "| large | 10,000,000 | 30.0 | 20.00 | - |"
+    assert "trivial baseline" not in markdown_table(models, [ACC], {})
 
 
 def test_trend_lines_judge_monotonicity_and_baseline(models):

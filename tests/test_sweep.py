@@ -1,5 +1,9 @@
 import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -145,9 +149,11 @@ def test_sweep_trains_evaluates_reports_and_resumes(prepared, tmp_path):
     weights = (first.model_dir / "model.safetensors").read_bytes()
     _, results = run_sweep(tiny_sweep(prepared, out, ["cpu-100k", "cpu-1m"]))
     assert results[0].seconds == {} and set(results[1].seconds) == {"train", "eval", "samples"}
+    assert results[0].timings == first.timings and set(first.timings) == {"train", "eval", "samples"}
     assert results[0].params < results[1].params
     assert (first.model_dir / "model.safetensors").read_bytes() == weights
-    assert "| cpu-1m | " in (out / "report.md").read_text()
+    grown = (out / "report.md").read_text()
+    assert "| cpu-1m | " in grown and f"| train cpu-100k | {first.timings['train']:.1f} |" in grown
 
     # A run killed after its step-6 checkpoint resumes from there and ends with the same weights.
     run = out / "runs/cpu-1m"
@@ -168,3 +174,25 @@ def test_sweep_cli_errors(prepared, tmp_path, capsys):
     assert main([*args, "--eval-tasks", "lambada", "--sizes", "no-such-size"]) == 2
     err = capsys.readouterr().err
     assert "no-such-size" in err and err.count("\n") == 1
+
+
+def test_sweep_under_torchrun(prepared, tmp_path):
+    """Two gloo ranks train every size together; rank 0 alone evaluates and writes the report."""
+    from gpt2kit.synth import EVAL_DIR, LAMBADA_FILE
+
+    out = tmp_path / "sweep"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "gpt2kit"]
+    command += ["sweep", "--data", str(prepared / "data"), "--sizes", "cpu-25k,cpu-100k", "--tokens", "2048"]
+    command += ["--eval-tasks", "lambada", "--eval-data", f"lambada={prepared / 'web' / EVAL_DIR / LAMBADA_FILE}"]
+    command += ["--eval-limit", "3", "--out", str(out), "--set", "micro_batch_size=4", "progress=false"]
+    command += [o for o in TINY_RUN if not o.startswith(("micro_batch_size", "progress"))]
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(root)}, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("report: ") == 1  # printed by rank 0 only
+    for size in ("cpu-25k", "cpu-100k"):
+        steps = [json.loads(line)["step"] for line in (out / "runs" / size / "metrics.jsonl").open()]
+        assert max(steps) == 4 and (out / "runs" / size / "eval.json").exists()
+    assert "| cpu-100k |" in (out / "report.md").read_text()
