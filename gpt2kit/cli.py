@@ -195,11 +195,12 @@ def cmd_webtext_build(args: argparse.Namespace) -> int:
 
     # trafilatura logs an ERROR for every page it cannot parse; the stage counts already report them
     logging.getLogger("trafilatura").setLevel(logging.CRITICAL)
-    from gpt2kit.webtext.config import apply_settings, load_config_file, parse_overrides
+    from gpt2kit.config import read_config_file
+    from gpt2kit.webtext.config import apply_settings, parse_overrides
 
     config = WebTextConfig()
     if args.config:
-        apply_settings(config, load_config_file(args.config))
+        apply_settings(config, read_config_file(args.config))
     kind, inputs = next(
         (kind, value)
         for kind, value in (("reddit", args.reddit), ("urls", args.urls), ("warc", args.warc), ("html", args.html_dir))
@@ -279,9 +280,10 @@ SAMPLE_SEPARATOR = "=" * 40
 
 def _generation_config(args: argparse.Namespace):
     """A GenerationConfig from --config (TOML/YAML) overridden by the flags given on the command line."""
-    from gpt2kit.generate import GenerationConfig, load_config_table
+    from gpt2kit.config import read_config_file
+    from gpt2kit.generate import GenerationConfig
 
-    values = load_config_table(args.config, "generation") if args.config else {}
+    values = read_config_file(args.config, "generation") if args.config else {}
     flags = {
         "max_new_tokens": args.max_new_tokens,
         "temperature": args.temperature,
@@ -372,10 +374,10 @@ SERVE_OPTIONS = (
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from gpt2kit.generate import load_config_table
+    from gpt2kit.config import read_config_file
     from gpt2kit.serve import ServerConfig, serve
 
-    values = load_config_table(args.config, "serve") if args.config else {}
+    values = read_config_file(args.config, "serve") if args.config else {}
     values.update({name: getattr(args, name) for name in SERVE_OPTIONS if getattr(args, name) is not None})
     if not values.get("model"):
         raise GPT2KitError("give --model (or model in the --config file)")

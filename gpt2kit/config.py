@@ -261,15 +261,23 @@ def _assign(config: object, dotted: str, value: Any, source: str, errors: list[s
         errors.append(f"{source}: {dotted} {err}, got {value!r}")
 
 
-def read_config_file(path: str | os.PathLike) -> dict:
-    """The raw mapping in a TOML or YAML file."""
+def read_config_file(path: str | os.PathLike, section: str | None = None) -> dict:
+    """The mapping in a TOML or YAML file: its top level, or its `section` table when it has one.
+
+    Every config file in gpt2kit (train, sample, serve, eval, webtext) is read here, so each gets the same
+    one-line errors for a missing file, bad UTF-8, bad syntax or the wrong shape.
+    """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path}: unreadable config file ({err})") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: unreadable config file ({err.strerror or err})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 (byte {err.start})") from None
     if path.suffix.lower() == ".toml":
         try:
             values = tomllib.loads(text)
@@ -281,12 +289,26 @@ def read_config_file(path: str | os.PathLike) -> dict:
         try:
             values = yaml.safe_load(text) or {}
         except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: invalid YAML ({str(err).splitlines()[0]})") from None
+            raise ConfigError(f"{path}: invalid YAML ({' '.join(str(err).split())})") from None
     else:
         raise ConfigError(f"{path}: config files must end in .toml, .yaml or .yml")
     if not isinstance(values, dict):
-        raise ConfigError(f"{path}: expected a mapping of field names to values at the top level")
+        raise ConfigError(f"{path}: expected a mapping of setting names to values at the top level")
+    if section is not None and isinstance(values.get(section), dict):
+        values = values[section]
     return values
+
+
+def dataclass_from_dict(cls: type, values: dict[str, Any], where: str) -> Any:
+    """`cls(**values)` for a flat config dataclass, with one line naming an unknown key or a bad value."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
+    try:
+        return cls(**values)
+    except TypeError as err:
+        raise ConfigError(f"{where}: {err}") from None
 
 
 def apply_overrides(config: TrainConfig, overrides: list[str], source: str = "--set") -> TrainConfig:

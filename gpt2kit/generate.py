@@ -17,22 +17,16 @@ from __future__ import annotations
 
 import codecs
 import logging
-import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from gpt2kit.config import dataclass_from_dict
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.model import GPT, KVCache
 from gpt2kit.tokenizer import Tokenizer
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 logger = logging.getLogger(__name__)
 
@@ -77,43 +71,7 @@ class GenerationConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any], where: str = "generation config") -> GenerationConfig:
         """Build from a parsed TOML/YAML/JSON table, naming any unknown key."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise GPT2KitError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
-        return cls(**values)
-
-
-def load_config_table(path: str | Path, section: str) -> dict[str, Any]:
-    """Settings from a TOML or YAML file: its top-level keys, or its `[section]` table if it has one."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as err:
-        raise GPT2KitError(f"{path}: cannot read ({err.strerror or err})") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise GPT2KitError(f"{path}: not UTF-8 (byte {err.start})") from None
-    if path.suffix == ".toml":
-        try:
-            values = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as err:
-            raise GPT2KitError(f"{path}: not valid TOML ({err})") from None
-    elif path.suffix in (".yaml", ".yml"):
-        import yaml
-
-        try:
-            values = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            raise GPT2KitError(f"{path}: not valid YAML ({err})".replace("\n", " ")) from None
-    else:
-        raise GPT2KitError(f"{path}: expected a .toml, .yaml or .yml file")
-    if isinstance(values, dict) and isinstance(values.get(section), dict):
-        values = values[section]
-    if not isinstance(values, dict):
-        raise GPT2KitError(f"{path}: expected a table of {section} settings")
-    return values
+        return dataclass_from_dict(cls, values, where)
 
 
 @dataclass

@@ -20,7 +20,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
+from gpt2kit.config import dataclass_from_dict
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.generate import (
     Completion,
@@ -81,14 +82,7 @@ class ServerConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], where: str = "server config") -> "ServerConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise GPT2KitError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
-        try:
-            return cls(**values)
-        except TypeError as err:
-            raise GPT2KitError(f"{where}: {err}") from None
+        return dataclass_from_dict(cls, values, where)
 
 
 # -- errors ---------------------------------------------------------------------------------

@@ -1,8 +1,16 @@
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from gpt2kit.config import ConfigError, TrainConfig, apply_overrides, load_config
+from gpt2kit.config import (
+    ConfigError,
+    TrainConfig,
+    apply_overrides,
+    dataclass_from_dict,
+    load_config,
+    read_config_file,
+)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -72,6 +80,30 @@ def test_file_errors_name_the_file(tmp_path):
     (tmp_path / "c.ini").write_text("")
     with pytest.raises(ConfigError, match="must end in .toml, .yaml or .yml"):
         load_config(tmp_path / "c.ini")
+
+
+def test_every_config_file_reader_shares_one_set_of_errors(tmp_path):
+    """sample, serve, eval and webtext configs are read by read_config_file: a section, or the top level."""
+    (tmp_path / "both.toml").write_text("top_k = 5\n[generation]\ntop_k = 40\n")
+    assert read_config_file(tmp_path / "both.toml", "generation") == {"top_k": 40}
+    assert read_config_file(tmp_path / "both.toml", "serve") == {"top_k": 5, "generation": {"top_k": 40}}
+    (tmp_path / "latin1.yaml").write_bytes(b"name: caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"latin1.yaml: not UTF-8 \(byte 9\)"):
+        read_config_file(tmp_path / "latin1.yaml")
+    (tmp_path / "bad.yaml").write_text("a: [1,\nb: 2\n")
+    with pytest.raises(ConfigError) as caught:
+        read_config_file(tmp_path / "bad.yaml")
+    assert "invalid YAML" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_dataclass_from_dict_names_the_bad_key():
+    @dataclass
+    class Options:
+        batch_size: int = 8
+
+    assert dataclass_from_dict(Options, {"batch_size": 2}, "x.toml") == Options(2)
+    with pytest.raises(ConfigError, match=r"x.toml: unknown key 'batchsize' \(known: batch_size\)"):
+        dataclass_from_dict(Options, {"batchsize": 2}, "x.toml")
 
 
 def test_validation_reports_every_bad_field():

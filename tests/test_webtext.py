@@ -10,9 +10,10 @@ import pytest
 import zstandard
 
 from gpt2kit.cli import main
+from gpt2kit.config import read_config_file
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.webtext import WebTextConfig, build_webtext
-from gpt2kit.webtext.config import apply_settings, load_config_file, parse_overrides
+from gpt2kit.webtext.config import apply_settings, parse_overrides
 from gpt2kit.webtext.fetch import FetchCache, Fetcher, Outcome
 from gpt2kit.webtext.urls import normalise_url, url_domain, url_key
 from tests.webtext_site import GERMAN, article_text, near_copy, page, standard_site
@@ -339,8 +340,8 @@ def test_config_files_and_overrides(tmp_path):
     yaml_file = tmp_path / "webtext.yaml"
     yaml_file.write_text("reddit:\n  min_karma: 5\n  cutoff: null\n")
     config = WebTextConfig(inputs=["x"])
-    apply_settings(config, load_config_file(toml))
-    apply_settings(config, load_config_file(yaml_file))
+    apply_settings(config, read_config_file(toml))
+    apply_settings(config, read_config_file(yaml_file))
     apply_settings(config, parse_overrides(["dedup.num_buckets=20", "filters.boilerplate=false"]))
     assert (config.workers, config.fetch.per_domain_delay, config.filters.domain_blocklist) == (3, 2.0, ["a.com"])
     assert config.reddit.min_karma == 5 and config.reddit.cutoff is None
@@ -352,8 +353,8 @@ def test_config_files_and_overrides(tmp_path):
         apply_settings(config, {"reddit": {"cutoff": "soon"}})
         config.validate()
     (tmp_path / "bad.toml").write_text("workers = [")
-    with pytest.raises(GPT2KitError, match="cannot parse config"):
-        load_config_file(tmp_path / "bad.toml")
+    with pytest.raises(GPT2KitError, match="bad.toml: invalid TOML"):
+        read_config_file(tmp_path / "bad.toml")
 
 
 def test_near_copy_differs_by_two_words():

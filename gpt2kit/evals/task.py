@@ -6,9 +6,9 @@ import os
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gpt2kit.config import dataclass_from_dict, read_config_file
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.evals.data import DataSource, HFDataset
 from gpt2kit.evals.scoring import Scorer
@@ -66,44 +66,12 @@ class EvalOptions:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], where: str = "eval options") -> EvalOptions:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise GPT2KitError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
-        try:
-            return cls(**values)
-        except TypeError as err:
-            raise GPT2KitError(f"{where}: {err}") from None
+        return dataclass_from_dict(cls, values, where)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> EvalOptions:
         """Options from a TOML or YAML file (a flat table, or one under an `eval` key)."""
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as err:
-            raise GPT2KitError(f"{path}: cannot read config ({err})") from None
-        try:
-            if path.suffix == ".toml":
-                try:
-                    import tomllib
-                except ModuleNotFoundError:  # Python 3.10
-                    import tomli as tomllib
-                values = tomllib.loads(text)
-            elif path.suffix in (".yaml", ".yml"):
-                import yaml
-
-                values = yaml.safe_load(text) or {}
-            else:
-                raise GPT2KitError(f"{path}: config must be .toml, .yaml or .yml")
-        except GPT2KitError:
-            raise
-        except Exception as err:  # tomllib.TOMLDecodeError, yaml.YAMLError
-            raise GPT2KitError(f"{path}: not a valid config ({type(err).__name__}: {err})") from None
-        if not isinstance(values, dict):
-            raise GPT2KitError(f"{path}: expected a table of options")
-        values = values.get("eval", values)
-        return cls.from_dict(values, where=str(path))
+        return cls.from_dict(read_config_file(path, section="eval"), where=str(path))
 
 
 @dataclass

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -143,34 +142,6 @@ class WebTextConfig:
                 if line:
                     domains.append(line)
         return domains
-
-
-def load_config_file(path: str | Path) -> dict:
-    """A TOML (.toml) or YAML (.yaml/.yml) file as a dict, with a clear error for a bad one."""
-    path = Path(path)
-    if not path.is_file():
-        raise GPT2KitError(f"{path}: no such config file")
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix == ".toml":
-            if sys.version_info >= (3, 11):
-                import tomllib
-            else:  # pragma: no cover
-                import tomli as tomllib
-            data = tomllib.loads(text)
-        elif path.suffix in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text) or {}
-        else:
-            raise GPT2KitError(f"{path}: config must be .toml, .yaml or .yml")
-    except GPT2KitError:
-        raise
-    except Exception as err:
-        raise GPT2KitError(f"{path}: cannot parse config ({err})") from None
-    if not isinstance(data, dict):
-        raise GPT2KitError(f"{path}: config must be a table of settings")
-    return data
 
 
 def apply_settings(config: Any, settings: dict, where: str = "") -> None:
