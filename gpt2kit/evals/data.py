@@ -194,6 +194,22 @@ def iter_jsonl(path: Path, required: Sequence[str] = ()) -> Iterator[tuple[int, 
         yield number, record
 
 
+def iter_records(source: DataSource, required: Sequence[str] = ()) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(where, record) for each row of a hub dataset or each line of a JSON-lines file; `where` names it in errors."""
+    if source.rows is None:
+        for number, record in iter_jsonl(source.path, required):
+            yield f"{source.path}:{number}", record
+        return
+    described = source.describe()
+    for index, row in enumerate(source.rows):
+        missing = [key for key in required if key not in row]
+        if missing:
+            raise EvalDataError(
+                f"{described} row {index}: missing key {missing[0]!r} (expected keys: {', '.join(required)})"
+            )
+        yield f"{described} row {index}", row
+
+
 def read_json(path: Path) -> Any:
     try:
         return json.loads(read_text(path))

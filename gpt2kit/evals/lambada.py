@@ -21,7 +21,15 @@ from dataclasses import dataclass
 
 import torch
 
-from gpt2kit.evals.data import DataSource, EvalDataError, HFDataset, expect_str, iter_jsonl, read_text, require_examples
+from gpt2kit.evals.data import (
+    DataSource,
+    EvalDataError,
+    HFDataset,
+    expect_str,
+    iter_records,
+    read_text,
+    require_examples,
+)
 from gpt2kit.evals.detokenize import PTB_QUOTES
 from gpt2kit.evals.scoring import ScoreRequest, head_logits, hidden_states
 from gpt2kit.evals.task import Column, TaskContext, TaskOutput, TaskSpec
@@ -60,26 +68,19 @@ def split_passage(text: str, where: str) -> Passage:
 
 def load_passages(source: DataSource, detokenize: bool) -> tuple[list[Passage], str]:
     """Passages and the format read: OpenAI's jsonl, HF rows with "text", or the original plain text."""
-    if source.rows is not None:
+    if source.rows is not None or source.path.suffix in (".jsonl", ".json"):
         passages = [
-            split_passage(expect_str(row.get("text"), f"{source.describe()} row {i}", "text"), source.describe())
-            for i, row in enumerate(source.rows)
-        ]
-        return passages, "jsonl"
-    path = source.path
-    if path.suffix in (".jsonl", ".json"):
-        passages = [
-            split_passage(expect_str(record["text"], f"{path}:{number}", "text"), f"{path}:{number}")
-            for number, record in iter_jsonl(path, ("text",))
+            split_passage(expect_str(record["text"], where, "text"), where)
+            for where, record in iter_records(source, ("text",))
         ]
         fmt = "jsonl"
     else:
         # The original release: one tokenized (and lowercased) passage per line.
         passages = []
-        for number, line in enumerate(read_text(path).splitlines(), 1):
+        for number, line in enumerate(read_text(source.path).splitlines(), 1):
             if line.strip():
                 text = PTB_QUOTES.detokenize_line(line) if detokenize else line.strip()
-                passages.append(split_passage(text, f"{path}:{number}"))
+                passages.append(split_passage(text, f"{source.path}:{number}"))
         fmt = "plain text, " + ("detokenized (PTB-style quotes and punctuation)" if detokenize else "as tokenized")
     require_examples(passages, source, "LAMBADA passages")
     return passages, fmt

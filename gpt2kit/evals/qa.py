@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from gpt2kit.evals.data import DataSource, HFDataset, expect_str, expect_str_list, iter_jsonl, require_examples
+from gpt2kit.evals.data import DataSource, HFDataset, expect_str, expect_str_list, iter_records, require_examples
 from gpt2kit.evals.metrics import accuracy_of_most_confident, exact_match, max_over_golds
 from gpt2kit.evals.task import Column, TaskContext, TaskOutput, TaskSpec, carve_examples, draw_examples, left_truncate
 
@@ -20,23 +20,10 @@ CONFIDENT_FRACTION = 0.01
 
 
 def load_questions(source: DataSource) -> list[tuple[str, list[str]]]:
-    if source.rows is not None:
-        where = source.describe()
-        items = [
-            (
-                expect_str(r.get("question"), f"{where} row {i}", "question"),
-                expect_str_list(r.get("answer"), f"{where} row {i}", "answer"),
-            )
-            for i, r in enumerate(source.rows)
-        ]
-    else:
-        items = [
-            (
-                expect_str(r["question"], f"{source.path}:{n}", "question"),
-                expect_str_list(r["answer"], f"{source.path}:{n}", "answer"),
-            )
-            for n, r in iter_jsonl(source.path, ("question", "answer"))
-        ]
+    items = [
+        (expect_str(r["question"], where, "question"), expect_str_list(r["answer"], where, "answer"))
+        for where, r in iter_records(source, ("question", "answer"))
+    ]
     require_examples(items, source, "questions")
     return items
 

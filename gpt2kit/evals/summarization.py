@@ -9,7 +9,7 @@ the hint itself does. ROUGE-1/2/L F1 from `rouge-score`.
 from __future__ import annotations
 
 from gpt2kit.errors import GPT2KitError
-from gpt2kit.evals.data import DataSource, HFDataset, expect_str, iter_jsonl, require_examples
+from gpt2kit.evals.data import DataSource, HFDataset, expect_str, iter_records, require_examples
 from gpt2kit.evals.metrics import first_sentences, rouge_f1
 from gpt2kit.evals.task import Column, TaskContext, TaskOutput, TaskSpec
 
@@ -21,23 +21,10 @@ SENTENCES = 3
 
 def load_articles(source: DataSource) -> list[tuple[str, str]]:
     """(article, reference summary) pairs."""
-    if source.rows is not None:
-        where = source.describe()
-        pairs = [
-            (
-                expect_str(r.get("article"), f"{where} row {i}", "article"),
-                expect_str(r.get("highlights"), f"{where} row {i}", "highlights"),
-            )
-            for i, r in enumerate(source.rows)
-        ]
-    else:
-        pairs = [
-            (
-                expect_str(r["article"], f"{source.path}:{n}", "article"),
-                expect_str(r["highlights"], f"{source.path}:{n}", "highlights"),
-            )
-            for n, r in iter_jsonl(source.path, ("article", "highlights"))
-        ]
+    pairs = [
+        (expect_str(r["article"], where, "article"), expect_str(r["highlights"], where, "highlights"))
+        for where, r in iter_records(source, ("article", "highlights"))
+    ]
     require_examples(pairs, source, "articles")
     return pairs
 
