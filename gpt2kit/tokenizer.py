@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import tiktoken
 
 from gpt2kit.errors import GPT2KitError
@@ -145,6 +146,10 @@ class Tokenizer:
     def encode_batch(self, texts: list[str], num_threads: int | None = None) -> list[list[int]]:
         """Encode many texts in parallel threads (the Rust core releases the GIL)."""
         return self._encoding.encode_ordinary_batch(texts, num_threads=num_threads or os.cpu_count() or 1)
+
+    def encode_to_numpy(self, text: str) -> np.ndarray:
+        """`encode(text)` as a uint32 array, built in Rust without a Python list (for bulk tokenizing)."""
+        return self._encoding.encode_to_numpy(text, allowed_special=set(), disallowed_special=())
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         return self._encoding.decode_bytes(list(ids))

@@ -60,6 +60,9 @@ def test_special_tokens_are_text_unless_allowed(gpt2_tokenizer):
     assert gpt2_tokenizer.encode(ENDOFTEXT, allowed_special={ENDOFTEXT}) == [50256]
     plain = gpt2_tokenizer.encode(ENDOFTEXT)
     assert 50256 not in plain and gpt2_tokenizer.decode(plain) == ENDOFTEXT
+    text = f"a{ENDOFTEXT}b naïve 😀"
+    array = gpt2_tokenizer.encode_to_numpy(text)
+    assert array.dtype.itemsize == 4 and array.tolist() == gpt2_tokenizer.encode(text)
 
 
 def test_matches_tiktoken_and_hf_on_every_wikitext_line(gpt2_tokenizer, tmp_path):

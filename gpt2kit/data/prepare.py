@@ -322,18 +322,17 @@ def tokenize_batch(
 ) -> TokenizedBatch:
     """Tokenize one batch (in a worker process): each document then `<|endoftext|>`, split into train and val."""
     tokenizer = _worker_tokenizer(tokenizer_dir, tokenizer_sha)
-    eot = tokenizer.eot_token
-    encoded = tokenizer.encode_batch(docs, num_threads=1)
+    eot = np.array([tokenizer.eot_token], dtype=dtype)
     is_val = np.zeros(len(docs), dtype=bool)
     is_val[val_rows] = True
-    parts: dict[bool, list[int]] = {False: [], True: []}
-    for ids, val in zip(encoded, is_val, strict=True):
-        parts[bool(val)].extend(ids)
-        parts[bool(val)].append(eot)
+    # numpy arrays straight from tiktoken: no Python int per token (about 10% of a worker's time otherwise).
+    parts: dict[bool, list[np.ndarray]] = {False: [np.empty(0, dtype=dtype)], True: [np.empty(0, dtype=dtype)]}
+    for doc, val in zip(docs, is_val, strict=True):
+        parts[bool(val)] += [tokenizer.encode_to_numpy(doc).astype(dtype, copy=False), eot]
     val_bytes = sum(size for size, val in zip(doc_bytes, is_val, strict=True) if val)
     return TokenizedBatch(
-        train=np.array(parts[False], dtype=dtype),
-        val=np.array(parts[True], dtype=dtype),
+        train=np.concatenate(parts[False]),
+        val=np.concatenate(parts[True]),
         train_docs=int((~is_val).sum()),
         val_docs=int(is_val.sum()),
         train_bytes=sum(doc_bytes) - val_bytes,
