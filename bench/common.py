@@ -11,6 +11,23 @@ SHARED = Path(os.environ.get("GPT2KIT_SHARED_DATA", Path(__file__).resolve().par
 os.environ.setdefault("GPT2KIT_GPT2_VOCAB", str(SHARED / "gpt2-vocab" / "gpt2.tiktoken"))
 
 
+def bare_tiktoken():
+    """tiktoken's own Encoding of the official GPT-2 vocabulary, built without gpt2kit: the encoding peer."""
+    import base64
+
+    import tiktoken
+
+    from gpt2kit.tokenizer import ENDOFTEXT, GPT2_PATTERN
+
+    ranks = {}
+    with open(SHARED / "gpt2-vocab" / "gpt2.tiktoken", "rb") as vocab:
+        for line in vocab:
+            if line.strip():
+                token, rank = line.split()
+                ranks[base64.b64decode(token)] = int(rank)
+    return tiktoken.Encoding("gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={ENDOFTEXT: 50256})
+
+
 def gutenberg_text(n_bytes: int) -> list[str]:
     """Whole lines of Gutenberg books, about `n_bytes` of UTF-8 in all."""
     lines: list[str] = []

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED  # noqa: E402
+from common import SHARED, bare_tiktoken  # noqa: E402
 
 
 def main() -> None:
@@ -39,7 +39,7 @@ def main() -> None:
         total += book.stat().st_size
     tokenizer = Tokenizer.gpt2()
     texts = [Path(book).read_text(encoding="utf-8") for book in chosen]
-    encoding = tokenizer._encoding  # the bare tiktoken Encoding: the peer
+    encoding = bare_tiktoken()
     rates = {}
     for workers in (int(w) for w in args.workers.split(",")):
         with tempfile.TemporaryDirectory() as out:

@@ -6,7 +6,6 @@ Also times training a 32k vocabulary on 50 MB. Usage: python bench/tokenizer.py 
 from __future__ import annotations
 
 import argparse
-import base64
 import os
 import sys
 import tempfile
@@ -14,7 +13,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED, best_time, gutenberg_text  # noqa: E402
+from common import bare_tiktoken, best_time, gutenberg_text  # noqa: E402
 
 
 def main() -> None:
@@ -24,10 +23,9 @@ def main() -> None:
     parser.add_argument("--train-vocab", type=int, default=32768)
     args = parser.parse_args()
 
-    import tiktoken
     import transformers
 
-    from gpt2kit.tokenizer import ENDOFTEXT, GPT2_PATTERN, Tokenizer, train
+    from gpt2kit.tokenizer import Tokenizer, train
 
     lines = gutenberg_text(int(args.mb * 1e6))
     megabytes = sum(len(line.encode()) for line in lines) / 1e6
@@ -35,12 +33,7 @@ def main() -> None:
     docs = ["".join(lines[i : i + 100]) for i in range(0, len(lines), 100)]
 
     ours = Tokenizer.gpt2()
-    ranks = {}
-    for line in open(SHARED / "gpt2-vocab" / "gpt2.tiktoken", "rb"):
-        if line.strip():
-            token, rank = line.split()
-            ranks[base64.b64decode(token)] = int(rank)
-    raw = tiktoken.Encoding("gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={ENDOFTEXT: 50256})
+    raw = bare_tiktoken()
     with tempfile.TemporaryDirectory() as tmp:
         ours.save(tmp)
         hf = transformers.GPT2TokenizerFast.from_pretrained(tmp)
