@@ -25,7 +25,7 @@ from pathlib import Path
 from gpt2kit import synth
 from gpt2kit.io import atomic_write_text
 from gpt2kit.report import Column, markdown_table, trend_lines
-from gpt2kit.sweep import EvalJob, SweepConfig, run_sweep
+from gpt2kit.sweep import TIMINGS_FILE, EvalJob, SweepConfig, record_timings, run_sweep
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,6 @@ TRAIN_OVERRIDES = [
 ]
 
 DEMO_SETTINGS = "demo.json"
-TIMINGS_FILE = "timings.json"
 # What a demo writes under its output directory (cleared when a demo with other settings reuses it).
 DEMO_OUTPUTS = ("web", "tokenizer", "data", "runs", "sweep.json", "report.md", "loss.png", "capacity.png", TIMINGS_FILE)
 
@@ -180,11 +179,11 @@ training text. The tasks are not trained for: they occur in the web the way they
 trivial baseline."""
 
 
-def _start_fresh_if_changed(out: Path, plan: DemoPlan, seed: int) -> dict[str, float]:
-    """Reuse `out` when it holds a run of the same plan and seed (the demo then resumes); otherwise clear what an
-    earlier demo wrote there. Returns the step timings recorded so far."""
-    settings = json.loads(json.dumps({"plan": dataclasses.asdict(plan), "seed": seed}))
-    settings_path, timings_path = out / DEMO_SETTINGS, out / TIMINGS_FILE
+def _start_fresh_if_changed(out: Path, plan: DemoPlan, seed: int) -> None:
+    """Reuse `out` when it holds a run of the same plan and seed (the demo then resumes, step timings included);
+    otherwise clear what an earlier demo wrote there."""
+    settings = json.loads(json.dumps({"plan": dataclasses.asdict(plan), "seed": seed}))  # tuples as JSON lists
+    settings_path = out / DEMO_SETTINGS
     try:
         same = json.loads(settings_path.read_text()) == settings
     except (OSError, ValueError):
@@ -199,10 +198,6 @@ def _start_fresh_if_changed(out: Path, plan: DemoPlan, seed: int) -> dict[str, f
             elif path.exists():
                 path.unlink()
         atomic_write_text(settings_path, json.dumps(settings, indent=2))
-    try:
-        return json.loads(timings_path.read_text()) if same and timings_path.exists() else {}
-    except ValueError:
-        return {}
 
 
 def run_demo(out: Path, quick: bool = False, seed: int = 0) -> list[str]:
@@ -212,7 +207,8 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> list[str]:
 
     plan = QUICK if quick else FULL
     out = Path(out)
-    timings = _start_fresh_if_changed(out, plan, seed)
+    _start_fresh_if_changed(out, plan, seed)
+    timings: dict[str, float] = {}  # the steps this call runs; record_timings adds those of earlier calls
 
     start = time.perf_counter()
     web = synth.generate(
@@ -240,7 +236,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> list[str]:
     start = time.perf_counter()
     overlap = overlap_section(web)
     timings["overlap of eval sets and training text"] = time.perf_counter() - start
-    atomic_write_text(out / TIMINGS_FILE, json.dumps(timings, indent=2))
+    timings = record_timings(out, timings)
     config = SweepConfig(
         data=str(data_dir),
         out=str(out),

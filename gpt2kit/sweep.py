@@ -141,7 +141,7 @@ def train_size(config: SweepConfig, size: str, run_dir: Path) -> tuple[Path, boo
     env = DistEnv.from_environment()
     init_distributed(env, select_device(train_config.device, env))  # once for all sizes; run_sweep leaves it
     result = train(train_config, resume=bool(found))
-    if result.checkpoint is None and int(os.environ.get("RANK", "0")) == 0:
+    if result.checkpoint is None and env.is_main:
         raise GPT2KitError(f"{run_dir}: training finished without a checkpoint")
     return result.checkpoint or run_dir, True  # under torchrun only rank 0 learns the checkpoint's path
 
@@ -249,12 +249,13 @@ def finish_size(config: SweepConfig, size: str, out: Path, model_dir: Path, seco
         seconds["samples"] = time.perf_counter() - start
         atomic_write_text(samples_path, json.dumps(samples, indent=2, ensure_ascii=False))
     params = next(iter(results.values()))["model_params"]  # every eval result records the model's size
-    timings = _record_timings(run_dir, seconds)
+    timings = record_timings(run_dir, seconds)
     return SizeResult(size, model_dir, params, results, samples, run_dir / "metrics.jsonl", seconds, timings)
 
 
-def _record_timings(run_dir: Path, seconds: dict[str, float]) -> dict[str, float]:
-    path = run_dir / TIMINGS_FILE
+def record_timings(directory: Path, seconds: dict[str, float]) -> dict[str, float]:
+    """Merge `seconds` into `directory`'s timings file; returns every stage's seconds recorded there."""
+    path = directory / TIMINGS_FILE
     timings = _load_json(path) if path.exists() else {}
     timings.update(seconds)
     atomic_write_text(path, json.dumps(timings, indent=2))
@@ -314,7 +315,7 @@ def run_sweep(
             model_dirs[size], trained = train_size(config, size, out / "runs" / size)
             seconds[size] = {"train": time.perf_counter() - start} if trained else {}
             if trained and rank == 0:
-                _record_timings(out / "runs" / size, seconds[size])
+                record_timings(out / "runs" / size, seconds[size])
     finally:
         shutdown_distributed()
     if rank != 0:

@@ -55,18 +55,21 @@ def test_quick_demo_end_to_end_then_resumes(tmp_path, capsys):
 def test_demo_reuses_its_directory_only_for_the_same_settings(tmp_path):
     from gpt2kit.demo import FULL, QUICK, _start_fresh_if_changed
 
-    assert _start_fresh_if_changed(tmp_path, QUICK, 0) == {}
+    _start_fresh_if_changed(tmp_path, QUICK, 0)
+    assert not (tmp_path / "timings.json").exists()
     (tmp_path / "runs").mkdir()
     (tmp_path / "report.md").write_text("old")
     (tmp_path / "timings.json").write_text('{"train the BPE": 1.5}')
     (tmp_path / "notes.txt").write_text("mine")
     # Same plan and seed: a resumed run keeps everything, and the recorded step times.
-    assert _start_fresh_if_changed(tmp_path, QUICK, 0) == {"train the BPE": 1.5}
+    _start_fresh_if_changed(tmp_path, QUICK, 0)
+    assert json.loads((tmp_path / "timings.json").read_text()) == {"train the BPE": 1.5}
     assert (tmp_path / "runs").is_dir() and (tmp_path / "report.md").exists()
     # Another plan or seed: what the demo wrote is cleared, anything else is left alone.
     for plan, seed in ((QUICK, 1), (FULL, 1)):
         (tmp_path / "runs").mkdir(exist_ok=True)
-        assert _start_fresh_if_changed(tmp_path, plan, seed) == {}
+        _start_fresh_if_changed(tmp_path, plan, seed)
+        assert not (tmp_path / "timings.json").exists()
         assert not (tmp_path / "runs").exists() and not (tmp_path / "report.md").exists()
         assert (tmp_path / "notes.txt").read_text() == "mine"
     assert json.loads((tmp_path / "demo.json").read_text())["seed"] == 1
