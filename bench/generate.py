@@ -59,6 +59,7 @@ def main() -> None:
     import transformers
 
     from gpt2kit import GPT, Tokenizer, load, preset_config, save
+    from gpt2kit.generate import apply_decode_layout
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -68,6 +69,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         save(model, tokenizer, tmp)
         model = load(tmp).model
+        apply_decode_layout(model)
         hf = transformers.GPT2LMHeadModel.from_pretrained(tmp).eval()
     # Random weights rarely pick <|endoftext|>; never stop on it, so every decoder does the same work.
     hf.generation_config.eos_token_id = None

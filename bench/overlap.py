@@ -32,7 +32,7 @@ def gutenberg_files(megabytes: float) -> list[Path]:
 
 def python_set_peer(files: list[Path]) -> tuple[int, float, int]:
     """(8-grams, seconds, approximate bytes) for an exact set of 8-gram strings over `files`."""
-    from gpt2kit.overlap import NGRAM, normalise_words
+    from gpt2kit.data.bloom import NGRAM, normalise_words
 
     start = time.perf_counter()
     grams: set[str] = set()
@@ -54,7 +54,7 @@ def main() -> None:
     parser.add_argument("--peer-mb", type=float, default=10, help="MB for the Python-set peer (0: skip it)")
     args = parser.parse_args()
 
-    from gpt2kit.overlap import BloomFilter, build_filter, text_fingerprints
+    from gpt2kit.data.bloom import BloomFilter, build_filter, text_fingerprints
 
     files = gutenberg_files(args.mb)
     megabytes = sum(p.stat().st_size for p in files) / 1e6

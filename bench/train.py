@@ -57,8 +57,8 @@ def build_models(preset: str, context: int, device: torch.device, only: str | No
 
 
 def make_step(name: str, model, batch: torch.Tensor, targets: torch.Tensor, device: torch.device, dtype):
-    from gpt2kit.config import OptimConfig
     from gpt2kit.train import build_optimizer
+    from gpt2kit.train_config import OptimConfig
 
     # Both get the same fused AdamW with decay on matrices: the comparison is the model, not the optimizer.
     optimizer = build_optimizer(model, OptimConfig(), device)

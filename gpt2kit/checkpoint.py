@@ -17,6 +17,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from gpt2kit.device import resolve_device
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.io import atomic_directory
 from gpt2kit.model import GPT, GPTConfig
@@ -236,4 +237,4 @@ def load(
         tokenizer = load_tokenizer_for(directory, config.vocab_size)
     except TokenizerError as err:
         raise CheckpointError(str(err)) from None
-    return LoadedModel(model.to(device).eval(), tokenizer, directory)
+    return LoadedModel(model.to(resolve_device(device)).eval(), tokenizer, directory)

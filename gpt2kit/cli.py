@@ -122,7 +122,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from gpt2kit.synth import DEFAULT_MIX, SynthConfig, generate, parse_mix
+    from gpt2kit.study.synth import DEFAULT_MIX, SynthConfig, generate, parse_mix
 
     config = SynthConfig(
         size_mb=args.size_mb,
@@ -135,27 +135,18 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def _log_progress() -> None:
-    import logging
-
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
-    from gpt2kit.demo import run_demo
+    from gpt2kit.study.demo import run_demo
 
-    _log_progress()
     for line in run_demo(Path(args.out), quick=args.quick, seed=args.seed):
         print(line)
     return 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from gpt2kit.report import markdown_table, trend_lines
-    from gpt2kit.sweep import SweepConfig, default_columns, parse_eval_jobs, run_sweep
+    from gpt2kit.study.report import markdown_table, trend_lines
+    from gpt2kit.study.sweep import SweepConfig, default_columns, parse_eval_jobs, run_sweep
 
-    _log_progress()
     config = SweepConfig(
         data=args.data,
         out=args.out,
@@ -175,7 +166,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     report, results = run_sweep(config)
     if report is None:
         return 0  # a torchrun rank other than 0: it trained, rank 0 reports
-    from gpt2kit.report import ModelReport
+    from gpt2kit.study.report import ModelReport
 
     models = [ModelReport(r.size, r.params, r.results) for r in results]
     columns = default_columns(config.eval_jobs)
@@ -191,30 +182,25 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_webtext_build(args: argparse.Namespace) -> int:
     import logging
 
+    from gpt2kit.config import load_config
     from gpt2kit.webtext import WebTextConfig, build_webtext, format_stage_table
 
     # trafilatura logs an ERROR for every page it cannot parse; the stage counts already report them
     logging.getLogger("trafilatura").setLevel(logging.CRITICAL)
-    from gpt2kit.config import read_config_file
-    from gpt2kit.webtext.config import apply_settings, parse_overrides
-
-    config = WebTextConfig()
-    if args.config:
-        apply_settings(config, read_config_file(args.config))
     kind, inputs = next(
         (kind, value)
         for kind, value in (("reddit", args.reddit), ("urls", args.urls), ("warc", args.warc), ("html", args.html_dir))
         if value
     )
-    inputs = [inputs] if isinstance(inputs, str) else inputs
-    config.input_kind, config.inputs, config.out = kind, [str(v) for v in inputs], args.out
     flags = {
+        "input_kind": kind,
+        "inputs": [str(v) for v in ([inputs] if isinstance(inputs, str) else inputs)],
+        "out": args.out,
         "workers": args.workers,
         "reddit": {"min_karma": args.min_karma, "cutoff": args.cutoff, "subreddit_blocklist": args.subreddit_blocklist},
         "filters": {"domain_blocklist": args.domain_blocklist, "min_words": args.min_words},
     }
-    apply_settings(config, _without_none(flags))
-    apply_settings(config, parse_overrides(args.set or []))
+    config = load_config(WebTextConfig, args.config, flags=flags, overrides=args.set, check=False)
     report = build_webtext(config)
     print(format_stage_table(report))
     print(f"{report.documents:,} documents in {len(report.shards)} shards -> {report.out}")
@@ -223,24 +209,11 @@ def cmd_webtext_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _without_none(settings: dict) -> dict:
-    """Only the flags that were given."""
-    kept = {}
-    for key, value in settings.items():
-        if isinstance(value, dict):
-            value = _without_none(value)
-            if value:
-                kept[key] = value
-        elif value is not None:
-            kept[key] = value
-    return kept
-
-
 # -- overlap (the paper's 8-gram Bloom filter analysis) ------------------------------
 
 
 def cmd_overlap_build(args: argparse.Namespace) -> int:
-    from gpt2kit.overlap import build_filter
+    from gpt2kit.data.bloom import build_filter
 
     result = build_filter(
         args.corpus,
@@ -262,7 +235,8 @@ def cmd_overlap_build(args: argparse.Namespace) -> int:
 def cmd_overlap_check(args: argparse.Namespace) -> int:
     import json
 
-    from gpt2kit.overlap import BloomFilter, check_overlap, format_table
+    from gpt2kit.data.bloom import BloomFilter
+    from gpt2kit.data.overlap import check_overlap, format_table
 
     rows = check_overlap(args.filter, args.test, unit=args.unit, field=args.field, flags_out=args.flags)
     print(format_table(rows, BloomFilter.open(args.filter).header))
@@ -279,22 +253,14 @@ SAMPLE_SEPARATOR = "=" * 40
 
 
 def _generation_config(args: argparse.Namespace):
-    """A GenerationConfig from --config (TOML/YAML) overridden by the flags given on the command line."""
-    from gpt2kit.config import read_config_file
-    from gpt2kit.generate import GenerationConfig
+    """Generation settings: the paper's sampling defaults, then --config (TOML/YAML), then the flags given."""
+    from gpt2kit.config import load_config
+    from gpt2kit.generate import PAPER_TOP_K, GenerationConfig
 
-    values = read_config_file(args.config, "generation") if args.config else {}
-    flags = {
-        "max_new_tokens": args.max_new_tokens,
-        "temperature": args.temperature,
-        "top_k": args.top_k,
-        "top_p": args.top_p,
-        "seed": args.seed,
-        "stop": tuple(args.stop) if args.stop else None,
-    }
-    values.update({key: value for key, value in flags.items() if value is not None})
-    defaults = {"max_new_tokens": 64, "top_k": 40}  # the paper's samples: top-k 40
-    return GenerationConfig.from_dict({**defaults, **values}, where=args.config or "sample options")
+    flags = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_k": args.top_k}
+    flags |= {"top_p": args.top_p, "seed": args.seed, "stop": args.stop}
+    base = GenerationConfig(top_k=PAPER_TOP_K)
+    return load_config(GenerationConfig, args.config, section="generation", flags=flags, base=base)
 
 
 def _print_samples(loaded, prompt: str, config, args: argparse.Namespace) -> None:
@@ -324,6 +290,7 @@ def _print_samples(loaded, prompt: str, config, args: argparse.Namespace) -> Non
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from gpt2kit.checkpoint import load
+    from gpt2kit.generate import apply_decode_layout
 
     config = _generation_config(args)
     sources = sum(bool(x) for x in (args.prompt is not None, args.prompt_file, args.unconditional, args.interactive))
@@ -339,6 +306,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     else:
         prompt = args.prompt or ""  # --unconditional: an empty prompt starts from <|endoftext|>
     loaded = load(args.model, device=args.device)
+    apply_decode_layout(loaded.model)
     if not args.interactive:
         _print_samples(loaded, prompt, config, args)
         return 0
@@ -374,14 +342,14 @@ SERVE_OPTIONS = (
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from gpt2kit.config import read_config_file
+    from gpt2kit.config import load_config
     from gpt2kit.serve import ServerConfig, serve
 
-    values = read_config_file(args.config, "serve") if args.config else {}
-    values.update({name: getattr(args, name) for name in SERVE_OPTIONS if getattr(args, name) is not None})
-    if not values.get("model"):
+    flags = {name: getattr(args, name) for name in SERVE_OPTIONS}
+    config = load_config(ServerConfig, args.config, section="serve", flags=flags)
+    if not config.model:
         raise GPT2KitError("give --model (or model in the --config file)")
-    serve(ServerConfig.from_dict(values, where=args.config or "serve options"))
+    serve(config)
     return 0
 
 
@@ -426,21 +394,13 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import logging
-
-    from gpt2kit.config import apply_overrides, load_config
+    from gpt2kit.config import load_config
     from gpt2kit.train import train
+    from gpt2kit.train_config import TrainConfig
 
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    config = load_config(args.config)
-    config.data, config.out = args.data, args.out
-    for name in ("preset", "init_from", "max_steps", "seed"):
-        if getattr(args, name) is not None:
-            setattr(config, name, getattr(args, name))
-    if args.compile:
-        config.compile = True
-    apply_overrides(config, args.set)
+    flags = {"data": args.data, "out": args.out, "preset": args.preset, "init_from": args.init_from}
+    flags |= {"max_steps": args.max_steps, "seed": args.seed, "compile": True if args.compile else None}
+    config = load_config(TrainConfig, args.config, flags=flags, overrides=args.set, check=False)
     result = train(config, resume=args.resume)
     if result.checkpoint is not None:
         loss = f"{result.loss:.4f}" if result.loss is not None else "n/a"
@@ -452,7 +412,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from gpt2kit.plot import plot_run
+    from gpt2kit.study.report import plot_run
 
     print(plot_run(args.run_dir, args.out))
     return 0
@@ -462,8 +422,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import logging
-
+    from gpt2kit.config import load_config
     from gpt2kit.evals import (
         EvalOptions,
         evaluate,
@@ -480,22 +439,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 0
     if not args.model or not args.tasks:
         raise GPT2KitError("--model and --tasks are required (or use --list)")
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    options = EvalOptions.from_file(args.config).to_dict() if args.config else {}
-    overrides = {
-        "limit": args.limit,
-        "batch_size": args.batch_size,
-        "context_length": args.context_length,
-        "stride": args.stride,
-        "shots": args.shots,
-        "seed": args.seed,
-    }
-    options.update({k: v for k, v in overrides.items() if v is not None})
-    if args.no_detokenize is not None:
-        options["no_detokenize"] = args.no_detokenize
-    if args.lambada_stopword_filter:
-        options["lambada_stopword_filter"] = True
-    eval_options = EvalOptions.from_dict(options, where="eval options")
+    flags = {"limit": args.limit, "batch_size": args.batch_size, "context_length": args.context_length}
+    flags |= {"stride": args.stride, "shots": args.shots, "seed": args.seed, "no_detokenize": args.no_detokenize}
+    flags |= {"lambada_stopword_filter": True if args.lambada_stopword_filter else None}
+    eval_options = load_config(EvalOptions, args.config, section="eval", flags=flags)
     tasks = parse_tasks(args.tasks)
     data = parse_data_assignments(args.data)
 
@@ -767,15 +714,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gpt2kit", description="GPT-2: data, BPE, model, training, sampling, serving, eval"
     )
+    parser.add_argument("-v", "--verbose", action="store_true", help="also show other libraries' log messages")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add_commands in COMMAND_GROUPS:
         add_commands(commands)
     return parser
 
 
+def _setup_logging(verbose: bool) -> None:
+    """gpt2kit's own progress at INFO; other libraries' chatter only with -v (their warnings always)."""
+    import logging
+
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("gpt2kit").setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

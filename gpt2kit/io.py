@@ -1,14 +1,32 @@
-"""Atomic file and directory writes: a crash or kill never leaves half a file."""
+"""The one home for file I/O: atomic writes, compressed input, JSON lines, UTF-8 decoding and sha256.
+
+Every reader raises GPT2KitError with one line naming the file (and line) and what is wrong, so that
+each command reports bad input the same way.
+"""
 
 from __future__ import annotations
 
+import bz2
 import contextlib
+import gzip
+import hashlib
+import io
+import json
+import lzma
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, TextIO
+
+from gpt2kit.errors import GPT2KitError
+
+COMPRESSED_SUFFIXES = (".gz", ".zst", ".bz2", ".xz")
+# Pushshift-style Reddit dumps are compressed with long windows: allow the zstd format's maximum.
+ZSTD_MAX_WINDOW = 2**31
+
+# -- atomic writes ------------------------------------------------------------------------------------------------
 
 
 @contextlib.contextmanager
@@ -38,6 +56,15 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def to_jsonl(rows: Iterable[dict]) -> str:
+    """JSON lines: one object per line, UTF-8 kept as it is."""
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+
+
+def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
+    atomic_write_text(path, to_jsonl(rows))
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success it replaces `path` whole."""
@@ -57,3 +84,121 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, path)
+
+
+# -- reading ------------------------------------------------------------------------------------------------------
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def open_binary(path: str | os.PathLike) -> BinaryIO:
+    """A file opened for reading, decompressed by suffix (.gz, .zst, .bz2, .xz); plain files as they are."""
+    path = Path(path)
+    name = path.name.lower()
+    try:
+        if name.endswith(".gz"):
+            return gzip.open(path, "rb")
+        if name.endswith(".zst"):
+            try:
+                import zstandard
+            except ImportError:
+                raise GPT2KitError(f"{path}: reading .zst needs zstandard (pip install 'gpt2kit[data]')") from None
+            reader = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW).stream_reader(
+                open(path, "rb"), closefd=True
+            )
+            return io.BufferedReader(reader)
+        if name.endswith(".bz2"):
+            return bz2.open(path, "rb")
+        if name.endswith(".xz"):
+            return lzma.open(path, "rb")
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise GPT2KitError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise GPT2KitError(f"{path}: is a directory, not a file") from None
+
+
+@contextlib.contextmanager
+def reading(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """`open_binary(path)` whose read errors (truncated or corrupt streams included) become one clear line."""
+    try:
+        with open_binary(path) as handle:
+            yield handle
+    except GPT2KitError:
+        raise
+    except (EOFError, gzip.BadGzipFile, lzma.LZMAError) as err:
+        raise GPT2KitError(f"{path}: corrupt or truncated compressed file ({err or type(err).__name__})") from None
+    except OSError as err:
+        raise GPT2KitError(f"{path}: cannot read ({err.strerror or err})") from None
+    except Exception as err:
+        if type(err).__name__ == "ZstdError":
+            raise GPT2KitError(f"{path}: corrupt or truncated zstd file ({err})") from None
+        raise
+
+
+def open_text(path: str | os.PathLike) -> TextIO:
+    """A UTF-8 text stream over `open_binary(path)`, for any compression; bad bytes raise UnicodeDecodeError."""
+    return io.TextIOWrapper(open_binary(path), encoding="utf-8", newline="")
+
+
+def decode_utf8(raw: bytes, where: str) -> str:
+    """`raw` as UTF-8, or one line naming `where` and the offending byte."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise GPT2KitError(f"{where}: not UTF-8 (byte {err.start})") from None
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """A whole (possibly compressed) UTF-8 file."""
+    with reading(path) as handle:
+        return decode_utf8(handle.read(), str(path))
+
+
+def parse_json_line(raw: bytes | str, where: str) -> dict[str, Any]:
+    """One JSON-lines record: a JSON object, or one line naming `where` and what is wrong."""
+    line = decode_utf8(raw, where) if isinstance(raw, bytes) else raw
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise GPT2KitError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
+    if not isinstance(record, dict):
+        raise GPT2KitError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    return record
+
+
+def iter_jsonl(path: str | os.PathLike, required: Sequence[str] = ()) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line of a (possibly compressed) JSON-lines file.
+
+    Blank lines are skipped; a line that is not a JSON object, or lacks one of the `required` keys, is an error.
+    """
+    with reading(path) as handle:
+        for number, raw in enumerate(handle, 1):
+            if not raw.strip():
+                continue
+            where = f"{path}:{number}"
+            record = parse_json_line(raw, where)
+            missing = [key for key in required if key not in record]
+            if missing:
+                raise GPT2KitError(f"{where}: missing key {missing[0]!r} (expected keys: {', '.join(required)})")
+            yield number, record
+
+
+def read_jsonl(path: str | os.PathLike, required: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Every object of a JSON-lines file (see `iter_jsonl`)."""
+    return [record for _, record in iter_jsonl(path, required)]
+
+
+def jsonl_texts(path: str | os.PathLike, field: str = "text") -> Iterator[str]:
+    """The string `field` of each JSON line."""
+    for number, record in iter_jsonl(path):
+        value = record.get(field)
+        if not isinstance(value, str):
+            raise GPT2KitError(f"{path}:{number}: no string field {field!r}")
+        yield value

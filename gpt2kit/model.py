@@ -257,16 +257,30 @@ class GPT(nn.Module):
         position_ids: torch.Tensor | None = None,
         logits_to_keep: int = 0,
     ) -> torch.Tensor:
-        """Logits of shape (B, T, vocab_size) for token ids of shape (B, T).
+        """Logits (B, T, vocab_size) for token ids (B, T), or with `targets` (B, T) their mean cross-entropy.
 
-        With `targets` (B, T), the mean cross-entropy of predicting them instead
-        (a scalar), computed without materialising the logits.
+        The body (`hidden`) and the output layer (`head`) are also callable apart: scoring and generation
+        take the hidden states once and apply the head only where they need logits.
+        `logits_to_keep` > 0 computes logits for only that many last positions (generation needs one).
+        """
+        h = self.hidden(idx, kv_cache=kv_cache, attention_mask=attention_mask, position_ids=position_ids)
+        if targets is None and logits_to_keep > 0:
+            return self.head(h[:, -logits_to_keep:])
+        return self.head(h, targets)
+
+    def hidden(
+        self,
+        idx: torch.Tensor,
+        *,
+        kv_cache: KVCache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The final hidden states (B, T, n_embd), after `ln_f`, for token ids (B, T).
 
         With `kv_cache`, `idx` continues the cached positions and the cache is
         extended. `attention_mask` (B, cached + T), 1 for real tokens and 0 for
         padding, masks left padding; positions then count real tokens only.
-        `logits_to_keep` > 0 computes logits for only that many last positions
-        (generation needs one: it skips most of the output layer's work and memory).
         """
         B, T = idx.shape
         past = kv_cache.length if kv_cache is not None else 0
@@ -286,17 +300,20 @@ class GPT(nn.Module):
             x = block(x, kv_cache, mask)
         if kv_cache is not None:
             kv_cache.advance(T)
+        return self.ln_f(x)
+
+    def head(self, h: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """The tied output layer: logits (..., vocab_size) for hidden states (..., n_embd), or with `targets`
+        (the shape of h without its last dimension) the mean next-token cross-entropy, computed without
+        materialising the logits."""
         if targets is None:
-            if logits_to_keep > 0:
-                x = x[:, -logits_to_keep:]
-            return F.linear(self.ln_f(x), self.wte.weight)
-        x = self.ln_f(x)
-        if torch.is_autocast_enabled(x.device.type):
+            return F.linear(h, self.wte.weight)
+        if torch.is_autocast_enabled(h.device.type):
             # Under autocast the plain path keeps autocast's dtype rules (and torch.compile fuses it).
-            logits = F.linear(x, self.wte.weight).float()
+            logits = F.linear(h, self.wte.weight).float()
             return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
-        with_grads = torch.is_grad_enabled() and (x.requires_grad or self.wte.weight.requires_grad)
-        return TiedOutputLoss.apply(x.reshape(-1, x.size(-1)), self.wte.weight, targets.reshape(-1), with_grads)
+        with_grads = torch.is_grad_enabled() and (h.requires_grad or self.wte.weight.requires_grad)
+        return TiedOutputLoss.apply(h.reshape(-1, h.size(-1)), self.wte.weight, targets.reshape(-1), with_grads)
 
     @staticmethod
     def _attention_mask(T: int, past: int, attention_mask: torch.Tensor | None, device) -> torch.Tensor | None:

@@ -31,13 +31,14 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
-from gpt2kit.config import dataclass_from_dict
+from gpt2kit.config import Checked
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.generate import (
     Completion,
     Decoder,
     GenerationConfig,
     SequenceState,
+    apply_decode_layout,
     encode_prompt,
     prompt_logprobs,
     token_text,
@@ -52,7 +53,7 @@ MAX_LOGPROBS = 5
 
 
 @dataclass
-class ServerConfig:
+class ServerConfig(Checked):
     model: str = ""
     host: str = "127.0.0.1"
     port: int = 8000
@@ -68,21 +69,23 @@ class ServerConfig:
     max_batch_size: int = 16
 
     def __post_init__(self) -> None:
-        for name in ("max_tokens_cap", "max_n", "max_choices", "max_body_bytes", "max_batch_size"):
-            if getattr(self, name) < 1:
-                raise GPT2KitError(f"server config: {name} must be >= 1, got {getattr(self, name)}")
-        if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
-            raise GPT2KitError(f"server config: max_prompt_tokens must be >= 1, got {self.max_prompt_tokens}")
-        if not self.request_timeout_s > 0:
-            raise GPT2KitError(f"server config: request_timeout_s must be > 0, got {self.request_timeout_s}")
-        if not 0 <= self.port < 65536:
-            raise GPT2KitError(f"server config: port must be in 0..65535, got {self.port}")
-        if self.api_key == "":
-            raise GPT2KitError("server config: api_key must not be empty (leave it out to turn auth off)")
+        self.check("server config")
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], where: str = "server config") -> "ServerConfig":
-        return dataclass_from_dict(cls, values, where)
+    def problems(self) -> list[str]:
+        bad = [
+            f"{name} must be >= 1, got {getattr(self, name)}"
+            for name in ("max_tokens_cap", "max_n", "max_choices", "max_body_bytes", "max_batch_size")
+            if getattr(self, name) < 1
+        ]
+        if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
+            bad.append(f"max_prompt_tokens must be >= 1, got {self.max_prompt_tokens}")
+        if not self.request_timeout_s > 0:
+            bad.append(f"request_timeout_s must be > 0, got {self.request_timeout_s}")
+        if not 0 <= self.port < 65536:
+            bad.append(f"port must be in 0..65535, got {self.port}")
+        if self.api_key == "":
+            bad.append("api_key must not be empty (leave it out to turn auth off)")
+        return bad
 
 
 # -- errors ---------------------------------------------------------------------------------
@@ -743,6 +746,7 @@ def serve(config: ServerConfig) -> None:
     if config.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("binding %s: the server is reachable from other machines", config.host)
     loaded = load(config.model, device=config.device)
+    apply_decode_layout(loaded.model)
     name = config.model_name or _default_model_name(config.model)
     app = create_app(loaded.model, loaded.tokenizer, config, model_name=name)
     uvicorn.run(app, host=config.host, port=config.port, log_level="info")

@@ -29,16 +29,17 @@ import torch
 import torch.distributed as dist
 
 from gpt2kit.checkpoint import CheckpointError, load, save
-from gpt2kit.config import ConfigError, OptimConfig, TrainConfig, get_field
+from gpt2kit.config import ConfigError, get_field
 from gpt2kit.data.loader import TokenWindows, WindowLoader, eval_indices
 from gpt2kit.data.prepare import TOKENIZER_DIR, load_manifest
-from gpt2kit.data.shards import file_sha256
+from gpt2kit.device import resolve_device
 from gpt2kit.errors import GPT2KitError
-from gpt2kit.io import atomic_directory, atomic_write_text
+from gpt2kit.io import atomic_directory, atomic_write_text, file_sha256
 from gpt2kit.mfu import flops_per_token, peak_flops
 from gpt2kit.model import GPT, preset_config
 from gpt2kit.parallelize import DistEnv, gradient_sync, init_distributed, parallelize, shutdown_distributed
 from gpt2kit.tokenizer import Tokenizer
+from gpt2kit.train_config import OptimConfig, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -107,22 +108,6 @@ def build_optimizer(model: torch.nn.Module, optim: OptimConfig, device: torch.de
 
 
 # -- devices and random state --------------------------------------------------------------
-
-
-def select_device(spec: str, env: DistEnv) -> torch.device:
-    if spec == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", env.local_rank)
-        return torch.device("cpu")
-    device = torch.device(spec)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise TrainingError(f"device {spec!r}: CUDA is not available on this machine")
-        if device.index is None:
-            device = torch.device("cuda", env.local_rank)
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise TrainingError(f"device {spec!r}: MPS is not available on this machine")
-    return device
 
 
 def select_dtype(spec: str, device: torch.device) -> torch.dtype:
@@ -278,10 +263,10 @@ class Trainer:
     """One training run (or its continuation); `run()` trains to `config.max_steps`."""
 
     def __init__(self, config: TrainConfig, resume: bool = False, env: DistEnv | None = None):
-        config.validate()
+        config.check()
         self.config = config
         self.env = env or DistEnv.from_environment()
-        self.device = select_device(config.device, self.env)
+        self.device = resolve_device(config.device, self.env.local_rank)
         self.dtype = select_dtype(config.dtype, self.device)
         if config.num_threads:
             torch.set_num_threads(config.num_threads)

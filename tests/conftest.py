@@ -26,7 +26,7 @@ def gpt2_tokenizer():
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tmp_path_factory):
     """A small BPE trained on generated text (fast; no shared data needed)."""
-    from gpt2kit.demo import generated_text
+    from gpt2kit.study.demo import generated_text
     from gpt2kit.tokenizer import train
 
     corpus = tmp_path_factory.mktemp("tok") / "corpus.txt"

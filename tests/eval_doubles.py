@@ -1,7 +1,7 @@
 """Test doubles for the evaluation tests: small tokenizers and a bigram model whose probabilities are known.
 
 `BigramLM` follows the GPT interface the scorer and `gpt2kit.generate` use
-(`model(idx, kv_cache=..., attention_mask=...)`, `ln_f`, `wte`, `config`), but
+(`model(idx, kv_cache=...)`, `hidden`, `head`, `wte`, `config`), but
 its next-token distribution depends only on the current token: each token has
 one successor with probability 3/4 (over a 257-token vocabulary every other
 token then has 1/1024), and a token without a listed successor leads to
@@ -69,16 +69,20 @@ class BigramLM(nn.Module):
             table[current, runner_up] = strength / 2
         self.table = nn.Embedding.from_pretrained(table)
         self.wte = nn.Embedding.from_pretrained(torch.eye(vocab_size))
-        self.ln_f = nn.Identity()
 
     def num_parameters(self, non_embedding: bool = False) -> int:
         return 0 if non_embedding else self.table.weight.numel()
 
-    def forward(self, idx, *, kv_cache=None, attention_mask=None, position_ids=None, logits_to_keep=0):
+    def hidden(self, idx, *, kv_cache=None, attention_mask=None, position_ids=None):
         if kv_cache is not None:
             if kv_cache.length + idx.shape[1] > kv_cache.max_length:
                 raise ValueError("KV cache is full")
             kv_cache.advance(idx.shape[1])
-        if logits_to_keep > 0:
-            idx = idx[:, -logits_to_keep:]
-        return F.linear(self.ln_f(self.table(idx)), self.wte.weight)
+        return self.table(idx)
+
+    def head(self, h, targets=None):
+        return F.linear(h, self.wte.weight)
+
+    def forward(self, idx, *, kv_cache=None, attention_mask=None, position_ids=None, logits_to_keep=0):
+        h = self.hidden(idx, kv_cache=kv_cache)
+        return self.head(h[:, -logits_to_keep:] if logits_to_keep > 0 else h)

@@ -5,7 +5,7 @@ import json
 import re
 
 from gpt2kit.cli import main
-from gpt2kit.demo import COLUMNS
+from gpt2kit.study.demo import COLUMNS
 
 
 def test_quick_demo_end_to_end_then_resumes(tmp_path, capsys):
@@ -53,7 +53,7 @@ def test_quick_demo_end_to_end_then_resumes(tmp_path, capsys):
 
 
 def test_demo_reuses_its_directory_only_for_the_same_settings(tmp_path):
-    from gpt2kit.demo import FULL, QUICK, _start_fresh_if_changed
+    from gpt2kit.study.demo import FULL, QUICK, _start_fresh_if_changed
 
     _start_fresh_if_changed(tmp_path, QUICK, 0)
     assert not (tmp_path / "timings.json").exists()

@@ -8,8 +8,6 @@ from gpt2kit.errors import GPT2KitError
 from gpt2kit.evals.scoring import (
     Scorer,
     ScoreRequest,
-    head_logits,
-    hidden_states,
     rolling_windows,
     score_stream,
 )
@@ -50,7 +48,7 @@ def random_requests(n_groups=12, seed=1):
 
 def test_hidden_states_give_the_models_logits(model):
     idx = torch.randint(0, 97, (2, 9))
-    assert torch.allclose(head_logits(model, hidden_states(model, idx)), model(idx), atol=1e-5)
+    assert torch.allclose(model.head(model.hidden(idx)), model(idx), atol=1e-5)
 
 
 @pytest.mark.parametrize("batch_size", [1, 3, 16])

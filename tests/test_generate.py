@@ -12,10 +12,10 @@ from gpt2kit.generate import (
     SequenceState,
     _sample,
     _Text,
+    apply_decode_layout,
     generate,
     make_sequences,
     stream,
-    use_decode_layout,
 )
 from gpt2kit.model import GPT, GPTConfig
 
@@ -59,7 +59,7 @@ class BigramModel(nn.Module):
         if kv_cache is not None:
             kv_cache.advance(idx.shape[1])
         logits = torch.zeros(*idx.shape, self.config.vocab_size)
-        logits.scatter_(-1, self.table[idx][..., None], 20.0)
+        logits.scatter_(-1, self.table[idx][..., None], 100.0)  # the rest of the vocabulary gets ~e-100: deterministic even when sampling
         return logits
 
 
@@ -90,8 +90,8 @@ def test_decode_layout_changes_strides_only(gpt2_tokenizer):
     before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     idx = torch.randint(0, 1000, (2, 9))
     reference = model(idx)
-    use_decode_layout(model)
-    use_decode_layout(model)  # idempotent
+    apply_decode_layout(model)
+    apply_decode_layout(model)  # idempotent
     weight = model.h[0].attn.c_attn.weight
     assert weight.shape == (96, 32) and weight.stride() == (1, 96) and model.h[0].attn.c_proj.weight.is_contiguous()
     assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
@@ -341,7 +341,7 @@ def test_invalid_config_is_a_clear_error(settings, message):
 
 def test_config_from_dict_names_unknown_keys():
     assert GenerationConfig.from_dict({"top_k": 40, "stop": ["\n"]}).stop == ("\n",)
-    with pytest.raises(GPT2KitError, match="unknown key 'topk'"):
+    with pytest.raises(GPT2KitError, match="unknown field 'topk'"):
         GenerationConfig.from_dict({"topk": 40}, where="sample.toml")
 
 

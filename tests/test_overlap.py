@@ -7,20 +7,18 @@ import numpy as np
 import pytest
 import zstandard
 
-from gpt2kit import overlap
 from gpt2kit.cli import main
-from gpt2kit.errors import GPT2KitError
-from gpt2kit.overlap import (
+from gpt2kit.data import bloom
+from gpt2kit.data.bloom import (
     NGRAM,
     BloomFilter,
     bloom_params,
     build_filter,
-    check_overlap,
-    format_table,
-    load_examples,
     normalise,
     normalise_words,
 )
+from gpt2kit.data.overlap import OverlapRow, check_overlap, format_table, load_examples
+from gpt2kit.errors import GPT2KitError
 
 
 def random_words(rng: random.Random, count: int, vocab: int = 5000) -> list[str]:
@@ -138,7 +136,7 @@ def test_measured_false_positive_rate_is_under_the_bound(tmp_path):
     letters = string.ascii_lowercase
     queries = np.concatenate(
         [
-            overlap.text_fingerprints(" ".join("".join(rng.choices(letters, k=6)) for _ in range(NGRAM)))
+            bloom.text_fingerprints(" ".join("".join(rng.choices(letters, k=6)) for _ in range(NGRAM)))
             for _ in range(20000)
         ]
     )
@@ -155,7 +153,7 @@ def test_blocks_carry_ngrams_across_boundaries(tmp_path, monkeypatch):
     rng = random.Random(3)
     text = random_text(rng, 4000)
     (tmp_path / "c.txt").write_text(text)
-    monkeypatch.setattr(overlap, "TEXT_BLOCK_BYTES", 100)
+    monkeypatch.setattr(bloom, "TEXT_BLOCK_BYTES", 100)
     result = build_filter([tmp_path / "c.txt"], tmp_path / "f.bloom")
     assert result.ngrams == len(normalise_words(text)) - NGRAM + 1
     test = tmp_path / "t.txt"
@@ -239,6 +237,6 @@ def test_cli_build_and_check(tmp_path, corpus, capsys):
 
 
 def test_format_table_has_a_row_per_file():
-    rows = [overlap.OverlapRow("a/ptb.valid.txt", 10, 9, 100, 25, 3)]
+    rows = [OverlapRow("a/ptb.valid.txt", 10, 9, 100, 25, 3)]
     table = format_table(rows)
     assert "ptb.valid.txt" in table and "25.00%" in table and "33.33%" in table

@@ -4,7 +4,7 @@ import math
 import pytest
 
 from gpt2kit.errors import GPT2KitError
-from gpt2kit.report import Column, ModelReport, fit_trend, markdown_table, read_metrics, trend_lines, write_report
+from gpt2kit.study.report import Column, ModelReport, fit_trend, markdown_table, read_metrics, trend_lines, write_report
 
 ACC = Column("lambada", "acc_last_word", "LAMBADA (ACC)", percent=True)
 PPL = Column("wikitext2", "word_ppl", "Held-out (PPL)", higher_is_better=False)
@@ -109,7 +109,7 @@ def test_bad_inputs(tmp_path, models):
         write_report(tmp_path, [], [ACC])
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"step": 1}\nnot json\n')
-    with pytest.raises(GPT2KitError, match=r"bad.jsonl:2: not JSON"):
+    with pytest.raises(GPT2KitError, match=r"bad.jsonl:2: not valid JSON"):
         read_metrics(bad)
     with pytest.raises(GPT2KitError, match="training metrics not found"):
         read_metrics(tmp_path / "missing.jsonl")

@@ -144,7 +144,7 @@ def test_bad_files_are_one_line_errors(model_dir, tmp_path, capsys):
     bad_config = tmp_path / "c.toml"
     bad_config.write_text("topk = 4\n")
     code, _, err = run_cli(["sample", "--model", str(model_dir), "--prompt", "x", "--config", str(bad_config)], capsys)
-    assert code == 2 and "unknown key 'topk'" in err
+    assert code == 2 and "unknown field 'topk'" in err
     code, _, err = run_cli(["sample", "--model", str(tmp_path / "nothing"), "--prompt", "x"], capsys)
     assert code == 2 and "not a model directory" in err and err.count("\n") == 1
 

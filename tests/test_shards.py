@@ -10,6 +10,7 @@ import pytest
 
 from gpt2kit.data.prepare import PrepareError, load_manifest, prepare
 from gpt2kit.data.shards import HEADER, Manifest, ShardError, open_tokens, read_header, token_dtype, write_shard
+from gpt2kit.errors import GPT2KitError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -228,7 +229,7 @@ def test_hf_dataset_streams_a_local_dataset(tmp_path, tiny_tokenizer, monkeypatc
 def test_bad_utf8_policies_and_counts(tmp_path, tiny_tokenizer):
     corpus = write_docs(tmp_path / "corpus", DOCS[:5])
     (corpus / "bad.txt").write_bytes(b"good start \xff\xfe bad bytes")
-    with pytest.raises(PrepareError, match=r"bad.txt: not UTF-8 \(byte offset 11\)"):
+    with pytest.raises(PrepareError, match=r"bad.txt: not UTF-8 \(byte 11\)"):
         prepare([str(corpus)], tiny_tokenizer, tmp_path / "e", on_bad_utf8="error", workers=1, progress=False)
     replaced = prepare([str(corpus)], tiny_tokenizer, tmp_path / "r", val_fraction=0, workers=1, progress=False)
     assert replaced.manifest.input_stats["bad_utf8_replaced"] == 1
@@ -250,7 +251,7 @@ def test_bad_input_errors(tmp_path, tiny_tokenizer):
     with pytest.raises(PrepareError, match=r"rows.jsonl:2: no field 'text' \(fields here: body"):
         prepare([str(tmp_path / "rows.jsonl")], tiny_tokenizer, tmp_path / "o2", workers=1, progress=False)
     (tmp_path / "broken.jsonl").write_text('{"text": "fine"}\n{"text": \n')
-    with pytest.raises(PrepareError, match=r"broken.jsonl:2: not valid JSON"):
+    with pytest.raises(GPT2KitError, match=r"broken.jsonl:2: not valid JSON"):
         prepare([str(tmp_path / "broken.jsonl")], tiny_tokenizer, tmp_path / "o3", workers=1, progress=False)
     with pytest.raises(PrepareError, match="no such file or directory"):
         prepare([str(tmp_path / "missing.txt")], tiny_tokenizer, tmp_path / "o4", workers=1, progress=False)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gpt2kit.errors import GPT2KitError
-from gpt2kit.sweep import EvalJob, SweepConfig, _check_settings, parse_eval_jobs
+from gpt2kit.study.sweep import EvalJob, SweepConfig, _check_settings, parse_eval_jobs
 
 
 def test_parse_eval_jobs():
@@ -85,7 +85,7 @@ def test_resume_refuses_changed_settings_and_redoes_changed_evaluations(tmp_path
 def prepared(tmp_path_factory):
     """A small synthetic web, a BPE trained on it, and its prepared shards."""
     from gpt2kit.data.prepare import prepare
-    from gpt2kit.synth import SynthConfig, generate, iter_documents
+    from gpt2kit.study.synth import SynthConfig, generate, iter_documents
     from gpt2kit.tokenizer import train
 
     root = tmp_path_factory.mktemp("sweep-data")
@@ -111,7 +111,7 @@ TINY_RUN = [
 
 
 def tiny_sweep(root, out, sizes):
-    from gpt2kit.synth import EVAL_DIR, LAMBADA_FILE, NQ_EXAMPLES_FILE, NQ_FILE
+    from gpt2kit.study.synth import EVAL_DIR, LAMBADA_FILE, NQ_EXAMPLES_FILE, NQ_FILE
 
     eval_dir = root / "web" / EVAL_DIR
     jobs = [
@@ -132,7 +132,7 @@ def tiny_sweep(root, out, sizes):
 
 
 def test_sweep_trains_evaluates_reports_and_resumes(prepared, tmp_path):
-    from gpt2kit.sweep import run_sweep
+    from gpt2kit.study.sweep import run_sweep
 
     out = tmp_path / "sweep"
     report, results = run_sweep(tiny_sweep(prepared, out, ["cpu-100k"]))
@@ -178,7 +178,7 @@ def test_sweep_cli_errors(prepared, tmp_path, capsys):
 
 def test_sweep_under_torchrun(prepared, tmp_path):
     """Two gloo ranks train every size together; rank 0 alone evaluates and writes the report."""
-    from gpt2kit.synth import EVAL_DIR, LAMBADA_FILE
+    from gpt2kit.study.synth import EVAL_DIR, LAMBADA_FILE
 
     out = tmp_path / "sweep"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "gpt2kit"]

@@ -4,8 +4,10 @@ import re
 import pytest
 
 from gpt2kit.cli import main
+from gpt2kit.data.bloom import normalise_words
 from gpt2kit.errors import GPT2KitError
-from gpt2kit.synth import (
+from gpt2kit.evals.translation import read_segments
+from gpt2kit.study.synth import (
     ADJECTIVES,
     CNNDM_FILE,
     EVAL_DIR,
@@ -23,9 +25,7 @@ from gpt2kit.synth import (
     find_key_overlaps,
     generate,
     iter_documents,
-    normalize_words,
     parse_mix,
-    read_segments,
 )
 
 
@@ -158,7 +158,7 @@ def test_key_guard():
     assert guard.hits("a b c d x") == [] and guard.hits("A, b: c d e.") == [("a", "b", "c", "d", "e")]
     with pytest.raises(ValueError, match="shorter than 4 words"):
         guard.add(("too", "short"))
-    assert normalize_words("It's 12:30, Kelvor!") == ["it", "s", "12", "30", "kelvor"]
+    assert normalise_words("It's 12:30, Kelvor!") == ["it", "s", "12", "30", "kelvor"]
 
 
 def test_the_web_states_what_the_eval_sets_ask(corpus):
@@ -195,12 +195,12 @@ def test_cli_synth(tmp_path, capsys):
 
 def test_lambada_keys_are_not_in_the_training_8gram_filter(corpus, tmp_path):
     """The same check with `gpt2kit overlap`'s Bloom filter of every training 8-gram: a LAMBADA key is one 8-gram."""
-    from gpt2kit.overlap import BloomFilter, build_filter
+    from gpt2kit.data.bloom import BloomFilter, build_filter
 
     out, result = corpus
     build_filter(result.train_files, tmp_path / "train.bloom")
     bloom = BloomFilter.open(tmp_path / "train.bloom")
-    keys = [" ".join(normalize_words(row["text"])[-8:]) for row in jsonl(out / EVAL_DIR / LAMBADA_FILE)]
+    keys = [" ".join(normalise_words(row["text"])[-8:]) for row in jsonl(out / EVAL_DIR / LAMBADA_FILE)]
     assert not any(bloom.contains_text(key).any() for key in keys)
     # The filter does see 8-grams of training stories, so the check can fail.
     story = next(json.loads(line)["text"] for line in result.train_files[0].open() if '"story"' in line)

@@ -12,11 +12,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gpt2kit.config import TrainConfig
 from gpt2kit.data.loader import TokenWindows, WindowLoader
 from gpt2kit.data.prepare import prepare
 from gpt2kit.model import GPT, GPTConfig
 from gpt2kit.train import STATE_FILE, Trainer, TrainingError, build_optimizer, checkpoints, learning_rate
+from gpt2kit.train_config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTEXT = 32
@@ -24,7 +24,7 @@ CONTEXT = 32
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory, tiny_tokenizer):
-    from gpt2kit.demo import generated_text
+    from gpt2kit.study.demo import generated_text
 
     root = tmp_path_factory.mktemp("train")
     corpus = root / "corpus"
@@ -135,7 +135,7 @@ def test_short_run_loss_falls_and_writes_metrics_checkpoints(data_dir, tmp_path)
     state = torch.load(kept[-1] / STATE_FILE, weights_only=True)
     assert state["step"] == 30 and state["loader"]["cursor"] > 0 and "optimizer" in state
 
-    from gpt2kit.plot import plot_run
+    from gpt2kit.study.report import plot_run
 
     png = plot_run(run)
     assert png == run / "loss.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -154,7 +154,7 @@ def test_sigkill_then_resume_gives_bit_identical_losses(data_dir, tmp_path):
     config = tiny_config(data_dir, run, **settings)
     config_file = tmp_path / "run.json"
     config_file.write_text(json.dumps(config.to_dict()))
-    command = [sys.executable, "-c", "import json,sys; from gpt2kit.config import TrainConfig; from gpt2kit.train import train; "
+    command = [sys.executable, "-c", "import json,sys; from gpt2kit.train_config import TrainConfig; from gpt2kit.train import train; "
                "train(TrainConfig.from_dict(json.load(open(sys.argv[1]))))", str(config_file)]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -330,5 +330,5 @@ def test_cli_train_reports_config_errors_in_one_line_each(data_dir, tmp_path, ca
     assert main(["plot", str(tmp_path / "nowhere")]) == 2
     assert (
         capsys.readouterr().err.strip()
-        == f"gpt2kit plot: error: {tmp_path / 'nowhere' / 'metrics.jsonl'}: missing (is {tmp_path / 'nowhere'} a training run directory?)"
+        == f"gpt2kit plot: error: {tmp_path / 'nowhere' / 'metrics.jsonl'}: training metrics not found (not a training run?)"
     )

@@ -10,10 +10,9 @@ import pytest
 import zstandard
 
 from gpt2kit.cli import main
-from gpt2kit.config import read_config_file
+from gpt2kit.config import apply_overrides, apply_values, read_config_file
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.webtext import WebTextConfig, build_webtext
-from gpt2kit.webtext.config import apply_settings, parse_overrides
 from gpt2kit.webtext.fetch import FetchCache, Fetcher, Outcome
 from gpt2kit.webtext.urls import normalise_url, url_domain, url_key
 from tests.webtext_site import GERMAN, article_text, near_copy, page, standard_site
@@ -281,7 +280,7 @@ def test_cli_bad_inputs_get_one_line(tmp_path, capsys):
     assert main(["webtext", "build", "--urls", str(urls), "--out", str(tmp_path / "o"), "--workers", "0"]) == 2
     assert "workers must be > 0" in capsys.readouterr().err
     assert main(["webtext", "build", "--urls", str(urls), "--out", "o", "--set", "fetch.timeout=soon"]) == 2
-    assert "fetch.timeout' must be a number" in capsys.readouterr().err
+    assert "fetch.timeout must be a number, got 'soon'" in capsys.readouterr().err
 
 
 def test_per_domain_rate_limit_and_robots(site):
@@ -340,18 +339,18 @@ def test_config_files_and_overrides(tmp_path):
     yaml_file = tmp_path / "webtext.yaml"
     yaml_file.write_text("reddit:\n  min_karma: 5\n  cutoff: null\n")
     config = WebTextConfig(inputs=["x"])
-    apply_settings(config, read_config_file(toml))
-    apply_settings(config, read_config_file(yaml_file))
-    apply_settings(config, parse_overrides(["dedup.num_buckets=20", "filters.boilerplate=false"]))
+    apply_values(config, read_config_file(toml), str(toml))
+    apply_values(config, read_config_file(yaml_file), str(yaml_file))
+    apply_overrides(config, ["dedup.num_buckets=20", "filters.boilerplate=false"])
     assert (config.workers, config.fetch.per_domain_delay, config.filters.domain_blocklist) == (3, 2.0, ["a.com"])
     assert config.reddit.min_karma == 5 and config.reddit.cutoff is None
     assert config.dedup.num_buckets == 20 and config.filters.boilerplate is False
     assert 0.5 < WebTextConfig().dedup.threshold < 0.8
-    with pytest.raises(GPT2KitError, match="unknown setting 'fetch.speed'"):
-        apply_settings(config, {"fetch": {"speed": 1}})
+    with pytest.raises(GPT2KitError, match="unknown field 'fetch.speed'"):
+        apply_values(config, {"fetch": {"speed": 1}}, "x.toml")
     with pytest.raises(GPT2KitError, match="reddit.cutoff must be a date"):
-        apply_settings(config, {"reddit": {"cutoff": "soon"}})
-        config.validate()
+        apply_values(config, {"reddit": {"cutoff": "soon"}}, "x.toml")
+        config.check()
     (tmp_path / "bad.toml").write_text("workers = [")
     with pytest.raises(GPT2KitError, match="bad.toml: invalid TOML"):
         read_config_file(tmp_path / "bad.toml")
@@ -365,7 +364,8 @@ def test_near_copy_differs_by_two_words():
 
 def test_output_feeds_the_overlap_filter(tmp_path, site):
     """The shards are JSON lines with a text field: what `gpt2kit prepare` and `gpt2kit overlap` read."""
-    from gpt2kit.overlap import build_filter, check_overlap
+    from gpt2kit.data.bloom import build_filter
+    from gpt2kit.data.overlap import check_overlap
 
     site, valid = site
     urls = tmp_path / "urls.txt"

@@ -15,10 +15,7 @@ one when val_fraction > 0.
 from __future__ import annotations
 
 import glob
-import gzip
 import hashlib
-import io
-import json
 import logging
 import math
 import os
@@ -42,6 +39,7 @@ from gpt2kit.data.shards import (
     token_dtype,
 )
 from gpt2kit.errors import GPT2KitError
+from gpt2kit.io import parse_json_line, reading
 from gpt2kit.tokenizer import Tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -134,7 +132,7 @@ class DocumentReader:
         except UnicodeDecodeError as err:
             if self.on_bad_utf8 == "error":
                 raise PrepareError(
-                    f"{where}: not UTF-8 (byte offset {err.start}); use --on-bad-utf8 replace or skip"
+                    f"{where}: not UTF-8 (byte {err.start}); set on_bad_utf8 to replace or skip"
                 ) from None
             if self.on_bad_utf8 == "skip":
                 self.stats.bad_utf8_skipped += 1
@@ -160,30 +158,18 @@ class DocumentReader:
             elif kind == "parquet":
                 yield from self._parquet(path)
             elif self.split_lines:
-                with open(path, "rb") as handle:
+                with reading(path) as handle:
                     for number, raw in enumerate(handle, 1):
                         text = self._decode(raw.rstrip(b"\r\n"), f"{path}:{number}")
                         if self._keep(text):
                             yield text
             else:
-                text = self._decode(path.read_bytes(), str(path))
+                with reading(path) as handle:
+                    text = self._decode(handle.read(), str(path))
                 if text is not None:
                     text = text.removeprefix("\ufeff")
                 if self._keep(text):
                     yield text
-
-    def _open_binary(self, path: Path):
-        name = path.name.lower()
-        if name.endswith(".gz"):
-            return gzip.open(path, "rb")
-        if name.endswith(".zst"):
-            try:
-                import zstandard
-            except ImportError:
-                raise PrepareError(f"{path}: reading .zst needs zstandard (pip install 'gpt2kit[data]')") from None
-            raw = open(path, "rb")
-            return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))
-        return open(path, "rb")
 
     def _field(self, row: object, where: str) -> str | None:
         if not isinstance(row, dict):
@@ -199,28 +185,17 @@ class DocumentReader:
         return value
 
     def _jsonl(self, path: Path) -> Iterator[str]:
-        try:
-            with self._open_binary(path) as handle:
-                for number, raw in enumerate(handle, 1):
-                    if not raw.strip():
-                        continue
-                    where = f"{path}:{number}"
-                    line = self._decode(raw, where)
-                    if line is None:
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as err:
-                        raise PrepareError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
-                    text = self._field(row, where)
-                    if self._keep(text):
-                        yield text
-        except (EOFError, gzip.BadGzipFile) as err:
-            raise PrepareError(f"{path}: corrupt or truncated compressed file ({err})") from None
-        except Exception as err:
-            if type(err).__name__ == "ZstdError":
-                raise PrepareError(f"{path}: corrupt or truncated zstd file ({err})") from None
-            raise
+        with reading(path) as handle:
+            for number, raw in enumerate(handle, 1):
+                if not raw.strip():
+                    continue
+                where = f"{path}:{number}"
+                line = self._decode(raw, where)
+                if line is None:
+                    continue
+                text = self._field(parse_json_line(line, where), where)
+                if self._keep(text):
+                    yield text
 
     def _parquet(self, path: Path) -> Iterator[str]:
         try:

@@ -10,7 +10,6 @@ with `<|endoftext|>`. `manifest.json` beside the shards names the tokenizer
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import struct
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from gpt2kit.errors import GPT2KitError
-from gpt2kit.io import atomic_write_text
+from gpt2kit.io import atomic_write_text, file_sha256
 
 MAGIC = b"GPT2KTOK"
 FORMAT_VERSION = 1
@@ -81,14 +80,6 @@ def open_tokens(path: str | os.PathLike) -> np.ndarray:
     if header.num_tokens == 0:
         return np.empty(0, dtype=header.dtype)
     return np.memmap(path, dtype=header.dtype, mode="r", offset=HEADER.size, shape=(header.num_tokens,))
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class ShardWriter:

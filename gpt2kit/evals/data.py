@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gpt2kit.errors import GPT2KitError
+from gpt2kit.io import file_sha256, iter_jsonl, read_text
 
 
 class EvalDataError(GPT2KitError):
@@ -54,14 +55,6 @@ class DataSource:
         return self.paths[0]
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def sha256_rows(rows: Sequence[dict]) -> str:
     digest = hashlib.sha256()
     for row in rows:
@@ -73,7 +66,7 @@ def file_source(*paths: Path) -> DataSource:
     for path in paths:
         if not path.is_file():
             raise EvalDataError(f"{path}: no such file")
-    hashes = [sha256_file(p) for p in paths]
+    hashes = [file_sha256(p) for p in paths]
     combined = hashes[0] if len(hashes) == 1 else hashlib.sha256("\n".join(hashes).encode()).hexdigest()
     return DataSource(paths=tuple(paths), sha256=combined)
 
@@ -166,32 +159,6 @@ def _names(standard_names: Sequence[str | tuple[str, ...]]) -> str:
 
 
 # -- readers ----------------------------------------------------------------------------
-
-
-def read_text(path: Path) -> str:
-    try:
-        return path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise EvalDataError(f"{path}: not UTF-8 text (byte offset {err.start})") from None
-    except OSError as err:
-        raise EvalDataError(f"{path}: cannot read ({err.strerror or err})") from None
-
-
-def iter_jsonl(path: Path, required: Sequence[str] = ()) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) for each non-blank line, checking that `required` keys are present."""
-    for number, line in enumerate(read_text(path).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise EvalDataError(f"{path}:{number}: not valid JSON ({err.msg})") from None
-        if not isinstance(record, dict):
-            raise EvalDataError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
-        missing = [key for key in required if key not in record]
-        if missing:
-            raise EvalDataError(f"{path}:{number}: missing key {missing[0]!r} (expected keys: {', '.join(required)})")
-        yield number, record
 
 
 def iter_records(source: DataSource, required: Sequence[str] = ()) -> Iterator[tuple[str, dict[str, Any]]]:

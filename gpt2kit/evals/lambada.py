@@ -31,7 +31,7 @@ from gpt2kit.evals.data import (
     require_examples,
 )
 from gpt2kit.evals.detokenize import PTB_QUOTES
-from gpt2kit.evals.scoring import ScoreRequest, head_logits, hidden_states
+from gpt2kit.evals.scoring import ScoreRequest
 from gpt2kit.evals.task import Column, TaskContext, TaskOutput, TaskSpec
 from gpt2kit.model import KVCache
 
@@ -114,8 +114,8 @@ def stopword_filtered_words(ctx: TaskContext, contexts: list[list[int]]) -> list
         padded = bool((mask == 0).any())
         cache = KVCache(model.config, len(batch), width + MAX_WORD_TOKENS, device=device, dtype=model.wte.weight.dtype)
         with torch.no_grad():
-            hidden = hidden_states(model, idx, kv_cache=cache, attention_mask=mask if padded else None)[:, -1]
-            first_logprobs = torch.log_softmax(head_logits(model, hidden).double(), dim=-1)
+            hidden = model.hidden(idx, kv_cache=cache, attention_mask=mask if padded else None)[:, -1]
+            first_logprobs = torch.log_softmax(model.head(hidden).double(), dim=-1)
             candidates = [_word_starts(tokenizer, row) for row in first_logprobs]
             # Every context gets CANDIDATES rows (repeating its last start when it has fewer), so rows line up.
             tokens: list[list[int]] = []
@@ -131,8 +131,8 @@ def stopword_filtered_words(ctx: TaskContext, contexts: list[list[int]]) -> list
             step = torch.tensor([t[:1] for t in tokens], device=device)
             for _ in range(MAX_WORD_TOKENS - 1):
                 mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-                hidden = hidden_states(model, step, kv_cache=cache, attention_mask=mask if padded else None)[:, -1]
-                step_logprobs = torch.log_softmax(head_logits(model, hidden).double(), dim=-1)
+                hidden = model.hidden(step, kv_cache=cache, attention_mask=mask if padded else None)[:, -1]
+                step_logprobs = torch.log_softmax(model.head(hidden).double(), dim=-1)
                 best = step_logprobs.argmax(dim=-1).tolist()
                 for r, token in enumerate(best):
                     if open_rows[r] and _continues_word(tokenizer.decode([token])):

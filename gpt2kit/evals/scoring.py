@@ -13,18 +13,17 @@ Two ways through the model:
   share a prefix: the longest common prefix is encoded once into a KV cache,
   which `KVCache.repeat` hands to every member; only the suffixes run after it.
 
-The output layer is evaluated only where a target is scored: the model's hidden
-states are captured at its final layer norm and multiplied by the tied
-embedding in chunks. With a 50k vocabulary the output layer is most of a small
+The output layer is evaluated only where a target is scored: the model's body
+(`GPT.hidden`) gives the final hidden states, and its head (`GPT.head`) turns
+the scored positions into logits in chunks. With a 50k vocabulary the output layer is most of a small
 model's compute, and a full (batch, time, vocab) logits tensor would not fit in
 memory for 1024-token windows.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -57,45 +56,11 @@ class ContinuationScore:
         return len(self.token_logprobs)
 
 
-@contextlib.contextmanager
-def capture_hidden(model: GPT) -> Iterator[list[torch.Tensor]]:
-    """While active, a model call returns empty logits and its final hidden states land in the yielded list.
-
-    GPT-2's output layer is `ln_f` followed by the tied embedding, so the hidden
-    states after `ln_f` are all that is needed to compute logits anywhere.
-    """
-    captured: list[torch.Tensor] = []
-
-    def keep_and_skip_head(module, inputs, output):
-        captured.append(output)
-        return output[:, :0]
-
-    handle = model.ln_f.register_forward_hook(keep_and_skip_head)
-    try:
-        yield captured
-    finally:
-        handle.remove()
-
-
-def hidden_states(
-    model: GPT, idx: torch.Tensor, kv_cache: KVCache | None = None, attention_mask: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Final-layer-norm outputs (B, T, n_embd) of one model call, without computing logits."""
-    with capture_hidden(model) as captured:
-        model(idx, kv_cache=kv_cache, attention_mask=attention_mask)
-    return captured[-1]
-
-
-def head_logits(model: GPT, hidden: torch.Tensor) -> torch.Tensor:
-    """Logits (N, vocab) in float32 for hidden states (N, n_embd): the tied output layer."""
-    return hidden.float() @ model.wte.weight.float().t()
-
-
 def score_positions(model: GPT, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probabilities (float64) and greedy flags of `targets` (N,) given hidden states (N, n_embd)."""
     logprobs, greedy = [], []
     for start in range(0, hidden.shape[0], HEAD_CHUNK):
-        logits = head_logits(model, hidden[start : start + HEAD_CHUNK])
+        logits = model.head(hidden[start : start + HEAD_CHUNK]).float()
         target = targets[start : start + HEAD_CHUNK]
         picked = logits.gather(1, target[:, None])[:, 0]
         logprobs.append(picked.double() - torch.logsumexp(logits, dim=-1).double())
@@ -219,7 +184,7 @@ class Scorer:
             idx = torch.zeros((len(batch), width), dtype=torch.long)
             for row, ids in enumerate(inputs):
                 idx[row, : len(ids)] = torch.tensor(ids)
-            hidden = hidden_states(self.model, idx.to(device))
+            hidden = self.model.hidden(idx.to(device))
             rows, positions, targets = [], [], []
             for row, i in enumerate(batch):
                 n = len(requests[i].continuation)
@@ -270,7 +235,7 @@ class Scorer:
             model.config, len(groups), prefix_width + suffix_width, device=device, dtype=model.wte.weight.dtype
         )
         # Right padding: causal attention keeps each prefix's own states exact.
-        prefix_hidden = hidden_states(model, idx.to(device), kv_cache=cache)
+        prefix_hidden = model.hidden(idx.to(device), kv_cache=cache)
         last_states = prefix_hidden[
             torch.arange(len(groups), device=device), torch.tensor([len(p) - 1 for p in prefixes], device=device)
         ]
@@ -295,7 +260,7 @@ class Scorer:
                         ],
                         dim=1,
                     )
-                suffix_hidden = hidden_states(model, suffix_idx.to(device), kv_cache=rows_cache, attention_mask=mask)
+                suffix_hidden = model.hidden(suffix_idx.to(device), kv_cache=rows_cache, attention_mask=mask)
             states, targets = [], []
             for row, (i, g, _) in enumerate(batch):
                 request, prefix = requests[i], len(prefixes[g])

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from gpt2kit.config import dataclass_from_dict, read_config_file
+from gpt2kit.config import Checked, config_from_dict, is_int64, load_config
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.evals.data import DataSource, HFDataset
 from gpt2kit.evals.scoring import Scorer
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class EvalOptions:
+class EvalOptions(Checked):
     """Settings shared by all tasks; each task records the ones it used in its protocol string."""
 
     limit: int | None = None  # score at most this many examples per task (lines for corpora)
@@ -36,6 +36,9 @@ class EvalOptions:
         if isinstance(self.no_detokenize, str):
             self.no_detokenize = tuple(t for t in self.no_detokenize.split(",") if t)
         self.no_detokenize = tuple(self.no_detokenize)
+        self.check("eval options")
+
+    def problems(self) -> list[str]:
         checks = (
             (self.limit is None or (isinstance(self.limit, int) and self.limit >= 1), "limit must be >= 1"),
             (isinstance(self.batch_size, int) and self.batch_size >= 1, "batch_size must be >= 1"),
@@ -49,14 +52,9 @@ class EvalOptions:
                 "stride must not exceed context_length",
             ),
             (isinstance(self.shots, int) and self.shots >= 0, "shots must be >= 0"),
-            (isinstance(self.seed, int), "seed must be an integer"),
+            (is_int64(self.seed), "seed must be an integer in the signed 64-bit range"),
         )
-        for ok, message in checks:
-            if not ok:
-                raise GPT2KitError(f"eval options: {message} (got {self._describe()})")
-
-    def _describe(self) -> str:
-        return ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self))
+        return [message for ok, message in checks if not ok]
 
     def detokenize_for(self, task: str) -> bool:
         return self.detokenize and task not in self.no_detokenize and "all" not in self.no_detokenize
@@ -66,12 +64,12 @@ class EvalOptions:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], where: str = "eval options") -> EvalOptions:
-        return dataclass_from_dict(cls, values, where)
+        return config_from_dict(cls, values, where)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> EvalOptions:
         """Options from a TOML or YAML file (a flat table, or one under an `eval` key)."""
-        return cls.from_dict(read_config_file(path, section="eval"), where=str(path))
+        return load_config(cls, path, section="eval")
 
 
 @dataclass

@@ -1,14 +1,12 @@
-"""Typed configuration of `gpt2kit webtext build`, loadable from TOML or YAML and overridable per key."""
+"""Typed configuration of `gpt2kit webtext build`, read through the config engine (`gpt2kit.config`)."""
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, get_type_hints
 
-from gpt2kit.errors import GPT2KitError
+from gpt2kit.config import Checked
 
 INPUT_KINDS = ("reddit", "urls", "warc", "html")
 
@@ -74,7 +72,7 @@ class DedupConfig:
 
 
 @dataclass
-class WebTextConfig:
+class WebTextConfig(Checked):
     input_kind: str = "urls"
     inputs: list[str] = field(default_factory=list)
     out: str = "webtext"
@@ -86,12 +84,12 @@ class WebTextConfig:
     filters: FilterConfig = field(default_factory=FilterConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
 
-    def validate(self) -> WebTextConfig:
-        """Check every value; raise GPT2KitError naming the first bad one."""
+    def problems(self) -> list[str]:
+        bad = []
         if self.input_kind not in INPUT_KINDS:
-            raise GPT2KitError(f"input_kind must be one of {', '.join(INPUT_KINDS)}, got {self.input_kind!r}")
+            bad.append(f"input_kind must be one of {', '.join(INPUT_KINDS)}, got {self.input_kind!r}")
         if not self.inputs:
-            raise GPT2KitError("no inputs given")
+            bad.append("inputs: none given")
         positive = {
             "workers": self.workers,
             "shard_bytes": self.shard_bytes,
@@ -111,27 +109,21 @@ class WebTextConfig:
             "fetch.max_redirects": self.fetch.max_redirects,
             "filters.min_words": self.filters.min_words,
         }
-        for name, value in positive.items():
-            if value <= 0:
-                raise GPT2KitError(f"{name} must be > 0, got {value}")
-        for name, value in non_negative.items():
-            if value < 0:
-                raise GPT2KitError(f"{name} must be >= 0, got {value}")
+        bad += [f"{name} must be > 0, got {value}" for name, value in positive.items() if value <= 0]
+        bad += [f"{name} must be >= 0, got {value}" for name, value in non_negative.items() if value < 0]
         if not 0.0 <= self.filters.english_threshold <= 1.0:
-            raise GPT2KitError(f"filters.english_threshold must be in [0, 1], got {self.filters.english_threshold}")
+            bad.append(f"filters.english_threshold must be in [0, 1], got {self.filters.english_threshold}")
         if self.reddit.cutoff is not None:
             try:
                 self.reddit.cutoff_timestamp()
             except ValueError:
-                raise GPT2KitError(
-                    f"reddit.cutoff must be a date like 2018-01-01, got {self.reddit.cutoff!r}"
-                ) from None
+                bad.append(f"reddit.cutoff must be a date like 2018-01-01, got {self.reddit.cutoff!r}")
         if not self.fetch.user_agent.strip():
-            raise GPT2KitError("fetch.user_agent must not be empty")
+            bad.append("fetch.user_agent must not be empty")
         blocklist = self.filters.domain_blocklist_file
         if blocklist is not None and not Path(blocklist).is_file():
-            raise GPT2KitError(f"filters.domain_blocklist_file: {blocklist}: no such file")
-        return self
+            bad.append(f"filters.domain_blocklist_file: {blocklist}: no such file")
+        return bad
 
     def blocked_domains(self) -> list[str]:
         """The configured blocklist plus the blocklist file's domains, lower-cased."""
@@ -142,83 +134,3 @@ class WebTextConfig:
                 if line:
                     domains.append(line)
         return domains
-
-
-def apply_settings(config: Any, settings: dict, where: str = "") -> None:
-    """Set dataclass fields from a (nested) dict, checking names and types."""
-    hints = get_type_hints(type(config))
-    names = {f.name for f in dataclasses.fields(config)}
-    for key, value in settings.items():
-        name = key.replace("-", "_")
-        label = f"{where}{name}"
-        if name not in names:
-            raise GPT2KitError(f"unknown setting {label!r}")
-        current = getattr(config, name)
-        if dataclasses.is_dataclass(current):
-            if not isinstance(value, dict):
-                raise GPT2KitError(f"setting {label!r} must be a table")
-            apply_settings(current, value, f"{label}.")
-            continue
-        setattr(config, name, _coerce(value, hints[name], label))
-
-
-def _coerce(value: Any, hint: Any, label: str) -> Any:
-    text = str(hint)
-    if "None" in text and isinstance(value, str) and value.strip().lower() in ("none", "null"):
-        return None
-    if isinstance(value, str) and hint is not str and "str" not in text.split("|")[0]:
-        value = _parse_scalar(value, label)
-    if value is None and "None" in text:
-        return None
-    if "list" in text:
-        if isinstance(value, str):
-            value = [item.strip() for item in value.split(",") if item.strip()]
-        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-            raise GPT2KitError(f"setting {label!r} must be a list of strings")
-        return value
-    if hint is bool or text == "bool":
-        if not isinstance(value, bool):
-            raise GPT2KitError(f"setting {label!r} must be true or false, got {value!r}")
-        return value
-    if hint is int or text == "int":
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise GPT2KitError(f"setting {label!r} must be an integer, got {value!r}")
-        return value
-    if hint is float or text == "float":
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise GPT2KitError(f"setting {label!r} must be a number, got {value!r}")
-        return float(value)
-    if not isinstance(value, str):
-        raise GPT2KitError(f"setting {label!r} must be a string, got {value!r}")
-    return value
-
-
-def _parse_scalar(text: str, label: str) -> Any:
-    lowered = text.strip().lower()
-    if lowered in ("true", "yes", "on"):
-        return True
-    if lowered in ("false", "no", "off"):
-        return False
-    if lowered in ("none", "null", ""):
-        return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
-def parse_overrides(pairs: list[str]) -> dict:
-    """`section.key=value` strings as a nested dict."""
-    settings: dict = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise GPT2KitError(f"--set expects KEY=VALUE, got {pair!r}")
-        key, value = pair.split("=", 1)
-        node = settings
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
-    return settings

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gpt2kit.errors import GPT2KitError
-from gpt2kit.io import atomic_write_text
+from gpt2kit.io import atomic_write_text, reading
 from gpt2kit.webtext.config import WebTextConfig
 
 log = logging.getLogger(__name__)
@@ -131,15 +131,10 @@ def check_inputs(config: WebTextConfig) -> None:
 
 def _first_line(path: Path) -> tuple[int, bytes] | None:
     """(line number, bytes) of the first non-blank line, or None for an empty file."""
-    from gpt2kit.overlap import open_binary
-
-    try:
-        with open_binary(path) as handle:
-            for number, raw in enumerate(handle, 1):
-                if raw.strip():
-                    return number, raw
-    except (OSError, EOFError) as err:
-        raise GPT2KitError(f"{path}: cannot read ({err})") from None
+    with reading(path) as handle:
+        for number, raw in enumerate(handle, 1):
+            if raw.strip():
+                return number, raw
     return None
 
 
@@ -411,7 +406,7 @@ def plan_stages(config: WebTextConfig) -> list[Stage]:
     Run each stage's steps with any datatrove executor (`tasks=stage.tasks`, `logging_dir=stage.logging_dir`),
     one stage after the other, then call `finish_build`. `build_webtext` does this with local processes.
     """
-    config.validate()
+    config.check("webtext config")
     check_inputs(config)
     work = work_folder(config)
     _prepare_work(work, _fingerprint(config))

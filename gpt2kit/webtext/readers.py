@@ -16,7 +16,7 @@ from pathlib import Path
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
-from gpt2kit.overlap import open_binary
+from gpt2kit.io import open_binary
 from gpt2kit.webtext.config import RedditConfig
 
 HTML_TYPES = ("text/html", "application/xhtml+xml")

@@ -13,7 +13,7 @@ from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.utils.word_tokenizers import WordTokenizer, simple_span_tokenize
 
-from gpt2kit.overlap import normalise
+from gpt2kit.data.bloom import normalise
 from gpt2kit.webtext.urls import REDDIT_DOMAINS, WIKIPEDIA_DOMAINS, domain_matches, normalise_url, url_domain, url_key
 
 _WORD_TOKEN = re.compile(r"\w+(?:['’]\w+)*|[^\w\s]", re.UNICODE)

@@ -1,4 +1,4 @@
-"""The paper's 8-gram overlap analysis (GPT-2, section 4): a Bloom filter of every 8-gram of the training text.
+"""The 8-gram Bloom filter of the paper's overlap analysis (GPT-2, section 4): every 8-gram of the training text.
 
 Text is normalised as in the paper: lower-cased alphanumeric words separated by single spaces. Each word is hashed
 with xxh3-64; an 8-gram's 64-bit fingerprint is an order-sensitive combination of its word hashes passed through
@@ -17,13 +17,9 @@ The file is written to a temporary name and renamed into place.
 
 from __future__ import annotations
 
-import bz2
 import contextlib
-import gzip
-import io
 import json
 import logging
-import lzma
 import math
 import mmap
 import multiprocessing
@@ -32,14 +28,14 @@ import re
 import struct
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from gpt2kit.errors import GPT2KitError
-from gpt2kit.io import atomic_open
+from gpt2kit.io import atomic_open, decode_utf8, jsonl_texts, reading
 
 log = logging.getLogger(__name__)
 
@@ -211,25 +207,7 @@ def _contains(bits: np.ndarray, fingerprints: np.ndarray, params: BloomParams) -
 # -- reading corpora ----------------------------------------------------------------------------------------------
 
 
-def open_binary(path: Path):
-    """Open a file for reading, decompressing .gz, .zst, .bz2 and .xz by suffix."""
-    name = path.name
-    if name.endswith(".gz"):
-        return gzip.open(path, "rb")
-    if name.endswith(".zst"):
-        import zstandard
-
-        # Pushshift-style dumps use long windows; allow the format's maximum.
-        reader = zstandard.ZstdDecompressor(max_window_size=2**31).stream_reader(open(path, "rb"), closefd=True)
-        return io.BufferedReader(reader)
-    if name.endswith(".bz2"):
-        return bz2.open(path, "rb")
-    if name.endswith(".xz"):
-        return lzma.open(path, "rb")
-    return open(path, "rb")
-
-
-def _is_jsonl(path: Path) -> bool:
+def corpus_is_jsonl(path: Path) -> bool:
     return path.name.endswith(JSONL_SUFFIXES)
 
 
@@ -258,49 +236,19 @@ def corpus_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
     return sorted(set(files), key=lambda p: (-p.stat().st_size, str(p)))
 
 
-def _decode(raw: bytes, path: Path, line: int) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise GPT2KitError(f"{path}:{line}: not UTF-8 (byte {err.start})") from None
-
-
-def jsonl_texts(path: Path, text_field: str = "text") -> Iterator[str]:
-    """The `text_field` string of each JSON line, with a clear error for a bad line."""
-    try:
-        with open_binary(path) as handle:
-            for number, raw in enumerate(handle, 1):
-                if not raw.strip():
-                    continue
-                try:
-                    record = json.loads(_decode(raw, path, number))
-                except json.JSONDecodeError as err:
-                    raise GPT2KitError(f"{path}:{number}: not valid JSON ({err.msg})") from None
-                if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-                    raise GPT2KitError(f"{path}:{number}: no string field {text_field!r}")
-                yield record[text_field]
-    except (OSError, EOFError) as err:
-        if isinstance(err, FileNotFoundError):
-            raise GPT2KitError(f"{path}: no such file") from None
-        raise GPT2KitError(f"{path}: cannot read ({err})") from None
-
-
-def _text_blocks(path: Path) -> Iterator[str]:
+def text_blocks(path: Path) -> Iterator[str]:
     """A text file as blocks of whole lines of about TEXT_BLOCK_BYTES (no word is split between blocks)."""
     line_number = 0
     buffer: list[bytes] = []
     size = 0
-    try:
-        with open_binary(path) as handle:
-            for raw in handle:
-                buffer.append(raw)
-                size += len(raw)
-                if size >= TEXT_BLOCK_BYTES:
-                    yield _decode_block(buffer, path, line_number)
-                    line_number += len(buffer)
-                    buffer, size = [], 0
-    except (OSError, EOFError) as err:
-        raise GPT2KitError(f"{path}: cannot read ({err})") from None
+    with reading(path) as handle:
+        for raw in handle:
+            buffer.append(raw)
+            size += len(raw)
+            if size >= TEXT_BLOCK_BYTES:
+                yield _decode_block(buffer, path, line_number)
+                line_number += len(buffer)
+                buffer, size = [], 0
     if buffer:
         yield _decode_block(buffer, path, line_number)
 
@@ -310,7 +258,7 @@ def _decode_block(lines: list[bytes], path: Path, first_line: int) -> str:
         return b"".join(lines).decode("utf-8")
     except UnicodeDecodeError:
         for offset, raw in enumerate(lines, first_line + 1):
-            _decode(raw, path, offset)
+            decode_utf8(raw, f"{path}:{offset}")
         raise
 
 
@@ -320,13 +268,13 @@ def document_fingerprints(path: Path, text_field: str = "text") -> Iterator[tupl
     A JSON-lines file is one document per line; a text file is one document read in blocks, with the last
     seven word hashes carried across blocks so that no 8-gram is lost at a boundary.
     """
-    if _is_jsonl(path):
+    if corpus_is_jsonl(path):
         for text in jsonl_texts(path, text_field):
             yield 1, text_fingerprints(text)
         return
     carry = np.empty(0, dtype=np.uint64)
     started = 1
-    for block in _text_blocks(path):
+    for block in text_blocks(path):
         hashes = np.concatenate([carry, word_hashes(normalise_words(block))])
         yield started, ngram_fingerprints(hashes)
         started = 0
@@ -335,13 +283,13 @@ def document_fingerprints(path: Path, text_field: str = "text") -> Iterator[tupl
 
 def count_ngrams(path: Path, text_field: str = "text") -> tuple[int, int]:
     """(8-gram occurrences, documents) in one corpus file, without hashing."""
-    if _is_jsonl(path):
+    if corpus_is_jsonl(path):
         ngrams = docs = 0
         for text in jsonl_texts(path, text_field):
             ngrams += max(0, len(normalise_words(text)) - NGRAM + 1)
             docs += 1
         return ngrams, docs
-    words = sum(len(normalise_words(block)) for block in _text_blocks(path))
+    words = sum(len(normalise_words(block)) for block in text_blocks(path))
     return max(0, words - NGRAM + 1), 1
 
 
@@ -577,156 +525,3 @@ def _insert_parallel(shared, files, params, text_field, workers, context) -> lis
 
 
 # -- checking test sets --------------------------------------------------------------------------------------------
-
-_WIKITEXT_TITLE = re.compile(r"^ = [^=].* = $")
-TEST_FIELDS = ("text", "article", "question", "passage", "context", "sentence", "query")
-
-
-def load_examples(path: str | os.PathLike, unit: str = "auto", field: str | None = None) -> list[str]:
-    """The examples of a test file, in order.
-
-    JSON lines: one example per line, from `field` (default: the first of text, article, question, passage,
-    context, sentence, query that the first record has). Text: `line` (one per non-empty line), `wikitext`
-    (one per article, split at ` = Title = ` lines), `file` (the whole file); `auto` picks wikitext for
-    WikiText files and lines otherwise.
-    """
-    path = Path(path)
-    if unit not in ("auto", "line", "wikitext", "file"):
-        raise GPT2KitError(f"unit must be auto, line, wikitext or file, got {unit!r}")
-    if not path.is_file():
-        raise GPT2KitError(f"{path}: no such test file")
-    if _is_jsonl(path) or path.suffix == ".json":
-        if field is None:
-            first = next(iter(_jsonl_records(path)), None)
-            if first is None:
-                raise GPT2KitError(f"{path}: no examples")
-            field = next((name for name in TEST_FIELDS if isinstance(first.get(name), str)), None)
-            if field is None:
-                raise GPT2KitError(f"{path}: none of the fields {', '.join(TEST_FIELDS)}; pass --field")
-        return list(jsonl_texts(path, field))
-    text = "".join(_text_blocks(path))
-    lines = text.splitlines()
-    if unit == "auto":
-        unit = "wikitext" if any(_WIKITEXT_TITLE.match(line) for line in lines[:20]) else "line"
-    if unit == "file":
-        return [text]
-    if unit == "line":
-        return [line for line in lines if line.strip()]
-    articles: list[list[str]] = []
-    for line in lines:
-        if _WIKITEXT_TITLE.match(line) or not articles:
-            articles.append([])
-        articles[-1].append(line)
-    return ["\n".join(article) for article in articles if any(line.strip() for line in article)]
-
-
-def _jsonl_records(path: Path) -> Iterator[dict]:
-    with open_binary(path) as handle:
-        for number, raw in enumerate(handle, 1):
-            if raw.strip():
-                try:
-                    record = json.loads(_decode(raw, path, number))
-                except json.JSONDecodeError as err:
-                    raise GPT2KitError(f"{path}:{number}: not valid JSON ({err.msg})") from None
-                if not isinstance(record, dict):
-                    raise GPT2KitError(f"{path}:{number}: expected a JSON object")
-                yield record
-
-
-@dataclass
-class OverlapRow:
-    """One test file's overlap with the filter (a row of the paper's Table 6)."""
-
-    name: str
-    examples: int
-    examples_with_ngrams: int
-    ngrams: int
-    ngrams_found: int
-    examples_with_overlap: int
-    flags: list[dict] = field(default_factory=list, repr=False)
-
-    @property
-    def percent_ngrams(self) -> float:
-        return 100.0 * self.ngrams_found / self.ngrams if self.ngrams else 0.0
-
-    @property
-    def percent_examples(self) -> float:
-        return 100.0 * self.examples_with_overlap / self.examples_with_ngrams if self.examples_with_ngrams else 0.0
-
-    def summary(self) -> dict:
-        return {
-            "name": self.name,
-            "examples": self.examples,
-            "examples_with_8grams": self.examples_with_ngrams,
-            "ngrams": self.ngrams,
-            "ngrams_found": self.ngrams_found,
-            "percent_ngrams_found": self.percent_ngrams,
-            "examples_with_overlap": self.examples_with_overlap,
-            "percent_examples_with_overlap": self.percent_examples,
-        }
-
-
-def check_examples(bloom: BloomFilter, name: str, examples: Sequence[str]) -> OverlapRow:
-    row = OverlapRow(name, len(examples), 0, 0, 0, 0)
-    for index, text in enumerate(examples):
-        found = bloom.contains_text(text)
-        hits = int(found.sum())
-        row.ngrams += len(found)
-        row.ngrams_found += hits
-        row.examples_with_ngrams += len(found) > 0
-        row.examples_with_overlap += hits > 0
-        row.flags.append(
-            {
-                "file": name,
-                "index": index,
-                "ngrams": len(found),
-                "found": hits,
-                "fraction": hits / len(found) if len(found) else 0.0,
-                "overlap": hits > 0,
-            }
-        )
-    return row
-
-
-def check_overlap(
-    filter_path: str | os.PathLike,
-    test_files: Sequence[str | os.PathLike],
-    *,
-    unit: str = "auto",
-    field: str | None = None,
-    flags_out: str | os.PathLike | None = None,
-) -> list[OverlapRow]:
-    """Per test file: the share of its 8-grams in the filter and of its examples with any such 8-gram.
-
-    With `flags_out`, also writes one JSON line per test example: file, index (order of `load_examples`),
-    ngrams, found, fraction and overlap (any 8-gram found), for scoring on the clean subset later.
-    """
-    if not test_files:
-        raise GPT2KitError("no test files given")
-    bloom = BloomFilter.open(filter_path)
-    rows = [check_examples(bloom, str(path), load_examples(path, unit, field)) for path in test_files]
-    if flags_out is not None:
-        from gpt2kit.io import atomic_write_text
-
-        lines = (json.dumps(flag) for row in rows for flag in row.flags)
-        atomic_write_text(flags_out, "".join(line + "\n" for line in lines))
-    return rows
-
-
-def format_table(rows: Sequence[OverlapRow], bloom_header: dict | None = None) -> str:
-    """A table like the paper's Table 6: percent of test 8-grams found, and of examples with any overlap."""
-    name_width = max([len("test set")] + [len(Path(row.name).name) for row in rows])
-    lines = [
-        f"{'test set':<{name_width}}  {'examples':>8}  {'8-grams':>10}  {'found':>9}  {'% 8-grams':>9}  {'% examples':>10}",
-    ]
-    for row in rows:
-        lines.append(
-            f"{Path(row.name).name:<{name_width}}  {row.examples:>8}  {row.ngrams:>10}  {row.ngrams_found:>9}  "
-            f"{row.percent_ngrams:>8.2f}%  {row.percent_examples:>9.2f}%"
-        )
-    if bloom_header:
-        lines.append(
-            f"filter: {bloom_header.get('items_inserted', 0):,} 8-grams, m={bloom_header['m']:,} bits, "
-            f"k={bloom_header['k']}, false-positive bound {bloom_header['fpr_bound']:.1e}"
-        )
-    return "\n".join(lines)

@@ -27,13 +27,14 @@ import hashlib
 import html
 import json
 import random
-import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from gpt2kit.data.bloom import normalise_words
 from gpt2kit.errors import GPT2KitError
-from gpt2kit.io import atomic_write_text
+from gpt2kit.evals.translation import read_segments
+from gpt2kit.io import atomic_write_text, iter_jsonl, read_jsonl, to_jsonl
 
 # -- configuration ---------------------------------------------------------------------------------------------
 
@@ -106,13 +107,6 @@ def parse_mix(text: str) -> dict[str, float]:
 
 # -- normalisation and the overlap guard ----------------------------------------------------------------------
 
-_WORD = re.compile(r"[a-z0-9]+")
-
-
-def normalize_words(text: str) -> list[str]:
-    """The paper's overlap normalisation: lower-cased alphanumeric words."""
-    return _WORD.findall(text.lower())
-
 
 class KeyGuard:
     """Finds evaluation keys (word sequences of >= 4 words) inside texts, by exact match.
@@ -135,7 +129,7 @@ class KeyGuard:
         return sum(len(keys) for keys in self._by_prefix.values())
 
     def hits(self, text: str) -> list[tuple[str, ...]]:
-        words = normalize_words(text)
+        words = normalise_words(text)
         windows = zip(words, words[1:], words[2:], words[3:], strict=False)
         if self._by_prefix.keys().isdisjoint(windows):
             return []
@@ -561,30 +555,13 @@ class EvalSets:
 def eval_keys(eval_dir: Path) -> dict[str, list[tuple[str, ...]]]:
     """Read the written evaluation files and derive each item's key, independently of the generator."""
     keys: dict[str, list[tuple[str, ...]]] = {}
-    keys["lambada"] = [tuple(normalize_words(row["text"])[-8:]) for row in _read_jsonl(eval_dir / LAMBADA_FILE)]
-    keys["nq_open"] = [tuple(normalize_words(row["question"])) for row in _read_jsonl(eval_dir / NQ_FILE)]
-    keys["arithmetic"] = [tuple(normalize_words(row["question"])) for row in _read_jsonl(eval_dir / ARITHMETIC_FILE)]
-    keys["cnn_dailymail"] = [tuple(normalize_words(row["highlights"])) for row in _read_jsonl(eval_dir / CNNDM_FILE)]
+    keys["lambada"] = [tuple(normalise_words(row["text"])[-8:]) for row in read_jsonl(eval_dir / LAMBADA_FILE)]
+    keys["nq_open"] = [tuple(normalise_words(row["question"])) for row in read_jsonl(eval_dir / NQ_FILE)]
+    keys["arithmetic"] = [tuple(normalise_words(row["question"])) for row in read_jsonl(eval_dir / ARITHMETIC_FILE)]
+    keys["cnn_dailymail"] = [tuple(normalise_words(row["highlights"])) for row in read_jsonl(eval_dir / CNNDM_FILE)]
     sides = read_segments(eval_dir / TRANSLATION_SRC) + read_segments(eval_dir / TRANSLATION_REF)
-    keys["translation"] = [tuple(normalize_words(s)) for s in sides]
+    keys["translation"] = [tuple(normalise_words(s)) for s in sides]
     return keys
-
-
-_SEGMENT = re.compile(r"<seg[^>]*>(.*?)</seg>")
-
-
-def read_segments(path: Path) -> list[str]:
-    """The sentences of a WMT SGML file written by `_sgm`."""
-    return [html.unescape(s) for s in _SEGMENT.findall(path.read_text(encoding="utf-8"))]
-
-
-def _read_jsonl(path: Path) -> Iterator[dict]:
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError as err:
-                raise GPT2KitError(f"{path}:{number}: not JSON ({err.msg})") from None
 
 
 def _build_eval_sets(world: World, config: SynthConfig) -> EvalSets:
@@ -603,21 +580,21 @@ def _build_eval_sets(world: World, config: SynthConfig) -> EvalSets:
     while len(sets.lambada) < n:
         passage, target = writer.story()
         text = f"{passage} {target}"
-        if unique(tuple(normalize_words(text)[-8:])):
+        if unique(tuple(normalise_words(text)[-8:])):
             sets.lambada.append(text)
     sets.nq = list(world.heldout_facts)
     sets.nq_examples = rng.sample(world.asked_facts, min(50, len(world.asked_facts)))
     while len(sets.cnndm) < n:
         article, summary = writer.news_article(writer.news_event())
-        if unique(tuple(normalize_words(summary))):
+        if unique(tuple(normalise_words(summary))):
             sets.cnndm.append((article, summary))
     while len(sets.translation) < n:
         en, vel = writer.phrase(EVAL_PHRASE_SHAPES)
-        if unique(tuple(normalize_words(en))):
+        if unique(tuple(normalise_words(en))):
             sets.translation.append((en, vel))
     while len(sets.translation_dev) < 50:
         en, vel = writer.phrase(EVAL_PHRASE_SHAPES)
-        if tuple(normalize_words(en)) not in seen:
+        if tuple(normalise_words(en)) not in seen:
             sets.translation_dev.append((en, vel))
     pairs = [(a, b) for a in range(ARITH_MAX) for b in range(ARITH_MAX)]
     rng.shuffle(pairs)
@@ -636,20 +613,16 @@ def _sgm(lines: list[str], set_tag: str, lang: str) -> str:
     return "\n".join(out + ["</doc>", f"</{set_tag}>"]) + "\n"
 
 
-def _jsonl(rows: Iterable[dict]) -> str:
-    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-
-
 def _write_eval_sets(sets: EvalSets, eval_dir: Path) -> None:
     files = {
-        LAMBADA_FILE: _jsonl({"text": t} for t in sets.lambada),
-        NQ_FILE: _jsonl({"question": f.question, "answer": [f.answer]} for f in sets.nq),
-        NQ_EXAMPLES_FILE: _jsonl({"question": f.question, "answer": [f.answer]} for f in sets.nq_examples),
-        CNNDM_FILE: _jsonl({"article": a, "highlights": h} for a, h in sets.cnndm),
-        ARITHMETIC_FILE: _jsonl(
+        LAMBADA_FILE: to_jsonl({"text": t} for t in sets.lambada),
+        NQ_FILE: to_jsonl({"question": f.question, "answer": [f.answer]} for f in sets.nq),
+        NQ_EXAMPLES_FILE: to_jsonl({"question": f.question, "answer": [f.answer]} for f in sets.nq_examples),
+        CNNDM_FILE: to_jsonl({"article": a, "highlights": h} for a, h in sets.cnndm),
+        ARITHMETIC_FILE: to_jsonl(
             {"question": arithmetic_question(a, b), "answer": [str(a + b)]} for a, b in sets.arithmetic
         ),
-        ARITHMETIC_EXAMPLES_FILE: _jsonl(
+        ARITHMETIC_EXAMPLES_FILE: to_jsonl(
             {"question": arithmetic_question(a, b), "answer": [str(a + b)]} for a, b in sets.arithmetic_examples
         ),
         TRANSLATION_SRC: _sgm([en for en, _ in sets.translation], "srcset", "en"),
@@ -777,7 +750,7 @@ def iter_documents(synth_dir: str | Path) -> Iterator[str]:
     if not files:
         raise GPT2KitError(f"{train_dir}: no synth-*.jsonl shards (run `gpt2kit synth --out {synth_dir}` first)")
     for path in files:
-        for row in _read_jsonl(path):
+        for _, row in iter_jsonl(path, required=("text",)):
             yield row["text"]
 
 

@@ -7,13 +7,14 @@ show. `write_report` writes `report.md`, `loss.png` and `capacity.png` into a di
 
 from __future__ import annotations
 
-import json
+import io
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from gpt2kit.errors import GPT2KitError
-from gpt2kit.io import atomic_write_text
+from gpt2kit.io import atomic_write_bytes, atomic_write_text, read_jsonl
 
 
 @dataclass(frozen=True)
@@ -75,27 +76,14 @@ class Trend:
         return f"{self.slope:+.2f}{unit} per 10x params"
 
 
-def read_metrics(path: str | Path) -> list[dict]:
-    """The JSON objects of a training run's metrics.jsonl (one per logged step or evaluation)."""
-    path = Path(path)
-    rows = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise GPT2KitError(f"{path}: training metrics not found") from None
-    except UnicodeDecodeError as err:
-        raise GPT2KitError(f"{path}: not UTF-8 (byte {err.start})") from None
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise GPT2KitError(f"{path}:{number}: not JSON ({err.msg})") from None
-        if not isinstance(row, dict):
-            raise GPT2KitError(f"{path}:{number}: expected a JSON object")
-        rows.append(row)
-    return rows
+def read_metrics(run: str | Path) -> list[dict]:
+    """The JSON objects of a training run's metrics.jsonl: `run` is the run directory or the file itself."""
+    path = Path(run)
+    if path.is_dir():
+        path = path / "metrics.jsonl"
+    if not path.is_file():
+        raise GPT2KitError(f"{path}: training metrics not found (not a training run?)")
+    return read_jsonl(path)
 
 
 def fit_trend(params: list[int], scores: list[float], column: Column) -> Trend | None:
@@ -126,12 +114,38 @@ def _curve(rows: list[dict], key: str) -> tuple[list[float], list[float]]:
     return xs, ys
 
 
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise GPT2KitError("plotting needs matplotlib (pip install 'gpt2kit[plot]')") from None
+    return plt
+
+
+def _save_figure(fig, path: Path, dpi: int = 110) -> None:
+    """Write the figure as PNG atomically, then close it."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    _pyplot().close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def plot_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
+    """`gpt2kit plot`: one run's train and validation loss (default RUN_DIR/loss.png); returns the PNG's path."""
+    run = Path(run_dir)
+    metrics = run / "metrics.jsonl"
+    path = Path(out) if out else run / "loss.png"
+    if not plot_loss([ModelReport(run.resolve().name, 0, metrics_path=metrics)], path):
+        raise GPT2KitError(f"{metrics}: no loss values to plot yet")
+    return path
+
+
 def plot_loss(models: list[ModelReport], path: Path) -> bool:
     """Training (and validation) loss against tokens seen, one colour per model; False if no curves."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     drawn = False
@@ -142,7 +156,8 @@ def plot_loss(models: list[ModelReport], path: Path) -> bool:
         colour = f"C{index}"
         xs, ys = _curve(rows, "loss")
         if xs:
-            ax.plot(xs, ys, color=colour, alpha=0.8, label=f"{model.name} ({_params(model.params)}) train")
+            size = f" ({_params(model.params)})" if model.params else ""
+            ax.plot(xs, ys, color=colour, alpha=0.8, label=f"{model.name}{size} train")
             drawn = True
         xs, ys = _curve(rows, "val_loss")
         if xs:
@@ -156,18 +171,17 @@ def plot_loss(models: list[ModelReport], path: Path) -> bool:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(path, dpi=110)
-    plt.close(fig)
+        _save_figure(fig, path)
+    else:
+        plt.close(fig)
     return drawn
 
 
 def plot_capacity(models: list[ModelReport], columns: list[Column], baselines: dict[str, float], path: Path) -> None:
     """One panel per column: score against parameters on a log axis, the fitted trend, the baseline."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import matplotlib.ticker
+
+    plt = _pyplot()
     import numpy as np
 
     n = len(columns)
@@ -214,8 +228,7 @@ def plot_capacity(models: list[ModelReport], columns: list[Column], baselines: d
         ax.axis("off")
     fig.suptitle("Zero-shot score against model size")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save_figure(fig, path)
 
 
 def _params(n: int) -> str:

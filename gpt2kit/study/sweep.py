@@ -19,7 +19,7 @@ from pathlib import Path
 
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.io import atomic_write_text
-from gpt2kit.report import Column, ModelReport, write_report
+from gpt2kit.study.report import Column, ModelReport, write_report
 
 logger = logging.getLogger(__name__)
 
@@ -126,32 +126,26 @@ def train_size(config: SweepConfig, size: str, run_dir: Path) -> tuple[Path, boo
 
     Returns the final model directory, and whether any training happened.
     """
-    from gpt2kit.config import apply_overrides, load_config
+    from gpt2kit.config import load_config
+    from gpt2kit.device import resolve_device
     from gpt2kit.parallelize import DistEnv, init_distributed
-    from gpt2kit.train import CHECKPOINT_NAME, checkpoints, select_device, train
+    from gpt2kit.train import CHECKPOINT_NAME, checkpoints, train
+    from gpt2kit.train_config import TrainConfig
 
-    train_config = load_config(config.config)
-    train_config.data, train_config.out = config.data, str(run_dir)
-    train_config.preset, train_config.seed = size, config.seed
-    apply_overrides(train_config, config.overrides)
+    flags = {"data": config.data, "out": str(run_dir), "preset": size, "seed": config.seed}
+    train_config = load_config(TrainConfig, config.config, flags=flags, overrides=config.overrides, check=False)
     train_config.max_steps = max(1, math.ceil(config.tokens / train_config.batch_tokens))
     found = checkpoints(run_dir)
     if found and int(CHECKPOINT_NAME.fullmatch(found[-1].name).group(1)) >= train_config.max_steps:
         return found[-1], False
     env = DistEnv.from_environment()
-    init_distributed(env, select_device(train_config.device, env))  # once for all sizes; run_sweep leaves it
+    init_distributed(
+        env, resolve_device(train_config.device, env.local_rank)
+    )  # once for all sizes; run_sweep leaves it
     result = train(train_config, resume=bool(found))
     if result.checkpoint is None and env.is_main:
         raise GPT2KitError(f"{run_dir}: training finished without a checkpoint")
     return result.checkpoint or run_dir, True  # under torchrun only rank 0 learns the checkpoint's path
-
-
-def _device(spec: str) -> str:
-    if spec != "auto":
-        return spec
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def evaluate_size(config: SweepConfig, model_dir: Path) -> dict[str, dict]:
@@ -159,7 +153,7 @@ def evaluate_size(config: SweepConfig, model_dir: Path) -> dict[str, dict]:
     from gpt2kit.checkpoint import load
     from gpt2kit.evals import EvalOptions, evaluate
 
-    loaded = load(model_dir, device=_device(config.device))
+    loaded = load(model_dir, device=config.device)
     options = EvalOptions(batch_size=config.eval_batch_size, seed=config.seed, no_detokenize=config.no_detokenize)
     if config.eval_shots is not None:
         options.shots = config.eval_shots
@@ -185,12 +179,14 @@ def evaluate_size(config: SweepConfig, model_dir: Path) -> dict[str, dict]:
 def sample_size(config: SweepConfig, model_dir: Path) -> list[tuple[str, str]]:
     """One top-k 40 sample per prompt (the paper's sampling), seeded; "" samples from <|endoftext|>."""
     from gpt2kit.checkpoint import load
-    from gpt2kit.generate import GenerationConfig, generate
+    from gpt2kit.generate import PAPER_TOP_K, GenerationConfig, generate
 
-    loaded = load(model_dir, device=_device(config.device))
+    loaded = load(model_dir, device=config.device)
     eot = loaded.tokenizer.eot_token
     prompts = [loaded.tokenizer.encode(p) if p else [eot] for p in config.prompts]
-    settings = GenerationConfig(max_new_tokens=config.sample_tokens, temperature=1.0, top_k=40, seed=config.seed)
+    settings = GenerationConfig(
+        max_new_tokens=config.sample_tokens, temperature=1.0, top_k=PAPER_TOP_K, seed=config.seed
+    )
     completions = generate(loaded.model, loaded.tokenizer, prompts, settings)
     return [(p, c.text) for p, c in zip(config.prompts, completions, strict=True)]
 

@@ -12,7 +12,6 @@ harness's own metric functions, so the baseline and the models are measured the 
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from collections import Counter
@@ -21,18 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from gpt2kit.errors import GPT2KitError
+from gpt2kit.io import read_jsonl
 
 
-def _jsonl(path: str | Path) -> list[dict]:
-    path = Path(path)
-    rows = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise GPT2KitError(f"{path}:{number}: not JSON ({err.msg})") from None
+def _examples(path: str | Path) -> list[dict]:
+    rows = read_jsonl(path)
     if not rows:
         raise GPT2KitError(f"{path}: no examples")
     return rows
@@ -40,7 +32,7 @@ def _jsonl(path: str | Path) -> list[dict]:
 
 def lambada_most_frequent_word(path: str | Path) -> float:
     """acc_last_word of always guessing the set's most frequent final word."""
-    targets = [row["text"].rsplit(" ", 1)[-1] for row in _jsonl(path)]
+    targets = [row["text"].rsplit(" ", 1)[-1] for row in _examples(path)]
     return Counter(targets).most_common(1)[0][1] / len(targets)
 
 
@@ -48,7 +40,7 @@ def qa_most_frequent_answer(path: str | Path) -> float:
     """Exact match (SQuAD normalisation) of always giving the set's most frequent first gold answer."""
     from gpt2kit.evals.metrics import exact_match, max_over_golds, normalize_answer
 
-    rows = _jsonl(path)
+    rows = _examples(path)
     guess = Counter(normalize_answer(row["answer"][0]) for row in rows).most_common(1)[0][0]
     return sum(max_over_golds(exact_match, row["answer"], guess) for row in rows) / len(rows)
 
@@ -69,7 +61,7 @@ def summary_random_three(path: str | Path, seed: int = 0) -> float:
     """ROUGE average (R-1, R-2, R-L F1) of three random sentences of each article, seeded."""
     from gpt2kit.evals.metrics import rouge_f1, split_sentences
 
-    rows = _jsonl(path)
+    rows = _examples(path)
     rng = random.Random(seed)
     guesses = []
     for row in rows:

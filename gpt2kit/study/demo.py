@@ -22,10 +22,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from gpt2kit import synth
+from gpt2kit.evals.translation import read_segments
 from gpt2kit.io import atomic_write_text
-from gpt2kit.report import Column, markdown_table, trend_lines
-from gpt2kit.sweep import TIMINGS_FILE, EvalJob, SweepConfig, record_timings, run_sweep
+from gpt2kit.study import synth
+from gpt2kit.study.report import Column, markdown_table, trend_lines
+from gpt2kit.study.sweep import TIMINGS_FILE, EvalJob, SweepConfig, record_timings, run_sweep
 
 logger = logging.getLogger(__name__)
 
@@ -113,13 +114,13 @@ def trivial_baselines(eval_dir: Path, data_dir: Path, tokenizer, seed: int) -> t
     """Each column's context-free baseline, with a note saying what it is."""
     import numpy as np
 
-    from gpt2kit import baselines
     from gpt2kit.data.prepare import load_manifest
     from gpt2kit.data.shards import open_tokens
+    from gpt2kit.study import baselines
 
     label = {c.task: c.label for c in COLUMNS}
-    references = synth.read_segments(eval_dir / synth.TRANSLATION_REF)
-    examples = synth.read_segments(eval_dir / synth.TRANSLATION_DEV_REF)
+    references = read_segments(eval_dir / synth.TRANSLATION_REF)
+    examples = read_segments(eval_dir / synth.TRANSLATION_DEV_REF)
     train_tokens = [open_tokens(path) for path in load_manifest(data_dir).shard_paths(data_dir, "train")]
 
     values = {
@@ -145,7 +146,8 @@ def trivial_baselines(eval_dir: Path, data_dir: Path, tokenizer, seed: int) -> t
 
 def overlap_section(web: synth.SynthResult) -> str:
     """The paper's Table 6 for the synthetic web (share of eval 8-grams in training), beside the item keys found."""
-    from gpt2kit.overlap import build_filter, check_overlap
+    from gpt2kit.data.bloom import build_filter
+    from gpt2kit.data.overlap import check_overlap
 
     bloom = web.out / "train-8grams.bloom"
     build_filter(web.train_files, bloom)
@@ -259,7 +261,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> list[str]:
         timings=timings,
         extra_sections=[("Overlap between the evaluation sets and the training text", overlap)],
     )
-    from gpt2kit.report import ModelReport
+    from gpt2kit.study.report import ModelReport
 
     models = [ModelReport(r.size, r.params, r.results) for r in results]
     return [

@@ -1,0 +1,151 @@
+"""The paper's overlap analysis (GPT-2, section 4, Table 6): how many of a test set's 8-grams the training
+corpus's Bloom filter (`gpt2kit.data.bloom`) holds, per test file and per example."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gpt2kit.data.bloom import BloomFilter, corpus_is_jsonl, text_blocks
+from gpt2kit.errors import GPT2KitError
+from gpt2kit.io import atomic_write_jsonl, iter_jsonl, jsonl_texts
+
+_WIKITEXT_TITLE = re.compile(r"^ = [^=].* = $")
+TEST_FIELDS = ("text", "article", "question", "passage", "context", "sentence", "query")
+
+
+def load_examples(path: str | os.PathLike, unit: str = "auto", field: str | None = None) -> list[str]:
+    """The examples of a test file, in order.
+
+    JSON lines: one example per line, from `field` (default: the first of text, article, question, passage,
+    context, sentence, query that the first record has). Text: `line` (one per non-empty line), `wikitext`
+    (one per article, split at ` = Title = ` lines), `file` (the whole file); `auto` picks wikitext for
+    WikiText files and lines otherwise.
+    """
+    path = Path(path)
+    if unit not in ("auto", "line", "wikitext", "file"):
+        raise GPT2KitError(f"unit must be auto, line, wikitext or file, got {unit!r}")
+    if not path.is_file():
+        raise GPT2KitError(f"{path}: no such test file")
+    if corpus_is_jsonl(path) or path.suffix == ".json":
+        if field is None:
+            first = next((record for _, record in iter_jsonl(path)), None)
+            if first is None:
+                raise GPT2KitError(f"{path}: no examples")
+            field = next((name for name in TEST_FIELDS if isinstance(first.get(name), str)), None)
+            if field is None:
+                raise GPT2KitError(f"{path}: none of the fields {', '.join(TEST_FIELDS)}; pass --field")
+        return list(jsonl_texts(path, field))
+    text = "".join(text_blocks(path))
+    lines = text.splitlines()
+    if unit == "auto":
+        unit = "wikitext" if any(_WIKITEXT_TITLE.match(line) for line in lines[:20]) else "line"
+    if unit == "file":
+        return [text]
+    if unit == "line":
+        return [line for line in lines if line.strip()]
+    articles: list[list[str]] = []
+    for line in lines:
+        if _WIKITEXT_TITLE.match(line) or not articles:
+            articles.append([])
+        articles[-1].append(line)
+    return ["\n".join(article) for article in articles if any(line.strip() for line in article)]
+
+
+@dataclass
+class OverlapRow:
+    """One test file's overlap with the filter (a row of the paper's Table 6)."""
+
+    name: str
+    examples: int
+    examples_with_ngrams: int
+    ngrams: int
+    ngrams_found: int
+    examples_with_overlap: int
+    flags: list[dict] = field(default_factory=list, repr=False)
+
+    @property
+    def percent_ngrams(self) -> float:
+        return 100.0 * self.ngrams_found / self.ngrams if self.ngrams else 0.0
+
+    @property
+    def percent_examples(self) -> float:
+        return 100.0 * self.examples_with_overlap / self.examples_with_ngrams if self.examples_with_ngrams else 0.0
+
+    def summary(self) -> dict:
+        return {
+            "name": self.name,
+            "examples": self.examples,
+            "examples_with_8grams": self.examples_with_ngrams,
+            "ngrams": self.ngrams,
+            "ngrams_found": self.ngrams_found,
+            "percent_ngrams_found": self.percent_ngrams,
+            "examples_with_overlap": self.examples_with_overlap,
+            "percent_examples_with_overlap": self.percent_examples,
+        }
+
+
+def check_examples(bloom: BloomFilter, name: str, examples: Sequence[str]) -> OverlapRow:
+    row = OverlapRow(name, len(examples), 0, 0, 0, 0)
+    for index, text in enumerate(examples):
+        found = bloom.contains_text(text)
+        hits = int(found.sum())
+        row.ngrams += len(found)
+        row.ngrams_found += hits
+        row.examples_with_ngrams += len(found) > 0
+        row.examples_with_overlap += hits > 0
+        row.flags.append(
+            {
+                "file": name,
+                "index": index,
+                "ngrams": len(found),
+                "found": hits,
+                "fraction": hits / len(found) if len(found) else 0.0,
+                "overlap": hits > 0,
+            }
+        )
+    return row
+
+
+def check_overlap(
+    filter_path: str | os.PathLike,
+    test_files: Sequence[str | os.PathLike],
+    *,
+    unit: str = "auto",
+    field: str | None = None,
+    flags_out: str | os.PathLike | None = None,
+) -> list[OverlapRow]:
+    """Per test file: the share of its 8-grams in the filter and of its examples with any such 8-gram.
+
+    With `flags_out`, also writes one JSON line per test example: file, index (order of `load_examples`),
+    ngrams, found, fraction and overlap (any 8-gram found), for scoring on the clean subset later.
+    """
+    if not test_files:
+        raise GPT2KitError("no test files given")
+    bloom = BloomFilter.open(filter_path)
+    rows = [check_examples(bloom, str(path), load_examples(path, unit, field)) for path in test_files]
+    if flags_out is not None:
+        atomic_write_jsonl(flags_out, (flag for row in rows for flag in row.flags))
+    return rows
+
+
+def format_table(rows: Sequence[OverlapRow], bloom_header: dict | None = None) -> str:
+    """A table like the paper's Table 6: percent of test 8-grams found, and of examples with any overlap."""
+    name_width = max([len("test set")] + [len(Path(row.name).name) for row in rows])
+    lines = [
+        f"{'test set':<{name_width}}  {'examples':>8}  {'8-grams':>10}  {'found':>9}  {'% 8-grams':>9}  {'% examples':>10}",
+    ]
+    for row in rows:
+        lines.append(
+            f"{Path(row.name).name:<{name_width}}  {row.examples:>8}  {row.ngrams:>10}  {row.ngrams_found:>9}  "
+            f"{row.percent_ngrams:>8.2f}%  {row.percent_examples:>9.2f}%"
+        )
+    if bloom_header:
+        lines.append(
+            f"filter: {bloom_header.get('items_inserted', 0):,} 8-grams, m={bloom_header['m']:,} bits, "
+            f"k={bloom_header['k']}, false-positive bound {bloom_header['fpr_bound']:.1e}"
+        )
+    return "\n".join(lines)
