@@ -25,7 +25,7 @@ def main() -> None:
 
     import transformers
 
-    from gpt2kit.tokenizer import Tokenizer, train
+    from gpt2kit.tokenizer import Tokenizer, train_tokenizer
 
     lines = gutenberg_text(int(args.mb * 1e6))
     megabytes = sum(len(line.encode()) for line in lines) / 1e6
@@ -65,7 +65,7 @@ def main() -> None:
     if args.train_mb > 0:
         train_lines = gutenberg_text(int(args.train_mb * 1e6))
         start = time.perf_counter()
-        trained = train(iter(train_lines), args.train_vocab)
+        trained = train_tokenizer(iter(train_lines), args.train_vocab)
         elapsed = time.perf_counter() - start
         print(f"train {trained.vocab_size} tokens on {args.train_mb:.0f} MB: {elapsed:.1f} s")
 

@@ -308,7 +308,7 @@ def _iter_files(paths: Iterable[str | os.PathLike]) -> Iterator[str]:
                 raise TokenizerError(f"{file}: not UTF-8 text (byte offset {err.start})") from None
 
 
-def train(
+def train_tokenizer(
     texts: Iterable[str | os.PathLike] | Iterator[str],
     vocab_size: int,
     *,

@@ -17,14 +17,11 @@ import contextlib
 import json
 import logging
 import math
-import random
-import re
 import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -33,22 +30,27 @@ from gpt2kit.config import ConfigError, get_field
 from gpt2kit.data.loader import TokenWindows, WindowLoader, eval_indices
 from gpt2kit.data.prepare import TOKENIZER_DIR, load_manifest
 from gpt2kit.device import resolve_device
-from gpt2kit.errors import GPT2KitError
 from gpt2kit.io import atomic_directory, atomic_write_text, file_sha256
 from gpt2kit.mfu import flops_per_token, peak_flops
 from gpt2kit.model import GPT, preset_config
 from gpt2kit.parallelize import DistEnv, gradient_sync, init_distributed, parallelize, shutdown_distributed
 from gpt2kit.tokenizer import Tokenizer
 from gpt2kit.train_config import OptimConfig, TrainConfig
+from gpt2kit.train_state import (
+    CHECKPOINT_DIR,
+    STATE_FILE,
+    STATE_FORMAT,
+    STATE_VERSION,
+    TrainingError,
+    capture_rng,
+    checkpoints,
+    load_training_state,
+    restore_rng,
+)
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_DIR = "checkpoints"
-STATE_FILE = "training_state.pt"
-STATE_FORMAT = "gpt2kit-training-state"
-STATE_VERSION = 1
 METRICS_FILE = "metrics.jsonl"
-CHECKPOINT_NAME = re.compile(r"step-(\d+)")
 # Fields a resumed run may change; any other difference would break the continuation. (Changing
 # parallelism or compile, like changing the number of ranks, keeps the math but not every last bit.)
 RESUME_MAY_CHANGE = {
@@ -68,10 +70,6 @@ RESUME_MAY_CHANGE = {
     "data",
     "out",
 }
-
-
-class TrainingError(GPT2KitError):
-    """The run cannot start or continue: a bad checkpoint, mismatched data, or too many non-finite steps."""
 
 
 @dataclass
@@ -117,74 +115,6 @@ def select_dtype(spec: str, device: torch.device) -> torch.dtype:
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[spec]
-
-
-def capture_rng(device: torch.device) -> dict:
-    """Every generator a step may draw from, as tensors and plain types (loadable with weights_only)."""
-    version, internal, gauss = random.getstate()
-    _, keys, position, has_gauss, cached = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "python": {"version": version, "internal": list(internal), "gauss": gauss},
-        "numpy": {
-            "keys": torch.from_numpy(keys.astype(np.int64)),
-            "pos": int(position),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached),
-        },
-    }
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def restore_rng(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    python = state["python"]
-    random.setstate((python["version"], tuple(python["internal"]), python["gauss"]))
-    numpy_state = state["numpy"]
-    np.random.set_state(
-        (
-            "MT19937",
-            numpy_state["keys"].numpy().astype(np.uint32),
-            numpy_state["pos"],
-            numpy_state["has_gauss"],
-            numpy_state["cached_gaussian"],
-        )
-    )
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-# -- checkpoints -----------------------------------------------------------------------------
-
-
-def checkpoints(run_dir: str | Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first."""
-    root = Path(run_dir) / CHECKPOINT_DIR
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if CHECKPOINT_NAME.fullmatch(p.name) and (p / STATE_FILE).exists()]
-    return sorted(found, key=lambda p: int(CHECKPOINT_NAME.fullmatch(p.name).group(1)))
-
-
-def load_training_state(checkpoint: Path) -> dict:
-    """The training state of a checkpoint, after checking that the weights beside it are the ones it names."""
-    path = checkpoint / STATE_FILE
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise TrainingError(f"{path}: missing") from None
-    except Exception as err:  # truncated or foreign files fail in many ways inside the unpickler
-        raise TrainingError(f"{path}: unreadable training state ({type(err).__name__}: {err})") from None
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise TrainingError(f"{path}: not a gpt2kit training state")
-    if state.get("version") != STATE_VERSION:
-        raise TrainingError(f"{path}: training state version {state.get('version')}, expected {STATE_VERSION}")
-    weights = checkpoint / "model.safetensors"
-    if not weights.exists() or file_sha256(weights) != state["weights_sha256"]:
-        raise TrainingError(f"{weights}: missing or not the weights this training state was saved with")
-    return state
 
 
 def _config_differences(saved: TrainConfig, current: TrainConfig) -> list[str]:
@@ -500,10 +430,6 @@ class Trainer:
                     "bad_steps": self.bad_steps,
                     "config": self.config.to_dict(),
                     "optimizer": optimizer_state,
-                    "scheduler": {
-                        "step": self.step,
-                        "lr": learning_rate(self.step, self.config.optim, self.config.max_steps),
-                    },
                     "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
                     "rng": rng,
                     "loader": self.loader.state_dict(),

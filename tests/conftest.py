@@ -26,9 +26,10 @@ def gpt2_tokenizer():
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tmp_path_factory):
     """A small BPE trained on generated text (fast; no shared data needed)."""
-    from gpt2kit.study.demo import generated_text
-    from gpt2kit.tokenizer import train
+    from textgen import generated_text
+
+    from gpt2kit.tokenizer import train_tokenizer
 
     corpus = tmp_path_factory.mktemp("tok") / "corpus.txt"
     corpus.write_text(generated_text(3000, seed=1))
-    return train([corpus], vocab_size=400)
+    return train_tokenizer([corpus], vocab_size=400)

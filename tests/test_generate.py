@@ -59,7 +59,9 @@ class BigramModel(nn.Module):
         if kv_cache is not None:
             kv_cache.advance(idx.shape[1])
         logits = torch.zeros(*idx.shape, self.config.vocab_size)
-        logits.scatter_(-1, self.table[idx][..., None], 100.0)  # the rest of the vocabulary gets ~e-100: deterministic even when sampling
+        logits.scatter_(
+            -1, self.table[idx][..., None], 100.0
+        )  # the rest of the vocabulary gets ~e-100: deterministic even when sampling
         return logits
 
 

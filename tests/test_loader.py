@@ -10,7 +10,7 @@ CONTEXT = 16
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory, tiny_tokenizer):
-    from gpt2kit.study.demo import generated_text
+    from textgen import generated_text
 
     root = tmp_path_factory.mktemp("loader")
     corpus = root / "corpus"

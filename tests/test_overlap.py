@@ -183,7 +183,7 @@ def test_load_examples_units(tmp_path):
     assert load_examples(nq) == ["who sings", "when was"]
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"answer": 1}\n')
-    with pytest.raises(GPT2KitError, match="pass --field"):
+    with pytest.raises(GPT2KitError, match="name the field to read"):
         load_examples(bad)
 
 

@@ -14,8 +14,9 @@ pytest.importorskip("fastapi")
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install '.[dev]')")
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from serving import BackgroundServer  # noqa: E402
 
-from gpt2kit.serve import BackgroundServer, ServerConfig, create_app  # noqa: E402
+from gpt2kit.serve import ServerConfig, create_app  # noqa: E402
 
 CHROMIUM_FLAGS = (
     "--headless",

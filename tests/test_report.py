@@ -4,11 +4,19 @@ import math
 import pytest
 
 from gpt2kit.errors import GPT2KitError
-from gpt2kit.study.report import Column, ModelReport, fit_trend, markdown_table, read_metrics, trend_lines, write_report
+from gpt2kit.study.report import (
+    ModelReport,
+    ScoreColumn,
+    capacity_table,
+    fit_trend,
+    read_metrics,
+    trend_lines,
+    write_report,
+)
 
-ACC = Column("lambada", "acc_last_word", "LAMBADA (ACC)", percent=True)
-PPL = Column("wikitext2", "word_ppl", "Held-out (PPL)", higher_is_better=False)
-BLEU = Column("wmt14_en_fr", "bleu", "Velorian (BLEU)")
+ACC = ScoreColumn("lambada", "acc_last_word", "LAMBADA (ACC)", percent=True)
+PPL = ScoreColumn("wikitext2", "word_ppl", "Held-out (PPL)", higher_is_better=False)
+BLEU = ScoreColumn("wmt14_en_fr", "bleu", "Velorian (BLEU)")
 
 
 def fake_run(tmp_path, name, params, final_loss):
@@ -49,7 +57,7 @@ def test_fit_recovers_the_known_slopes(models):
 
 
 def test_table_is_shaped_like_table_3(models):
-    table = markdown_table(models, [ACC, PPL, BLEU], {"LAMBADA (ACC)": 0.05})
+    table = capacity_table(models, [ACC, PPL, BLEU], {"LAMBADA (ACC)": 0.05})
     lines = table.splitlines()
     assert lines[0] == "| model | parameters | LAMBADA (ACC) | Held-out (PPL) | Velorian (BLEU) |"
     assert lines[3] == "| trivial baseline | - | 5.0 | - | - |"
@@ -57,7 +65,7 @@ def test_table_is_shaped_like_table_3(models):
     assert [line.split("|")[1].strip() for line in lines[4:]] == ["tiny", "small", "large"]
     assert lines[4] == "| tiny | 100,000 | 10.0 | 80.00 | - |"
     assert lines[6] == "| large | 10,000,000 | 30.0 | 20.00 | - |"
-    assert "trivial baseline" not in markdown_table(models, [ACC], {})
+    assert "trivial baseline" not in capacity_table(models, [ACC], {})
 
 
 def test_trend_lines_judge_monotonicity_and_baseline(models):

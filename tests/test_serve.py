@@ -10,7 +10,9 @@ from gpt2kit.model import GPT, GPTConfig
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
-from gpt2kit.serve import BackgroundServer, ServerConfig, create_app  # noqa: E402
+from serving import BackgroundServer  # noqa: E402
+
+from gpt2kit.serve import ServerConfig, create_app  # noqa: E402
 
 LIMITS = dict(
     max_tokens_cap=64, max_n=4, max_choices=6, max_prompt_tokens=40, max_body_bytes=20_000, request_timeout_s=30

@@ -162,7 +162,7 @@ def test_rerun_skips_finished_shards_and_redoes_missing_ones(tmp_path, tiny_toke
 def test_rerun_with_other_settings_or_tokenizer_is_refused(tmp_path, tiny_tokenizer, gpt2_tokenizer):
     corpus = write_docs(tmp_path / "corpus", DOCS)
     prepare([str(corpus)], tiny_tokenizer, tmp_path / "out", workers=1, progress=False)
-    with pytest.raises(PrepareError, match=r"holds shards made with tokenizer .* use another --out"):
+    with pytest.raises(PrepareError, match=r"holds shards made with tokenizer .* write to another directory"):
         prepare([str(corpus)], gpt2_tokenizer, tmp_path / "out", workers=1, progress=False)
     with pytest.raises(PrepareError, match="prepared with seed=0, now 5"):
         prepare([str(corpus)], tiny_tokenizer, tmp_path / "out", seed=5, workers=1, progress=False)

@@ -85,12 +85,12 @@ def test_resume_refuses_changed_settings_and_redoes_changed_evaluations(tmp_path
 def prepared(tmp_path_factory):
     """A small synthetic web, a BPE trained on it, and its prepared shards."""
     from gpt2kit.data.prepare import prepare
-    from gpt2kit.study.synth import SynthConfig, generate, iter_documents
-    from gpt2kit.tokenizer import train
+    from gpt2kit.study.synth import SynthConfig, iter_documents, synthesize
+    from gpt2kit.tokenizer import train_tokenizer
 
     root = tmp_path_factory.mktemp("sweep-data")
-    web = generate(root / "web", SynthConfig(size_mb=0.3, eval_examples=20, heldout_kb=5))
-    train(iter_documents(web.out), 400, files=False).save(root / "tok")
+    web = synthesize(root / "web", SynthConfig(size_mb=0.3, eval_examples=20, heldout_kb=5))
+    train_tokenizer(iter_documents(web.out), 400, files=False).save(root / "tok")
     prepare([str(p) for p in web.train_files], str(root / "tok"), root / "data", val_fraction=0.05, progress=False)
     return root
 

@@ -8,31 +8,29 @@ from gpt2kit.data.bloom import normalise_words
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.evals.translation import read_segments
 from gpt2kit.study.synth import (
-    ADJECTIVES,
     CNNDM_FILE,
     EVAL_DIR,
     LAMBADA_FILE,
     MANIFEST,
     NQ_EXAMPLES_FILE,
     NQ_FILE,
-    STATEMENT_TEMPLATES,
     TRAIN_DIR,
     TRANSLATION_REF,
     TRANSLATION_SRC,
     KeyGuard,
     SynthConfig,
-    World,
     find_key_overlaps,
-    generate,
     iter_documents,
     parse_mix,
+    synthesize,
 )
+from gpt2kit.study.world import ADJECTIVES, STATEMENT_TEMPLATES, World
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth")
-    result = generate(out, SynthConfig(size_mb=1.5, seed=3, eval_examples=60, heldout_kb=30, shard_mb=0.5))
+    result = synthesize(out, SynthConfig(size_mb=1.5, seed=3, eval_examples=60, heldout_kb=30, shard_mb=0.5))
     return out, result
 
 
@@ -54,9 +52,9 @@ def test_writes_the_requested_size_in_shards(corpus):
 
 def test_same_seed_same_bytes_other_seed_other_world(tmp_path):
     config = SynthConfig(size_mb=0.2, seed=7, eval_examples=20, heldout_kb=5)
-    generate(tmp_path / "a", config)
-    generate(tmp_path / "b", config)
-    generate(tmp_path / "c", SynthConfig(size_mb=0.2, seed=8, eval_examples=20, heldout_kb=5))
+    synthesize(tmp_path / "a", config)
+    synthesize(tmp_path / "b", config)
+    synthesize(tmp_path / "c", SynthConfig(size_mb=0.2, seed=8, eval_examples=20, heldout_kb=5))
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
     for relative in files:
         assert (tmp_path / "a" / relative).read_bytes() == (tmp_path / "b" / relative).read_bytes(), relative
@@ -67,13 +65,15 @@ def test_same_seed_same_bytes_other_seed_other_world(tmp_path):
 
 
 def test_rerun_with_smaller_size_removes_stale_shards(tmp_path):
-    generate(tmp_path, SynthConfig(size_mb=0.3, eval_examples=20, heldout_kb=5, shard_mb=0.1))
-    generate(tmp_path, SynthConfig(size_mb=0.1, eval_examples=20, heldout_kb=5, shard_mb=0.1))
+    synthesize(tmp_path, SynthConfig(size_mb=0.3, eval_examples=20, heldout_kb=5, shard_mb=0.1))
+    synthesize(tmp_path, SynthConfig(size_mb=0.1, eval_examples=20, heldout_kb=5, shard_mb=0.1))
     assert [p.name for p in sorted((tmp_path / TRAIN_DIR).iterdir())] == ["synth-00000.jsonl"]
 
 
 def test_mix_selects_document_kinds(tmp_path):
-    result = generate(tmp_path, SynthConfig(size_mb=0.1, mix={"story": 1, "forum": 1}, eval_examples=20, heldout_kb=5))
+    result = synthesize(
+        tmp_path, SynthConfig(size_mb=0.1, mix={"story": 1, "forum": 1}, eval_examples=20, heldout_kb=5)
+    )
     assert {k for k, n in result.documents.items() if n} == {"story", "forum"}
     kinds = {json.loads(line)["kind"] for line in result.train_files[0].open()}
     assert kinds == {"story", "forum"}
@@ -140,7 +140,7 @@ def test_eval_items_are_disjoint_from_training(corpus):
 
 
 def test_overlap_check_finds_a_planted_item(tmp_path):
-    generate(tmp_path, SynthConfig(size_mb=0.1, eval_examples=20, heldout_kb=5))
+    synthesize(tmp_path, SynthConfig(size_mb=0.1, eval_examples=20, heldout_kb=5))
     question = jsonl(tmp_path / EVAL_DIR / NQ_FILE)[0]["question"]
     passage = jsonl(tmp_path / EVAL_DIR / LAMBADA_FILE)[3]["text"]
     shard = tmp_path / TRAIN_DIR / "synth-00000.jsonl"

@@ -14,7 +14,7 @@ from gpt2kit.tokenizer import (
     TokenizerError,
     bytes_to_unicode,
     load_tokenizer,
-    train,
+    train_tokenizer,
 )
 from tests.conftest import shared_file
 
@@ -105,7 +105,7 @@ def test_trained_on_gutenberg_round_trips_and_compresses(tmp_path):
     books = sorted(shared_file("train/gutenberg").glob("*.txt"))[:3]
     sample = tmp_path / "sample.txt"
     sample.write_text("".join(book.read_text(encoding="utf-8")[:400_000] for book in books))
-    tokenizer = train([sample], vocab_size=2000)
+    tokenizer = train_tokenizer([sample], vocab_size=2000)
     assert tokenizer.vocab_size == 2000
     assert tokenizer.special_tokens == {ENDOFTEXT: 1999}
     text = books[-1].read_text(encoding="utf-8")[400_000:500_000] or sample.read_text()[:100_000]
@@ -126,17 +126,17 @@ def test_train_from_iterator(tiny_tokenizer):
 
 def test_bad_training_input_gives_clear_errors(tmp_path):
     with pytest.raises(TokenizerError, match="no such file"):
-        train([tmp_path / "missing.txt"], vocab_size=300)
+        train_tokenizer([tmp_path / "missing.txt"], vocab_size=300)
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
     with pytest.raises(TokenizerError, match="empty corpus"):
-        train([empty], vocab_size=300)
+        train_tokenizer([empty], vocab_size=300)
     with pytest.raises(TokenizerError, match="at least 257"):
-        train(["some text"], vocab_size=256, files=False)
+        train_tokenizer(["some text"], vocab_size=256, files=False)
     binary = tmp_path / "binary.txt"
     binary.write_bytes(b"ok\n\xff\xfe bad\n")
     with pytest.raises(TokenizerError, match="not UTF-8"):
-        train([binary], vocab_size=300)
+        train_tokenizer([binary], vocab_size=300)
 
 
 def test_bad_tokenizer_files_give_clear_errors(tmp_path, monkeypatch):

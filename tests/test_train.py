@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from gpt2kit.data.loader import TokenWindows, WindowLoader
 from gpt2kit.data.prepare import prepare
 from gpt2kit.model import GPT, GPTConfig
-from gpt2kit.train import STATE_FILE, Trainer, TrainingError, build_optimizer, checkpoints, learning_rate
+from gpt2kit.train import Trainer, build_optimizer, learning_rate
 from gpt2kit.train_config import TrainConfig
+from gpt2kit.train_state import STATE_FILE, TrainingError, checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTEXT = 32
@@ -24,7 +25,7 @@ CONTEXT = 32
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory, tiny_tokenizer):
-    from gpt2kit.study.demo import generated_text
+    from textgen import generated_text
 
     root = tmp_path_factory.mktemp("train")
     corpus = root / "corpus"

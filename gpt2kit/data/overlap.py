@@ -37,7 +37,7 @@ def load_examples(path: str | os.PathLike, unit: str = "auto", field: str | None
                 raise GPT2KitError(f"{path}: no examples")
             field = next((name for name in TEST_FIELDS if isinstance(first.get(name), str)), None)
             if field is None:
-                raise GPT2KitError(f"{path}: none of the fields {', '.join(TEST_FIELDS)}; pass --field")
+                raise GPT2KitError(f"{path}: none of the fields {', '.join(TEST_FIELDS)}; name the field to read")
         return list(jsonl_texts(path, field))
     text = "".join(text_blocks(path))
     lines = text.splitlines()

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gpt2kit.config import Checked, config_from_dict
 from gpt2kit.data.shards import (
     MANIFEST_NAME,
     GroupInfo,
@@ -72,10 +73,7 @@ class PrepareResult:
     groups_reused: int
     tokens_written: int
     elapsed_s: float
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.tokens_written / self.elapsed_s if self.elapsed_s > 0 else 0.0
+    tokens_per_s: float  # tokens written per second of the whole run
 
 
 # -- reading documents --------------------------------------------------------------------
@@ -120,7 +118,7 @@ class DocumentReader:
 
     def __init__(self, split_lines: bool, text_field: str, on_bad_utf8: str):
         if on_bad_utf8 not in BAD_UTF8_POLICIES:
-            raise PrepareError(f"--on-bad-utf8 must be one of {', '.join(BAD_UTF8_POLICIES)}, got {on_bad_utf8!r}")
+            raise PrepareError(f"on_bad_utf8 must be one of {', '.join(BAD_UTF8_POLICIES)}, got {on_bad_utf8!r}")
         self.split_lines = split_lines
         self.text_field = text_field
         self.on_bad_utf8 = on_bad_utf8
@@ -177,7 +175,7 @@ class DocumentReader:
         if self.text_field not in row:
             fields = ", ".join(sorted(map(str, row))[:8]) or "none"
             raise PrepareError(
-                f"{where}: no field {self.text_field!r} (fields here: {fields}; choose with --text-field)"
+                f"{where}: no field {self.text_field!r} (fields here: {fields}; choose another text field)"
             )
         value = row[self.text_field]
         if value is not None and not isinstance(value, str):
@@ -211,7 +209,7 @@ class DocumentReader:
         names = parquet.schema_arrow.names
         if self.text_field not in names:
             raise PrepareError(
-                f"{path}: no column {self.text_field!r} (columns: {', '.join(names[:8])}; choose with --text-field)"
+                f"{path}: no column {self.text_field!r} (columns: {', '.join(names[:8])}; choose another text field)"
             )
         try:
             for batch in parquet.iter_batches(columns=[self.text_field], batch_size=1024):
@@ -228,7 +226,9 @@ class DocumentReader:
         try:
             import datasets
         except ImportError:
-            raise PrepareError("--hf-dataset needs the `datasets` package (pip install 'gpt2kit[data]')") from None
+            raise PrepareError(
+                "reading a HF dataset needs the `datasets` package (pip install 'gpt2kit[data]')"
+            ) from None
         name, config = spec, None
         if not Path(spec).exists() and ":" in spec:
             name, config = spec.split(":", 1)
@@ -241,7 +241,7 @@ class DocumentReader:
         except GPT2KitError:
             raise
         except Exception as err:  # hub, network, unknown split or config: all mean the dataset is not usable
-            raise PrepareError(f"--hf-dataset {spec} --split {split}: {type(err).__name__}: {err}") from None
+            raise PrepareError(f"HF dataset {spec} (split {split}): {type(err).__name__}: {err}") from None
 
 
 @dataclass
@@ -383,13 +383,13 @@ def _reusable_groups(
         raise PrepareError(
             f"{out}: holds shards made with tokenizer {manifest.tokenizer.get('name')!r} "
             f"(sha256 {str(manifest.tokenizer.get('sha256'))[:12]}...), not {tokenizer.name!r} "
-            f"(sha256 {tokenizer_sha[:12]}...); use another --out"
+            f"(sha256 {tokenizer_sha[:12]}...); write to another directory"
         )
     for key in sorted(set(settings) | set(manifest.settings)):
         if settings.get(key) != manifest.settings.get(key):
             raise PrepareError(
                 f"{out}: was prepared with {key}={manifest.settings.get(key)!r}, now {settings.get(key)!r}; "
-                "use another --out, or the same settings to resume"
+                "write to another directory, or use the same settings to resume"
             )
     reusable = []
     for group in manifest.groups:
@@ -408,162 +408,184 @@ def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def prepare(
-    inputs: list[str],
-    tokenizer: str | Tokenizer,
-    out: str | os.PathLike,
-    *,
-    val_fraction: float = 0.005,
-    workers: int | None = None,
-    seed: int = 0,
-    split_lines: bool = False,
-    text_field: str = "text",
-    on_bad_utf8: str = "replace",
-    hf_dataset: str | None = None,
-    hf_split: str = "train",
-    shard_tokens: int = 100_000_000,
-    batch_bytes: int = 1 << 20,
-    progress: bool = True,
-) -> PrepareResult:
-    """Tokenize `inputs` (and/or a HF dataset) into shards under `out`; see the module docstring."""
-    from tqdm.auto import tqdm
+@dataclass
+class PrepareConfig(Checked):
+    """What `prepare` reads and how it splits and shards it (recorded in the manifest as its settings)."""
 
-    start = time.perf_counter()
-    if not 0.0 <= val_fraction < 1.0:
-        raise PrepareError(f"--val-fraction must be in [0, 1), got {val_fraction}")
-    if shard_tokens <= 0 or batch_bytes <= 0:
-        raise PrepareError("--shard-tokens and the batch size must be positive")
-    workers = workers or default_workers()
-    if workers < 1:
-        raise PrepareError(f"--workers must be at least 1, got {workers}")
-    if not inputs and not hf_dataset:
-        raise PrepareError("nothing to prepare: give --input files or --hf-dataset")
-    out = Path(out)
-    files = expand_inputs(inputs)
-    tok = tokenizer if isinstance(tokenizer, Tokenizer) else load_tokenizer(tokenizer)
-    dtype = token_dtype(tok.vocab_size)
-    settings = {
-        "inputs": [str(p) for p in files],
-        "hf_dataset": hf_dataset,
-        "hf_split": hf_split if hf_dataset else None,
-        "split_lines": split_lines,
-        "text_field": text_field,
-        "on_bad_utf8": on_bad_utf8,
-        "val_fraction": val_fraction,
-        "seed": seed,
-        "shard_tokens": shard_tokens,
-        "batch_bytes": batch_bytes,
-    }
-    tokenizer_sha = tok.sha256  # hashes the whole vocabulary: compute it once
-    previous = Manifest.load(out) if (out / MANIFEST_NAME).exists() else None
-    reusable = _reusable_groups(out, previous, tok, tokenizer_sha, settings)
-    out.mkdir(parents=True, exist_ok=True)
-    tokenizer_dir = out / TOKENIZER_DIR
-    tok.save(tokenizer_dir)
-    tokenizer_info = {
-        "name": tok.name,
-        "sha256": tokenizer_sha,
-        "vocab_size": tok.vocab_size,
-        "eot_token": tok.eot_token,
-    }
-    manifest = Manifest(tokenizer_info, dtype.name, settings)
-    reuse_end = reusable[-1].end_batch if reusable else 0
+    val_fraction: float = 0.005  # share of documents for validation, drawn by a seeded hash
+    workers: int | None = None  # tokenizer processes; None: all cores
+    seed: int = 0
+    split_lines: bool = False  # one document per line of text files
+    text_field: str = "text"  # field (JSON lines) or column (parquet, HF) holding the text
+    on_bad_utf8: str = "replace"  # error, replace or skip
+    hf_dataset: str | None = None  # a HF dataset NAME[:CONFIG], streamed after the files
+    hf_split: str = "train"
+    shard_tokens: int = 100_000_000  # train tokens per shard group
+    batch_bytes: int = 1 << 20  # text per tokenizer task
+    progress: bool = True
 
-    reader = DocumentReader(split_lines, text_field, on_bad_utf8)
+    def problems(self) -> list[str]:
+        bad = []
+        if not 0.0 <= self.val_fraction < 1.0:
+            bad.append(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.shard_tokens <= 0 or self.batch_bytes <= 0:
+            bad.append("shard_tokens and batch_bytes must be positive")
+        if self.workers is not None and self.workers < 1:
+            bad.append(f"workers must be at least 1, got {self.workers}")
+        if self.on_bad_utf8 not in BAD_UTF8_POLICIES:
+            bad.append(f"on_bad_utf8 must be one of {', '.join(BAD_UTF8_POLICIES)}, got {self.on_bad_utf8!r}")
+        return bad
 
-    def documents() -> Iterator[str]:
-        yield from reader.files(files)
-        if hf_dataset:
-            yield from reader.hf_dataset(hf_dataset, hf_split)
+    def settings(self, files: list[Path]) -> dict:
+        """The manifest's record of the run: what a re-run must match to reuse shards."""
+        values = {key: value for key, value in asdict(self).items() if key not in ("workers", "progress")}
+        values["hf_split"] = self.hf_split if self.hf_dataset else None
+        return {"inputs": [str(p) for p in files], **values}
 
-    # The bar counts text bytes; file sizes give its total only for plain text input.
-    plain_text = not hf_dataset and all(_suffix_kind(p) == "text" for p in files)
-    known_size = sum(p.stat().st_size for p in files) if plain_text else None
-    bar = tqdm(total=known_size, unit="B", unit_scale=True, desc=f"prepare -> {out}", disable=not progress)
-    pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
-    pending: deque[tuple[Batch, Future]] = deque()
-    group: _GroupWriter | None = None
-    docs_seen = 0
-    tokens_written = 0
-    groups_written = 0
-    reuse_digest = hashlib.sha256()
-    reuse_queue = deque(reusable)
 
-    def finish_group() -> None:
-        nonlocal group, groups_written
-        info, shards = group.close()
-        manifest.groups.append(info)
-        manifest.shards.extend(shards)
-        manifest.save(out)
-        groups_written += 1
-        group = None
+def prepare(inputs: list[str], tokenizer: str | Tokenizer, out: str | os.PathLike, **options) -> PrepareResult:
+    """Tokenize `inputs` (and/or a HF dataset) into shards under `out`; `options` are PrepareConfig's fields."""
+    config = config_from_dict(PrepareConfig, options, "prepare options")
+    if not inputs and not config.hf_dataset:
+        raise PrepareError("nothing to prepare: give input files or a HF dataset")
+    return _Preparation(inputs, tokenizer, Path(out), config).run()
 
-    def consume(batch: Batch, result: TokenizedBatch) -> None:
-        nonlocal group, tokens_written
-        if group is None:
-            group = _GroupWriter(out, len(manifest.groups), batch.index, dtype)
-        group.add(batch, result)
-        tokens_written += len(result.train) + len(result.val)
-        bar.update(sum(batch.doc_bytes))
-        if group.train_tokens >= shard_tokens:
-            finish_group()
 
-    try:
-        for batch in batches(documents(), batch_bytes):
-            val_rows = validation_rows(batch, docs_seen, val_fraction, seed)
+class _Preparation:
+    """One `prepare` run: batches of documents go to tokenizer processes and come back, in order, into shard
+    groups; groups an earlier run finished with the same input and settings are reused after checking."""
+
+    def __init__(self, inputs: list[str], tokenizer: str | Tokenizer, out: Path, config: PrepareConfig):
+        self.start = time.perf_counter()
+        self.inputs, self.out, self.config = inputs, out, config
+        self.workers = config.workers or default_workers()
+        self.files = expand_inputs(inputs)
+        self.tok = tokenizer if isinstance(tokenizer, Tokenizer) else load_tokenizer(tokenizer)
+        self.dtype = token_dtype(self.tok.vocab_size)
+        settings = config.settings(self.files)
+        self.tokenizer_sha = self.tok.sha256  # hashes the whole vocabulary: compute it once
+        self.previous = Manifest.load(out) if (out / MANIFEST_NAME).exists() else None
+        self.reusable = _reusable_groups(out, self.previous, self.tok, self.tokenizer_sha, settings)
+        out.mkdir(parents=True, exist_ok=True)
+        self.tokenizer_dir = out / TOKENIZER_DIR
+        self.tok.save(self.tokenizer_dir)
+        tokenizer_info = {
+            "name": self.tok.name,
+            "sha256": self.tokenizer_sha,
+            "vocab_size": self.tok.vocab_size,
+            "eot_token": self.tok.eot_token,
+        }
+        self.manifest = Manifest(tokenizer_info, self.dtype.name, settings)
+        self.reader = DocumentReader(config.split_lines, config.text_field, config.on_bad_utf8)
+        self.group: _GroupWriter | None = None
+        self.tokens_written = self.groups_written = 0
+        self.reuse_queue = deque(self.reusable)
+        self.reuse_digest = hashlib.sha256()
+        self.bar = None
+
+    def documents(self) -> Iterator[str]:
+        yield from self.reader.files(self.files)
+        if self.config.hf_dataset:
+            yield from self.reader.hf_dataset(self.config.hf_dataset, self.config.hf_split)
+
+    def run(self) -> PrepareResult:
+        from tqdm.auto import tqdm
+
+        # The bar counts text bytes; file sizes give its total only for plain text input.
+        plain_text = not self.config.hf_dataset and all(_suffix_kind(p) == "text" for p in self.files)
+        known_size = sum(p.stat().st_size for p in self.files) if plain_text else None
+        self.bar = tqdm(
+            total=known_size, unit="B", unit_scale=True, desc=f"prepare -> {self.out}", disable=not self.config.progress
+        )
+        pool = ProcessPoolExecutor(max_workers=self.workers) if self.workers > 1 else None
+        pending: deque[tuple[Batch, Future]] = deque()
+        try:
+            self._tokenize_all(pool, pending)
+        except BaseException:
+            if self.group is not None:
+                self.group.abort()
+            for _, future in pending:
+                future.cancel()
+            raise
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+            self.bar.close()
+        return self._finish()
+
+    def _tokenize_all(self, pool: ProcessPoolExecutor | None, pending: deque) -> None:
+        reuse_end = self.reusable[-1].end_batch if self.reusable else 0
+        docs_seen = 0
+        for batch in batches(self.documents(), self.config.batch_bytes):
+            val_rows = validation_rows(batch, docs_seen, self.config.val_fraction, self.config.seed)
             docs_seen += len(batch.docs)
             if batch.index < reuse_end:
-                reuse_digest.update(batch.digest)
-                bar.update(sum(batch.doc_bytes))
-                if batch.index + 1 == reuse_queue[0].end_batch:
-                    reused = reuse_queue.popleft()
-                    if reuse_digest.hexdigest() != reused.text_sha256:
-                        raise PrepareError(
-                            f"{out}: the input differs from the earlier run's (shard group {reused.index}); "
-                            "use another --out"
-                        )
-                    manifest.groups.append(reused)
-                    manifest.shards.extend(s for s in previous.shards if s.group == reused.index)
-                    reuse_digest = hashlib.sha256()
+                self._reuse(batch)
                 continue
-            args = (str(tokenizer_dir), tokenizer_sha, batch.docs, batch.doc_bytes, val_rows, dtype.name)
+            args = (str(self.tokenizer_dir), self.tokenizer_sha, batch.docs, batch.doc_bytes, val_rows, self.dtype.name)
             if pool is None:
-                consume(batch, tokenize_batch(*args))
+                self._consume(batch, tokenize_batch(*args))
                 continue
             pending.append((batch, pool.submit(tokenize_batch, *args)))
-            while len(pending) >= 2 * workers:
+            while len(pending) >= 2 * self.workers:
                 done_batch, future = pending.popleft()
-                consume(done_batch, future.result())
+                self._consume(done_batch, future.result())
         while pending:
             done_batch, future = pending.popleft()
-            consume(done_batch, future.result())
-        if group is not None:
-            finish_group()
-    except BaseException:
-        if group is not None:
-            group.abort()
-        for _, future in pending:
-            future.cancel()
-        raise
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-        bar.close()
+            self._consume(done_batch, future.result())
+        if self.group is not None:
+            self._finish_group()
 
-    if reuse_queue:
-        raise PrepareError(f"{out}: the input is shorter than in the earlier run; use another --out")
-    if reader.stats.documents == 0:
-        sources = ", ".join([*map(str, inputs), *([hf_dataset] if hf_dataset else [])])
-        raise PrepareError(f"empty corpus: no non-empty documents in {sources}")
-    if manifest.split_stats("train").num_docs == 0:
-        raise PrepareError(
-            f"no training documents: all {reader.stats.documents} went to validation; "
-            "lower --val-fraction or use --split-lines"
-        )
-    manifest.input_stats = asdict(reader.stats)
-    manifest.complete = True
-    manifest.save(out)
-    return PrepareResult(manifest, out, groups_written, len(reusable), tokens_written, time.perf_counter() - start)
+    def _reuse(self, batch: Batch) -> None:
+        """Check a batch an earlier run already tokenized; at a group's end, take that group over."""
+        self.reuse_digest.update(batch.digest)
+        self.bar.update(sum(batch.doc_bytes))
+        if batch.index + 1 == self.reuse_queue[0].end_batch:
+            reused = self.reuse_queue.popleft()
+            if self.reuse_digest.hexdigest() != reused.text_sha256:
+                raise PrepareError(
+                    f"{self.out}: the input differs from the earlier run's (shard group {reused.index}); "
+                    "write to another directory"
+                )
+            self.manifest.groups.append(reused)
+            self.manifest.shards.extend(s for s in self.previous.shards if s.group == reused.index)
+            self.reuse_digest = hashlib.sha256()
+
+    def _consume(self, batch: Batch, result: TokenizedBatch) -> None:
+        if self.group is None:
+            self.group = _GroupWriter(self.out, len(self.manifest.groups), batch.index, self.dtype)
+        self.group.add(batch, result)
+        self.tokens_written += len(result.train) + len(result.val)
+        self.bar.update(sum(batch.doc_bytes))
+        if self.group.train_tokens >= self.config.shard_tokens:
+            self._finish_group()
+
+    def _finish_group(self) -> None:
+        info, shards = self.group.close()
+        self.manifest.groups.append(info)
+        self.manifest.shards.extend(shards)
+        self.manifest.save(self.out)
+        self.groups_written += 1
+        self.group = None
+
+    def _finish(self) -> PrepareResult:
+        if self.reuse_queue:
+            raise PrepareError(f"{self.out}: the input is shorter than in the earlier run; write to another directory")
+        if self.reader.stats.documents == 0:
+            sources = ", ".join([*map(str, self.inputs), *([self.config.hf_dataset] if self.config.hf_dataset else [])])
+            raise PrepareError(f"empty corpus: no non-empty documents in {sources}")
+        if self.manifest.split_stats("train").num_docs == 0:
+            raise PrepareError(
+                f"no training documents: all {self.reader.stats.documents} went to validation; "
+                "lower val_fraction or split text files into one document per line"
+            )
+        self.manifest.input_stats = asdict(self.reader.stats)
+        self.manifest.complete = True
+        self.manifest.save(self.out)
+        elapsed = time.perf_counter() - self.start
+        rate = self.tokens_written / elapsed if elapsed > 0 else 0.0
+        written, reused = self.groups_written, len(self.reusable)
+        return PrepareResult(self.manifest, self.out, written, reused, self.tokens_written, elapsed, rate)
 
 
 def load_manifest(directory: str | os.PathLike) -> Manifest:

@@ -202,29 +202,26 @@ def run_winograd(ctx: TaskContext) -> TaskOutput:
 
 CBT_FORMAT = "cbtest format: numbered lines 1-20 of context, line 21 'query<TAB>answer<TAB><TAB>c1|...|c10'"
 WINOGRAD_FORMAT = 'JSON lines {"context_options": [sentence up to each option], "continuation": str, "gold": int}'
+
+
+def _cbt_task(kind: str, paper: dict[str, float]) -> TaskSpec:
+    """Children's Book Test, common nouns (CN) or named entities (NE)."""
+    return TaskSpec(
+        name=f"cbt_{kind.lower()}",
+        metrics=("acc",),
+        family="cloze",
+        columns=(Column("acc", f"CBT-{kind} (ACC)", "acc", paper),),
+        data_files=(f"cbtest_{kind}_valid_2000ex.txt", f"cbtest_{kind}_test_2500ex.txt"),
+        file_format=f"cbtest_{kind}_valid_2000ex.txt: {CBT_FORMAT}",
+        protocol="accuracy; candidate + rest of the query scored given the 20-sentence context",
+        run=run_cbt,
+        hf_dataset=HFDataset("cam-cst/cbt", kind, "test"),
+    )
+
+
 TASKS = (
-    TaskSpec(
-        name="cbt_cn",
-        metrics=("acc",),
-        family="cloze",
-        columns=(Column("acc", "CBT-CN (ACC)", "acc", {"117M": 87.65, "345M": 92.35, "762M": 93.45, "1542M": 93.30}),),
-        data_files=("cbtest_CN_valid_2000ex.txt", "cbtest_CN_test_2500ex.txt"),
-        file_format=f"cbtest_CN_valid_2000ex.txt: {CBT_FORMAT}",
-        protocol="accuracy; candidate + rest of the query scored given the 20-sentence context",
-        run=run_cbt,
-        hf_dataset=HFDataset("cam-cst/cbt", "CN", "test"),
-    ),
-    TaskSpec(
-        name="cbt_ne",
-        metrics=("acc",),
-        family="cloze",
-        columns=(Column("acc", "CBT-NE (ACC)", "acc", {"117M": 83.4, "345M": 87.1, "762M": 88.0, "1542M": 89.05}),),
-        data_files=("cbtest_NE_valid_2000ex.txt", "cbtest_NE_test_2500ex.txt"),
-        file_format=f"cbtest_NE_valid_2000ex.txt: {CBT_FORMAT}",
-        protocol="accuracy; candidate + rest of the query scored given the 20-sentence context",
-        run=run_cbt,
-        hf_dataset=HFDataset("cam-cst/cbt", "NE", "test"),
-    ),
+    _cbt_task("CN", {"117M": 87.65, "345M": 92.35, "762M": 93.45, "1542M": 93.30}),
+    _cbt_task("NE", {"117M": 83.4, "345M": 87.1, "762M": 88.0, "1542M": 89.05}),
     TaskSpec(
         name="wsc273",
         metrics=("acc",),

@@ -135,7 +135,7 @@ def resolve(
     if data_dir is not None:
         directory = Path(data_dir).expanduser()
         if not directory.is_dir():
-            raise EvalDataError(f"--data-dir {directory}: no such directory")
+            raise EvalDataError(f"data directory {directory}: no such directory")
         found = _find_standard(directory, standard_names)
         if found is not None:
             return file_source(*found)

@@ -226,5 +226,3 @@ LM1B = Detokenizer(
     attach_right={"(": "(", "[": "[", "$": "$", "£": "£", "#": "#"},
     quotes=('"',),
 )
-
-DETOKENIZERS = {d.name: d for d in (WIKITEXT, PTB, PTB_QUOTES, LM1B)}

@@ -145,14 +145,18 @@ def _word_task(detokenizer: Detokenizer, text_key: str = "text"):
 
 WORD_METRICS = ("word_ppl", "bpb", "loss", "ppl")
 WORD_FORMAT = "the tokenized text file, one line per line of the corpus"
+
+
+def _corpus_task(name: str, metrics: tuple, column: tuple, **fields) -> TaskSpec:
+    """A language-modelling task: one column (metric, label, kind, the paper's scores by size)."""
+    return TaskSpec(name=name, metrics=metrics, family="language modelling", columns=(Column(*column),), **fields)
+
+
 TASKS = (
-    TaskSpec(
+    _corpus_task(
         name="wikitext2",
         metrics=WORD_METRICS,
-        family="language modelling",
-        columns=(
-            Column("word_ppl", "WikiText2 (PPL)", "ppl", {"117M": 29.41, "345M": 22.76, "762M": 19.93, "1542M": 18.34}),
-        ),
+        column=("word_ppl", "WikiText2 (PPL)", "ppl", {"117M": 29.41, "345M": 22.76, "762M": 19.93, "1542M": 18.34}),
         data_files=(
             "wiki.test.tokens",
             "wiki.test.raw",
@@ -164,41 +168,30 @@ TASKS = (
         run=_word_task(WIKITEXT),
         hf_dataset=HFDataset("Salesforce/wikitext", "wikitext-2-raw-v1", "test"),
     ),
-    TaskSpec(
+    _corpus_task(
         name="wikitext103",
         metrics=WORD_METRICS,
-        family="language modelling",
-        columns=(
-            Column(
-                "word_ppl", "WikiText103 (PPL)", "ppl", {"117M": 37.50, "345M": 26.37, "762M": 22.05, "1542M": 17.48}
-            ),
-        ),
+        column=("word_ppl", "WikiText103 (PPL)", "ppl", {"117M": 37.50, "345M": 26.37, "762M": 22.05, "1542M": 17.48}),
         data_files=("wikitext-103/wiki.test.tokens", "wikitext-103-raw/wiki.test.raw"),
         file_format=f"wikitext-103/wiki.test.tokens or wikitext-103-raw/wiki.test.raw: {WORD_FORMAT}",
         protocol="word-level perplexity over the detokenized stream, non-overlapping context windows",
         run=_word_task(WIKITEXT),
         hf_dataset=HFDataset("Salesforce/wikitext", "wikitext-103-raw-v1", "test"),
     ),
-    TaskSpec(
+    _corpus_task(
         name="ptb",
         metrics=WORD_METRICS,
-        family="language modelling",
-        columns=(
-            Column("word_ppl", "PTB (PPL)", "ppl", {"117M": 65.85, "345M": 47.33, "762M": 40.31, "1542M": 35.76}),
-        ),
+        column=("word_ppl", "PTB (PPL)", "ppl", {"117M": 65.85, "345M": 47.33, "762M": 40.31, "1542M": 35.76}),
         data_files=("ptb.test.txt", "ptb/ptb.test.txt"),
         file_format=f"ptb.test.txt (Mikolov's preprocessing): {WORD_FORMAT}",
         protocol="word-level perplexity over the detokenized stream (N -> 1, clitics joined), non-overlapping windows",
         run=_word_task(PTB, "sentence"),
         hf_dataset=HFDataset("ptb-text-only/ptb_text_only", None, "test"),
     ),
-    TaskSpec(
+    _corpus_task(
         name="lm1b",
         metrics=WORD_METRICS,
-        family="language modelling",
-        columns=(
-            Column("word_ppl", "1BW (PPL)", "ppl", {"117M": 75.20, "345M": 55.72, "762M": 44.575, "1542M": 42.16}),
-        ),
+        column=("word_ppl", "1BW (PPL)", "ppl", {"117M": 75.20, "345M": 55.72, "762M": 44.575, "1542M": 42.16}),
         data_files=(
             "news.en.heldout-00000-of-00050",
             "heldout-monolingual.tokenized.shuffled/news.en.heldout-00000-of-00050",
@@ -207,21 +200,19 @@ TASKS = (
         protocol="word-level perplexity over the detokenized sentences joined by newlines, non-overlapping windows",
         run=_word_task(LM1B),
     ),
-    TaskSpec(
+    _corpus_task(
         name="enwik8",
         metrics=("bpb", "loss", "ppl"),
-        family="language modelling",
-        columns=(Column("bpb", "enwik8 (BPB)", "bpb", {"117M": 1.16, "345M": 1.01, "762M": 0.97, "1542M": 0.93}),),
+        column=("bpb", "enwik8 (BPB)", "bpb", {"117M": 1.16, "345M": 1.01, "762M": 0.97, "1542M": 0.93}),
         data_files=("enwik8", "enwik8.test"),
         file_format="enwik8 (the raw 100M-byte file; its last 5M bytes are the test set) or the 5M test slice",
         protocol="bits per byte over the raw bytes, non-overlapping context windows",
         run=lambda ctx: run_corpus(ctx, None, "byte"),
     ),
-    TaskSpec(
+    _corpus_task(
         name="text8",
         metrics=("bpc", "loss", "ppl"),
-        family="language modelling",
-        columns=(Column("bpc", "text8 (BPC)", "bpb", {"117M": 1.17, "345M": 1.06, "762M": 1.02, "1542M": 0.98}),),
+        column=("bpc", "text8 (BPC)", "bpb", {"117M": 1.17, "345M": 1.06, "762M": 1.02, "1542M": 0.98}),
         data_files=("text8", "text8.test"),
         file_format="text8 (the 100M-character file; its last 5M characters are the test set) or the 5M test slice",
         protocol="bits per character, non-overlapping context windows",

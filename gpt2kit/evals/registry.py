@@ -32,7 +32,7 @@ def parse_tasks(text: str) -> list[str]:
     """A comma-separated list of task names ('all' for every task), validated, without duplicates."""
     names = [t.strip() for t in text.split(",") if t.strip()]
     if not names:
-        raise GPT2KitError("no tasks given (use --tasks TASK[,TASK...] or --list to see them)")
+        raise GPT2KitError("no tasks given (name one or more; `gpt2kit eval --list` shows them)")
     if "all" in names:
         return list(TASKS)
     for name in names:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import random
 import shutil
 import time
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from pathlib import Path
 from gpt2kit.evals.translation import read_segments
 from gpt2kit.io import atomic_write_text
 from gpt2kit.study import synth
-from gpt2kit.study.report import Column, markdown_table, trend_lines
+from gpt2kit.study.report import ScoreColumn, capacity_table, trend_lines
 from gpt2kit.study.sweep import TIMINGS_FILE, EvalJob, SweepConfig, record_timings, run_sweep
 
 logger = logging.getLogger(__name__)
@@ -101,12 +100,12 @@ def eval_jobs(eval_dir: Path, limits: dict[str, int | None]) -> list[EvalJob]:
 
 
 COLUMNS = [
-    Column("lambada", "acc_last_word", "Stories, last word (ACC)", percent=True),
-    Column("world_qa", "em", "World QA (EM)", percent=True),
-    Column("arithmetic", "em", "Arithmetic (EM)", percent=True),
-    Column("velorian", "bleu", "English-Velorian (BLEU)"),
-    Column("tldr", "rouge_avg", "TL;DR news (R-AVG)", percent=True),
-    Column("heldout", "ppl", "Held-out web (token PPL)", higher_is_better=False),
+    ScoreColumn("lambada", "acc_last_word", "Stories, last word (ACC)", percent=True),
+    ScoreColumn("world_qa", "em", "World QA (EM)", percent=True),
+    ScoreColumn("arithmetic", "em", "Arithmetic (EM)", percent=True),
+    ScoreColumn("velorian", "bleu", "English-Velorian (BLEU)"),
+    ScoreColumn("tldr", "rouge_avg", "TL;DR news (R-AVG)", percent=True),
+    ScoreColumn("heldout", "ppl", "Held-out web (token PPL)", higher_is_better=False),
 ]
 
 
@@ -205,7 +204,7 @@ def _start_fresh_if_changed(out: Path, plan: DemoPlan, seed: int) -> None:
 def run_demo(out: Path, quick: bool = False, seed: int = 0) -> list[str]:
     """Run the whole demo under `out`; returns summary lines (the table, the trends, where the report is)."""
     from gpt2kit.data.prepare import prepare
-    from gpt2kit.tokenizer import Tokenizer, train
+    from gpt2kit.tokenizer import Tokenizer, train_tokenizer
 
     plan = QUICK if quick else FULL
     out = Path(out)
@@ -213,7 +212,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> list[str]:
     timings: dict[str, float] = {}  # the steps this call runs; record_timings adds those of earlier calls
 
     start = time.perf_counter()
-    web = synth.generate(
+    web = synth.synthesize(
         out / "web",
         synth.SynthConfig(size_mb=plan.corpus_mb, seed=seed, eval_examples=200, heldout_kb=plan.heldout_kb),
         progress=True,
@@ -224,7 +223,9 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> list[str]:
     tokenizer_dir = out / "tokenizer"
     if not (tokenizer_dir / "vocab.json").exists():
         start = time.perf_counter()
-        train(synth.iter_documents(web.out), plan.vocab_size, files=False, show_progress=True).save(tokenizer_dir)
+        train_tokenizer(synth.iter_documents(web.out), plan.vocab_size, files=False, show_progress=True).save(
+            tokenizer_dir
+        )
         timings["train the BPE"] = time.perf_counter() - start
     tokenizer = Tokenizer.from_dir(tokenizer_dir)
 
@@ -265,19 +266,9 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> list[str]:
 
     models = [ModelReport(r.size, r.params, r.results) for r in results]
     return [
-        markdown_table(models, COLUMNS, baselines),
+        capacity_table(models, COLUMNS, baselines),
         "",
         *trend_lines(models, COLUMNS, baselines),
         "",
         f"report: {report}",
     ]
-
-
-def generated_text(n_sentences: int, seed: int) -> str:
-    """Simple seeded sentences, for tests that need a little text to train a tokenizer on."""
-    rng = random.Random(seed)
-    subjects = ["the river", "a merchant", "the old town", "every sailor", "the council", "my neighbour"]
-    verbs = ["crossed", "remembered", "sold", "painted", "visited", "counted"]
-    objects = ["the bridge", "forty lanterns", "a blue boat", "the northern market", "three letters", "the harbour"]
-    sentences = [f"{rng.choice(subjects)} {rng.choice(verbs)} {rng.choice(objects)}." for _ in range(n_sentences)]
-    return "\n".join(" ".join(sentences[i : i + 5]).capitalize() for i in range(0, n_sentences, 5)) + "\n"

@@ -1,7 +1,7 @@
 """The capacity report: a Table-3-shaped table, training curves, score-vs-parameters plots and samples.
 
 Input is one `ModelReport` per model size (its parameter count, its `gpt2kit eval` results, the path of
-its training `metrics.jsonl`, and samples) and a list of `Column`s saying which metric of which task to
+its training `metrics.jsonl`, and samples) and a list of `ScoreColumn`s saying which metric of which task to
 show. `write_report` writes `report.md`, `loss.png` and `capacity.png` into a directory.
 """
 
@@ -18,7 +18,7 @@ from gpt2kit.io import atomic_write_bytes, atomic_write_text, read_jsonl
 
 
 @dataclass(frozen=True)
-class Column:
+class ScoreColumn:
     """One column of the table: `metric` of `task` in the results, shown under `label`.
 
     `percent` shows a fraction in [0, 1] as a percentage, the paper's unit for accuracies. Perplexities
@@ -52,7 +52,7 @@ class ModelReport:
     metrics_path: Path | None = None  # the training run's metrics.jsonl
     samples: list[tuple[str, str]] = field(default_factory=list)  # (prompt, completion)
 
-    def metric(self, column: Column) -> float | None:
+    def metric(self, column: ScoreColumn) -> float | None:
         value = self.results.get(column.task, {}).get("metrics", {}).get(column.metric)
         return float(value) if isinstance(value, (int, float)) else None
 
@@ -69,7 +69,7 @@ class Trend:
         value = self.intercept + self.slope * math.log10(params)
         return 10**value if self.log_score else value
 
-    def describe(self, column: Column) -> str:
+    def describe(self, column: ScoreColumn) -> str:
         if self.log_score:
             return f"x{10**self.slope:.2f} per 10x params"
         unit = " points" if column.percent else ""
@@ -86,7 +86,7 @@ def read_metrics(run: str | Path) -> list[dict]:
     return read_jsonl(path)
 
 
-def fit_trend(params: list[int], scores: list[float], column: Column) -> Trend | None:
+def fit_trend(params: list[int], scores: list[float], column: ScoreColumn) -> Trend | None:
     """Least-squares fit of the score against log10(params); None with fewer than two points."""
     import numpy as np
 
@@ -177,7 +177,9 @@ def plot_loss(models: list[ModelReport], path: Path) -> bool:
     return drawn
 
 
-def plot_capacity(models: list[ModelReport], columns: list[Column], baselines: dict[str, float], path: Path) -> None:
+def plot_capacity(
+    models: list[ModelReport], columns: list[ScoreColumn], baselines: dict[str, float], path: Path
+) -> None:
     """One panel per column: score against parameters on a log axis, the fitted trend, the baseline."""
     import matplotlib.ticker
 
@@ -238,7 +240,7 @@ def _params(n: int) -> str:
     return str(n)
 
 
-def markdown_table(models: list[ModelReport], columns: list[Column], baselines: dict[str, float]) -> str:
+def capacity_table(models: list[ModelReport], columns: list[ScoreColumn], baselines: dict[str, float]) -> str:
     """Rows: the baseline (when there is one), then each model by size; columns: the tasks. Like the paper's Table 3."""
     arrows = ["(higher is better)" if c.higher_is_better else "(lower is better)" for c in columns]
     header = "| model | parameters | " + " | ".join(c.label for c in columns) + " |"
@@ -254,7 +256,7 @@ def markdown_table(models: list[ModelReport], columns: list[Column], baselines: 
     return "\n".join(lines)
 
 
-def trend_lines(models: list[ModelReport], columns: list[Column], baselines: dict[str, float]) -> list[str]:
+def trend_lines(models: list[ModelReport], columns: list[ScoreColumn], baselines: dict[str, float]) -> list[str]:
     """One line per column: the fitted log-linear slope and whether the scores rise with size above the baseline."""
     lines = []
     ordered = sorted(models, key=lambda m: m.params)
@@ -279,7 +281,7 @@ def trend_lines(models: list[ModelReport], columns: list[Column], baselines: dic
 def write_report(
     out_dir: str | Path,
     models: list[ModelReport],
-    columns: list[Column],
+    columns: list[ScoreColumn],
     baselines: dict[str, float] | None = None,
     *,
     title: str = "Capacity report",
@@ -307,7 +309,7 @@ def write_report(
     parts = [f"# {title}", ""]
     if intro:
         parts += [intro.strip(), ""]
-    parts += ["## Zero-shot results by model size", "", markdown_table(ordered, columns, baselines), ""]
+    parts += ["## Zero-shot results by model size", "", capacity_table(ordered, columns, baselines), ""]
     parts += ["Accuracies, exact match and ROUGE are percentages; BLEU is sacreBLEU's corpus score.", ""]
     if baseline_notes:
         parts += ["Trivial baselines:", ""]

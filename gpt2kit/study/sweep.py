@@ -19,7 +19,7 @@ from pathlib import Path
 
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.io import atomic_write_text
-from gpt2kit.study.report import Column, ModelReport, write_report
+from gpt2kit.study.report import ModelReport, ScoreColumn, write_report
 
 logger = logging.getLogger(__name__)
 
@@ -48,18 +48,18 @@ def parse_eval_jobs(tasks: str, data: list[str] | None = None) -> list[EvalJob]:
     for item in data or []:
         key, sep, value = item.partition("=")
         if not sep or not key or not value:
-            raise GPT2KitError(f"--eval-data expects NAME=PATH or NAME:examples=PATH, got {item!r}")
+            raise GPT2KitError(f"eval data expects NAME=PATH or NAME:examples=PATH, got {item!r}")
         paths[key.strip()] = value.strip()
     jobs = []
     for part in filter(None, (p.strip() for p in tasks.split(","))):
         name, _, task = part.partition("=")
         jobs.append(EvalJob(name, task or name, paths.pop(name, None), paths.pop(f"{name}:examples", None)))
     if not jobs:
-        raise GPT2KitError("--eval-tasks is empty")
+        raise GPT2KitError("no eval tasks given")
     if len({j.name for j in jobs}) != len(jobs):
-        raise GPT2KitError(f"--eval-tasks names a task twice: {tasks}")
+        raise GPT2KitError(f"eval tasks name a task twice: {tasks}")
     if paths:
-        raise GPT2KitError(f"--eval-data {next(iter(paths))}=...: not one of the evaluations ({tasks})")
+        raise GPT2KitError(f"eval data {next(iter(paths))}=...: not one of the evaluations ({tasks})")
     return jobs
 
 
@@ -84,18 +84,18 @@ class SweepConfig:
 
     def __post_init__(self) -> None:
         if not self.sizes:
-            raise GPT2KitError("sweep: --sizes is empty")
+            raise GPT2KitError("sweep: sizes is empty")
         from gpt2kit.model import PRESETS
 
         unknown = [size for size in self.sizes if size not in PRESETS]
         if unknown:
             raise GPT2KitError(f"sweep: unknown size {unknown[0]!r}; presets: {', '.join(PRESETS)}")
         if len(set(self.sizes)) != len(self.sizes):
-            raise GPT2KitError(f"sweep: --sizes names a size twice: {','.join(self.sizes)}")
+            raise GPT2KitError(f"sweep: sizes names a size twice: {','.join(self.sizes)}")
         if self.tokens < 1:
-            raise GPT2KitError(f"sweep: --tokens must be positive, got {self.tokens}")
+            raise GPT2KitError(f"sweep: tokens must be positive, got {self.tokens}")
         if self.eval_limit is not None and self.eval_limit < 1:
-            raise GPT2KitError(f"sweep: --eval-limit must be positive, got {self.eval_limit}")
+            raise GPT2KitError(f"sweep: eval_limit must be positive, got {self.eval_limit}")
         if self.sample_tokens < 1:
             raise GPT2KitError(f"sweep: sample_tokens must be positive, got {self.sample_tokens}")
 
@@ -129,8 +129,9 @@ def train_size(config: SweepConfig, size: str, run_dir: Path) -> tuple[Path, boo
     from gpt2kit.config import load_config
     from gpt2kit.device import resolve_device
     from gpt2kit.parallelize import DistEnv, init_distributed
-    from gpt2kit.train import CHECKPOINT_NAME, checkpoints, train
+    from gpt2kit.train import train
     from gpt2kit.train_config import TrainConfig
+    from gpt2kit.train_state import CHECKPOINT_NAME, checkpoints
 
     flags = {"data": config.data, "out": str(run_dir), "preset": size, "seed": config.seed}
     train_config = load_config(TrainConfig, config.config, flags=flags, overrides=config.overrides, check=False)
@@ -258,7 +259,7 @@ def record_timings(directory: Path, seconds: dict[str, float]) -> dict[str, floa
     return timings
 
 
-def default_columns(jobs: list[EvalJob]) -> list[Column]:
+def default_columns(jobs: list[EvalJob]) -> list[ScoreColumn]:
     """Each job's headline metric, as the eval registry names and shows it."""
     from gpt2kit.evals import get_task
 
@@ -267,7 +268,7 @@ def default_columns(jobs: list[EvalJob]) -> list[Column]:
         spec_column = get_task(job.task).columns[0]
         label = spec_column.header if job.name == job.task else f"{job.name} ({spec_column.metric})"
         columns.append(
-            Column(
+            ScoreColumn(
                 job.name,
                 spec_column.metric,
                 label,
@@ -281,7 +282,7 @@ def default_columns(jobs: list[EvalJob]) -> list[Column]:
 def run_sweep(
     config: SweepConfig,
     *,
-    columns: list[Column] | None = None,
+    columns: list[ScoreColumn] | None = None,
     baselines: dict[str, float] | None = None,
     baseline_notes: dict[str, str] | None = None,
     title: str = "Capacity sweep",

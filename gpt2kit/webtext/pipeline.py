@@ -79,7 +79,7 @@ def check_inputs(config: WebTextConfig) -> None:
     kind = config.input_kind
     if kind == "html":
         if len(config.inputs) != 1 or not Path(config.inputs[0]).is_dir():
-            raise GPT2KitError(f"--html-dir needs one directory, got {', '.join(config.inputs)}")
+            raise GPT2KitError(f"html input needs one directory, got {', '.join(config.inputs)}")
         from gpt2kit.webtext.readers import HTML_SUFFIXES
 
         if not any(p.name.lower().endswith(HTML_SUFFIXES) for p in Path(config.inputs[0]).rglob("*")):
@@ -174,13 +174,58 @@ class _Stages:
 
     def plan(self) -> list[tuple[str, int, list]]:
         """(stage name, tasks, steps) in order."""
-        from datatrove.pipeline.dedup.exact_dedup import ExactDedupFilter, ExactDedupSignature, ExactFindDedups
-        from datatrove.pipeline.dedup.minhash import (
-            MinhashDedupBuckets,
-            MinhashDedupCluster,
-            MinhashDedupFilter,
-            MinhashDedupSignature,
+        from gpt2kit.webtext import steps
+
+        config = self.config
+        self.stages: list[tuple[str, int, list]] = []
+        domain_rules = steps.DomainFilter(config.blocked_domains(), config.filters.drop_wikipedia)
+        self._collect(domain_rules)
+        self._pages(domain_rules)
+        if config.dedup.exact:
+            self._exact_find()
+        final = self._read_pages("exact dedup")
+        if config.dedup.near:
+            self._near_dedup()
+            final.append(("near dedup (MinHash)", self._minhash_filter()))
+        self._output(final)
+        return self.stages
+
+    def _add(self, name: str, tasks: int, labelled: list[tuple[str | None, object]]) -> None:
+        """A stage of (stats label or None, step) pairs; labelled steps get a row in stats.json."""
+        self.labels[name] = {i: label for i, (label, _) in enumerate(labelled) if label}
+        self.stages.append((name, tasks, [step for _, step in labelled]))
+
+    def _collect(self, domain_rules) -> None:
+        from datatrove.pipeline.writers import JsonlWriter
+
+        from gpt2kit.webtext import readers, steps
+
+        config = self.config
+        reader = {
+            "reddit": lambda: readers.RedditReader(config.inputs, config.reddit),
+            "urls": lambda: readers.UrlListReader(config.inputs),
+            "warc": lambda: readers.WarcPagesReader(config.inputs),
+            "html": lambda: readers.HtmlDirReader(config.inputs[0]),
+        }[config.input_kind]()
+        partitions = JsonlWriter(
+            self.folder("partitions"),
+            output_filename="${partition}/${rank}.jsonl.zst",
+            compression="zstd",
+            adapter=steps.work_record,
         )
+        self._add(
+            "collect",
+            config.workers,
+            [
+                ("read", reader),
+                ("url normalisation", steps.UrlCanonicaliser(allow_file_urls=config.input_kind == "html")),
+                ("domain rules", domain_rules),
+                (None, partitions),
+            ],
+        )
+
+    def _pages(self, domain_rules) -> None:
+        from datatrove.pipeline.dedup.exact_dedup import ExactDedupSignature
         from datatrove.pipeline.extractors import Trafilatura
         from datatrove.pipeline.filters import C4QualityFilter, GopherQualityFilter
         from datatrove.pipeline.writers import JsonlWriter
@@ -188,46 +233,13 @@ class _Stages:
         from gpt2kit.webtext import readers, steps
         from gpt2kit.webtext.fetch import Fetcher
 
-        config, n = self.config, self.config.workers
+        config, filters, n = self.config, self.config.filters, self.config.workers
         tokenizer = steps.RegexWordTokenizer()
-        domain_rules = steps.DomainFilter(config.blocked_domains(), config.filters.drop_wikipedia)
-        reader = {
-            "reddit": lambda: readers.RedditReader(config.inputs, config.reddit),
-            "urls": lambda: readers.UrlListReader(config.inputs),
-            "warc": lambda: readers.WarcPagesReader(config.inputs),
-            "html": lambda: readers.HtmlDirReader(config.inputs[0]),
-        }[config.input_kind]()
-        fetching = config.input_kind in ("reddit", "urls")
-        stages: list[tuple[str, int, list]] = []
-
-        def add(name: str, tasks: int, labelled: list[tuple[str | None, object]]) -> None:
-            self.labels[name] = {i: label for i, (label, _) in enumerate(labelled) if label}
-            stages.append((name, tasks, [step for _, step in labelled]))
-
-        add(
-            "collect",
-            n,
-            [
-                ("read", reader),
-                ("url normalisation", steps.UrlCanonicaliser(allow_file_urls=config.input_kind == "html")),
-                ("domain rules", domain_rules),
-                (
-                    None,
-                    JsonlWriter(
-                        self.folder("partitions"),
-                        output_filename="${partition}/${rank}.jsonl.zst",
-                        compression="zstd",
-                        adapter=steps.work_record,
-                    ),
-                ),
-            ],
-        )
-        filters = config.filters
         pages: list[tuple[str | None, object]] = [
             (None, readers.WorkShardReader(self.folder("partitions"), "{rank:05d}/*.jsonl.zst")),
             ("url dedup", steps.UrlDeduplicator()),
         ]
-        if fetching:
+        if config.input_kind in ("reddit", "urls"):
             pages.append(("fetch", Fetcher(config.fetch, self.folder("fetch"), domain_rules.reason)))
         pages.append(("extract (trafilatura)", Trafilatura(timeout=filters.extract_timeout, deduplicate=False)))
         # Language first: the boilerplate rules count English stop words and would hide non-English pages.
@@ -236,88 +248,66 @@ class _Stages:
             pages.append(("boilerplate lines (C4 rules)", C4QualityFilter(min_num_sentences=3, language=tokenizer)))
             pages.append(("quality (Gopher rules)", GopherQualityFilter(min_doc_words=None, language=tokenizer)))
         pages.append(("minimum length", steps.MinWordsFilter(filters.min_words)))
-        pages.append(
-            (
-                None,
-                JsonlWriter(self.folder("pages"), "${rank}.jsonl.zst", compression="zstd", adapter=steps.work_record),
-            )
+        writer = JsonlWriter(self.folder("pages"), "${rank}.jsonl.zst", compression="zstd", adapter=steps.work_record)
+        pages.append((None, writer))
+        if config.dedup.exact:
+            signature = ExactDedupSignature(self.folder("exact-sigs"), config=self.exact_config(), finder_workers=n)
+            pages.append((None, signature))
+        self._add("pages", n, pages)
+
+    def _read_pages(self, label: str | None) -> list[tuple[str | None, object]]:
+        from datatrove.pipeline.dedup.exact_dedup import ExactDedupFilter
+
+        from gpt2kit.webtext import readers
+
+        chain: list[tuple[str | None, object]] = [
+            (None, readers.WorkShardReader(self.folder("pages"), "{rank:05d}.jsonl.zst"))
+        ]
+        if self.config.dedup.exact:
+            chain.append((label, ExactDedupFilter(self.folder("exact-dups"), config=self.exact_config())))
+        return chain
+
+    def _exact_find(self) -> None:
+        from datatrove.pipeline.dedup.exact_dedup import ExactFindDedups
+
+        find = ExactFindDedups(self.folder("exact-sigs"), self.folder("exact-dups"), config=self.exact_config())
+        self._add("exact-find", self.config.workers, [(None, find)])
+
+    def _near_dedup(self) -> None:
+        from datatrove.pipeline.dedup.minhash import MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupSignature
+
+        from gpt2kit.webtext import steps
+
+        minhash = self.minhash_config()
+        signature = MinhashDedupSignature(
+            self.folder("minhash-sigs"), config=minhash, language=steps.RegexWordTokenizer()
         )
-        if config.dedup.exact:
-            pages.append(
-                (None, ExactDedupSignature(self.folder("exact-sigs"), config=self.exact_config(), finder_workers=n))
-            )
-        add("pages", n, pages)
+        self._add("minhash-signatures", self.config.workers, self._read_pages(None) + [(None, signature)])
+        buckets = MinhashDedupBuckets(self.folder("minhash-sigs"), self.folder("minhash-buckets"), config=minhash)
+        self._add("minhash-buckets", minhash.num_buckets, [(None, buckets)])
+        cluster = MinhashDedupCluster(self.folder("minhash-buckets"), self.folder("minhash-remove"), config=minhash)
+        self._add("minhash-cluster", 1, [(None, cluster)])
 
-        def read_pages(label: str | None) -> list[tuple[str | None, object]]:
-            chain: list[tuple[str | None, object]] = [
-                (None, readers.WorkShardReader(self.folder("pages"), "{rank:05d}.jsonl.zst"))
-            ]
-            if config.dedup.exact:
-                chain.append((label, ExactDedupFilter(self.folder("exact-dups"), config=self.exact_config())))
-            return chain
+    def _minhash_filter(self):
+        from datatrove.pipeline.dedup.minhash import MinhashDedupFilter
 
-        if config.dedup.exact:
-            add(
-                "exact-find",
-                n,
-                [
-                    (
-                        None,
-                        ExactFindDedups(
-                            self.folder("exact-sigs"), self.folder("exact-dups"), config=self.exact_config()
-                        ),
-                    )
-                ],
-            )
-        final = read_pages("exact dedup")
-        if config.dedup.near:
-            minhash = self.minhash_config()
-            add(
-                "minhash-signatures",
-                n,
-                read_pages(None)
-                + [(None, MinhashDedupSignature(self.folder("minhash-sigs"), config=minhash, language=tokenizer))],
-            )
-            add(
-                "minhash-buckets",
-                minhash.num_buckets,
-                [
-                    (
-                        None,
-                        MinhashDedupBuckets(
-                            self.folder("minhash-sigs"), self.folder("minhash-buckets"), config=minhash
-                        ),
-                    )
-                ],
-            )
-            add(
-                "minhash-cluster",
-                1,
-                [
-                    (
-                        None,
-                        MinhashDedupCluster(
-                            self.folder("minhash-buckets"), self.folder("minhash-remove"), config=minhash
-                        ),
-                    )
-                ],
-            )
-            final.append(("near dedup (MinHash)", MinhashDedupFilter(self.folder("minhash-remove"))))
+        return MinhashDedupFilter(self.folder("minhash-remove"))
+
+    def _output(self, final: list[tuple[str | None, object]]) -> None:
+        from datatrove.pipeline.writers import JsonlWriter
+
+        from gpt2kit.webtext import steps
+
         final.append((None, steps.DomainCounter(self.folder("domains"))))
-        final.append(
-            (
-                "written",
-                JsonlWriter(
-                    self.folder("final"),
-                    output_filename="webtext-${rank}.jsonl.zst",
-                    compression="zstd",
-                    adapter=steps.output_record,
-                    max_file_size=config.shard_bytes,
-                ),
-            )
+        writer = JsonlWriter(
+            self.folder("final"),
+            output_filename="webtext-${rank}.jsonl.zst",
+            compression="zstd",
+            adapter=steps.output_record,
+            max_file_size=self.config.shard_bytes,
         )
-        add("output", n, final)
-        return stages
+        final.append(("written", writer))
+        self._add("output", self.config.workers, final)
 
 
 def _karma_priority(doc) -> int:

@@ -72,15 +72,31 @@ def _lines(path: Path, rank: int, world_size: int, stride: bool) -> Iterator[byt
                 yield raw
 
 
-class RedditReader(PipelineStep):
-    """Submissions from Reddit dumps (JSON lines: url, score, created_utc, subreddit), filtered as WebText was."""
+class _FilesReader(PipelineStep):
+    """A reader of a list of input files."""
 
     type = "📖 - READER"
+
+    def __init__(self, paths: list[str]):
+        super().__init__()
+        self.paths = [str(p) for p in paths]
+
+    def _judged(self, reason: str | None, document: Document | None) -> Document | None:
+        """Count a judged record: dropped for its reason, or forwarded."""
+        if reason:
+            self.stat_update("dropped", f"dropped_{reason}")
+            return None
+        self.stat_update("forwarded")
+        return document
+
+
+class RedditReader(_FilesReader):
+    """Submissions from Reddit dumps (JSON lines: url, score, created_utc, subreddit), filtered as WebText was."""
+
     name = "reddit submissions"
 
     def __init__(self, paths: list[str], reddit: RedditConfig):
-        super().__init__()
-        self.paths = [str(p) for p in paths]
+        super().__init__(paths)
         self.min_karma = reddit.min_karma
         self.cutoff = reddit.cutoff_timestamp()
         self.blocked = {name.lower().removeprefix("r/") for name in reddit.subreddit_blocklist}
@@ -120,23 +136,14 @@ class RedditReader(PipelineStep):
                 except (json.JSONDecodeError, UnicodeDecodeError):
                     self.stat_update("dropped", "dropped_bad_json")
                     continue
-                reason, document = self.judge(record)
-                if reason:
-                    self.stat_update("dropped", f"dropped_{reason}")
-                    continue
-                self.stat_update("forwarded")
-                yield document
+                if (document := self._judged(*self.judge(record))) is not None:
+                    yield document
 
 
-class UrlListReader(PipelineStep):
+class UrlListReader(_FilesReader):
     """One URL per line; blank lines and '#' comments are skipped."""
 
-    type = "📖 - READER"
     name = "URL list"
-
-    def __init__(self, paths: list[str]):
-        super().__init__()
-        self.paths = [str(p) for p in paths]
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         for path, stride in _shares(self.paths, rank, world_size):
@@ -148,15 +155,10 @@ class UrlListReader(PipelineStep):
                 yield Document(text="", id=line, metadata={"url": line, "karma": None})
 
 
-class WarcPagesReader(PipelineStep):
+class WarcPagesReader(_FilesReader):
     """HTML responses from WARC files (warcio): status 200, an HTML content type, decodable."""
 
-    type = "📖 - READER"
     name = "WARC pages"
-
-    def __init__(self, paths: list[str]):
-        super().__init__()
-        self.paths = [str(p) for p in paths]
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         from warcio.archiveiterator import ArchiveIterator
@@ -167,12 +169,8 @@ class WarcPagesReader(PipelineStep):
                     if record.rec_type != "response":
                         continue
                     self.stat_update("total")
-                    reason, document = self._page(record)
-                    if reason:
-                        self.stat_update("dropped", f"dropped_{reason}")
-                        continue
-                    self.stat_update("forwarded")
-                    yield document
+                    if (document := self._judged(*self._page(record))) is not None:
+                        yield document
 
     @staticmethod
     def _page(record) -> tuple[str | None, Document | None]:

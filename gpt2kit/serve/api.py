@@ -1,4 +1,4 @@
-"""An OpenAI-compatible completions server: FastAPI + uvicorn, with a playground page at `/`.
+"""The HTTP side of the server: request schema, OpenAI-compatible routes, streaming (SSE) and `serve()`.
 
 The model runs on one engine thread that decodes all requests as one batch
 (continuous batching: requests join between decoding steps and leave when
@@ -14,13 +14,10 @@ import contextlib
 import hmac
 import json
 import logging
-import queue
-import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -34,16 +31,14 @@ from starlette.exceptions import HTTPException
 from gpt2kit.config import Checked
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.generate import (
-    Completion,
-    Decoder,
     GenerationConfig,
     SequenceState,
     apply_decode_layout,
     encode_prompt,
-    prompt_logprobs,
     token_text,
 )
 from gpt2kit.model import GPT
+from gpt2kit.serve.engine import Done, Engine, Failed, Job, Update
 from gpt2kit.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -107,167 +102,6 @@ class APIError(Exception):
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
-
-
-# -- the engine thread ----------------------------------------------------------------------
-
-
-@dataclass(eq=False)
-class _Job:
-    """One request's sequences and the queue its handler reads events from."""
-
-    rows: list[SequenceState]
-    loop: asyncio.AbstractEventLoop
-    streaming: bool
-    score_prompts: list[list[int]] = field(default_factory=list)  # echo + logprobs: prompts to score
-    top: int = 0
-    events: asyncio.Queue = field(default_factory=asyncio.Queue)
-    cancelled: bool = False
-    prompt_scores: list[tuple] = field(default_factory=list)
-    sent_tokens: list[int] = field(default_factory=list)
-
-    def post(self, event: Any) -> None:
-        self.loop.call_soon_threadsafe(self.events.put_nowait, event)
-
-    def cancel(self) -> None:
-        self.cancelled = True
-        for row in self.rows:
-            row.cancelled = True
-
-    @property
-    def done(self) -> bool:
-        return all(row.finished or row.cancelled for row in self.rows)
-
-
-@dataclass
-class _Update:
-    """New output of one choice since its last update (streaming)."""
-
-    index: int
-    text: str
-    token_ids: list[int]
-    token_logprobs: list[float]
-    top_logprobs: list[dict[str, float]] | None
-    finish_reason: str | None
-
-
-@dataclass
-class _Done:
-    completions: list[Completion]
-
-
-@dataclass
-class _Failed:
-    message: str
-
-
-class Engine:
-    """Decodes every admitted request's sequences together on one thread."""
-
-    def __init__(self, model: GPT, tokenizer: Tokenizer, max_batch_size: int = 16):
-        self.model = model
-        self.tokenizer = tokenizer
-        self.max_batch_size = max_batch_size
-        self._inbox: queue.SimpleQueue[_Job] = queue.SimpleQueue()
-        self._waiting: deque[_Job] = deque()
-        self._running: list[_Job] = []
-        self._decoder = Decoder(model, tokenizer)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="gpt2kit-engine", daemon=True)
-
-    @property
-    def active_sequences(self) -> int:
-        return self._decoder.active
-
-    @property
-    def queued_requests(self) -> int:
-        return self._inbox.qsize() + len(self._waiting)
-
-    def start(self) -> None:
-        self.model.eval()
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-    def submit(self, job: _Job) -> None:
-        self._inbox.put(job)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._collect(block=not self._decoder.active and not self._waiting)
-            try:
-                self._admit()
-                if self._decoder.active:
-                    self._decoder.step()
-            except Exception as err:  # a bug or out of memory: fail the batch, keep serving
-                logger.exception("generation failed")
-                for job in self._running + list(self._waiting):
-                    job.cancel()
-                    job.post(_Failed(f"generation failed: {type(err).__name__}: {err}"))
-                self._running, self._waiting = [], deque()
-                self._decoder = Decoder(self.model, self.tokenizer)
-                continue
-            self._report()
-
-    def _collect(self, block: bool) -> None:
-        try:
-            self._waiting.append(self._inbox.get(timeout=0.1) if block else self._inbox.get_nowait())
-            while True:
-                self._waiting.append(self._inbox.get_nowait())
-        except queue.Empty:
-            pass
-
-    def _admit(self) -> None:
-        """Move waiting jobs into the batch while they fit (a job too big for an empty batch runs alone)."""
-        joining: list[SequenceState] = []
-        while self._waiting:
-            job = self._waiting[0]
-            if job.cancelled:
-                self._waiting.popleft()
-                continue
-            free = self.max_batch_size - self._decoder.active - len(joining)
-            if len(job.rows) > free and (self._decoder.active or joining):
-                break
-            self._waiting.popleft()
-            for ids in job.score_prompts:
-                job.prompt_scores.append(prompt_logprobs(self.model, self.tokenizer, ids, job.top))
-            joining += job.rows
-            self._running.append(job)
-        if joining:
-            self._decoder.add(joining)
-
-    def _report(self) -> None:
-        """Tell each running job what is new; retire the jobs that are done."""
-        still_running = []
-        for job in self._running:
-            if job.cancelled:
-                continue
-            if job.streaming:
-                self._report_stream(job)
-            if job.done:
-                job.post(_Done([row.completion() for row in job.rows]))
-            else:
-                still_running.append(job)
-        self._running = still_running
-
-    @staticmethod
-    def _report_stream(job: _Job) -> None:
-        if not job.sent_tokens:
-            job.sent_tokens = [0] * len(job.rows)
-        for index, row in enumerate(job.rows):
-            if row.cancelled or (job.sent_tokens[index] < 0):
-                continue
-            sent = job.sent_tokens[index]
-            text = row.take_delta()
-            new_tokens = row.tokens[sent:]
-            if not text and not new_tokens and not row.finished:
-                continue
-            top = row.top_logprobs[sent:] if row.top_logprobs is not None else None
-            job.post(_Update(index, text, new_tokens, row.token_logprobs[sent:], top, row.finish_reason))
-            # -1 marks a choice whose final update went out.
-            job.sent_tokens[index] = -1 if row.finished else len(row.tokens)
 
 
 # -- request schema -------------------------------------------------------------------------
@@ -406,14 +240,14 @@ class CompletionsService:
             prompts.append(ids)
         return prompts
 
-    def make_job(self, prepared: _Prepared, loop: asyncio.AbstractEventLoop) -> _Job:
+    def make_job(self, prepared: _Prepared, loop: asyncio.AbstractEventLoop) -> Job:
         rows = []
         for p, ids in enumerate(prepared.prompts):
             for j in range(prepared.n):
                 config = prepared.configs[p * prepared.n + j]
                 rows.append(SequenceState(list(ids), config, self.tokenizer, seed=config.seed))
         score = prepared.prompts if prepared.echo and prepared.logprobs is not None else []
-        return _Job(rows, loop, prepared.stream, score_prompts=score, top=prepared.logprobs or 0)
+        return Job(rows, loop, prepared.stream, score_prompts=score, top=prepared.logprobs or 0)
 
     # -- responses ----------------------------------------------------------------------
     def _envelope(self, request_id: str, choices: list[dict]) -> dict[str, Any]:
@@ -448,7 +282,7 @@ class CompletionsService:
             "text_offset": _text_offsets(self.tokenizer, token_ids, start_offset, prefix),
         }
 
-    def response(self, request_id: str, prepared: _Prepared, job: _Job, done: _Done) -> dict[str, Any]:
+    def response(self, request_id: str, prepared: _Prepared, job: Job, done: Done) -> dict[str, Any]:
         choices = []
         for index, completion in enumerate(done.completions):
             prompt_ids = prepared.prompts[index // prepared.n]
@@ -476,7 +310,7 @@ class CompletionsService:
         body["usage"] = self.usage(prepared, sum(len(c.token_ids) for c in done.completions))
         return body
 
-    def chunk(self, request_id: str, prepared: _Prepared, update: _Update, offsets: dict[int, bytes]) -> dict:
+    def chunk(self, request_id: str, prepared: _Prepared, update: Update, offsets: dict[int, bytes]) -> dict:
         logprobs = None
         if prepared.logprobs is not None:
             top = update.top_logprobs if prepared.logprobs > 0 else None
@@ -581,6 +415,47 @@ def create_app(model: GPT, tokenizer: Tokenizer, config: ServerConfig | None = N
     app.state.service = service
     app.add_middleware(_BodyLimit, limit=config.max_body_bytes)
 
+    _add_error_handlers(app)
+
+    def authorize(request: Request) -> None:
+        if config.api_key is None:
+            return
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {config.api_key}".encode()):
+            raise APIError(
+                401, "missing or incorrect API key (send 'Authorization: Bearer KEY')", code="invalid_api_key"
+            )
+
+    _add_info_routes(app, service, model_name, authorize)
+
+    @app.post("/v1/completions", dependencies=[Depends(authorize)])
+    async def completions(body: CompletionRequest, request: Request):
+        prepared = await asyncio.to_thread(service.prepare, body)  # tokenizing a long prompt takes a while
+        loop = asyncio.get_running_loop()
+        job = service.make_job(prepared, loop)
+        request_id = f"cmpl-{uuid.uuid4().hex}"
+        deadline = loop.time() + config.request_timeout_s
+        service.engine.submit(job)
+        if prepared.stream:
+            return StreamingResponse(
+                _stream_events(service, request_id, prepared, job, request, deadline),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        try:
+            done = await _wait_for_done(job, request, deadline, config.request_timeout_s)
+        finally:
+            job.cancel()  # a no-op when done; stops the work when the client left or timed out
+        if done is None:
+            return JSONResponse(APIError(499, "client closed the request").body(), status_code=499)
+        return service.response(request_id, prepared, job, done)
+
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error answers in OpenAI's shape; an unexpected one is logged and answered 500 without details."""
+
     @app.exception_handler(APIError)
     async def api_error(request: Request, error: APIError):
         return JSONResponse(error.body(), status_code=error.status)
@@ -601,14 +476,9 @@ def create_app(model: GPT, tokenizer: Tokenizer, config: ServerConfig | None = N
         logger.exception("unexpected error")
         return JSONResponse(APIError(500, "internal server error", kind="server_error").body(), status_code=500)
 
-    def authorize(request: Request) -> None:
-        if config.api_key is None:
-            return
-        given = request.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {config.api_key}".encode()):
-            raise APIError(
-                401, "missing or incorrect API key (send 'Authorization: Bearer KEY')", code="invalid_api_key"
-            )
+
+def _add_info_routes(app: FastAPI, service: CompletionsService, model_name: str, authorize) -> None:
+    """/health, /v1/models and the playground page."""
 
     @app.get("/health")
     async def health():
@@ -642,36 +512,12 @@ def create_app(model: GPT, tokenizer: Tokenizer, config: ServerConfig | None = N
     async def playground():
         return HTMLResponse(resources.files("gpt2kit").joinpath("static", "index.html").read_text(encoding="utf-8"))
 
-    @app.post("/v1/completions", dependencies=[Depends(authorize)])
-    async def completions(body: CompletionRequest, request: Request):
-        prepared = await asyncio.to_thread(service.prepare, body)  # tokenizing a long prompt takes a while
-        loop = asyncio.get_running_loop()
-        job = service.make_job(prepared, loop)
-        request_id = f"cmpl-{uuid.uuid4().hex}"
-        deadline = loop.time() + config.request_timeout_s
-        service.engine.submit(job)
-        if prepared.stream:
-            return StreamingResponse(
-                _stream_events(service, request_id, prepared, job, request, deadline),
-                media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-            )
-        try:
-            done = await _wait_for_done(job, request, deadline, config.request_timeout_s)
-        finally:
-            job.cancel()  # a no-op when done; stops the work when the client left or timed out
-        if done is None:
-            return JSONResponse(APIError(499, "client closed the request").body(), status_code=499)
-        return service.response(request_id, prepared, job, done)
-
-    return app
-
 
 def _timeout_error(seconds: float) -> APIError:
     return APIError(400, f"request took longer than this server's limit of {seconds:g} s", code="timeout")
 
 
-async def _next_event(job: _Job, request, deadline: float, timeout_s: float) -> Any | None:
+async def _next_event(job: Job, request, deadline: float, timeout_s: float) -> Any | None:
     """The job's next event; None if the client disconnected. Raises the timeout APIError past the deadline."""
     loop = asyncio.get_running_loop()
     while True:
@@ -685,17 +531,17 @@ async def _next_event(job: _Job, request, deadline: float, timeout_s: float) -> 
                 return None
 
 
-async def _wait_for_done(job: _Job, request, deadline: float, timeout_s: float) -> _Done | None:
+async def _wait_for_done(job: Job, request, deadline: float, timeout_s: float) -> Done | None:
     while True:
         event = await _next_event(job, request, deadline, timeout_s)
-        if event is None or isinstance(event, _Done):
+        if event is None or isinstance(event, Done):
             return event
-        if isinstance(event, _Failed):
+        if isinstance(event, Failed):
             raise APIError(500, event.message, kind="server_error")
 
 
 async def _stream_events(
-    service: CompletionsService, request_id: str, prepared: _Prepared, job: _Job, request, deadline: float
+    service: CompletionsService, request_id: str, prepared: _Prepared, job: Job, request, deadline: float
 ) -> AsyncIterator[str]:
     """Server-sent events: one chunk per choice update, a usage chunk if asked, then [DONE]."""
     offsets: dict[int, bytes] = {}
@@ -713,12 +559,12 @@ async def _stream_events(
                 break
             if event is None:
                 return  # the client left; `finally` cancels the work
-            if isinstance(event, _Update):
+            if isinstance(event, Update):
                 yield _sse(service.chunk(request_id, prepared, event, offsets))
-            elif isinstance(event, _Failed):
+            elif isinstance(event, Failed):
                 yield _sse(APIError(500, event.message, kind="server_error").body())
                 break
-            elif isinstance(event, _Done):
+            elif isinstance(event, Done):
                 if prepared.include_usage:
                     body = service._envelope(request_id, [])
                     body["usage"] = service.usage(prepared, sum(len(c.token_ids) for c in event.completions))
@@ -750,36 +596,3 @@ def serve(config: ServerConfig) -> None:
     name = config.model_name or _default_model_name(config.model)
     app = create_app(loaded.model, loaded.tokenizer, config, model_name=name)
     uvicorn.run(app, host=config.host, port=config.port, log_level="info")
-
-
-class BackgroundServer:
-    """Serve an app on 127.0.0.1 from a thread (tests, benchmarks): `with BackgroundServer(app) as url: ...`."""
-
-    def __init__(self, app, port: int = 0):
-        self.app = app
-        self.port = port
-        self._server = None
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> str:
-        import socket
-
-        import uvicorn
-
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", self.port))
-        port = sock.getsockname()[1]
-        self._server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", lifespan="on"))
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 30
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the background server did not start")
-            time.sleep(0.02)
-        return f"http://127.0.0.1:{port}"
-
-    def __exit__(self, *exc) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=30)
