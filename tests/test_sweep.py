@@ -25,7 +25,7 @@ def test_parse_eval_jobs():
 @pytest.mark.parametrize(
     "tasks, data, message",
     [
-        ("", [], "empty"),
+        ("", [], "no eval tasks given"),
         ("lambada,lambada", [], "twice"),
         ("lambada", ["ptb=x"], "not one of the evaluations"),
         ("lambada", ["lambada"], "NAME=PATH"),

@@ -94,7 +94,7 @@ def test_bad_mix_is_one_clear_error(text, message):
 
 
 def test_bad_config_values():
-    with pytest.raises(GPT2KitError, match="size-mb must be positive"):
+    with pytest.raises(GPT2KitError, match="size_mb must be positive"):
         SynthConfig(size_mb=0)
     with pytest.raises(GPT2KitError, match="not all zero"):
         SynthConfig(mix={"story": 0})
