@@ -17,6 +17,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from gpt2kit.config import config_from_dict
 from gpt2kit.device import resolve_device
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.io import atomic_directory
@@ -75,21 +76,20 @@ def config_from_hf(values: dict, where: str) -> GPTConfig:
     for flag in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"):
         if values.get(flag):
             raise CheckpointError(f"{where}: {flag}=true is not supported")
-    try:
-        return GPTConfig(
-            vocab_size=values["vocab_size"],
-            n_positions=values.get("n_positions", values.get("n_ctx", 1024)),
-            n_layer=values["n_layer"],
-            n_head=values["n_head"],
-            n_embd=values["n_embd"],
-            n_inner=values.get("n_inner"),
-            dropout=values.get("resid_pdrop", 0.0),
-            layer_norm_epsilon=values.get("layer_norm_epsilon", 1e-5),
-        )
-    except KeyError as err:
-        raise CheckpointError(f"{where}: missing field {err.args[0]!r}") from None
-    except (TypeError, ValueError) as err:
-        raise CheckpointError(f"{where}: {err}") from None
+    missing = [name for name in ("vocab_size", "n_layer", "n_head", "n_embd") if name not in values]
+    if missing:
+        raise CheckpointError(f"{where}: missing field {missing[0]!r}")
+    fields = {
+        "vocab_size": values["vocab_size"],
+        "n_positions": values.get("n_positions", values.get("n_ctx", 1024)),
+        "n_layer": values["n_layer"],
+        "n_head": values["n_head"],
+        "n_embd": values["n_embd"],
+        "n_inner": values.get("n_inner"),
+        "dropout": values.get("resid_pdrop", 0.0),
+        "layer_norm_epsilon": values.get("layer_norm_epsilon", 1e-5),
+    }
+    return config_from_dict(GPTConfig, fields, where)
 
 
 def save(model: GPT, tokenizer: Tokenizer, directory: str | os.PathLike) -> Path:

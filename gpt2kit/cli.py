@@ -325,11 +325,16 @@ def cmd_sample(args: argparse.Namespace) -> int:
         print(SAMPLE_SEPARATOR * 2)
 
 
+def _config_flags(args: argparse.Namespace, config_class: type) -> dict:
+    """The flags named after `config_class`'s fields (None where not given), for the file-then-flags merge."""
+    return {f.name: getattr(args, f.name, None) for f in fields(config_class)}
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from gpt2kit.config import load_config
     from gpt2kit.serve import ServerConfig, serve
 
-    flags = {f.name: getattr(args, f.name, None) for f in fields(ServerConfig)}
+    flags = _config_flags(args, ServerConfig)
     config = load_config(ServerConfig, args.config, section="serve", flags=flags)
     if not config.model:
         raise GPT2KitError("give --model (or model in the --config file)")
@@ -344,7 +349,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from gpt2kit.config import given
     from gpt2kit.data.prepare import PrepareConfig, prepare
 
-    options = {f.name: getattr(args, f.name, None) for f in fields(PrepareConfig)} | {"progress": not args.quiet}
+    options = _config_flags(args, PrepareConfig) | {"progress": not args.quiet}
     result = prepare(args.input or [], args.tokenizer, args.out, **given(options))
     manifest = result.manifest
     for split in ("train", "val"):

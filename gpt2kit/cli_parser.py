@@ -116,20 +116,20 @@ def _add_overlap_commands(commands) -> None:
     p.set_defaults(handler="overlap_check")
 
 
-# `gpt2kit serve` flags: each sets the ServerConfig field of the same name (`--request-timeout`: request_timeout_s).
+# `gpt2kit serve` flags: (flag, the ServerConfig field it sets, type, help).
 SERVE_FLAGS = (
-    ("--host", str, "default 127.0.0.1 (this machine only)"),
-    ("--port", int, "default 8000"),
-    ("--model-name", str, "the id clients see (default: the directory name)"),
-    ("--api-key", str, "require 'Authorization: Bearer KEY' on /v1/*"),
-    ("--device", str, "default cpu"),
-    ("--max-prompt-tokens", int, "default: the model's context"),
-    ("--max-tokens-cap", int, "largest max_tokens a request may ask for (default 1024)"),
-    ("--max-n", int, "largest n a request may ask for (default 8)"),
-    ("--max-choices", int, "largest prompts x n in one request (default 32)"),
-    ("--max-body-bytes", int, "default 1000000"),
-    ("--request-timeout", float, "seconds (default 300)"),
-    ("--max-batch-size", int, "sequences decoded together (default 16)"),
+    ("--host", "host", str, "default 127.0.0.1 (this machine only)"),
+    ("--port", "port", int, "default 8000"),
+    ("--model-name", "model_name", str, "the id clients see (default: the directory name)"),
+    ("--api-key", "api_key", str, "require 'Authorization: Bearer KEY' on /v1/*"),
+    ("--device", "device", str, "default cpu"),
+    ("--max-prompt-tokens", "max_prompt_tokens", int, "default: the model's context"),
+    ("--max-tokens-cap", "max_tokens_cap", int, "largest max_tokens a request may ask for (default 1024)"),
+    ("--max-n", "max_n", int, "largest n a request may ask for (default 8)"),
+    ("--max-choices", "max_choices", int, "largest prompts x n in one request (default 32)"),
+    ("--max-body-bytes", "max_body_bytes", int, "default 1000000"),
+    ("--request-timeout", "request_timeout_s", float, "seconds (default 300)"),
+    ("--max-batch-size", "max_batch_size", int, "sequences decoded together (default 16)"),
 )
 
 
@@ -155,10 +155,8 @@ def add_sampling_commands(commands) -> None:
     p = commands.add_parser("serve", help="an OpenAI-compatible completions server with a playground page")
     p.add_argument("--model", help="a model directory or hub id")
     p.add_argument("--config", help="a TOML/YAML file of server settings; flags override it")
-    for flag, kind, text in SERVE_FLAGS:
-        p.add_argument(
-            flag, dest=flag[2:].replace("-", "_").replace("request_timeout", "request_timeout_s"), type=kind, help=text
-        )
+    for flag, dest, kind, text in SERVE_FLAGS:
+        p.add_argument(flag, dest=dest, type=kind, help=text)
     p.set_defaults(handler="serve")
 
 

@@ -18,11 +18,10 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, TextIO
+from typing import Any, BinaryIO
 
 from gpt2kit.errors import GPT2KitError
 
-COMPRESSED_SUFFIXES = (".gz", ".zst", ".bz2", ".xz")
 # Pushshift-style Reddit dumps are compressed with long windows: allow the zstd format's maximum.
 ZSTD_MAX_WINDOW = 2**31
 
@@ -140,11 +139,6 @@ def reading(path: str | os.PathLike) -> Iterator[BinaryIO]:
         if type(err).__name__ == "ZstdError":
             raise GPT2KitError(f"{path}: corrupt or truncated zstd file ({err})") from None
         raise
-
-
-def open_text(path: str | os.PathLike) -> TextIO:
-    """A UTF-8 text stream over `open_binary(path)`, for any compression; bad bytes raise UnicodeDecodeError."""
-    return io.TextIOWrapper(open_binary(path), encoding="utf-8", newline="")
 
 
 def decode_utf8(raw: bytes, where: str) -> str:

@@ -15,9 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gpt2kit.config import Checked, config_from_dict
+
 
 @dataclass
-class GPTConfig:
+class GPTConfig(Checked):
     vocab_size: int = 50257
     n_positions: int = 1024
     n_layer: int = 12
@@ -28,13 +30,19 @@ class GPTConfig:
     layer_norm_epsilon: float = 1e-5
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "n_positions", "n_layer", "n_head", "n_embd"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"model config: {name} must be positive, got {getattr(self, name)}")
-        if self.n_embd % self.n_head:
-            raise ValueError(f"model config: n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"model config: dropout must be in [0, 1), got {self.dropout}")
+        self.check("model config")
+
+    def problems(self) -> list[str]:
+        sizes = ("vocab_size", "n_positions", "n_layer", "n_head", "n_embd")
+        bad = [f"{name} must be a positive integer, got {getattr(self, name)!r}" for name in sizes
+               if not (isinstance(getattr(self, name), int) and getattr(self, name) > 0)]  # fmt: skip
+        if not bad and self.n_embd % self.n_head:
+            bad.append(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.n_inner is not None and not (isinstance(self.n_inner, int) and self.n_inner > 0):
+            bad.append(f"n_inner must be a positive integer or null, got {self.n_inner!r}")
+        if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
+            bad.append(f"dropout must be in [0, 1), got {self.dropout!r}")
+        return bad
 
     @property
     def mlp_width(self) -> int:
@@ -44,9 +52,10 @@ class GPTConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> GPTConfig:
+    def from_dict(cls, values: dict, source: str = "model config") -> GPTConfig:
+        """The config from a mapping that may hold other keys too (they are ignored); types are checked."""
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        return config_from_dict(cls, {k: v for k, v in values.items() if k in known}, source)
 
 
 # The four released GPT-2 sizes, plus CPU-sized models that train in minutes on 2 cores.

@@ -45,10 +45,6 @@ def batch(vocab_size: int) -> torch.Tensor:
     return torch.randint(0, vocab_size, (4, 48), generator=generator)
 
 
-def hf_name(name: str) -> str:
-    return f"transformer.{name}"
-
-
 def test_loss_and_every_gradient_match_transformers(tmp_path, gpt2_tokenizer):
     hf = hf_reference(gpt2_tokenizer, tmp_path)
     ours = gpt2kit.load(tmp_path).model.train()
@@ -62,7 +58,7 @@ def test_loss_and_every_gradient_match_transformers(tmp_path, gpt2_tokenizer):
     names = [name for name, _ in ours.named_parameters()]
     assert len(names) == len(hf_params)  # the LM head is tied in both: one wte gradient
     for name, param in ours.named_parameters():
-        expected = hf_params[hf_name(name)].grad
+        expected = hf_params[f"transformer.{name}"].grad
         if name.endswith(CONV1D_WEIGHTS):  # HF's Conv1D keeps (in, out); nn.Linear keeps (out, in)
             expected = expected.t()
         scale = expected.abs().max().item()

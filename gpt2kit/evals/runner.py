@@ -16,7 +16,7 @@ from gpt2kit.evals.data import DataSource, resolve
 from gpt2kit.evals.registry import get_task
 from gpt2kit.evals.scoring import Scorer
 from gpt2kit.evals.task import EvalOptions, TaskContext, TaskSpec
-from gpt2kit.io import atomic_write_text
+from gpt2kit.io import atomic_write_jsonl, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -110,5 +110,5 @@ def write_results(results: Mapping[str, Any], path: str | os.PathLike) -> Path:
 
 def write_samples(samples: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
     path = Path(path)
-    atomic_write_text(path, "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
+    atomic_write_jsonl(path, samples)
     return path

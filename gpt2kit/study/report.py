@@ -125,11 +125,11 @@ def _pyplot():
     return plt
 
 
-def _save_figure(fig, path: Path, dpi: int = 110) -> None:
+def _save_figure(plt, fig, path: Path, dpi: int = 110) -> None:
     """Write the figure as PNG atomically, then close it."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi)
-    _pyplot().close(fig)
+    plt.close(fig)
     atomic_write_bytes(path, buffer.getvalue())
 
 
@@ -171,7 +171,7 @@ def plot_loss(models: list[ModelReport], path: Path) -> bool:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        _save_figure(fig, path)
+        _save_figure(plt, fig, path)
     else:
         plt.close(fig)
     return drawn
@@ -230,7 +230,7 @@ def plot_capacity(
         ax.axis("off")
     fig.suptitle("Zero-shot score against model size")
     fig.tight_layout()
-    _save_figure(fig, path)
+    _save_figure(plt, fig, path)
 
 
 def _params(n: int) -> str:
