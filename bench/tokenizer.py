@@ -1,5 +1,8 @@
 """Encode throughput: gpt2kit vs raw tiktoken vs transformers' GPT2TokenizerFast, in one run.
 
+Also the same vocabulary in HF `tokenizers`' id layout (<|endoftext|> at 0, the bytes at 1..256), which
+gpt2kit encodes in tiktoken's rank space and maps to ids on the way out.
+
 Also times training a 32k vocabulary on 50 MB. Usage: python bench/tokenizer.py [--mb 12] [--train-mb 50]
 """
 
@@ -25,7 +28,7 @@ def main() -> None:
 
     import transformers
 
-    from gpt2kit.tokenizer import Tokenizer, train_tokenizer
+    from gpt2kit.tokenizer import ENDOFTEXT, Tokenizer, train_tokenizer
 
     lines = gutenberg_text(int(args.mb * 1e6))
     megabytes = sum(len(line.encode()) for line in lines) / 1e6
@@ -33,6 +36,12 @@ def main() -> None:
     docs = ["".join(lines[i : i + 100]) for i in range(0, len(lines), 100)]
 
     ours = Tokenizer.gpt2()
+    remapped = Tokenizer(
+        ours.mergeable_ranks,
+        {ENDOFTEXT: 0},
+        "gpt2-remapped",
+        token_ids={token: rank + 1 for token, rank in ours.mergeable_ranks.items()},
+    )
     raw = bare_tiktoken()
     with tempfile.TemporaryDirectory() as tmp:
         ours.save(tmp)
@@ -43,12 +52,14 @@ def main() -> None:
     for name, func in (
         ("gpt2kit encode_batch", lambda: ours.encode_batch(docs)),
         ("tiktoken encode_ordinary_batch", lambda: raw.encode_ordinary_batch(docs, num_threads=threads)),
+        ("gpt2kit encode_batch (remapped ids)", lambda: remapped.encode_batch(docs)),
         ("transformers GPT2TokenizerFast", lambda: hf(docs)["input_ids"]),
         ("gpt2kit encode (1 thread)", lambda: [ours.encode(d) for d in docs]),
         ("tiktoken encode_ordinary (1 thread)", lambda: [raw.encode_ordinary(d) for d in docs]),
     ):
         results[name] = megabytes / best_time(func, repeats=2 if "transformers" in name else 3)
     n_tokens = sum(map(len, ours.encode_batch(docs)))
+    assert [[i + 1 for i in ids] for ids in ours.encode_batch(docs[:50])] == remapped.encode_batch(docs[:50])
     print(f"encode {megabytes:.1f} MB of Gutenberg ({n_tokens:,} tokens), {threads} threads")
     for name, rate in results.items():
         print(f"  {name:38s} {rate:8.2f} MB/s")
@@ -57,6 +68,9 @@ def main() -> None:
     )
     print(
         f"ratio gpt2kit / tiktoken (1 thread):    {results['gpt2kit encode (1 thread)'] / results['tiktoken encode_ordinary (1 thread)']:.2f}x"
+    )
+    print(
+        f"ratio remapped / tiktoken (batch):      {results['gpt2kit encode_batch (remapped ids)'] / results['tiktoken encode_ordinary_batch']:.2f}x"
     )
     print(
         f"ratio gpt2kit / GPT2TokenizerFast:      {results['gpt2kit encode_batch'] / results['transformers GPT2TokenizerFast']:.2f}x"

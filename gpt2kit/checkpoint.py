@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 from pathlib import Path
 from typing import NamedTuple
@@ -28,7 +29,6 @@ from gpt2kit.tokenizer import Tokenizer, TokenizerError
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 # Buffers that old GPT-2 checkpoints carry (causal masks), not parameters.
 IGNORED_BUFFER = re.compile(r"h\.\d+\.attn\.(masked_)?bias")
-TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
 
@@ -46,7 +46,7 @@ def hf_config(config: GPTConfig, eot_token: int) -> dict:
     return {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
-        "activation_function": "gelu_new",
+        "activation_function": config.activation_function,
         "vocab_size": config.vocab_size,
         "n_positions": config.n_positions,
         "n_ctx": config.n_positions,
@@ -59,37 +59,44 @@ def hf_config(config: GPTConfig, eot_token: int) -> dict:
         "embd_pdrop": config.dropout,
         "attn_pdrop": config.dropout,
         "initializer_range": 0.02,
-        "scale_attn_weights": True,
-        "tie_word_embeddings": True,
+        "scale_attn_weights": config.scale_attn_weights,
+        "scale_attn_by_inverse_layer_idx": config.scale_attn_by_inverse_layer_idx,
+        "tie_word_embeddings": config.tie_word_embeddings,
         "bos_token_id": eot_token,
         "eos_token_id": eot_token,
         "torch_dtype": "float32",
     }
 
 
+# GPT2Config fields that change what the model computes and that gpt2kit cannot honour.
+UNSUPPORTED_TRUE = ("add_cross_attention", "is_encoder_decoder")
+
+
 def config_from_hf(values: dict, where: str) -> GPTConfig:
+    if not isinstance(values, dict):
+        raise CheckpointError(f"{where}: expected a JSON object, got {type(values).__name__}")
     if values.get("model_type", "gpt2") != "gpt2":
         raise CheckpointError(f"{where}: model_type is {values.get('model_type')!r}, only 'gpt2' is supported")
-    activation = values.get("activation_function", "gelu_new")
-    if activation not in TANH_GELUS:
-        raise CheckpointError(f"{where}: activation_function {activation!r} is not GPT-2's tanh GELU")
-    for flag in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"):
+    for flag in UNSUPPORTED_TRUE:
         if values.get(flag):
             raise CheckpointError(f"{where}: {flag}=true is not supported")
     missing = [name for name in ("vocab_size", "n_layer", "n_head", "n_embd") if name not in values]
     if missing:
         raise CheckpointError(f"{where}: missing field {missing[0]!r}")
-    fields = {
-        "vocab_size": values["vocab_size"],
-        "n_positions": values.get("n_positions", values.get("n_ctx", 1024)),
-        "n_layer": values["n_layer"],
-        "n_head": values["n_head"],
-        "n_embd": values["n_embd"],
-        "n_inner": values.get("n_inner"),
-        "dropout": values.get("resid_pdrop", 0.0),
-        "layer_norm_epsilon": values.get("layer_norm_epsilon", 1e-5),
-    }
-    return config_from_dict(GPTConfig, fields, where)
+    # transformers sizes wpe by n_positions; n_ctx is a legacy alias it no longer reads.
+    fields = {"n_positions": values.get("n_positions", values.get("n_ctx", 1024))}
+    for name in ("vocab_size", "n_layer", "n_head", "n_embd", "n_inner", "layer_norm_epsilon"):
+        if name in values:
+            fields[name] = values[name]
+    for name in ("activation_function", "tie_word_embeddings", "scale_attn_weights", "scale_attn_by_inverse_layer_idx"):
+        if values.get(name) is not None:
+            fields[name] = values[name]
+    fields["dropout"] = values.get("resid_pdrop", 0.0)
+    # reorder_and_upcast_attn only computes attention in fp32, which gpt2kit's fp32 path always does.
+    try:
+        return config_from_dict(GPTConfig, fields, where)
+    except GPT2KitError as err:
+        raise CheckpointError(str(err)) from None
 
 
 def save(model: GPT, tokenizer: Tokenizer, directory: str | os.PathLike) -> Path:
@@ -104,7 +111,7 @@ def save(model: GPT, tokenizer: Tokenizer, directory: str | os.PathLike) -> Path
         tensor = tensor.detach().to("cpu")
         if name.endswith(CONV1D_SUFFIXES):
             tensor = tensor.t()
-        tensors[f"transformer.{name}"] = tensor.contiguous()
+        tensors[name if name == "lm_head.weight" else f"transformer.{name}"] = tensor.contiguous()
     eot = tokenizer.eot_token
     with atomic_directory(directory) as tmp:
         save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
@@ -160,10 +167,9 @@ def _weight_sources(directory: Path) -> list[Path]:
 def _iter_tensors(source: Path):
     """Yield (name, tensor) one at a time so only one tensor is materialised beyond the model."""
     if source.suffix == ".bin":
-        try:
-            state = torch.load(source, map_location="cpu", weights_only=True, mmap=True)
-        except Exception as err:
-            raise CheckpointError(f"{source}: unreadable PyTorch weights ({err})") from None
+        state = read_torch_file(source, "PyTorch weights")
+        if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
+            raise CheckpointError(f"{source}: expected a dict of tensors")
         yield from state.items()
         return
     try:
@@ -181,14 +187,29 @@ def _iter_tensors(source: Path):
         yield name, tensor
 
 
+def read_torch_file(path: Path, what: str):
+    """torch.load with weights_only=True: tensors and plain containers only, so nothing in the file runs."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as err:
+        detail = str(err).splitlines()
+        found = next((line.strip() for line in detail if "GLOBAL" in line or "Unsupported" in line), "")
+        raise CheckpointError(
+            f"{path}: refused: a pickle that needs more than tensors ({found or 'not weights-only'}); nothing in it ran"
+        ) from None
+    except Exception as err:  # truncated zip, not a torch file, ...
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(f"{path}: unreadable {what} ({first})") from None
+
+
 def load_weights(model: GPT, directory: Path, dtype: torch.dtype = torch.float32) -> GPT:
     expected = {name: tuple(p.shape) for name, p in model.state_dict().items()}
     loaded: dict[str, torch.Tensor] = {}
     for source in _weight_sources(directory):
         for raw_name, tensor in _iter_tensors(source):
             name = raw_name.removeprefix("transformer.")
-            if name == "lm_head.weight" or IGNORED_BUFFER.fullmatch(name):
-                continue  # the output layer is tied to wte
+            if IGNORED_BUFFER.fullmatch(name) or (name == "lm_head.weight" and model.config.tie_word_embeddings):
+                continue  # a tied output layer is wte
             if name not in expected:
                 raise CheckpointError(f"{source}: unexpected tensor {raw_name!r}")
             if name.endswith(CONV1D_SUFFIXES):
@@ -209,11 +230,11 @@ def load_weights(model: GPT, directory: Path, dtype: torch.dtype = torch.float32
 
 
 def load_tokenizer_for(directory: Path, vocab_size: int) -> Tokenizer:
-    if (directory / "vocab.json").exists() and (directory / "merges.txt").exists():
-        return Tokenizer.from_vocab_merges(directory / "vocab.json", directory / "merges.txt")
-    if vocab_size == 50257:
+    if any((directory / name).exists() for name in ("tokenizer.json", "vocab.json", "merges.txt")):
+        return Tokenizer.from_dir(directory)
+    if vocab_size in (50257, 50304):  # GPT-2's vocabulary, or it padded as nanoGPT and llm.c pad it
         return Tokenizer.gpt2()
-    raise CheckpointError(f"{directory}: no tokenizer (vocab.json and merges.txt are missing)")
+    raise CheckpointError(f"{directory}: no tokenizer (tokenizer.json, or vocab.json and merges.txt)")
 
 
 def load(
@@ -237,4 +258,18 @@ def load(
         tokenizer = load_tokenizer_for(directory, config.vocab_size)
     except TokenizerError as err:
         raise CheckpointError(str(err)) from None
-    return LoadedModel(model.to(resolve_device(device)).eval(), tokenizer, directory)
+    model = model.to(resolve_device(device)).eval()
+    pair_up(model, tokenizer, str(directory))
+    return LoadedModel(model, tokenizer, directory)
+
+
+def pair_up(model: GPT, tokenizer: Tokenizer, where: str) -> None:
+    """Check that `tokenizer` fits `model`, and mask the output rows that are no token (padding, id gaps)."""
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise CheckpointError(
+            f"{where}: the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is "
+            f"{model.config.vocab_size}"
+        )
+    unused = [*tokenizer.missing_ids, *range(tokenizer.vocab_size, model.config.vocab_size)]
+    if unused:
+        model.mask_logits(unused)

@@ -18,6 +18,37 @@ from torch import nn
 from gpt2kit.config import Checked, config_from_dict
 
 
+def _tanh_gelu(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+def _laplace(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (1.0 + torch.erf((x - 0.707107) / (0.282095 * math.sqrt(2.0))))
+
+
+# The MLP activations transformers' GPT2MLP accepts by name (ACT2FN), less the two with weights of their own.
+# GPT-2 itself uses the tanh approximation of GELU; nanoGPT uses the exact one ("gelu").
+ACTIVATIONS = {
+    **dict.fromkeys(("gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu_accurate", "gelu_python_tanh"), _tanh_gelu),
+    **dict.fromkeys(("gelu", "gelu_python"), F.gelu),
+    "gelu_10": lambda x: F.gelu(x).clamp(-10, 10),
+    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
+    "relu": F.relu,
+    "relu2": lambda x: F.relu(x).square(),
+    "relu6": F.relu6,
+    "leaky_relu": F.leaky_relu,
+    "silu": F.silu,
+    "swish": F.silu,
+    "mish": F.mish,
+    "hardswish": F.hardswish,
+    "sigmoid": torch.sigmoid,
+    "tanh": torch.tanh,
+    "linear": lambda x: x,
+    "laplace": _laplace,
+    "sqrtsoftplus": lambda x: F.softplus(x).sqrt(),
+}
+
+
 @dataclass
 class GPTConfig(Checked):
     vocab_size: int = 50257
@@ -28,6 +59,10 @@ class GPTConfig(Checked):
     n_inner: int | None = None  # MLP width; None means 4 * n_embd, as in GPT-2
     dropout: float = 0.0
     layer_norm_epsilon: float = 1e-5
+    activation_function: str = "gelu_new"
+    tie_word_embeddings: bool = True  # the output layer is wte; False gives it its own weight, lm_head
+    scale_attn_weights: bool = True  # attention logits / sqrt(head_dim)
+    scale_attn_by_inverse_layer_idx: bool = False  # and / (layer index + 1), as some GPT-2 variants do
 
     def __post_init__(self) -> None:
         self.check("model config")
@@ -42,6 +77,15 @@ class GPTConfig(Checked):
             bad.append(f"n_inner must be a positive integer or null, got {self.n_inner!r}")
         if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
             bad.append(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if not (isinstance(self.layer_norm_epsilon, (int, float)) and self.layer_norm_epsilon > 0):
+            bad.append(f"layer_norm_epsilon must be a positive number, got {self.layer_norm_epsilon!r}")
+        if self.activation_function not in ACTIVATIONS:
+            bad.append(
+                f"activation_function {self.activation_function!r} is not supported (one of: {', '.join(ACTIVATIONS)})"
+            )
+        for name in ("tie_word_embeddings", "scale_attn_weights", "scale_attn_by_inverse_layer_idx"):
+            if not isinstance(getattr(self, name), bool):
+                bad.append(f"{name} must be true or false, got {getattr(self, name)!r}")
         return bad
 
     @property
@@ -127,8 +171,8 @@ class KVCache:
 LOSS_CHUNK_LOGITS = 1 << 25
 
 
-class TiedOutputLoss(torch.autograd.Function):
-    """Mean next-token cross-entropy through the tied output layer, one chunk of rows at a time.
+class OutputLoss(torch.autograd.Function):
+    """Mean next-token cross-entropy through the output layer, one chunk of rows at a time.
 
     The full (B*T, vocab) logits and their gradient never exist: each chunk's
     logits go into one reused buffer, become exp(logits - max) in place, and
@@ -182,6 +226,9 @@ class CausalSelfAttention(nn.Module):
         self.n_head = config.n_head
         self.layer_index = layer_index
         self.dropout = config.dropout
+        self.scale = (config.n_embd // config.n_head) ** -0.5 if config.scale_attn_weights else 1.0
+        if config.scale_attn_by_inverse_layer_idx:
+            self.scale /= layer_index + 1
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
         self.resid_dropout = nn.Dropout(config.dropout)
@@ -195,9 +242,9 @@ class CausalSelfAttention(nn.Module):
         dropout = self.dropout if self.training else 0.0
         if mask is None:
             # No cache and no padding: the fused causal kernel is fastest.
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=T > 1)
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=T > 1, scale=self.scale)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=self.scale)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -207,10 +254,11 @@ class MLP(nn.Module):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, config.mlp_width)
         self.c_proj = nn.Linear(config.mlp_width, config.n_embd)
+        self.act = ACTIVATIONS[config.activation_function]
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
 
 
 class Block(nn.Module):
@@ -235,6 +283,11 @@ class GPT(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        if not config.tie_word_embeddings:
+            self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # Output rows that are no token (a vocabulary padded past its tokenizer, gaps in its ids): their
+        # logits are -inf, so nothing samples, scores or ranks them. Set by `mask_logits`, not saved.
+        self.masked_token_ids: torch.Tensor | None = None
         self.apply(self._init_weights)
         # GPT-2 scales residual projections by 1/sqrt(2 * n_layer): two residual adds per block.
         residual_std = 0.02 / math.sqrt(2 * config.n_layer)
@@ -249,8 +302,18 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
+    @property
+    def output_weight(self) -> torch.Tensor:
+        """The output layer's (vocab_size, n_embd) weight: wte's, unless the config unties them."""
+        return self.wte.weight if self.config.tie_word_embeddings else self.lm_head.weight
+
+    def mask_logits(self, token_ids) -> None:
+        """Give these output rows -inf logits from now on (ids that the tokenizer cannot decode)."""
+        token_ids = list(token_ids)
+        self.masked_token_ids = torch.tensor(token_ids, dtype=torch.long) if token_ids else None
+
     def num_parameters(self, non_embedding: bool = False) -> int:
-        """Parameters counted once (the output layer is tied to wte)."""
+        """Parameters counted once (a tied output layer is wte)."""
         total = sum(p.numel() for p in self.parameters())
         if non_embedding:
             total -= self.wte.weight.numel() + self.wpe.weight.numel()
@@ -312,17 +375,21 @@ class GPT(nn.Module):
         return self.ln_f(x)
 
     def head(self, h: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
-        """The tied output layer: logits (..., vocab_size) for hidden states (..., n_embd), or with `targets`
+        """The output layer: logits (..., vocab_size) for hidden states (..., n_embd), or with `targets`
         (the shape of h without its last dimension) the mean next-token cross-entropy, computed without
         materialising the logits."""
+        weight = self.output_weight
         if targets is None:
-            return F.linear(h, self.wte.weight)
+            logits = F.linear(h, weight)
+            if self.masked_token_ids is not None:
+                logits.index_fill_(-1, self.masked_token_ids.to(logits.device), float("-inf"))
+            return logits
         if torch.is_autocast_enabled(h.device.type):
             # Under autocast the plain path keeps autocast's dtype rules (and torch.compile fuses it).
-            logits = F.linear(h, self.wte.weight).float()
+            logits = F.linear(h, weight).float()
             return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
-        with_grads = torch.is_grad_enabled() and (h.requires_grad or self.wte.weight.requires_grad)
-        return TiedOutputLoss.apply(h.reshape(-1, h.size(-1)), self.wte.weight, targets.reshape(-1), with_grads)
+        with_grads = torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)
+        return OutputLoss.apply(h.reshape(-1, h.size(-1)), weight, targets.reshape(-1), with_grads)
 
     @staticmethod
     def _attention_mask(T: int, past: int, attention_mask: torch.Tensor | None, device) -> torch.Tensor | None:

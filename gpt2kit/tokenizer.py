@@ -87,12 +87,31 @@ def _merge_pair(token: bytes, ranks: dict[bytes, int]) -> tuple[bytes, bytes]:
 
 
 class Tokenizer:
-    """Byte-level BPE with GPT-2's pre-tokenization and `<|endoftext|>` as special token."""
+    """Byte-level BPE with GPT-2's pre-tokenization.
+
+    A token's merge rank (its priority in BPE, `mergeable_ranks`) and its id (its
+    row in the model's embedding, `token_ids`) are different things: GPT-2 makes
+    them equal, HF `tokenizers` puts special tokens and the bytes first. Encoding
+    runs on tiktoken's Rust core in rank space and maps ranks to ids on the way
+    out (a no-op array-free path when they are equal); decoding maps back.
+
+    `special_tokens` (text -> id) are matched only where the caller allows them.
+    `added_tokens` (text -> id) are split out of any text first, as HF does with
+    its non-special added tokens. Ids may have gaps; `missing_ids` lists them.
+    """
 
     def __init__(
-        self, mergeable_ranks: dict[bytes, int], special_tokens: dict[str, int] | None = None, name: str = "bpe"
+        self,
+        mergeable_ranks: dict[bytes, int],
+        special_tokens: dict[str, int] | None = None,
+        name: str = "bpe",
+        *,
+        token_ids: dict[bytes, int] | None = None,
+        added_tokens: dict[str, int] | None = None,
+        eot_text: str | None = None,
+        merges: list[tuple[bytes, bytes]] | None = None,
     ):
-        if len(mergeable_ranks) < 256:
+        if len(mergeable_ranks) < 256 or any(bytes([b]) not in mergeable_ranks for b in range(256)):
             raise TokenizerError(
                 f"{name}: a byte-level vocabulary needs all 256 bytes, got {len(mergeable_ranks)} tokens"
             )
@@ -102,89 +121,201 @@ class Tokenizer:
             special_tokens = {ENDOFTEXT: len(mergeable_ranks)}
         self.name = name
         self.mergeable_ranks = mergeable_ranks
+        self.token_ids = token_ids if token_ids is not None else dict(mergeable_ranks)
         self.special_tokens = special_tokens
+        self.added_tokens = added_tokens or {}
+        self._merges = merges
+        if any(token not in self.token_ids for token in mergeable_ranks):
+            raise TokenizerError(f"{name}: every ranked token needs an id")
+        # tiktoken's special tokens (text -> rank) follow the mergeable ranks. Besides the special and added
+        # tokens they hold the vocabulary's tokens that no merge makes: decodable, never produced by encoding.
+        extra = [*self.special_tokens.items(), *self.added_tokens.items()]
+        for token, token_id in self.token_ids.items():
+            if token not in mergeable_ranks:
+                try:
+                    extra.append((token.decode("utf-8"), token_id))
+                except UnicodeDecodeError:
+                    raise TokenizerError(
+                        f"{name}: token {token_to_str(token)!r} (id {token_id}) is not made by any merge and is not "
+                        "UTF-8 text: not supported"
+                    ) from None
+        tiktoken_special = {text: len(mergeable_ranks) + i for i, (text, _) in enumerate(extra)}
+        rank_to_id = [0] * len(mergeable_ranks) + [token_id for _, token_id in extra]
+        for token, rank in mergeable_ranks.items():
+            rank_to_id[rank] = self.token_ids[token]
+        if len(tiktoken_special) != len(extra):
+            raise TokenizerError(f"{name}: a special or added token is listed twice")
+        if len(set(rank_to_id)) != len(rank_to_id) or min(rank_to_id) < 0:
+            seen: set[int] = set()
+            bad = next(i for i in rank_to_id if i < 0 or i in seen or seen.add(i))
+            raise TokenizerError(f"{name}: token id {bad} is negative or given to two tokens")
+        self.vocab_size = max(rank_to_id) + 1
+        id_to_rank = [-1] * self.vocab_size
+        for rank, token_id in enumerate(rank_to_id):
+            id_to_rank[token_id] = rank
+        self.missing_ids = tuple(i for i, rank in enumerate(id_to_rank) if rank < 0)
+        identity = rank_to_id == list(range(len(rank_to_id)))
+        # None on GPT-2's own layout: encoding then returns tiktoken's ids untouched, at tiktoken's speed.
+        self._rank_to_id = None if identity else rank_to_id
+        self._rank_to_id_array = None if identity else np.asarray(rank_to_id, dtype=np.uint32)
+        self._id_to_rank = None if identity else id_to_rank
+        self._split_out = set(self.added_tokens)
+        self.eot_text = eot_text or self._default_eot()
         self._encoding = tiktoken.Encoding(
-            name=name,
-            pat_str=GPT2_PATTERN,
-            mergeable_ranks=mergeable_ranks,
-            special_tokens=special_tokens,
-            explicit_n_vocab=len(mergeable_ranks) + len(special_tokens),
+            name=name, pat_str=GPT2_PATTERN, mergeable_ranks=mergeable_ranks, special_tokens=tiktoken_special
         )
+
+    def _default_eot(self) -> str | None:
+        if ENDOFTEXT in self.special_tokens:
+            return ENDOFTEXT
+        return next(iter(self.special_tokens), None) if len(self.special_tokens) == 1 else None
 
     # -- properties -------------------------------------------------------------------
     @property
-    def vocab_size(self) -> int:
-        return len(self.mergeable_ranks) + len(self.special_tokens)
-
-    @property
     def eot_token(self) -> int:
-        return self.special_tokens[ENDOFTEXT]
+        """The document separator's id: `<|endoftext|>`, or the tokenizer's declared end-of-text token."""
+        if self.eot_text is None:
+            raise TokenizerError(f"{self.name}: no end-of-text token ({ENDOFTEXT} is not in the vocabulary)")
+        return self.special_tokens[self.eot_text]
 
     @property
     def sha256(self) -> str:
-        """Identifies the vocabulary: equal hashes mean identical token ids."""
+        """Identifies the vocabulary: equal hashes mean identical encodings and token ids."""
         digest = hashlib.sha256()
-        for token, rank in sorted(self.mergeable_ranks.items(), key=lambda item: item[1]):
-            digest.update(base64.b64encode(token) + b" %d\n" % rank)
-        for text, rank in sorted(self.special_tokens.items(), key=lambda item: item[1]):
-            digest.update(text.encode() + b" %d\n" % rank)
+        for token in sorted(self.mergeable_ranks, key=self.mergeable_ranks.__getitem__):
+            digest.update(base64.b64encode(token) + b" %d\n" % self.token_ids[token])
+        for token, token_id in sorted(self.token_ids.items(), key=lambda item: item[1]):
+            if token not in self.mergeable_ranks:
+                digest.update(b"unranked " + base64.b64encode(token) + b" %d\n" % token_id)
+        for text, token_id in sorted(self.special_tokens.items(), key=lambda item: item[1]):
+            digest.update(text.encode() + b" %d\n" % token_id)
+        for text, token_id in sorted(self.added_tokens.items(), key=lambda item: item[1]):
+            digest.update(b"added " + text.encode() + b" %d\n" % token_id)
         return digest.hexdigest()
 
     def __repr__(self) -> str:
         return f"Tokenizer(name={self.name!r}, vocab_size={self.vocab_size})"
 
     # -- encoding ---------------------------------------------------------------------
+    def _ids(self, ranks: list[int]) -> list[int]:
+        if self._rank_to_id is None:
+            return ranks
+        table = self._rank_to_id
+        return [table[r] for r in ranks]
+
+    def _ranks(self, ids: Iterable[int]) -> list[int]:
+        ids = list(ids)
+        table = self._id_to_rank
+        if table is None:
+            bad = next((i for i in ids if not 0 <= i < self.vocab_size), None)
+            if bad is not None:
+                raise TokenizerError(
+                    f"{self.name}: token id {bad} is outside the vocabulary (0..{self.vocab_size - 1})"
+                )
+            return ids
+        ranks = [table[i] if 0 <= i < self.vocab_size else -1 for i in ids]
+        if -1 in ranks:
+            bad = ids[ranks.index(-1)]
+            raise TokenizerError(f"{self.name}: token id {bad} is not in the vocabulary")
+        return ranks
+
     def encode(self, text: str, allowed_special: Iterable[str] | str = ()) -> list[int]:
         """Token ids of `text`. Special-token text is ordinary text unless listed in `allowed_special` ("all" for every one)."""
-        if allowed_special == "all":
-            return self._encoding.encode(text, allowed_special="all")
-        allowed = set(allowed_special)
+        allowed = set(self.special_tokens) if allowed_special == "all" else set(allowed_special)
+        allowed |= self._split_out
         if not allowed:
-            return self._encoding.encode_ordinary(text)
-        return self._encoding.encode(text, allowed_special=allowed, disallowed_special=())
+            return self._ids(self._encoding.encode_ordinary(text))
+        return self._ids(self._encoding.encode(text, allowed_special=allowed, disallowed_special=()))
 
     def encode_batch(self, texts: list[str], num_threads: int | None = None) -> list[list[int]]:
         """Encode many texts in parallel threads (the Rust core releases the GIL)."""
-        return self._encoding.encode_ordinary_batch(texts, num_threads=num_threads or os.cpu_count() or 1)
+        threads = num_threads or os.cpu_count() or 1
+        if self._split_out:
+            batches = self._encoding.encode_batch(
+                texts, num_threads=threads, allowed_special=self._split_out, disallowed_special=()
+            )
+        else:
+            batches = self._encoding.encode_ordinary_batch(texts, num_threads=threads)
+        return batches if self._rank_to_id is None else [self._ids(ranks) for ranks in batches]
 
     def encode_to_numpy(self, text: str) -> np.ndarray:
         """`encode(text)` as a uint32 array, built in Rust without a Python list (for bulk tokenizing)."""
-        return self._encoding.encode_to_numpy(text, allowed_special=set(), disallowed_special=())
+        ranks = self._encoding.encode_to_numpy(text, allowed_special=self._split_out, disallowed_special=())
+        return ranks if self._rank_to_id_array is None else self._rank_to_id_array[ranks]
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
-        return self._encoding.decode_bytes(list(ids))
+        return self._encoding.decode_bytes(self._ranks(ids))
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of `ids`; bytes that are not valid UTF-8 become U+FFFD."""
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
 
     def token_bytes(self, token_id: int) -> bytes:
-        return self._encoding.decode_single_token_bytes(token_id)
+        return self._encoding.decode_single_token_bytes(self._ranks((token_id,))[0])
 
-    # -- GPT-2 files ------------------------------------------------------------------
+    # -- HF files ---------------------------------------------------------------------
     def merges(self) -> list[tuple[bytes, bytes]]:
         """Merge rules in rank order (GPT-2's merges.txt, equivalently vocab.bpe)."""
-        ordered = sorted((rank, token) for token, rank in self.mergeable_ranks.items() if len(token) > 1)
-        return [_merge_pair(token, self.mergeable_ranks) for _, token in ordered]
+        if self._merges is None:
+            ordered = sorted((rank, token) for token, rank in self.mergeable_ranks.items() if len(token) > 1)
+            self._merges = [_merge_pair(token, self.mergeable_ranks) for _, token in ordered]
+        return self._merges
+
+    def vocab(self) -> dict[str, int]:
+        """vocab.json's mapping: every token's text (GPT-2's byte-to-unicode form, or a special token) to its id."""
+        entries = {token_to_str(token): token_id for token, token_id in self.token_ids.items()}
+        entries.update(self.added_tokens)
+        entries.update(self.special_tokens)
+        return dict(sorted(entries.items(), key=lambda item: item[1]))
 
     def save(self, directory: str | os.PathLike) -> None:
-        """Write vocab.json, merges.txt and the small configs transformers reads."""
+        """Write tokenizer.json, vocab.json, merges.txt and the small configs transformers reads."""
         from gpt2kit.io import atomic_write_text
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        vocab = {
-            token_to_str(token): rank for token, rank in sorted(self.mergeable_ranks.items(), key=lambda kv: kv[1])
-        }
-        vocab.update(self.special_tokens)
-        atomic_write_text(directory / "vocab.json", json.dumps(vocab, ensure_ascii=False))
+        atomic_write_text(directory / "vocab.json", json.dumps(self.vocab(), ensure_ascii=False))
         lines = ["#version: 0.2"] + [f"{token_to_str(a)} {token_to_str(b)}" for a, b in self.merges()]
         atomic_write_text(directory / "merges.txt", "\n".join(lines) + "\n")
-        special = {"bos_token": ENDOFTEXT, "eos_token": ENDOFTEXT, "unk_token": ENDOFTEXT}
-        config = {"tokenizer_class": "GPT2Tokenizer", "add_prefix_space": False, "model_max_length": 1024, **special}
-        atomic_write_text(directory / "tokenizer_config.json", json.dumps(config, indent=2))
-        atomic_write_text(directory / "special_tokens_map.json", json.dumps(special, indent=2))
+        atomic_write_text(directory / "tokenizer.json", self._hf_tokenizer().to_str())
+        special = {}
+        if self.eot_text is not None:
+            special = {"bos_token": self.eot_text, "eos_token": self.eot_text, "unk_token": self.eot_text}
+        added = {
+            **{t: (i, True) for t, i in self.special_tokens.items()},
+            **{t: (i, False) for t, i in self.added_tokens.items()},
+        }
+        decoder = {
+            str(token_id): {"content": text, "special": is_special, "lstrip": False, "rstrip": False,
+                            "normalized": False, "single_word": False}
+            for text, (token_id, is_special) in sorted(added.items(), key=lambda item: item[1][0])
+        }  # fmt: skip
+        config = {
+            "tokenizer_class": "GPT2Tokenizer",
+            "add_prefix_space": False,
+            "model_max_length": 1024,
+            "added_tokens_decoder": decoder,
+            **special,
+        }
+        atomic_write_text(directory / "tokenizer_config.json", json.dumps(config, indent=2, ensure_ascii=False))
+        atomic_write_text(directory / "special_tokens_map.json", json.dumps(special, indent=2, ensure_ascii=False))
 
+    def _hf_tokenizer(self):
+        """This vocabulary as an HF `tokenizers` object (GPT-2's byte-level pipeline)."""
+        from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors
+        from tokenizers import Tokenizer as HFTokenizer
+
+        merges = [(token_to_str(a), token_to_str(b)) for a, b in self.merges()]
+        hf = HFTokenizer(models.BPE(self.vocab(), merges))
+        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        hf.decoder = decoders.ByteLevel()
+        hf.post_processor = processors.ByteLevel(trim_offsets=False)
+        # Already in the vocabulary, so they keep their ids.
+        hf.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in self.special_tokens])
+        hf.add_tokens([AddedToken(t, special=False, normalized=False) for t in self.added_tokens])
+        return hf
+
+    # -- loading ----------------------------------------------------------------------
     @classmethod
     def from_tiktoken_file(cls, path: str | os.PathLike) -> Tokenizer:
         """Load a `.tiktoken` rank file (base64 token, rank per line); `<|endoftext|>` follows the last rank."""
@@ -205,44 +336,86 @@ class Tokenizer:
         return cls(ranks, name=path.stem)
 
     @classmethod
-    def from_vocab_merges(cls, vocab_path: str | os.PathLike, merges_path: str | os.PathLike) -> Tokenizer:
-        """Load GPT-2's vocab.json (encoder.json) and merges.txt (vocab.bpe)."""
+    def from_vocab_merges(
+        cls, vocab_path: str | os.PathLike, merges_path: str | os.PathLike, special: Iterable[str] = ()
+    ) -> Tokenizer:
+        """Load GPT-2's vocab.json (encoder.json) and merges.txt (vocab.bpe), whatever their id layout.
+
+        `special` names the tokens that are special (from tokenizer_config.json); `<|...|>` tokens always are.
+        """
         vocab_path, merges_path = Path(vocab_path), Path(merges_path)
+        vocab = _read_json(vocab_path)
+        if not isinstance(vocab, dict) or not all(isinstance(i, int) for i in vocab.values()):
+            raise TokenizerError(f"{vocab_path}: expected a JSON object mapping tokens to integer ids")
         try:
-            vocab = json.loads(vocab_path.read_text(encoding="utf-8"))
             merge_lines = merges_path.read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError as err:
-            raise TokenizerError(f"{err.filename}: tokenizer file not found") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise TokenizerError(f"{vocab_path.parent}: unreadable tokenizer files ({err})") from None
-        if not isinstance(vocab, dict):
-            raise TokenizerError(f"{vocab_path}: expected a JSON object mapping tokens to ids")
-        special = {text: rank for text, rank in vocab.items() if text.startswith("<|") and text.endswith("|>")}
-        ranks = {str_to_token(text, str(vocab_path)): rank for text, rank in vocab.items() if text not in special}
-        merges = [line.split(" ") for line in merge_lines if line and not line.startswith("#version")]
-        expected = len(ranks) - 256
-        if len(merges) != expected:
-            raise TokenizerError(f"{merges_path}: {len(merges)} merges for {len(ranks)} tokens (expected {expected})")
-        # ids in vocab.json must follow merge order, so that id == merge priority as tiktoken requires.
-        for number, pair in enumerate(merges):
+        except FileNotFoundError:
+            raise TokenizerError(f"{merges_path}: tokenizer file not found") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise TokenizerError(f"{merges_path}: unreadable tokenizer file ({err})") from None
+        merges = []
+        for number, line in enumerate(merge_lines, 1):
+            if not line or (number == 1 and line.startswith("#version")):
+                continue
+            pair = line.split(" ")
             if len(pair) != 2:
-                raise TokenizerError(f"{merges_path}:{number + 2}: expected two tokens, got {' '.join(pair)!r}")
-            merged = str_to_token(pair[0] + pair[1], str(merges_path))
-            if ranks.get(merged) != 256 + number:
-                raise TokenizerError(
-                    f"{merges_path}:{number + 2}: merge {pair} does not produce token id {256 + number}"
-                )
-        return cls(ranks, special or None, name=vocab_path.parent.name or "bpe")
+                raise TokenizerError(f"{merges_path}:{number}: expected two tokens, got {line!r}")
+            merges.append((pair[0], pair[1], f"{merges_path}:{number}"))
+        return _from_hf_vocabulary(vocab, merges, set(special), {}, str(vocab_path), vocab_path.parent.name or "bpe")
+
+    @classmethod
+    def from_tokenizer_json(cls, path: str | os.PathLike) -> Tokenizer:
+        """Load an HF `tokenizer.json` holding a byte-level BPE with GPT-2's pre-tokenizer."""
+        path = Path(path)
+        config = _read_json(path)
+        if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+            raise TokenizerError(f"{path}: expected a tokenizers JSON object with a 'model'")
+        model = config["model"]
+        _check_hf_pipeline(config, path)
+        vocab, raw_merges = model.get("vocab"), model.get("merges") or []
+        if not isinstance(vocab, dict) or not isinstance(raw_merges, list):
+            raise TokenizerError(f"{path}: model.vocab must be an object and model.merges a list")
+        merges = []
+        for number, merge in enumerate(raw_merges):
+            pair = merge.split(" ") if isinstance(merge, str) else merge
+            if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
+                raise TokenizerError(f"{path}: model.merges[{number}] is not a pair of tokens: {merge!r}")
+            merges.append((pair[0], pair[1], f"{path}: model.merges[{number}]"))
+        special, added = set(), {}
+        for entry in config.get("added_tokens") or []:
+            try:
+                text, token_id = entry["content"], int(entry["id"])
+            except (KeyError, TypeError, ValueError):
+                raise TokenizerError(f"{path}: malformed added_tokens entry {entry!r}") from None
+            if entry.get("special"):
+                special.add(text)
+            added[text] = token_id
+        name = path.parent.name or "bpe"
+        return _from_hf_vocabulary(vocab, merges, special, added, str(path), name)
 
     @classmethod
     def from_dir(cls, directory: str | os.PathLike) -> Tokenizer:
+        """A tokenizer directory: tokenizer.json, or vocab.json + merges.txt, or a .tiktoken file."""
         directory = Path(directory)
-        if (directory / "vocab.json").exists() or (directory / "merges.txt").exists():
-            return cls.from_vocab_merges(directory / "vocab.json", directory / "merges.txt")
-        tiktoken_files = sorted(directory.glob("*.tiktoken"))
-        if tiktoken_files:
+        tokenizer_json = directory / "tokenizer.json"
+        if tokenizer_json.exists():
+            tokenizer = cls.from_tokenizer_json(tokenizer_json)
+        elif (directory / "vocab.json").exists() or (directory / "merges.txt").exists():
+            tokenizer = cls.from_vocab_merges(
+                directory / "vocab.json", directory / "merges.txt", _declared_special(directory)
+            )
+        else:
+            tiktoken_files = sorted(directory.glob("*.tiktoken"))
+            if not tiktoken_files:
+                raise TokenizerError(
+                    f"{directory}: no tokenizer here (expected tokenizer.json, vocab.json + merges.txt, "
+                    "or a .tiktoken file)"
+                )
             return cls.from_tiktoken_file(tiktoken_files[0])
-        raise TokenizerError(f"{directory}: no tokenizer here (expected vocab.json + merges.txt, or a .tiktoken file)")
+        eos = _declared_eos(directory)
+        if eos is not None and eos in tokenizer.special_tokens:
+            tokenizer.eot_text = eos
+        return tokenizer
 
     @classmethod
     def gpt2(cls) -> Tokenizer:
@@ -268,6 +441,127 @@ class Tokenizer:
         tokenizer = cls.from_vocab_merges(vocab, merges)
         tokenizer.name = "gpt2"
         return tokenizer
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TokenizerError(f"{path}: tokenizer file not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise TokenizerError(f"{path}: unreadable tokenizer file ({err})") from None
+
+
+def _check_hf_pipeline(config: dict, path: Path) -> None:
+    """Refuse, in one line, what would make HF's encoding differ from GPT-2's byte-level BPE."""
+    model = config["model"]
+    if model.get("type", "BPE") != "BPE":
+        raise TokenizerError(f"{path}: model type {model.get('type')!r} is not supported (only byte-level BPE)")
+    for option, neutral in (("continuing_subword_prefix", ""), ("end_of_word_suffix", ""), ("byte_fallback", False)):
+        if (model.get(option) or neutral) != neutral:
+            raise TokenizerError(f"{path}: model.{option}={model[option]!r} is not supported")
+    if model.get("dropout") not in (None, 0, 0.0):
+        raise TokenizerError(f"{path}: model.dropout={model['dropout']!r} is not supported (BPE dropout)")
+    if config.get("normalizer") is not None:
+        raise TokenizerError(f"{path}: normalizer {config['normalizer'].get('type')!r} is not supported")
+    pre = config.get("pre_tokenizer") or {}
+    if pre.get("type") == "Sequence" and len(pre.get("pretokenizers") or []) == 1:
+        pre = pre["pretokenizers"][0]
+    if pre.get("type") != "ByteLevel" or not pre.get("use_regex", True):
+        raise TokenizerError(f"{path}: pre_tokenizer {pre.get('type')!r} is not supported (only GPT-2's ByteLevel)")
+    if pre.get("add_prefix_space"):
+        raise TokenizerError(f"{path}: pre_tokenizer.add_prefix_space=true is not supported")
+
+
+def _declared_special(directory: Path) -> set[str]:
+    """Special tokens that tokenizer_config.json and special_tokens_map.json name."""
+    names: set[str] = set()
+    for file in ("tokenizer_config.json", "special_tokens_map.json"):
+        path = directory / file
+        if not path.exists():
+            continue
+        config = _read_json(path)
+        if not isinstance(config, dict):
+            raise TokenizerError(f"{path}: expected a JSON object")
+        for entry in (config.get("added_tokens_decoder") or {}).values():
+            if isinstance(entry, dict) and entry.get("special") and isinstance(entry.get("content"), str):
+                names.add(entry["content"])
+        for key in ("bos_token", "eos_token", "unk_token", "pad_token"):
+            value = config.get(key)
+            value = value.get("content") if isinstance(value, dict) else value
+            if isinstance(value, str):
+                names.add(value)
+    return names
+
+
+def _declared_eos(directory: Path) -> str | None:
+    path = directory / "tokenizer_config.json"
+    if not path.exists():
+        return None
+    config = _read_json(path)
+    value = config.get("eos_token") if isinstance(config, dict) else None
+    value = value.get("content") if isinstance(value, dict) else value
+    return value if isinstance(value, str) else None
+
+
+def _is_special_text(text: str, declared: set[str]) -> bool:
+    return text in declared or (text.startswith("<|") and text.endswith("|>"))
+
+
+def _from_hf_vocabulary(
+    vocab: dict[str, int],
+    merges: list[tuple[str, str, str]],
+    special: set[str],
+    added: dict[str, int],
+    where: str,
+    name: str,
+) -> Tokenizer:
+    """Ranks from merge order, ids from the vocabulary.
+
+    The 256 byte tokens take ranks 0..255 in id order and merge i takes rank 256 + i. Special tokens are
+    those declared special or written `<|...|>`; added tokens (from tokenizer.json) not in the vocabulary
+    are split out of text. `merges` holds (left, right, where) with `where` naming the line for errors.
+    """
+    specials: dict[str, int] = {}
+    plain_added: dict[str, int] = {}
+    token_ids: dict[bytes, int] = {}
+    candidates: dict[str, bytes] = {}
+    for text, token_id in {**vocab, **added}.items():
+        if not isinstance(token_id, int) or isinstance(token_id, bool):
+            raise TokenizerError(f"{where}: token {text!r} has id {token_id!r}, not an integer")
+        if _is_special_text(text, special):
+            specials[text] = token_id
+        elif text in added:
+            plain_added[text] = token_id
+            try:  # also a candidate for BPE, in case a merge makes it
+                candidates[text] = str_to_token(text)
+                token_ids[candidates[text]] = token_id
+            except TokenizerError:
+                pass
+        else:
+            token_ids[str_to_token(text, where)] = token_id
+    byte_ids = sorted((token_id, token) for token, token_id in token_ids.items() if len(token) == 1)
+    if len(byte_ids) != 256:
+        raise TokenizerError(f"{where}: a byte-level vocabulary needs all 256 bytes, it has {len(byte_ids)}")
+    ranks = {token: rank for rank, (_, token) in enumerate(byte_ids)}
+    pairs = []
+    for left, right, line in merges:
+        parts = str_to_token(left, line), str_to_token(right, line)
+        merged = parts[0] + parts[1]
+        if parts[0] not in ranks or parts[1] not in ranks:
+            raise TokenizerError(f"{line}: merge {left!r} {right!r} uses a token that no earlier merge makes")
+        if merged not in token_ids:
+            raise TokenizerError(f"{line}: merge {left!r} {right!r} makes {left + right!r}, which has no id")
+        if merged not in ranks:  # a token made twice keeps its first (higher-priority) merge
+            ranks[merged] = len(ranks)
+            pairs.append(parts)
+    # HF splits added tokens out of text before BPE; one that BPE makes anyway stays an ordinary token.
+    for text, token in candidates.items():
+        if token in ranks:
+            del plain_added[text]
+        else:
+            del token_ids[token]
+    return Tokenizer(ranks, specials, name, token_ids=token_ids, added_tokens=plain_added, merges=pairs)
 
 
 def _hub_files(repo_id: str, filenames: tuple[str, ...]) -> list[str]:

@@ -100,9 +100,9 @@ def test_bad_directory_and_config_errors(tmp_path, saved):
     with pytest.raises(CheckpointError, match="not a model directory"):
         gpt2kit.load(tmp_path / "nope")
     config = json.loads((saved / "config.json").read_text())
-    config["activation_function"] = "relu"
+    config["activation_function"] = "prelu"
     (saved / "config.json").write_text(json.dumps(config))
-    with pytest.raises(CheckpointError, match="relu"):
+    with pytest.raises(CheckpointError, match="prelu"):
         gpt2kit.load(saved)
     (saved / "config.json").write_text("{")
     with pytest.raises(CheckpointError, match="config.json"):
