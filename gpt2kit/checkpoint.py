@@ -23,7 +23,7 @@ from gpt2kit.device import resolve_device
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.io import atomic_directory
 from gpt2kit.model import GPT, GPTConfig
-from gpt2kit.tokenizer import Tokenizer, TokenizerError
+from gpt2kit.tokenizer import Tokenizer, TokenizerError, load_tokenizer
 
 # HF's Conv1D stores [in, out]; nn.Linear stores [out, in].
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -40,6 +40,7 @@ class LoadedModel(NamedTuple):
     model: GPT
     tokenizer: Tokenizer
     path: Path
+    notes: tuple[str, ...] = ()  # what loading assumed or changed (a converted format, zero biases, ...)
 
 
 def hf_config(config: GPTConfig, eot_token: int) -> dict:
@@ -203,27 +204,35 @@ def read_torch_file(path: Path, what: str):
 
 
 def load_weights(model: GPT, directory: Path, dtype: torch.dtype = torch.float32) -> GPT:
+    named = ((str(source), *item) for source in _weight_sources(directory) for item in _iter_tensors(source))
+    return assign_tensors(model, named, str(directory), dtype)
+
+
+def assign_tensors(model: GPT, named, where: str, dtype: torch.dtype = torch.float32, conv1d: bool = True) -> GPT:
+    """Fill `model` (built on the meta device) from (source, name, tensor) triples, checking every name and shape.
+
+    Names may carry HF's or nanoGPT's `transformer.` prefix; `conv1d` says the projection weights are
+    HF Conv1D's [in, out] rather than nn.Linear's [out, in].
+    """
     expected = {name: tuple(p.shape) for name, p in model.state_dict().items()}
     loaded: dict[str, torch.Tensor] = {}
-    for source in _weight_sources(directory):
-        for raw_name, tensor in _iter_tensors(source):
-            name = raw_name.removeprefix("transformer.")
-            if IGNORED_BUFFER.fullmatch(name) or (name == "lm_head.weight" and model.config.tie_word_embeddings):
-                continue  # a tied output layer is wte
-            if name not in expected:
-                raise CheckpointError(f"{source}: unexpected tensor {raw_name!r}")
-            if name.endswith(CONV1D_SUFFIXES):
-                tensor = tensor.t()
-            if tuple(tensor.shape) != expected[name]:
-                raise CheckpointError(
-                    f"{source}: tensor {raw_name!r} has shape {list(tensor.shape)}, expected {list(expected[name])}"
-                )
-            loaded[name] = tensor.to(dtype).contiguous()
+    for source, raw_name, tensor in named:
+        name = raw_name.removeprefix("transformer.")
+        if IGNORED_BUFFER.fullmatch(name) or (name == "lm_head.weight" and model.config.tie_word_embeddings):
+            continue  # a tied output layer is wte
+        if name not in expected:
+            raise CheckpointError(f"{source}: unexpected tensor {raw_name!r}")
+        if conv1d and name.endswith(CONV1D_SUFFIXES):
+            tensor = tensor.t()
+        if tuple(tensor.shape) != expected[name]:
+            raise CheckpointError(
+                f"{source}: tensor {raw_name!r} has shape {list(tensor.shape)}, expected {list(expected[name])}"
+            )
+        loaded[name] = tensor.to(dtype).contiguous()
     missing = sorted(set(expected) - set(loaded))
     if missing:
         raise CheckpointError(
-            f"{directory}: missing tensor {missing[0]!r}"
-            + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
+            f"{where}: missing tensor {missing[0]!r}" + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
         )
     model.load_state_dict(loaded, assign=True)
     return model
@@ -238,29 +247,58 @@ def load_tokenizer_for(directory: Path, vocab_size: int) -> Tokenizer:
 
 
 def load(
-    path_or_id: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    path_or_id: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    *,
+    tokenizer: str | os.PathLike | Tokenizer | None = None,
+    source_format: str | None = None,
 ) -> LoadedModel:
-    """Load a model and its tokenizer from a directory or hub id."""
-    directory = resolve(path_or_id)
-    config_path = directory / "config.json"
+    """Load a model and its tokenizer: an HF directory or hub id, a nanoGPT ckpt.pt, or an llm.c .bin.
+
+    `tokenizer` replaces the directory's own; files from nanoGPT and llm.c carry none, and get GPT-2's
+    unless it is given. `source_format` (hf, nanogpt, llmc) overrides what the path suggests.
+    """
+    path = Path(path_or_id)
+    notes: list[str] = []
+    if source_format in ("nanogpt", "llmc") or (source_format is None and path.is_file()):
+        from gpt2kit.formats import read_model_file
+
+        foreign = read_model_file(path, source_format)
+        config, notes = foreign.config, list(foreign.notes)
+        with torch.device("meta"):
+            model = GPT(config)
+        assign_tensors(model, ((str(path), n, t) for n, t in foreign.tensors.items()), str(path), dtype, conv1d=False)
+        directory = path
+        if tokenizer is None:
+            tokenizer = "gpt2"
+            notes.append(f"{path.name} carries no tokenizer: GPT-2's vocabulary is assumed")
+    else:
+        directory = resolve(path_or_id)
+        config_path = directory / "config.json"
+        try:
+            values = json.loads(config_path.read_text())
+        except FileNotFoundError:
+            raise CheckpointError(f"{config_path}: missing") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise CheckpointError(f"{config_path}: not valid JSON ({err})") from None
+        config = config_from_hf(values, str(config_path))
+        with torch.device("meta"):
+            model = GPT(config)
+        # Tied output layer: assign=True replaces wte's parameter object, so nothing else to re-tie.
+        load_weights(model, directory, dtype)
     try:
-        values = json.loads(config_path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{config_path}: missing") from None
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{config_path}: not valid JSON ({err})") from None
-    config = config_from_hf(values, str(config_path))
-    with torch.device("meta"):
-        model = GPT(config)
-    load_weights(model, directory, dtype)
-    # Tied output layer: assign=True replaced wte's parameter object, so nothing else to re-tie.
-    try:
-        tokenizer = load_tokenizer_for(directory, config.vocab_size)
+        if isinstance(tokenizer, Tokenizer):
+            pass
+        elif tokenizer is not None:
+            tokenizer = load_tokenizer(tokenizer)
+        else:
+            tokenizer = load_tokenizer_for(directory, config.vocab_size)
     except TokenizerError as err:
         raise CheckpointError(str(err)) from None
     model = model.to(resolve_device(device)).eval()
     pair_up(model, tokenizer, str(directory))
-    return LoadedModel(model, tokenizer, directory)
+    return LoadedModel(model, tokenizer, directory, tuple(notes))
 
 
 def pair_up(model: GPT, tokenizer: Tokenizer, where: str) -> None:

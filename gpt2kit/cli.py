@@ -122,6 +122,23 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from gpt2kit.formats import convert, format_of_target
+
+    notes = convert(
+        args.source,
+        args.target,
+        source_format=args.source_format,
+        target_format=args.target_format,
+        dtype=args.dtype,
+        tokenizer=args.tokenizer,
+    )
+    for note in notes:
+        print(f"note: {note}")
+    print(f"wrote {args.target} ({args.target_format or format_of_target(args.target)}, {args.dtype})")
+    return 0
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     from gpt2kit.study.synth import DEFAULT_MIX, SynthConfig, parse_mix, synthesize
 

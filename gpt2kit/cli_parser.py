@@ -34,8 +34,30 @@ def add_tokenizer_commands(commands) -> None:
 
 def add_model_commands(commands) -> None:
     p = commands.add_parser("info", help="describe a model preset or a model directory")
-    p.add_argument("model", help="a preset name (gpt2, cpu-6m, ...) or a model directory / hub id")
+    p.add_argument("model", help="a preset name (gpt2, cpu-6m, ...), a model directory / hub id, or a model file")
     p.set_defaults(handler="info")
+    p = commands.add_parser(
+        "convert",
+        help="convert a model between HF, nanoGPT, llm.c and GGUF",
+        description="Formats are inferred from the paths: a directory or hub id is HF, .pt nanoGPT, "
+        ".bin llm.c, .gguf GGUF (output only).",
+    )
+    p.add_argument("source", help="an HF directory or hub id, a nanoGPT ckpt.pt, or an llm.c .bin")
+    p.add_argument("target", help="an HF directory, a nanoGPT .pt, an llm.c .bin, or a .gguf file")
+    p.add_argument(
+        "--from", dest="source_format", choices=("hf", "nanogpt", "llmc"), help="override the inferred input format"
+    )
+    p.add_argument(
+        "--to",
+        dest="target_format",
+        choices=("hf", "nanogpt", "llmc", "gguf"),
+        help="override the inferred output format",
+    )
+    p.add_argument(
+        "--dtype", default="f32", choices=("f32", "bf16", "f16"), help="llm.c: f32 or bf16; GGUF: f32 or f16"
+    )
+    p.add_argument("--tokenizer", help="the tokenizer (default: the source's own; GPT-2's for nanoGPT and llm.c)")
+    p.set_defaults(handler="convert")
 
 
 def add_demo_commands(commands) -> None:
