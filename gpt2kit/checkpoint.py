@@ -114,13 +114,19 @@ def save(model: GPT, tokenizer: Tokenizer, directory: str | os.PathLike) -> Path
             tensor = tensor.t()
         tensors[name if name == "lm_head.weight" else f"transformer.{name}"] = tensor.contiguous()
     eot = tokenizer.eot_token
-    with atomic_directory(directory) as tmp:
-        save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
-        del tensors
-        (tmp / "config.json").write_text(json.dumps(hf_config(model.config, eot), indent=2))
-        generation = {"bos_token_id": eot, "eos_token_id": eot}
-        (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2))
-        tokenizer.save(tmp)
+    if directory.exists() and not directory.is_dir():
+        raise CheckpointError(f"{directory}: exists and is not a directory")
+    try:
+        with atomic_directory(directory) as tmp:
+            save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
+            del tensors
+            (tmp / "config.json").write_text(json.dumps(hf_config(model.config, eot), indent=2))
+            generation = {"bos_token_id": eot, "eos_token_id": eot}
+            (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2))
+            tokenizer.save(tmp)
+    except (OSError, SafetensorError) as err:  # a full disk, a read-only or missing parent, ...
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0]
+        raise CheckpointError(f"{directory}: cannot write the model ({reason})") from None
     return directory
 
 
@@ -186,6 +192,31 @@ def _iter_tensors(source: Path):
         except (SafetensorError, OSError) as err:
             raise CheckpointError(f"{source}: tensor {name!r} is unreadable ({err})") from None
         yield name, tensor
+
+
+def _check_sizes_against_weights(config: GPTConfig, directory: Path, where: str) -> None:
+    """Compare config.json's sizes with the safetensors headers before building anything: a config that
+    claims 100000 layers should fail at once, not after minutes of building modules."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for source in _weight_sources(directory):
+        if source.suffix != ".safetensors":
+            return
+        try:
+            with safe_open(source, framework="pt") as handle:
+                for name in handle.keys():
+                    shapes[name.removeprefix("transformer.")] = tuple(handle.get_slice(name).get_shape())
+        except (SafetensorError, OSError) as err:
+            raise CheckpointError(f"{source}: corrupt or truncated safetensors file ({err})") from None
+    layers = {int(m.group(1)) for name in shapes if (m := re.match(r"h\.(\d+)\.", name))}
+    n_layer = max(layers) + 1 if layers else 0
+    if n_layer != config.n_layer:
+        raise CheckpointError(f"{where}: n_layer is {config.n_layer}, but the weights hold {n_layer} layers")
+    for name, expected, fields in (
+        ("wte.weight", (config.vocab_size, config.n_embd), "vocab_size, n_embd"),
+        ("wpe.weight", (config.n_positions, config.n_embd), "n_positions, n_embd"),
+    ):
+        if name in shapes and shapes[name] != expected:
+            raise CheckpointError(f"{where}: ({fields}) is {expected}, but the weights' {name} is {shapes[name]}")
 
 
 def read_torch_file(path: Path, what: str):
@@ -283,6 +314,7 @@ def load(
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise CheckpointError(f"{config_path}: not valid JSON ({err})") from None
         config = config_from_hf(values, str(config_path))
+        _check_sizes_against_weights(config, directory, str(config_path))
         with torch.device("meta"):
             model = GPT(config)
         # Tied output layer: assign=True replaces wte's parameter object, so nothing else to re-tie.

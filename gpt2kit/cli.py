@@ -15,6 +15,7 @@ from pathlib import Path
 
 from gpt2kit.cli_parser import build_parser
 from gpt2kit.errors import GPT2KitError
+from gpt2kit.io import check_output_path
 
 # -- tokenizer ----------------------------------------------------------------------
 
@@ -478,9 +479,15 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args.verbose)
     func: Callable[[argparse.Namespace], int] = globals()[f"cmd_{args.handler}"]
     try:
+        if getattr(args, "out", None):
+            check_output_path(args.out, directory=args.out_kind == "dir")
         return func(args)
-    except (GPT2KitError, OSError) as err:
+    except GPT2KitError as err:
         print(f"gpt2kit {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # "PATH: No space left on device", not "[Errno 28] ..."
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"gpt2kit {args.command}: error: {where}{err.strerror or err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("gpt2kit: interrupted", file=sys.stderr)

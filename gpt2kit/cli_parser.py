@@ -18,6 +18,7 @@ def add_tokenizer_commands(commands) -> None:
     p.add_argument("--vocab-size", type=int, required=True)
     p.add_argument("--min-frequency", type=int, default=2)
     p.add_argument("--out", required=True, help="directory for vocab.json + merges.txt")
+    p.set_defaults(out_kind="dir")
     p.set_defaults(handler="tokenizer_train")
     for name, func, text in (
         ("encode", "tokenizer_encode", "text lines -> lines of token ids"),
@@ -63,6 +64,7 @@ def add_model_commands(commands) -> None:
 def add_demo_commands(commands) -> None:
     p = commands.add_parser("synth", help="generate a synthetic web with naturally occurring tasks, and eval sets")
     p.add_argument("--out", required=True, help="directory for train/ shards, eval/ sets and manifest.json")
+    p.set_defaults(out_kind="dir")
     p.add_argument("--size-mb", type=float, default=20.0, help="megabytes of training documents")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mix", help="document kinds and weights, e.g. story=0.3,forum=0.1 (default: all kinds)")
@@ -70,6 +72,7 @@ def add_demo_commands(commands) -> None:
     p.set_defaults(handler="synth")
     p = commands.add_parser("demo", help="run the main job end to end, offline")
     p.add_argument("--out", default="demo-out")
+    p.set_defaults(out_kind="dir")
     p.add_argument("--quick", action="store_true", help="one small model, for CI")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler="demo")
@@ -89,6 +92,7 @@ def add_demo_commands(commands) -> None:
     p.add_argument("--device", default="auto", help="where evaluation and sampling run (default: CUDA if present)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="sweep-out")
+    p.set_defaults(out_kind="dir")
     p.set_defaults(handler="sweep")
 
 
@@ -103,6 +107,7 @@ def add_webtext_commands(commands) -> None:
     source.add_argument("--warc", nargs="+", metavar="FILE", help="WARC files")
     source.add_argument("--html-dir", metavar="DIR", help="a directory of saved HTML pages")
     p.add_argument("--out", required=True, help="output directory (shards, stats.json, domains.tsv)")
+    p.set_defaults(out_kind="dir")
     p.add_argument("--workers", type=int, help="processes (tasks) per stage (default 1)")
     p.add_argument("--config", help="TOML or YAML settings (see gpt2kit/webtext/config.py)")
     p.add_argument("--min-karma", type=int, help="Reddit: minimum score (default 3)")
@@ -121,6 +126,7 @@ def _add_overlap_commands(commands) -> None:
     p = ov_commands.add_parser("build", help="build a Bloom filter of every 8-gram of a corpus")
     p.add_argument("--corpus", nargs="+", required=True, help="text files, JSON-lines shards (.jsonl[.gz|.zst]), dirs")
     p.add_argument("--out", required=True, help="filter file to write")
+    p.set_defaults(out_kind="file")
     p.add_argument("--fpr", type=float, default=1e-8, help="false-positive rate bound (default 1e-8)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")
     p.add_argument("--text-field", default="text", help="field holding the text in JSON lines")
@@ -189,6 +195,7 @@ def add_data_commands(commands) -> None:
     p.add_argument("--split", dest="hf_split", help="split of --hf-dataset (default: train)")
     p.add_argument("--tokenizer", default="gpt2", help="'gpt2', a tokenizer or model directory, or a .tiktoken file")
     p.add_argument("--out", required=True, help="output directory for shards and manifest.json")
+    p.set_defaults(out_kind="dir")
     p.add_argument("--val-fraction", type=float, help="share of documents for validation (default 0.005)")
     p.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: all cores)")
     p.add_argument("--seed", type=int, help="seed of the train/validation split (default 0)")
@@ -205,6 +212,7 @@ def add_train_commands(commands) -> None:
     p.add_argument("--config", required=True, help="a TOML or YAML training config (see configs/)")
     p.add_argument("--data", required=True, help="a directory written by `gpt2kit prepare`")
     p.add_argument("--out", required=True, help="the run directory")
+    p.set_defaults(out_kind="dir")
     p.add_argument("--preset", help="model size preset (gpt2, cpu-6m, ...)")
     p.add_argument("--init-from", dest="init_from", help="fine-tune this model directory or hub id")
     p.add_argument("--max-steps", dest="max_steps", type=int)
@@ -223,6 +231,7 @@ def add_train_commands(commands) -> None:
     p = commands.add_parser("plot", help="plot a run's train and validation loss to RUN_DIR/loss.png")
     p.add_argument("run_dir")
     p.add_argument("--out", help="the PNG to write (default RUN_DIR/loss.png)")
+    p.set_defaults(out_kind="file")
     p.set_defaults(handler="plot")
 
 
@@ -260,6 +269,7 @@ def add_eval_commands(commands) -> None:
     p.add_argument("--config", help="a TOML or YAML file of eval options (flags override it)")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, mps")
     p.add_argument("--out", help="write the results JSON here")
+    p.set_defaults(out_kind="file")
     p.add_argument("--log-samples", metavar="PATH", help="write per-example records (JSON lines) here")
     p.set_defaults(handler="eval")
 

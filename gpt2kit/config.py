@@ -8,7 +8,9 @@ and, for an unknown name, the closest known one. A config class lists its own ba
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import math
 import os
 import sys
 import types
@@ -119,14 +121,17 @@ def _coerce(value: Any, kind: Any, from_text: bool) -> Any:
     if kind is float:
         if isinstance(value, bool):
             raise ValueError("must be a number")
+        number = None
         if isinstance(value, (int, float)):
-            return float(value)
-        try:
-            if from_text:
-                return float(value)
-        except ValueError:
-            pass
-        raise ValueError("must be a number")
+            number = float(value)
+        elif from_text:
+            with contextlib.suppress(ValueError):
+                number = float(value)
+        if number is None:
+            raise ValueError("must be a number")
+        if not math.isfinite(number):  # no setting of gpt2kit means anything at nan or inf
+            raise ValueError("must be a finite number")
+        return number
     if kind is str:
         if isinstance(value, str):
             return value

@@ -223,6 +223,9 @@ def encode_prompt(tokenizer: Tokenizer, prompt: str | Sequence[int], context: in
         bad = [t for t in ids if not 0 <= t < tokenizer.vocab_size]
         if bad:
             raise GPT2KitError(f"{where}: token id {bad[0]} is outside the vocabulary (0..{tokenizer.vocab_size - 1})")
+        missing = set(tokenizer.missing_ids).intersection(ids)
+        if missing:
+            raise GPT2KitError(f"{where}: token id {min(missing)} is not in the vocabulary (a gap in its ids)")
     if not ids:
         ids = [tokenizer.eot_token]  # an empty prompt samples unconditionally, from the document boundary
     if len(ids) > context:

@@ -85,6 +85,54 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
 
 
+def remove_stale_temporaries(directory: str | os.PathLike, names: Iterable[str] | None = None) -> int:
+    """Clear what atomic writes killed midway left in `directory`: `.NAME.XXXX.tmp` files and directories,
+    and a `.NAME.old` (restored to NAME if a kill came between its two renames). `names` limits it to those
+    NAMEs; the default is every one, for directories a run owns. Returns how many entries were removed."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return 0
+    wanted = None if names is None else set(names)
+    removed = 0
+    for entry in directory.iterdir():
+        if not entry.name.startswith("."):
+            continue
+        if entry.name.endswith(".tmp"):
+            name = entry.name[1:].rsplit(".", 2)[0]
+        elif entry.name.endswith(".old"):
+            name = entry.name[1:-4]
+        else:
+            continue
+        if wanted is not None and name not in wanted:
+            continue
+        if entry.name.endswith(".old") and not (directory / name).exists():
+            os.replace(entry, directory / name)
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+def check_output_path(path: str | os.PathLike, directory: bool) -> None:
+    """Fail early, in one line, when `path` cannot become the output directory (or file) it is meant to be."""
+    path = Path(path)
+    if path.exists():
+        if directory and not path.is_dir():
+            raise GPT2KitError(f"{path}: exists and is not a directory")
+        if not directory and path.is_dir():
+            raise GPT2KitError(f"{path}: is a directory, not a file")
+    ancestor = path if path.exists() else path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise GPT2KitError(f"{path}: cannot be created, because {ancestor} is a file")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise GPT2KitError(f"{path}: cannot be created, because {ancestor} is not writable")
+
+
 # -- reading ------------------------------------------------------------------------------------------------------
 
 

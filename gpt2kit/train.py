@@ -24,13 +24,14 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from safetensors import SafetensorError
 
 from gpt2kit.checkpoint import CheckpointError, load, save
 from gpt2kit.config import ConfigError, get_field
 from gpt2kit.data.loader import TokenWindows, WindowLoader, eval_indices
 from gpt2kit.data.prepare import TOKENIZER_DIR, load_manifest
 from gpt2kit.device import resolve_device
-from gpt2kit.io import atomic_directory, atomic_write_text, file_sha256
+from gpt2kit.io import atomic_directory, atomic_write_text, file_sha256, remove_stale_temporaries
 from gpt2kit.mfu import flops_per_token, peak_flops
 from gpt2kit.model import GPT, preset_config
 from gpt2kit.parallelize import DistEnv, gradient_sync, init_distributed, parallelize, shutdown_distributed
@@ -202,6 +203,8 @@ class Trainer:
             torch.set_num_threads(config.num_threads)
         init_distributed(self.env, self.device)
         self.run_dir = Path(config.out)
+        if self.env.is_main and (removed := remove_stale_temporaries(self.run_dir / CHECKPOINT_DIR)):
+            log.info("%s: removed %d partial checkpoints of an interrupted run", self.run_dir / CHECKPOINT_DIR, removed)
         self.state: dict | None = None
         self.checkpoint: Path | None = None
         self._load_resume_state(resume)
@@ -419,29 +422,39 @@ class Trainer:
                     model = GPT(self.model.config)
                 model.load_state_dict(weights, assign=True)
             path = self.run_dir / CHECKPOINT_DIR / f"step-{self.step:08d}"
-            with atomic_directory(path) as tmp:
-                save(model, self.tokenizer, tmp)
-                state = {
-                    "format": STATE_FORMAT,
-                    "version": STATE_VERSION,
-                    "step": self.step,
-                    "tokens": self.tokens,
-                    "elapsed_s": self.elapsed,
-                    "bad_steps": self.bad_steps,
-                    "config": self.config.to_dict(),
-                    "optimizer": optimizer_state,
-                    "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
-                    "rng": rng,
-                    "loader": self.loader.state_dict(),
-                    "world_size": self.env.world_size,
-                    "weights_sha256": file_sha256(tmp / "model.safetensors"),
-                }
-                torch.save(state, tmp / STATE_FILE)
+            try:
+                self._write_checkpoint(path, model, optimizer_state, rng)
+            except (OSError, RuntimeError, SafetensorError, CheckpointError) as err:
+                # A full disk surfaces as any of these; the atomic write left older checkpoints as they were.
+                reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+                raise TrainingError(
+                    f"{path}: cannot write the checkpoint ({reason}); older checkpoints are intact"
+                ) from None
             for old in checkpoints(self.run_dir)[: -self.config.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
         if self.env.distributed:
             dist.barrier()
         return path
+
+    def _write_checkpoint(self, path: Path, model: GPT, optimizer_state: dict, rng: list) -> None:
+        with atomic_directory(path) as tmp:
+            save(model, self.tokenizer, tmp)
+            state = {
+                "format": STATE_FORMAT,
+                "version": STATE_VERSION,
+                "step": self.step,
+                "tokens": self.tokens,
+                "elapsed_s": self.elapsed,
+                "bad_steps": self.bad_steps,
+                "config": self.config.to_dict(),
+                "optimizer": optimizer_state,
+                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+                "rng": rng,
+                "loader": self.loader.state_dict(),
+                "world_size": self.env.world_size,
+                "weights_sha256": file_sha256(tmp / "model.safetensors"),
+            }
+            torch.save(state, tmp / STATE_FILE)
 
     def _step_record(self, loss: float, lr: float, grad_norm: float, tokens_per_s: float, applied: bool) -> dict:
         mfu = None

@@ -136,3 +136,13 @@ def test_gpt2_config_follows_the_paper():
     config = load_config(TrainConfig, CONFIGS / "gpt2-124m-owt-8gpu.toml", check=False)
     assert config.preset == "gpt2" and config.context_length == 1024
     assert config.batch_tokens == 512 * 1024  # batch 512 sequences of 1024 tokens
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "-inf", "1e999"])
+def test_floats_must_be_finite_wherever_they_enter(text, tmp_path):
+    with pytest.raises(ConfigError, match="optim.lr must be a finite number"):
+        apply_overrides(TrainConfig(data="d", out="o"), [f"optim.lr={text}"])
+    with pytest.raises(ConfigError, match="must be a finite number"):
+        config_from_dict(TrainConfig, {"data": "d", "out": "o", "optim": {"lr": float(text)}}, "config.json")
+    with pytest.raises(ConfigError, match="seed must fit in a signed 64-bit integer"):
+        apply_overrides(TrainConfig(data="d", out="o"), ["seed=9223372036854775808"])

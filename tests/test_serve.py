@@ -186,6 +186,8 @@ def test_models_health_playground_and_unknown_routes(server):
         ({"prompt": "x", "n": "many"}, 422, "n"),
         ({"prompt": {"text": "x"}}, 422, "prompt"),
         ({"max_tokens": 3}, 422, "prompt"),
+        ({"prompt": "x", "seed": 2**63}, 422, "seed"),
+        ({"prompt": "x", "seed": -(2**63) - 1}, 422, "seed"),
     ],
 )
 def test_invalid_requests_get_openai_style_errors(server, body, status, param):
@@ -194,6 +196,16 @@ def test_invalid_requests_get_openai_style_errors(server, body, status, param):
     error = response.json()["error"]
     assert error["type"] == "invalid_request_error" and error["message"]
     assert error["param"] == param
+
+
+def test_seed_at_the_int64_edges_keeps_the_connection(server):
+    with httpx.Client() as client:  # one keep-alive connection for all three
+        for seed in (2**63 - 1, -(2**63), 2**64):
+            response = client.post(
+                f"{server}/v1/completions", json={"prompt": "x", "max_tokens": 1, "n": 2, "seed": seed}
+            )
+            assert response.status_code == (200 if seed < 2**63 else 422), response.text
+        assert client.get(f"{server}/health").status_code == 200
 
 
 def test_malformed_and_oversized_bodies(server):
@@ -284,6 +296,10 @@ def test_api_key(model, gpt2_tokenizer):
         assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_api_key"
         assert httpx.get(f"{url}/v1/models").status_code == 401
         assert httpx.get(f"{url}/health").status_code == 200
+        # The key is checked before the body: a malformed or oversized body without the key is still a 401.
+        for content in (b'{"prompt": ', b"x" * 2_000_000):
+            keyless = httpx.post(f"{url}/v1/completions", content=content)
+            assert keyless.status_code == 401, keyless.text
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="sekrit", max_retries=0)
         assert client.completions.create(model="keyed", prompt="x", max_tokens=2).choices[0].text is not None
         with pytest.raises(openai.AuthenticationError):

@@ -94,9 +94,9 @@ def test_prepare_writes_documents_with_endoftext_and_a_manifest(tmp_path, tiny_t
     data = bytearray(shard.read_bytes())
     data[-1] ^= 1
     shard.write_bytes(bytes(data))
-    manifest.verify(tmp_path / "out")
+    manifest.verify(tmp_path / "out", checksums=False)
     with pytest.raises(ShardError, match="sha256 differs from the manifest"):
-        manifest.verify(tmp_path / "out", checksums=True)
+        manifest.verify(tmp_path / "out")
     manifest.complete = False
     manifest.save(tmp_path / "out")
     with pytest.raises(ShardError, match="preparation did not finish"):

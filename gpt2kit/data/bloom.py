@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from gpt2kit.errors import GPT2KitError
-from gpt2kit.io import atomic_open, decode_utf8, jsonl_texts, reading
+from gpt2kit.io import atomic_open, decode_utf8, jsonl_texts, reading, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -431,6 +431,11 @@ def build_filter(
     if not 0.0 < fpr < 1.0:
         raise GPT2KitError(f"the false-positive rate must be in (0, 1), got {fpr}")
     files = corpus_files(corpus)
+    out_path = Path(out)
+    if out_path.is_dir():
+        raise GPT2KitError(f"{out_path}: is a directory; the filter is written to a file")
+    if removed := remove_stale_temporaries(out_path.parent, [out_path.name]):
+        log.info("%s: removed %d temporary files left by an interrupted build", out_path.parent, removed)
     context = _fork_context()
     if context is None and workers > 1:
         log.warning("no fork start method here; building with one process")

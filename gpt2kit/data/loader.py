@@ -32,7 +32,7 @@ class TokenWindows:
         self.split = split
         self.context = context
         manifest = manifest or load_manifest(directory)
-        manifest.verify(directory)
+        manifest.verify(directory, split)
         self.shards = [open_tokens(path) for path in manifest.shard_paths(directory, split)]
         counts = [max(0, (len(tokens) - 1) // context) for tokens in self.shards]
         self.starts = np.cumsum([0, *counts])

@@ -40,7 +40,7 @@ from gpt2kit.data.shards import (
     token_dtype,
 )
 from gpt2kit.errors import GPT2KitError
-from gpt2kit.io import parse_json_line, reading
+from gpt2kit.io import parse_json_line, reading, remove_stale_temporaries
 from gpt2kit.tokenizer import Tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -467,6 +467,8 @@ class _Preparation:
         self.previous = Manifest.load(out) if (out / MANIFEST_NAME).exists() else None
         self.reusable = _reusable_groups(out, self.previous, self.tok, self.tokenizer_sha, settings)
         out.mkdir(parents=True, exist_ok=True)
+        if removed := remove_stale_temporaries(out):
+            log.info("%s: removed %d temporary files left by an interrupted run", out, removed)
         self.tokenizer_dir = out / TOKENIZER_DIR
         self.tok.save(self.tokenizer_dir)
         tokenizer_info = {

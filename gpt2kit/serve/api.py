@@ -22,7 +22,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -126,7 +126,7 @@ class CompletionRequest(BaseModel):
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)  # what torch's generators take
     echo: bool | None = False
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     presence_penalty: float | None = None
@@ -151,6 +151,11 @@ class _Prepared:
     logprobs: int | None
     stream: bool
     include_usage: bool
+
+
+def _wrap_int64(value: int) -> int:
+    """Choice k of a request seeded s is seeded s + k, wrapped into the signed 64-bit range."""
+    return (value + 2**63) % 2**64 - 2**63
 
 
 class CompletionsService:
@@ -205,7 +210,7 @@ class CompletionsService:
                         top_k=request.top_k or 0,
                         top_p=1.0 if request.top_p is None else request.top_p,
                         stop=tuple(stop),
-                        seed=None if request.seed is None else request.seed + choice,
+                        seed=None if request.seed is None else _wrap_int64(request.seed + choice),
                         logprobs=request.logprobs or 0,
                     )
                 )
@@ -384,6 +389,25 @@ class _BodyLimit:
         await self.app(scope, replay, send)
 
 
+class _ApiKey:
+    """ASGI middleware: a /v1/ request without 'Authorization: Bearer KEY' gets a 401, its body unread."""
+
+    def __init__(self, app, key: str):
+        self.app = app
+        self.expected = f"Bearer {key}".encode()
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                error = APIError(
+                    401, "missing or incorrect API key (send 'Authorization: Bearer KEY')", code="invalid_api_key"
+                )
+                await _send_error(error, scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 async def _send_error(error: APIError, scope, receive, send) -> None:
     await JSONResponse(error.body(), status_code=error.status)(scope, receive, send)
 
@@ -414,21 +438,13 @@ def create_app(model: GPT, tokenizer: Tokenizer, config: ServerConfig | None = N
     app = FastAPI(title="gpt2kit", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.service = service
     app.add_middleware(_BodyLimit, limit=config.max_body_bytes)
+    if config.api_key is not None:
+        app.add_middleware(_ApiKey, key=config.api_key)  # added last, so it runs first: before the body is read
 
     _add_error_handlers(app)
+    _add_info_routes(app, service, model_name)
 
-    def authorize(request: Request) -> None:
-        if config.api_key is None:
-            return
-        given = request.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {config.api_key}".encode()):
-            raise APIError(
-                401, "missing or incorrect API key (send 'Authorization: Bearer KEY')", code="invalid_api_key"
-            )
-
-    _add_info_routes(app, service, model_name, authorize)
-
-    @app.post("/v1/completions", dependencies=[Depends(authorize)])
+    @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
         prepared = await asyncio.to_thread(service.prepare, body)  # tokenizing a long prompt takes a while
         loop = asyncio.get_running_loop()
@@ -477,7 +493,7 @@ def _add_error_handlers(app: FastAPI) -> None:
         return JSONResponse(APIError(500, "internal server error", kind="server_error").body(), status_code=500)
 
 
-def _add_info_routes(app: FastAPI, service: CompletionsService, model_name: str, authorize) -> None:
+def _add_info_routes(app: FastAPI, service: CompletionsService, model_name: str) -> None:
     """/health, /v1/models and the playground page."""
 
     @app.get("/health")
@@ -492,11 +508,11 @@ def _add_info_routes(app: FastAPI, service: CompletionsService, model_name: str,
     def model_card() -> dict[str, Any]:
         return {"id": model_name, "object": "model", "created": service.created, "owned_by": "gpt2kit"}
 
-    @app.get("/v1/models", dependencies=[Depends(authorize)])
+    @app.get("/v1/models")
     async def list_models():
         return {"object": "list", "data": [model_card()]}
 
-    @app.get("/v1/models/{name:path}", dependencies=[Depends(authorize)])
+    @app.get("/v1/models/{name:path}")
     async def get_model(name: str):
         if name != model_name:
             raise APIError(

@@ -8,7 +8,9 @@ pipeline checks up front that every input exists and parses, so a wrong file fai
 from __future__ import annotations
 
 import json
+import logging
 import re
+import zlib
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,6 +20,8 @@ from datatrove.pipeline.base import PipelineStep
 
 from gpt2kit.io import open_binary
 from gpt2kit.webtext.config import RedditConfig
+
+log = logging.getLogger(__name__)
 
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 HTML_SUFFIXES = (".html", ".htm", ".xhtml", ".html.gz", ".htm.gz")
@@ -162,10 +166,22 @@ class WarcPagesReader(_FilesReader):
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         from warcio.archiveiterator import ArchiveIterator
+        from warcio.exceptions import ArchiveLoadFailed
 
         for path in self.paths[rank::world_size]:
             with open(path, "rb") as handle:
-                for record in ArchiveIterator(handle):
+                records = iter(ArchiveIterator(handle))
+                while True:
+                    try:
+                        record = next(records)
+                    except StopIteration:
+                        break
+                    except (ArchiveLoadFailed, zlib.error, EOFError, ValueError) as err:
+                        # A cut or corrupt file: what came before is kept, the rest of the file cannot be read.
+                        log.warning("%s: stopped reading a damaged WARC file (%s)", path, err)
+                        self.stat_update("total")
+                        self.stat_update("dropped", "dropped_truncated")
+                        break
                     if record.rec_type != "response":
                         continue
                     self.stat_update("total")
@@ -187,7 +203,13 @@ class WarcPagesReader(_FilesReader):
         declared = None
         if content_type and "charset=" in content_type.lower():
             declared = content_type.lower().split("charset=", 1)[1].split(";")[0].strip(" \"'")
-        html = decode_html(record.content_stream().read(), declared)
+        try:
+            body = record.content_stream().read()
+        except (zlib.error, EOFError, ValueError):
+            return "truncated", None
+        if record.raw_stream.limit:  # fewer bytes than the record's Content-Length: its gzip stream was cut
+            return "truncated", None
+        html = decode_html(body, declared)
         if html is None:
             return "undecodable", None
         fetched_at = record.rec_headers.get_header("WARC-Date") or iso_now()
