@@ -337,3 +337,29 @@ def test_formats_refuse_what_they_cannot_hold(tmp_path, tiny_tokenizer):
     with pytest.raises(CheckpointError, match="llm.c cannot hold tie_word_embeddings=False"):
         convert(tmp_path / "untied", tmp_path / "m.bin")
     assert not (tmp_path / "m.bin").exists()
+
+
+def test_llama_cpp_runs_our_gguf_without_its_converter(tmp_path, gpt2_tokenizer):
+    """Where llama-cpp-python is installed (it builds llama.cpp from source): same tokens, same greedy output."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from gpt2kit.generate import GenerationConfig, generate
+    from gpt2kit.model import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=GPT2_VOCAB, n_positions=128, n_layer=2, n_head=4, n_embd=64)).eval()
+    gpt2kit.save(model, gpt2_tokenizer, tmp_path / "hf")
+    convert(tmp_path / "hf", tmp_path / "m.gguf")
+    llm = llama_cpp.Llama(model_path=str(tmp_path / "m.gguf"), n_ctx=128, verbose=False)
+    try:
+        text = "Hello world, this is a test of the naïve café"
+        prompt = llm.tokenize(text.encode(), add_bos=False)
+        assert prompt == gpt2_tokenizer.encode(text)
+        theirs = []
+        for token in llm.generate(prompt, temp=0.0, top_k=1):
+            theirs.append(token)
+            if len(theirs) == 20:
+                break
+    finally:
+        llm.close()
+    ours = generate(model, gpt2_tokenizer, [prompt], GenerationConfig(max_new_tokens=20, temperature=0))[0]
+    assert theirs == ours.token_ids
