@@ -25,6 +25,10 @@ from gpt2kit.errors import GPT2KitError
 # Pushshift-style Reddit dumps are compressed with long windows: allow the zstd format's maximum.
 ZSTD_MAX_WINDOW = 2**31
 
+# The process's umask, read once (reading it means setting it), for the modes of atomically written results.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 # -- atomic writes ------------------------------------------------------------------------------------------------
 
 
@@ -39,6 +43,7 @@ def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+            os.fchmod(handle.fileno(), 0o666 & ~_UMASK)  # mkstemp's 0600 is for the temporary, not the result
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -72,6 +77,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp's 0700 is for the temporary, not the result
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

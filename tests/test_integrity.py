@@ -189,3 +189,19 @@ def test_a_cut_warc_record_is_counted_as_truncated(tmp_path):
     build_webtext(WebTextConfig(input_kind="warc", inputs=[str(cut)], out=str(out), workers=1))
     total, kept, removed = stage_table(out)["read"]
     assert removed.get("truncated") == 1 and (total, kept) == (2, 1)
+
+
+def test_atomic_writes_publish_ordinary_permissions(tmp_path):
+    import os
+
+    from gpt2kit.io import atomic_directory, atomic_write_text
+
+    umask = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "f.txt", "x")
+        with atomic_directory(tmp_path / "d") as tmp:
+            (tmp / "a").write_text("1")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o777 & ~umask

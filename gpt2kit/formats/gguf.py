@@ -103,6 +103,7 @@ def write(model: GPT, tokenizer: Tokenizer, path: Path, dtype: str = "f32") -> l
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 is for the temporary, not the result
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
