@@ -59,7 +59,7 @@ def main() -> None:
     import transformers
 
     from gpt2kit import GPT, Tokenizer, load, preset_config, save
-    from gpt2kit.generate import apply_decode_layout
+    from gpt2kit.inference import apply_decode_layout
 
     if args.threads:
         torch.set_num_threads(args.threads)

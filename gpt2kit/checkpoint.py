@@ -103,6 +103,8 @@ def config_from_hf(values: dict, where: str) -> GPTConfig:
 def save(model: GPT, tokenizer: Tokenizer, directory: str | os.PathLike) -> Path:
     """Write `model` and `tokenizer` to `directory` in the HF GPT-2 layout, atomically."""
     directory = Path(directory)
+    if model.quantization is not None:
+        raise CheckpointError(f"{directory}: the model is quantized ({model.quantization}); save the fp32 model")
     if tokenizer.vocab_size > model.config.vocab_size:
         raise CheckpointError(
             f"tokenizer has {tokenizer.vocab_size} tokens but the model only {model.config.vocab_size}"
@@ -284,11 +286,13 @@ def load(
     *,
     tokenizer: str | os.PathLike | Tokenizer | None = None,
     source_format: str | None = None,
+    quantize: str | None = None,
 ) -> LoadedModel:
     """Load a model and its tokenizer: an HF directory or hub id, a nanoGPT ckpt.pt, or an llm.c .bin.
 
     `tokenizer` replaces the directory's own; files from nanoGPT and llm.c carry none, and get GPT-2's
     unless it is given. `source_format` (hf, nanogpt, llmc) overrides what the path suggests.
+    `quantize="int8"` gives int8 weights for inference (see gpt2kit.inference).
     """
     path = Path(path_or_id)
     notes: list[str] = []
@@ -330,6 +334,10 @@ def load(
         raise CheckpointError(str(err)) from None
     model = model.to(resolve_device(device)).eval()
     pair_up(model, tokenizer, str(directory))
+    if quantize is not None:
+        from gpt2kit.inference import quantize as quantize_model
+
+        quantize_model(model, quantize)
     return LoadedModel(model, tokenizer, directory, tuple(notes))
 
 

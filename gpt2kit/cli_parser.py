@@ -151,6 +151,7 @@ SERVE_FLAGS = (
     ("--model-name", "model_name", str, "the id clients see (default: the directory name)"),
     ("--api-key", "api_key", str, "require 'Authorization: Bearer KEY' on /v1/*"),
     ("--device", "device", str, "default cpu"),
+    ("--quantize", "quantize", str, "int8: int8 weights, about 2x faster decoding on CPU (default: fp32)"),
     ("--max-prompt-tokens", "max_prompt_tokens", int, "default: the model's context"),
     ("--max-tokens-cap", "max_tokens_cap", int, "largest max_tokens a request may ask for (default 1024)"),
     ("--max-n", "max_n", int, "largest n a request may ask for (default 8)"),
@@ -178,6 +179,11 @@ def add_sampling_commands(commands) -> None:
     p.add_argument("--stop", action="append", help="stop before this string (repeatable)")
     p.add_argument("--stream", action="store_true", help="print text as it is generated")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, mps")
+    p.add_argument(
+        "--quantize",
+        choices=("int8",),
+        help="int8: fbgemm int8 weights per output channel, about 2x faster decoding on CPU (fp32 by default)",
+    )
     p.set_defaults(handler="sample")
 
     p = commands.add_parser("serve", help="an OpenAI-compatible completions server with a playground page")
@@ -268,6 +274,11 @@ def add_eval_commands(commands) -> None:
     p.add_argument("--seed", type=int, help="seed for sampling and example draws (default 0)")
     p.add_argument("--config", help="a TOML or YAML file of eval options (flags override it)")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, mps")
+    p.add_argument(
+        "--quantize",
+        choices=("int8",),
+        help="int8: fbgemm int8 weights per output channel, about 2x faster decoding on CPU (fp32 by default)",
+    )
     p.add_argument("--out", help="write the results JSON here")
     p.set_defaults(out_kind="file")
     p.add_argument("--log-samples", metavar="PATH", help="write per-example records (JSON lines) here")

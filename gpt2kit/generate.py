@@ -234,22 +234,6 @@ def encode_prompt(tokenizer: Tokenizer, prompt: str | Sequence[int], context: in
     return ids
 
 
-def apply_decode_layout(model: GPT) -> None:
-    """Store each block's `attn.c_attn` and `mlp.c_fc` weights input-major on CPU; shapes, names, values unchanged.
-
-    Decoding one token is memory-bound matrix-vector work, and on CPU MKL streams a weight fastest when its
-    longer side is contiguous: nn.Linear keeps (out, in) rows, which suits `c_proj` but not these two widening
-    projections. Measured on gpt2 (124M), 2 threads: 40 -> 33 ms per token at batch 1 (transformers: 35 ms),
-    3% slower at batch 8. The strides persist, so this runs once per model; training is unaffected, but a
-    caller that owns the model decides: `gpt2kit sample` and `gpt2kit serve` apply it, `generate` does not.
-    """
-    for name, module in model.named_modules():
-        if name.endswith(("attn.c_attn", "mlp.c_fc")) and isinstance(module, torch.nn.Linear):
-            weight = module.weight
-            if weight.device.type == "cpu" and weight.is_contiguous():
-                weight.data = weight.data.t().contiguous().t()
-
-
 class Decoder:
     """Runs sequences as one left-padded batch with a shared KV cache.
 

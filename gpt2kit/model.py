@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gpt2kit.config import Checked, config_from_dict
+from gpt2kit.errors import GPT2KitError
 
 
 def _tanh_gelu(x: torch.Tensor) -> torch.Tensor:
@@ -288,6 +289,9 @@ class GPT(nn.Module):
         # Output rows that are no token (a vocabulary padded past its tokenizer, gaps in its ids): their
         # logits are -inf, so nothing samples, scores or ranks them. Set by `mask_logits`, not saved.
         self.masked_token_ids: torch.Tensor | None = None
+        # Set by `gpt2kit.inference.quantize`: the name of the quantization, and the int8 output layer.
+        self.quantization: str | None = None
+        self.output_layer: nn.Module | None = None
         self.apply(self._init_weights)
         # GPT-2 scales residual projections by 1/sqrt(2 * n_layer): two residual adds per block.
         residual_std = 0.02 / math.sqrt(2 * config.n_layer)
@@ -305,6 +309,8 @@ class GPT(nn.Module):
     @property
     def output_weight(self) -> torch.Tensor:
         """The output layer's (vocab_size, n_embd) weight: wte's, unless the config unties them."""
+        if self.quantization is not None and not self.config.tie_word_embeddings:
+            raise GPT2KitError(f"this model is quantized ({self.quantization}): its output weight is int8")
         return self.wte.weight if self.config.tie_word_embeddings else self.lm_head.weight
 
     def mask_logits(self, token_ids) -> None:
@@ -378,12 +384,14 @@ class GPT(nn.Module):
         """The output layer: logits (..., vocab_size) for hidden states (..., n_embd), or with `targets`
         (the shape of h without its last dimension) the mean next-token cross-entropy, computed without
         materialising the logits."""
-        weight = self.output_weight
         if targets is None:
-            logits = F.linear(h, weight)
+            logits = F.linear(h, self.output_weight) if self.output_layer is None else self.output_layer(h)
             if self.masked_token_ids is not None:
                 logits.index_fill_(-1, self.masked_token_ids.to(logits.device), float("-inf"))
             return logits
+        if self.quantization is not None:
+            raise GPT2KitError(f"this model is quantized ({self.quantization}) for inference; train the fp32 model")
+        weight = self.output_weight
         if torch.is_autocast_enabled(h.device.type):
             # Under autocast the plain path keeps autocast's dtype rules (and torch.compile fuses it).
             logits = F.linear(h, weight).float()

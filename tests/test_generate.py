@@ -12,7 +12,6 @@ from gpt2kit.generate import (
     SequenceState,
     _sample,
     _Text,
-    apply_decode_layout,
     generate,
     make_sequences,
     stream,
@@ -84,22 +83,6 @@ def test_logits_to_keep_computes_only_the_last_positions(model):
         full = model(idx)
         assert torch.allclose(model(idx, logits_to_keep=1), full[:, -1:], atol=1e-6)
         assert model(idx, logits_to_keep=3).shape == (2, 3, model.config.vocab_size)
-
-
-def test_decode_layout_changes_strides_only(gpt2_tokenizer):
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=gpt2_tokenizer.vocab_size, n_positions=64, n_layer=2, n_head=2, n_embd=32))
-    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
-    idx = torch.randint(0, 1000, (2, 9))
-    reference = model(idx)
-    apply_decode_layout(model)
-    apply_decode_layout(model)  # idempotent
-    weight = model.h[0].attn.c_attn.weight
-    assert weight.shape == (96, 32) and weight.stride() == (1, 96) and model.h[0].attn.c_proj.weight.is_contiguous()
-    assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
-    torch.testing.assert_close(model(idx), reference, rtol=1e-5, atol=1e-5)
-    model(idx, targets=idx).backward()  # still trains: gradients take the parameters' layout
-    assert weight.grad.shape == weight.shape
 
 
 def test_greedy_batched_with_cache_equals_naive_full_recompute(model, gpt2_tokenizer):

@@ -30,13 +30,8 @@ from starlette.exceptions import HTTPException
 
 from gpt2kit.config import Checked
 from gpt2kit.errors import GPT2KitError
-from gpt2kit.generate import (
-    GenerationConfig,
-    SequenceState,
-    apply_decode_layout,
-    encode_prompt,
-    token_text,
-)
+from gpt2kit.generate import GenerationConfig, SequenceState, encode_prompt, token_text
+from gpt2kit.inference import QUANTIZATIONS, apply_decode_layout
 from gpt2kit.model import GPT
 from gpt2kit.serve.engine import Done, Engine, Failed, Job, Update
 from gpt2kit.tokenizer import Tokenizer
@@ -55,6 +50,7 @@ class ServerConfig(Checked):
     model_name: str | None = None  # the id clients see; default: the model directory's name
     api_key: str | None = None
     device: str = "cpu"
+    quantize: str | None = None  # int8: fbgemm int8 weights (CPU)
     max_prompt_tokens: int | None = None  # None: the model's context
     max_tokens_cap: int = 1024
     max_n: int = 8
@@ -78,6 +74,8 @@ class ServerConfig(Checked):
             bad.append(f"request_timeout_s must be > 0, got {self.request_timeout_s}")
         if not 0 <= self.port < 65536:
             bad.append(f"port must be in 0..65535, got {self.port}")
+        if self.quantize not in (None, *QUANTIZATIONS):
+            bad.append(f"quantize must be one of {', '.join(QUANTIZATIONS)}, got {self.quantize!r}")
         if self.api_key == "":
             bad.append("api_key must not be empty (leave it out to turn auth off)")
         return bad
@@ -607,7 +605,7 @@ def serve(config: ServerConfig) -> None:
 
     if config.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("binding %s: the server is reachable from other machines", config.host)
-    loaded = load(config.model, device=config.device)
+    loaded = load(config.model, device=config.device, quantize=config.quantize)
     apply_decode_layout(loaded.model)
     name = config.model_name or _default_model_name(config.model)
     app = create_app(loaded.model, loaded.tokenizer, config, model_name=name)

@@ -1,0 +1,143 @@
+"""The inference transforms: the decode layout and int8 weights."""
+
+import pytest
+import torch
+
+import gpt2kit
+from gpt2kit.checkpoint import CheckpointError
+from gpt2kit.errors import GPT2KitError
+from gpt2kit.generate import GenerationConfig, generate
+from gpt2kit.inference import apply_decode_layout, quantize
+from gpt2kit.model import GPT, GPTConfig
+
+
+def test_decode_layout_changes_strides_only(gpt2_tokenizer):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=gpt2_tokenizer.vocab_size, n_positions=64, n_layer=2, n_head=2, n_embd=32))
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    idx = torch.randint(0, 1000, (2, 9))
+    reference = model(idx)
+    apply_decode_layout(model)
+    apply_decode_layout(model)  # idempotent
+    weight = model.h[0].attn.c_attn.weight
+    assert weight.shape == (96, 32) and weight.stride() == (1, 96) and model.h[0].attn.c_proj.weight.is_contiguous()
+    assert model.wte.weight.stride() == (1, gpt2_tokenizer.vocab_size)  # the tied output layer, input-major
+    assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
+    torch.testing.assert_close(model(idx), reference, rtol=1e-5, atol=1e-5)
+    model(idx, targets=idx).backward()  # still trains: gradients take the parameters' layout
+    assert weight.grad.shape == weight.shape
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_tokenizer):
+    """A tiny model trained for a few hundred steps, so its distributions are peaked as real ones are."""
+    from textgen import generated_text
+
+    from gpt2kit.data.prepare import prepare
+    from gpt2kit.train import Trainer
+    from gpt2kit.train_config import TrainConfig
+
+    root = tmp_path_factory.mktemp("quant")
+    (root / "corpus.txt").write_text(generated_text(1500, seed=5))
+    prepare([str(root / "corpus.txt")], tiny_tokenizer, root / "data", val_fraction=0.05, workers=1, progress=False,
+            split_lines=True)  # fmt: skip
+    config = TrainConfig(data=str(root / "data"), out=str(root / "run"), preset="cpu-100k", context_length=64,
+                         max_steps=150, batch_tokens=1024, micro_batch_size=16, log_interval=50, eval_interval=0,
+                         checkpoint_interval=150, device="cpu", progress=False, num_threads=1)  # fmt: skip
+    config.optim.lr, config.optim.min_lr, config.optim.warmup_steps = 1e-2, 1e-3, 10
+    result = Trainer(config).run()
+    return result.checkpoint
+
+
+def test_int8_agrees_with_fp32_on_a_trained_model(trained, tiny_tokenizer):
+    fp32 = gpt2kit.load(trained)
+    int8 = gpt2kit.load(trained, quantize="int8")
+    assert int8.model.quantization == "int8" and fp32.model.quantization is None
+    assert (
+        type(int8.model.h[0].attn.c_attn).__name__ == "Linear"
+        and "quantized" in type(int8.model.h[0].attn.c_attn).__module__
+    )
+    idx = torch.tensor([tiny_tokenizer.encode("the river sold forty blue lanterns to the old miller and")])
+    with torch.no_grad():
+        a, b = fp32.model(idx), int8.model(idx)
+    # Stated tolerance: int8 logits within 2% of the fp32 logits' spread, and the same argmax almost everywhere.
+    assert (a - b).abs().max().item() < 0.02 * (a.max() - a.min()).item()
+    assert (a.argmax(-1) == b.argmax(-1)).float().mean().item() >= 0.9
+    # Greedy choices along a held-out text (teacher-forced, so one near-tie does not decide all that follows).
+    from textgen import generated_text
+
+    held_out = torch.tensor(tiny_tokenizer.encode(generated_text(60, seed=99))[:128]).view(2, 64)
+    with torch.no_grad():
+        same = fp32.model(held_out).argmax(-1) == int8.model(held_out).argmax(-1)
+    assert same.float().mean().item() >= 0.9, f"{int(same.sum())} of {same.numel()}"
+    # Free-running greedy decoding: identical until the first near-tie (a 0.006 logit margin is common here).
+    config = GenerationConfig(max_new_tokens=64, temperature=0)
+    x, y = (generate(m.model, m.tokenizer, ["the river"], config)[0].token_ids for m in (fp32, int8))
+    assert x[:4] == y[:4]
+
+
+def test_int8_quantizes_the_right_matrices_of_untied_and_padded_models(tmp_path, tiny_tokenizer):
+    transformers = pytest.importorskip("transformers")
+    vocab = tiny_tokenizer.vocab_size
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=vocab + 13, n_positions=64, n_embd=48, n_layer=2, n_head=4,
+                                     tie_word_embeddings=False)  # fmt: skip
+    reference = transformers.GPT2LMHeadModel(config).eval()
+    reference.save_pretrained(tmp_path)
+    tiny_tokenizer.save(tmp_path)
+    int8 = gpt2kit.load(tmp_path, quantize="int8").model
+    head = int8.output_layer
+    assert head.weight().shape == (vocab + 13, 48) and not hasattr(int8, "lm_head")
+    expected = reference.lm_head.weight
+    assert (head.weight().dequantize() - expected).abs().max().item() < expected.abs().max().item() / 100
+    assert not torch.allclose(head.weight().dequantize(), int8.wte.weight, atol=1e-2)  # not wte: untied
+    quantized = [n for n, m in int8.named_modules() if "quantized" in type(m).__module__ and hasattr(m, "weight")]
+    assert len(quantized) == 2 * 4 + 1  # four linears per block, and the output layer
+    idx = torch.randint(0, vocab, (1, 20))
+    with torch.no_grad():
+        logits = int8(idx)
+        want = reference(idx).logits
+    assert torch.isneginf(logits[..., vocab:]).all()  # padding rows stay masked
+    assert (logits[..., :vocab] - want[..., :vocab]).abs().max().item() < 0.05 * (want.max() - want.min()).item()
+
+
+def test_a_quantized_model_refuses_training_and_saving(trained, tmp_path):
+    int8 = gpt2kit.load(trained, quantize="int8")
+    idx = torch.zeros((1, 8), dtype=torch.long)
+    with pytest.raises(GPT2KitError, match="quantized \\(int8\\) for inference; train the fp32 model"):
+        int8.model(idx, targets=idx)
+    with pytest.raises(CheckpointError, match="quantized"):
+        gpt2kit.save(int8.model, int8.tokenizer, tmp_path / "x")
+    with pytest.raises(GPT2KitError, match="already quantized"):
+        quantize(int8.model, "int8")
+    with pytest.raises(GPT2KitError, match="'int4' is not supported"):
+        quantize(gpt2kit.load(trained).model, "int4")
+
+
+def test_sample_and_eval_take_quantize(trained, tmp_path, capsys):
+    from gpt2kit.cli import main
+
+    args = ["sample", "--model", str(trained), "--prompt", "the river", "--max-new-tokens", "8", "--temperature", "0"]
+    assert main(args + ["--quantize", "int8", "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.strip()
+    with pytest.raises(SystemExit):  # argparse: not one of the choices
+        main(args + ["--quantize", "int4"])
+
+
+def test_serve_with_int8_weights(trained):
+    httpx = pytest.importorskip("httpx")
+    from gpt2kit.serve.api import ServerConfig, create_app
+    from tests.serving import BackgroundServer
+
+    int8 = gpt2kit.load(trained, quantize="int8")
+    apply_decode_layout(int8.model)
+    with BackgroundServer(create_app(int8.model, int8.tokenizer, ServerConfig(), model_name="q")) as url:
+        body = {"prompt": ["the river", "a boat"], "max_tokens": 6, "n": 2, "logprobs": 2, "seed": 1}
+        response = httpx.post(f"{url}/v1/completions", json=body, timeout=60)
+        assert response.status_code == 200, response.text
+        choices = response.json()["choices"]
+        assert len(choices) == 4 and all(c["logprobs"]["top_logprobs"] for c in choices)
+        with httpx.stream(
+            "POST", f"{url}/v1/completions", json={"prompt": "the", "max_tokens": 4, "stream": True}
+        ) as r:
+            assert r.status_code == 200 and "data: [DONE]" in r.read().decode()
