@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 SHARED = Path(os.environ.get("GPT2KIT_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 os.environ.setdefault("GPT2KIT_GPT2_VOCAB", str(SHARED / "gpt2-vocab" / "gpt2.tiktoken"))
+
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """Silence file descriptor 2 (what C libraries print) for the block."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "wb") as devnull:
+        os.dup2(devnull.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def bare_tiktoken():

@@ -1,8 +1,15 @@
-"""Greedy generation throughput: gpt2kit vs transformers' generate (KV cache) vs no-cache recompute, in one run.
+"""Greedy decoding on CPU: gpt2kit (fp32, int8) against transformers, CTranslate2 (float32, int8) and llama.cpp
+(f32, q8_0, when llama_cpp is importable), in one process, in interleaved rounds.
 
-Random weights of a preset (default `gpt2`, 124M), a 32-token prompt, 256 new tokens, batch 1 and 8.
-All three decoders must produce the same tokens; the benchmark checks that too.
-Usage: python bench/generate.py [--preset gpt2] [--new-tokens 256] [--batch-sizes 1 8] [--repeats 1] [--threads N]
+Random weights of a preset (default `gpt2`, 124M) in the HF layout, a 32-token prompt, 256 new tokens, batch 1
+and 8. CTranslate2's model comes from its own converter; llama.cpp's from `gpt2kit convert --to gguf` (q8_0 by
+llama.cpp's own quantizer). Every engine runs all new tokens (end-of-text does not stop it). Prints tokens/s,
+each ratio to gpt2kit fp32, and the weight bandwidth each reaches (weight bytes read per decoding step x steps/s)
+against a measured streaming-read bandwidth. fp32 engines must produce transformers' tokens; int8 ones report
+how many of them they share.
+
+Usage: python bench/generate.py [--preset gpt2] [--new-tokens 256] [--batch-sizes 1 8] [--rounds 2] [--threads N]
+llama.cpp: pip install llama-cpp-python (builds llama.cpp from source, about 15 minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -17,31 +24,124 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402,F401  (sets GPT2KIT_GPT2_VOCAB)
 
 
-def no_cache_greedy(model, tokenizer, prompts, new_tokens: int) -> list[list[int]]:
-    """The baseline: every step runs the whole sequence through the model again."""
+class Engine:
+    """One decoder: `run(prompts, new_tokens)` returns the new token ids of every prompt."""
+
+    name = ""
+    weight_bytes = 0  # bytes of weights read per decoding step
+    batched = True  # False: prompts run one after another
+
+    def run(self, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
+        raise NotImplementedError
+
+
+def streamed_bytes(config, bytes_per_weight: float) -> int:
+    """Weight bytes one decoding step streams: the block matrices and the output layer (biases, norms and the
+    one embedding row gathered per token are negligible)."""
+    return int(bytes_per_weight * (12 * config.n_layer * config.n_embd**2 + config.vocab_size * config.n_embd))
+
+
+class Gpt2kit(Engine):
+    def __init__(self, directory: str, quantize: str | None):
+        from gpt2kit import load
+        from gpt2kit.inference import prepare_for_decoding
+
+        self.loaded = load(directory, quantize=quantize)
+        prepare_for_decoding(self.loaded.model)
+        self.name = f"gpt2kit {quantize or 'fp32'}"
+        self.weight_bytes = streamed_bytes(self.loaded.model.config, 1 if quantize else 4)
+
+    def run(self, prompts, new_tokens):
+        from gpt2kit.generate import GenerationConfig, generate
+
+        config = GenerationConfig(max_new_tokens=new_tokens, temperature=0.0, ignore_eos=True)
+        return [c.token_ids for c in generate(self.loaded.model, self.loaded.tokenizer, prompts, config)]
+
+
+class Transformers(Engine):
+    name = "transformers fp32"
+
+    def __init__(self, directory: str):
+        import torch
+        import transformers
+
+        self.model = transformers.GPT2LMHeadModel.from_pretrained(directory).eval()
+        self.model.generation_config.eos_token_id = None
+        self.model.generation_config.pad_token_id = 0
+        self.weight_bytes = streamed_bytes(self.model.config, 4)
+        self.torch = torch
+
+    def run(self, prompts, new_tokens):
+        ids = self.torch.tensor(prompts)
+        with self.torch.inference_mode():
+            out = self.model.generate(
+                ids, attention_mask=self.torch.ones_like(ids), do_sample=False, max_new_tokens=new_tokens
+            )
+        return out[:, len(prompts[0]) :].tolist()
+
+
+class CTranslate2(Engine):
+    def __init__(self, directory: str, work: Path, quantization: str, threads: int, weight_bytes: int):
+        import ctranslate2
+
+        out = work / f"ct2-{quantization}"
+        ctranslate2.converters.TransformersConverter(directory).convert(str(out), quantization=quantization)
+        self.generator = ctranslate2.Generator(str(out), device="cpu", intra_threads=threads, inter_threads=1)
+        self.name = f"CTranslate2 {quantization}"
+        self.weight_bytes = weight_bytes
+
+    def run(self, prompts, new_tokens):
+        from gpt2kit.tokenizer import Tokenizer, token_to_str
+
+        tokenizer = Tokenizer.gpt2()
+        tokens = [[token_to_str(tokenizer.token_bytes(i)) for i in p] for p in prompts]
+        results = self.generator.generate_batch(
+            tokens,
+            max_length=new_tokens,
+            min_length=new_tokens,
+            sampling_topk=1,
+            include_prompt_in_result=False,
+            beam_size=1,
+        )
+        return [r.sequences_ids[0] for r in results]
+
+
+class LlamaCpp(Engine):
+    batched = False
+
+    def __init__(self, gguf_path: Path, kind: str, threads: int, context: int, weight_bytes: int):
+        import llama_cpp
+
+        self.llm = llama_cpp.Llama(
+            model_path=str(gguf_path), n_ctx=context, n_threads=threads, n_batch=512, verbose=False
+        )
+        self.name = f"llama.cpp {kind}"
+        self.weight_bytes = weight_bytes
+
+    def run(self, prompts, new_tokens):
+        outputs = []
+        for prompt in prompts:
+            self.llm.reset()
+            tokens = []
+            for token in self.llm.generate(prompt, temp=0.0, top_k=1, reset=True):
+                tokens.append(token)
+                if len(tokens) == new_tokens:
+                    break
+            outputs.append(tokens)
+        return outputs
+
+
+def streaming_bandwidth() -> float:
+    """GB/s of a streaming read of 400 MB (torch sum), best of 5: the memory bandwidth decoding can reach."""
     import torch
 
-    ids = torch.tensor(prompts)
-    with torch.inference_mode():
-        for _ in range(new_tokens):
-            ids = torch.cat([ids, model(ids)[:, -1].argmax(-1, keepdim=True)], dim=1)
-    return ids[:, len(prompts[0]) :].tolist()
-
-
-def gpt2kit_greedy(model, tokenizer, prompts, new_tokens: int) -> list[list[int]]:
-    from gpt2kit.generate import GenerationConfig, generate
-
-    config = GenerationConfig(max_new_tokens=new_tokens, temperature=0.0)
-    return [c.token_ids for c in generate(model, tokenizer, prompts, config)]
-
-
-def transformers_greedy(hf, tokenizer, prompts, new_tokens: int) -> list[list[int]]:
-    import torch
-
-    ids = torch.tensor(prompts)
-    with torch.inference_mode():
-        out = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=new_tokens)
-    return out[:, len(prompts[0]) :].tolist()
+    big = torch.ones(100_000_000)
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        big.sum()
+        best = min(best, time.perf_counter() - start)
+    return big.numel() * 4 / best / 1e9
 
 
 def main() -> None:
@@ -50,61 +150,95 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--repeats", type=int, default=1, help="best of N runs per decoder")
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
-    parser.add_argument("--skip-no-cache", action="store_true", help="the slowest decoder; skip it on a busy machine")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds; each engine's best is kept")
+    parser.add_argument("--threads", type=int, help="threads for every engine (default: torch's choice)")
+    parser.add_argument("--skip", nargs="*", default=[], help="engine names to leave out, e.g. transformers")
     args = parser.parse_args()
 
-    import torch
-    import transformers
+    import importlib.util
 
-    from gpt2kit import GPT, Tokenizer, load, preset_config, save
-    from gpt2kit.inference import apply_decode_layout
+    import torch
+
+    from gpt2kit import GPT, Tokenizer, preset_config, save
+    from gpt2kit.formats import convert
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
     torch.manual_seed(0)
     tokenizer = Tokenizer.gpt2()
     model = GPT(preset_config(args.preset)).eval()
     with tempfile.TemporaryDirectory() as tmp:
-        save(model, tokenizer, tmp)
-        model = load(tmp).model
-        apply_decode_layout(model)
-        hf = transformers.GPT2LMHeadModel.from_pretrained(tmp).eval()
-    # Random weights rarely pick <|endoftext|>; never stop on it, so every decoder does the same work.
-    hf.generation_config.eos_token_id = None
-    hf.generation_config.pad_token_id = tokenizer.eot_token
-    vocab_without_eot = tokenizer.eot_token
-    print(
-        f"preset {args.preset} ({model.num_parameters() / 1e6:.0f}M), random weights, greedy, "
-        f"{args.prompt_tokens}-token prompt, {args.new_tokens} new tokens, {torch.get_num_threads()} threads"
-    )
-    decoders = {"gpt2kit": (gpt2kit_greedy, model), "transformers": (transformers_greedy, hf)}
-    if not args.skip_no_cache:
-        decoders["no-cache"] = (no_cache_greedy, model)
-    for func, net in decoders.values():  # warm-up: first calls pay one-off allocation costs
-        func(net, tokenizer, [[1, 2, 3]], 2)
-    generator = torch.Generator().manual_seed(1)
-    for batch in args.batch_sizes:
-        prompts = torch.randint(0, vocab_without_eot, (batch, args.prompt_tokens), generator=generator).tolist()
-        rates, outputs = {}, {}
-        for name, (func, net) in decoders.items():
-            best = float("inf")
-            for _ in range(args.repeats):
-                start = time.perf_counter()
-                outputs[name] = func(net, tokenizer, prompts, args.new_tokens)
-                best = min(best, time.perf_counter() - start)
-            tokens = sum(len(row) for row in outputs[name])
-            rates[name] = tokens / best
-            print(f"  batch {batch:2d}  {name:13s} {rates[name]:9.1f} tokens/s  ({tokens} tokens in {best:.2f} s)")
-        # Where gpt2kit stopped early, it generated <|endoftext|>; compare what it did generate.
-        same = all(
-            other[i][: len(ours)] == ours for other in outputs.values() for i, ours in enumerate(outputs["gpt2kit"])
+        work = Path(tmp)
+        save(model, tokenizer, work / "hf")
+        directory = str(work / "hf")
+        del model
+        engines: list[Engine] = [Gpt2kit(directory, None), Gpt2kit(directory, "int8"), Transformers(directory)]
+        fp32_bytes, int8_bytes = engines[0].weight_bytes, engines[1].weight_bytes
+        if importlib.util.find_spec("ctranslate2"):
+            engines.append(CTranslate2(directory, work, "float32", threads, fp32_bytes))
+            engines.append(CTranslate2(directory, work, "int8", threads, int8_bytes))
+        else:
+            print("ctranslate2 is not installed: pip install 'gpt2kit[bench]'")
+        if importlib.util.find_spec("llama_cpp"):
+            import llama_cpp
+
+            convert(directory, work / "f32.gguf")
+            params = llama_cpp.llama_model_quantize_default_params()
+            params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0
+            with common.quiet_stderr():  # llama.cpp's quantizer prints every tensor
+                llama_cpp.llama_model_quantize(
+                    str(work / "f32.gguf").encode(), str(work / "q8_0.gguf").encode(), params
+                )
+            context = args.prompt_tokens + args.new_tokens + 8
+            engines.append(LlamaCpp(work / "f32.gguf", "f32", threads, context, fp32_bytes))
+            # q8_0: blocks of 32 int8 weights with one fp16 scale, 8.5 bits a weight
+            engines.append(LlamaCpp(work / "q8_0.gguf", "q8_0", threads, context, int8_bytes * 17 // 16))
+        else:
+            print("llama_cpp is not installed: pip install llama-cpp-python (builds from source, ~15 min)")
+        engines = [e for e in engines if e.name.split()[0] not in args.skip and e.name not in args.skip]
+        bandwidth = streaming_bandwidth()
+        print(
+            f"preset {args.preset}, random weights, greedy, {args.prompt_tokens}-token prompt, {args.new_tokens} "
+            f"new tokens, {threads} threads, {args.rounds} interleaved rounds; streaming read {bandwidth:.1f} GB/s"
         )
-        print(f"  batch {batch:2d}  identical greedy tokens across decoders: {same}")
-        for name in decoders:
-            if name != "gpt2kit":
-                print(f"  batch {batch:2d}  ratio gpt2kit / {name}: {rates['gpt2kit'] / rates[name]:.2f}x")
+        for engine in engines:  # warm-up: first calls pay one-off allocation and initialisation costs
+            engine.run([[1, 2, 3]], 4)
+        generator = torch.Generator().manual_seed(1)
+        for batch in args.batch_sizes:
+            prompts = torch.randint(0, tokenizer.eot_token, (batch, args.prompt_tokens), generator=generator).tolist()
+            best: dict[str, float] = {}
+            outputs: dict[str, list[list[int]]] = {}
+            for _ in range(args.rounds):
+                for engine in engines:
+                    if batch > 1 and not engine.batched:
+                        continue
+                    start = time.perf_counter()
+                    outputs[engine.name] = engine.run(prompts, args.new_tokens)
+                    best[engine.name] = min(best.get(engine.name, float("inf")), time.perf_counter() - start)
+            reference = outputs.get("transformers fp32") or outputs["gpt2kit fp32"]
+            base = batch * args.new_tokens / best["gpt2kit fp32"]
+            print(f"batch {batch}:")
+            print(
+                f"  {'engine':20s} {'tokens/s':>9s} {'vs gpt2kit':>10s} {'GB/s':>6s} {'of peak':>7s}  tokens as transformers"
+            )
+            for engine in engines:
+                if engine.name not in best:
+                    continue
+                rate = batch * args.new_tokens / best[engine.name]
+                steps = args.new_tokens / best[engine.name]
+                gbps = engine.weight_bytes * steps / 1e9
+                same = sum(
+                    next(
+                        (i for i, (a, b) in enumerate(zip(got, want, strict=False)) if a != b), min(len(got), len(want))
+                    )
+                    for got, want in zip(outputs[engine.name], reference, strict=True)
+                )
+                total = sum(map(len, reference))
+                print(
+                    f"  {engine.name:20s} {rate:9.1f} {rate / base:9.2f}x {gbps:6.1f} {gbps / bandwidth:6.0%}  "
+                    f"{same}/{total}" + ("" if engine.batched or batch == 1 else " (sequential)")
+                )
 
 
 if __name__ == "__main__":

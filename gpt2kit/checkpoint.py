@@ -103,8 +103,10 @@ def config_from_hf(values: dict, where: str) -> GPTConfig:
 def save(model: GPT, tokenizer: Tokenizer, directory: str | os.PathLike) -> Path:
     """Write `model` and `tokenizer` to `directory` in the HF GPT-2 layout, atomically."""
     directory = Path(directory)
-    if model.quantization is not None:
-        raise CheckpointError(f"{directory}: the model is quantized ({model.quantization}); save the fp32 model")
+    if model.inference_form is not None:
+        raise CheckpointError(
+            f"{directory}: the model is prepared for inference ({model.inference_form}); save the fp32 model"
+        )
     if tokenizer.vocab_size > model.config.vocab_size:
         raise CheckpointError(
             f"tokenizer has {tokenizer.vocab_size} tokens but the model only {model.config.vocab_size}"

@@ -309,7 +309,7 @@ def _print_samples(loaded, prompt: str, config, args: argparse.Namespace) -> Non
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from gpt2kit.checkpoint import load
-    from gpt2kit.inference import apply_decode_layout
+    from gpt2kit.inference import prepare_for_decoding
 
     config = _generation_config(args)
     sources = sum(bool(x) for x in (args.prompt is not None, args.prompt_file, args.unconditional, args.interactive))
@@ -325,7 +325,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     else:
         prompt = args.prompt or ""  # --unconditional: an empty prompt starts from <|endoftext|>
     loaded = load(args.model, device=args.device, quantize=args.quantize)
-    apply_decode_layout(loaded.model)
+    prepare_for_decoding(loaded.model)
     if not args.interactive:
         _print_samples(loaded, prompt, config, args)
         return 0
@@ -442,10 +442,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     data = parse_data_assignments(args.data)
 
     from gpt2kit.checkpoint import load
-    from gpt2kit.inference import apply_decode_layout
+    from gpt2kit.inference import prepare_for_decoding
 
     loaded = load(args.model, device=args.device, quantize=args.quantize)
-    apply_decode_layout(loaded.model)
+    prepare_for_decoding(loaded.model)
     name = loaded.path.name if Path(args.model).is_dir() else args.model
     samples: list[dict] | None = [] if args.log_samples else None
     results = evaluate(

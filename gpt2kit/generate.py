@@ -44,6 +44,7 @@ class GenerationConfig(Checked):
     stop: tuple[str, ...] = ()
     seed: int | None = None
     logprobs: int = 0  # per-token logprobs are always returned; if >0 also that many top alternatives
+    ignore_eos: bool = False  # keep going past <|endoftext|> (it adds no text), as vLLM's ignore_eos
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -64,6 +65,7 @@ class GenerationConfig(Checked):
             (all(isinstance(s, str) and s for s in self.stop), "stop", "must be non-empty strings"),
             (self.seed is None or is_int64(self.seed), "seed", "must be an integer in the signed 64-bit range"),
             (isinstance(self.logprobs, int) and self.logprobs >= 0, "logprobs", "must be >= 0"),
+            (isinstance(self.ignore_eos, bool), "ignore_eos", "must be true or false"),
         )
         return [f"{name} {rule}, got {getattr(self, name)!r}" for ok, name, rule in checks if not ok]
 
@@ -178,7 +180,8 @@ class SequenceState:
 
     def accept(self, token: int, logprob: float, top: dict[str, float] | None) -> None:
         """Record one generated token and decide whether the sequence is done."""
-        if token == self.tokenizer.eot_token:
+        end_of_text = token == self.tokenizer.eot_token
+        if end_of_text and not self.config.ignore_eos:
             self._text.add(b"", final=True)
             self.finish_reason = "stop"
             return
@@ -186,7 +189,7 @@ class SequenceState:
         self.token_logprobs.append(logprob)
         if self.top_logprobs is not None and top is not None:
             self.top_logprobs.append(top)
-        self._text.add(self.tokenizer.token_bytes(token))
+        self._text.add(b"" if end_of_text else self.tokenizer.token_bytes(token))
         if self._text.stopped:
             self.finish_reason = "stop"
         elif self.remaining() <= 0:

@@ -289,8 +289,9 @@ class GPT(nn.Module):
         # Output rows that are no token (a vocabulary padded past its tokenizer, gaps in its ids): their
         # logits are -inf, so nothing samples, scores or ranks them. Set by `mask_logits`, not saved.
         self.masked_token_ids: torch.Tensor | None = None
-        # Set by `gpt2kit.inference.quantize`: the name of the quantization, and the int8 output layer.
-        self.quantization: str | None = None
+        # Set by `gpt2kit.inference`: what the model was turned into for inference only ("int8", "fp32-packed"),
+        # and the output layer that replaces the matmul with output_weight.
+        self.inference_form: str | None = None
         self.output_layer: nn.Module | None = None
         self.apply(self._init_weights)
         # GPT-2 scales residual projections by 1/sqrt(2 * n_layer): two residual adds per block.
@@ -309,8 +310,8 @@ class GPT(nn.Module):
     @property
     def output_weight(self) -> torch.Tensor:
         """The output layer's (vocab_size, n_embd) weight: wte's, unless the config unties them."""
-        if self.quantization is not None and not self.config.tie_word_embeddings:
-            raise GPT2KitError(f"this model is quantized ({self.quantization}): its output weight is int8")
+        if self.inference_form is not None and not self.config.tie_word_embeddings:
+            raise GPT2KitError(f"this model is prepared for inference ({self.inference_form}): no output weight")
         return self.wte.weight if self.config.tie_word_embeddings else self.lm_head.weight
 
     def mask_logits(self, token_ids) -> None:
@@ -389,8 +390,8 @@ class GPT(nn.Module):
             if self.masked_token_ids is not None:
                 logits.index_fill_(-1, self.masked_token_ids.to(logits.device), float("-inf"))
             return logits
-        if self.quantization is not None:
-            raise GPT2KitError(f"this model is quantized ({self.quantization}) for inference; train the fp32 model")
+        if self.inference_form is not None:
+            raise GPT2KitError(f"this model is prepared for inference ({self.inference_form}); train the fp32 model")
         weight = self.output_weight
         if torch.is_autocast_enabled(h.device.type):
             # Under autocast the plain path keeps autocast's dtype rules (and torch.compile fuses it).

@@ -7,25 +7,35 @@ import gpt2kit
 from gpt2kit.checkpoint import CheckpointError
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.generate import GenerationConfig, generate
-from gpt2kit.inference import apply_decode_layout, quantize
+from gpt2kit.inference import prepare_for_decoding, quantize
 from gpt2kit.model import GPT, GPTConfig
 
 
-def test_decode_layout_changes_strides_only(gpt2_tokenizer):
+@pytest.mark.parametrize("tied", [True, False])
+def test_packed_fp32_gives_the_same_logits_and_is_for_inference_only(gpt2_tokenizer, tied, tmp_path):
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=gpt2_tokenizer.vocab_size, n_positions=64, n_layer=2, n_head=2, n_embd=32))
-    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
-    idx = torch.randint(0, 1000, (2, 9))
-    reference = model(idx)
-    apply_decode_layout(model)
-    apply_decode_layout(model)  # idempotent
-    weight = model.h[0].attn.c_attn.weight
-    assert weight.shape == (96, 32) and weight.stride() == (1, 96) and model.h[0].attn.c_proj.weight.is_contiguous()
-    assert model.wte.weight.stride() == (1, gpt2_tokenizer.vocab_size)  # the tied output layer, input-major
-    assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
-    torch.testing.assert_close(model(idx), reference, rtol=1e-5, atol=1e-5)
-    model(idx, targets=idx).backward()  # still trains: gradients take the parameters' layout
-    assert weight.grad.shape == weight.shape
+    config = GPTConfig(vocab_size=gpt2_tokenizer.vocab_size + 7, n_positions=64, n_layer=2, n_head=2, n_embd=32,
+                       tie_word_embeddings=tied)  # fmt: skip
+    model = GPT(config).eval()
+    idx = torch.randint(0, 1000, (3, 9))
+    with torch.no_grad():
+        reference = model(idx)
+    model.mask_logits(range(gpt2_tokenizer.vocab_size, config.vocab_size))
+    prepare_for_decoding(model)
+    prepare_for_decoding(model)  # a no-op the second time
+    assert model.inference_form == "fp32-packed"
+    assert type(model.h[0].attn.c_attn).__name__ == "PackedLinear" and model.output_layer is not None
+    with torch.no_grad():
+        got = model(idx)
+    torch.testing.assert_close(got[..., : gpt2_tokenizer.vocab_size], reference[..., : gpt2_tokenizer.vocab_size],
+                               rtol=1e-5, atol=1e-5)  # fmt: skip
+    assert torch.isneginf(got[..., gpt2_tokenizer.vocab_size :]).all()
+    greedy = generate(model, gpt2_tokenizer, [[1, 2, 3], [4]], GenerationConfig(max_new_tokens=5, temperature=0))
+    assert all(len(c.token_ids) for c in greedy)
+    with pytest.raises(GPT2KitError, match="prepared for inference \\(fp32-packed\\); train the fp32 model"):
+        model(idx, targets=idx)
+    with pytest.raises(CheckpointError, match="prepared for inference"):
+        gpt2kit.save(model, gpt2_tokenizer, tmp_path / "x")
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +62,7 @@ def trained(tmp_path_factory, tiny_tokenizer):
 def test_int8_agrees_with_fp32_on_a_trained_model(trained, tiny_tokenizer):
     fp32 = gpt2kit.load(trained)
     int8 = gpt2kit.load(trained, quantize="int8")
-    assert int8.model.quantization == "int8" and fp32.model.quantization is None
+    assert int8.model.inference_form == "int8" and fp32.model.inference_form is None
     assert (
         type(int8.model.h[0].attn.c_attn).__name__ == "Linear"
         and "quantized" in type(int8.model.h[0].attn.c_attn).__module__
@@ -104,11 +114,11 @@ def test_int8_quantizes_the_right_matrices_of_untied_and_padded_models(tmp_path,
 def test_a_quantized_model_refuses_training_and_saving(trained, tmp_path):
     int8 = gpt2kit.load(trained, quantize="int8")
     idx = torch.zeros((1, 8), dtype=torch.long)
-    with pytest.raises(GPT2KitError, match="quantized \\(int8\\) for inference; train the fp32 model"):
+    with pytest.raises(GPT2KitError, match="prepared for inference \\(int8\\); train the fp32 model"):
         int8.model(idx, targets=idx)
-    with pytest.raises(CheckpointError, match="quantized"):
+    with pytest.raises(CheckpointError, match="prepared for inference"):
         gpt2kit.save(int8.model, int8.tokenizer, tmp_path / "x")
-    with pytest.raises(GPT2KitError, match="already quantized"):
+    with pytest.raises(GPT2KitError, match="already prepared for inference"):
         quantize(int8.model, "int8")
     with pytest.raises(GPT2KitError, match="'int4' is not supported"):
         quantize(gpt2kit.load(trained).model, "int4")
@@ -130,7 +140,7 @@ def test_serve_with_int8_weights(trained):
     from tests.serving import BackgroundServer
 
     int8 = gpt2kit.load(trained, quantize="int8")
-    apply_decode_layout(int8.model)
+    prepare_for_decoding(int8.model)
     with BackgroundServer(create_app(int8.model, int8.tokenizer, ServerConfig(), model_name="q")) as url:
         body = {"prompt": ["the river", "a boat"], "max_tokens": 6, "n": 2, "logprobs": 2, "seed": 1}
         response = httpx.post(f"{url}/v1/completions", json=body, timeout=60)

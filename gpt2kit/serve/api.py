@@ -31,7 +31,7 @@ from starlette.exceptions import HTTPException
 from gpt2kit.config import Checked
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.generate import GenerationConfig, SequenceState, encode_prompt, token_text
-from gpt2kit.inference import QUANTIZATIONS, apply_decode_layout
+from gpt2kit.inference import QUANTIZATIONS, prepare_for_decoding
 from gpt2kit.model import GPT
 from gpt2kit.serve.engine import Done, Engine, Failed, Job, Update
 from gpt2kit.tokenizer import Tokenizer
@@ -606,7 +606,7 @@ def serve(config: ServerConfig) -> None:
     if config.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("binding %s: the server is reachable from other machines", config.host)
     loaded = load(config.model, device=config.device, quantize=config.quantize)
-    apply_decode_layout(loaded.model)
+    prepare_for_decoding(loaded.model)
     name = config.model_name or _default_model_name(config.model)
     app = create_app(loaded.model, loaded.tokenizer, config, model_name=name)
     uvicorn.run(app, host=config.host, port=config.port, log_level="info")
