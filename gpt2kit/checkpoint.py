@@ -8,6 +8,7 @@ generation_config.json, so transformers, lm-eval, vLLM and llama.cpp read it as 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import re
@@ -30,6 +31,13 @@ CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight"
 # Buffers that old GPT-2 checkpoints carry (causal masks), not parameters.
 IGNORED_BUFFER = re.compile(r"h\.\d+\.attn\.(masked_)?bias")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+# A training run directory: RUN/checkpoints/step-NNNNNNNN/ as it goes, RUN/final/ when it finishes.
+CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_NAME = re.compile(r"step-(\d+)")
+FINAL_DIR = "final"
+
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(GPT2KitError):
@@ -158,6 +166,16 @@ def resolve(path_or_id: str | os.PathLike) -> Path:
         raise CheckpointError(
             f"{text}: not a local directory, and the hub download failed ({type(err).__name__}: {err})"
         ) from None
+
+
+def run_model(run_dir: Path) -> Path | None:
+    """The model a training run directory stands for: RUN/final when training finished, else its newest
+    checkpoint; None when `run_dir` is no run directory."""
+    if (run_dir / FINAL_DIR / "config.json").exists():
+        return run_dir / FINAL_DIR
+    root = run_dir / CHECKPOINT_DIR
+    steps = [p for p in root.glob("step-*") if CHECKPOINT_NAME.fullmatch(p.name) and (p / "config.json").exists()]
+    return max(steps, key=lambda p: int(CHECKPOINT_NAME.fullmatch(p.name).group(1))) if steps else None
 
 
 def _weight_sources(directory: Path) -> list[Path]:
@@ -312,6 +330,12 @@ def load(
             notes.append(f"{path.name} carries no tokenizer: GPT-2's vocabulary is assumed")
     else:
         directory = resolve(path_or_id)
+        if not (directory / "config.json").exists() and (picked := run_model(directory)) is not None:
+            which = "its final model" if picked.name == FINAL_DIR else f"its newest checkpoint, {picked.name}"
+            notes.append(f"{directory} is a training run: using {which}")
+            directory = picked
+        elif not (directory / "config.json").exists() and (directory / CHECKPOINT_DIR).is_dir():
+            raise CheckpointError(f"{directory}: a training run without a finished checkpoint yet")
         config_path = directory / "config.json"
         try:
             values = json.loads(config_path.read_text())
@@ -334,6 +358,8 @@ def load(
             tokenizer = load_tokenizer_for(directory, config.vocab_size)
     except TokenizerError as err:
         raise CheckpointError(str(err)) from None
+    for note in notes:
+        log.info("%s", note)
     model = model.to(resolve_device(device)).eval()
     pair_up(model, tokenizer, str(directory))
     if quantize is not None:

@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from dataclasses import dataclass, replace
@@ -26,7 +27,7 @@ import torch
 import torch.distributed as dist
 from safetensors import SafetensorError
 
-from gpt2kit.checkpoint import CheckpointError, load, save
+from gpt2kit.checkpoint import CHECKPOINT_DIR, FINAL_DIR, CheckpointError, load, save
 from gpt2kit.config import ConfigError, get_field
 from gpt2kit.data.loader import TokenWindows, WindowLoader, eval_indices
 from gpt2kit.data.prepare import TOKENIZER_DIR, load_manifest
@@ -38,7 +39,6 @@ from gpt2kit.parallelize import DistEnv, gradient_sync, init_distributed, parall
 from gpt2kit.tokenizer import Tokenizer
 from gpt2kit.train_config import OptimConfig, TrainConfig
 from gpt2kit.train_state import (
-    CHECKPOINT_DIR,
     STATE_FILE,
     STATE_FORMAT,
     STATE_VERSION,
@@ -203,8 +203,11 @@ class Trainer:
             torch.set_num_threads(config.num_threads)
         init_distributed(self.env, self.device)
         self.run_dir = Path(config.out)
-        if self.env.is_main and (removed := remove_stale_temporaries(self.run_dir / CHECKPOINT_DIR)):
-            log.info("%s: removed %d partial checkpoints of an interrupted run", self.run_dir / CHECKPOINT_DIR, removed)
+        if self.env.is_main:
+            removed = remove_stale_temporaries(self.run_dir / CHECKPOINT_DIR)
+            removed += remove_stale_temporaries(self.run_dir, [FINAL_DIR])
+            if removed:
+                log.info("%s: removed %d partial checkpoints of an interrupted run", self.run_dir, removed)
         self.state: dict | None = None
         self.checkpoint: Path | None = None
         self._load_resume_state(resume)
@@ -436,6 +439,19 @@ class Trainer:
             dist.barrier()
         return path
 
+    def _publish_final(self, checkpoint: Path) -> None:
+        """RUN/final: the finished run's model (the last checkpoint without its training state), so the run
+        directory itself works as a model everywhere. Hard links where the file system allows: no copy."""
+        with atomic_directory(self.run_dir / FINAL_DIR) as tmp:
+            for item in checkpoint.iterdir():
+                if item.name == STATE_FILE or not item.is_file():
+                    continue
+                try:
+                    os.link(item, tmp / item.name)
+                except OSError:
+                    shutil.copy2(item, tmp / item.name)
+        log.info("final model: %s", self.run_dir / FINAL_DIR)
+
     def _write_checkpoint(self, path: Path, model: GPT, optimizer_state: dict, rng: list) -> None:
         with atomic_directory(path) as tmp:
             save(model, self.tokenizer, tmp)
@@ -542,6 +558,8 @@ class Trainer:
             if metrics is not None:
                 metrics.close()
         found = checkpoints(self.run_dir) if main else []
+        if main and found and self.step == config.max_steps:
+            self._publish_final(found[-1])
         return TrainResult(self.run_dir, self.step, self.tokens, last_loss, last_val, found[-1] if found else None)
 
 

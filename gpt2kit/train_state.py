@@ -9,20 +9,18 @@ optimizer with other weights. The state holds only tensors and plain types: it l
 from __future__ import annotations
 
 import random
-import re
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from gpt2kit.checkpoint import CHECKPOINT_DIR, CHECKPOINT_NAME
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.io import file_sha256
 
-CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "training_state.pt"
 STATE_FORMAT = "gpt2kit-training-state"
 STATE_VERSION = 1
-CHECKPOINT_NAME = re.compile(r"step-(\d+)")
 
 
 class TrainingError(GPT2KitError):

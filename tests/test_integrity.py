@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 
 import gpt2kit
-from gpt2kit.checkpoint import CheckpointError
+from gpt2kit.checkpoint import CHECKPOINT_DIR, CheckpointError
 from gpt2kit.data.loader import TokenWindows
 from gpt2kit.data.prepare import prepare
 from gpt2kit.data.shards import Manifest, ShardError, write_shard
 from gpt2kit.model import GPT, GPTConfig
 from gpt2kit.train import Trainer
 from gpt2kit.train_config import TrainConfig
-from gpt2kit.train_state import CHECKPOINT_DIR, TrainingError, checkpoints
+from gpt2kit.train_state import TrainingError, checkpoints
 
 
 @pytest.fixture
@@ -205,3 +205,26 @@ def test_atomic_writes_publish_ordinary_permissions(tmp_path):
         os.umask(umask)
     assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o666 & ~umask
     assert (tmp_path / "d").stat().st_mode & 0o777 == 0o777 & ~umask
+
+
+def test_a_run_directory_is_a_model_everywhere(prepared, tmp_path, caplog):
+    import logging
+    import shutil
+
+    from gpt2kit.cli import main
+
+    _, data, _, _ = prepared
+    run = tmp_path / "run"
+    Trainer(train_config(data, run)).run()
+    assert (run / "final" / "config.json").exists() and not (run / "final" / "training_state.pt").exists()
+    with caplog.at_level(logging.INFO, logger="gpt2kit"):
+        loaded = gpt2kit.load(run)
+    assert loaded.path == run / "final" and "using its final model" in caplog.text
+    assert main(["sample", "--model", str(run), "--prompt", "a", "--max-new-tokens", "2", "--device", "cpu"]) == 0
+    shutil.rmtree(run / "final")  # a run still going (or killed): its newest checkpoint
+    loaded = gpt2kit.load(run)
+    assert loaded.path == run / CHECKPOINT_DIR / "step-00000004"
+    assert any("newest checkpoint, step-00000004" in note for note in loaded.notes)
+    (tmp_path / "empty-run" / CHECKPOINT_DIR).mkdir(parents=True)
+    with pytest.raises(CheckpointError, match="a training run without a finished checkpoint"):
+        gpt2kit.load(tmp_path / "empty-run")
