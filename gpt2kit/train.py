@@ -267,12 +267,15 @@ class Trainer:
                     f"{self.run_dir}: already holds checkpoints (latest {found[-1].name}); "
                     "pass --resume to continue that run, or use another --out"
                 )
+            self._fit_warmup()
             return
         if not found:
             raise TrainingError(f"{self.run_dir}: no checkpoint to resume from")
         self.checkpoint = found[-1]
         self.state = load_training_state(self.checkpoint)
         saved = TrainConfig.from_dict(self.state["config"], f"{self.checkpoint / STATE_FILE}")
+        self._keep_schedule(saved)
+        self._fit_warmup()
         changed = _config_differences(saved, self.config)
         if changed:
             key = changed[0]
@@ -280,6 +283,44 @@ class Trainer:
                 f"--resume: {key} differs from the checkpoint's config ({get_field(saved, key)!r} there, "
                 f"{get_field(self.config, key)!r} now); it must stay the same to continue the run exactly"
             )
+
+    def _keep_schedule(self, saved: TrainConfig) -> None:
+        """A resumed run with a new max_steps keeps the schedule it was trained with: the cosine still ends
+        where it did (decay_steps pinned to the old end) and the run goes on at min_lr from there, rather than
+        jumping back up a new cosine. Setting optim.decay_steps yourself re-plans it."""
+        optim, before = self.config.optim, saved.optim
+        horizon = before.decay_steps or saved.max_steps
+        if optim.decay_steps and optim.decay_steps != horizon:
+            log.warning(
+                "resume: optim.decay_steps %d re-plans the learning-rate decay (it was %d)", optim.decay_steps, horizon
+            )
+            before.decay_steps = optim.decay_steps  # an explicit re-plan is allowed
+            return
+        if self.config.max_steps != saved.max_steps or before.decay_steps:
+            optim.decay_steps = before.decay_steps = horizon  # the same schedule, said explicitly
+        if self.config.max_steps != saved.max_steps:
+            if self.config.max_steps > horizon:
+                log.warning(
+                    "resume: max_steps %d -> %d: the learning rate keeps its schedule, which ends at step %d, and "
+                    "stays at min_lr %.3g after it (set optim.decay_steps to re-plan the decay)",
+                    saved.max_steps, self.config.max_steps, horizon, optim.min_lr,
+                )  # fmt: skip
+            else:
+                log.warning("resume: max_steps %d -> %d: the run stops before its schedule ends (step %d)",
+                            saved.max_steps, self.config.max_steps, horizon)  # fmt: skip
+
+    def _fit_warmup(self) -> None:
+        """A run shorter than its warmup never reaches its peak learning rate: warm up for a tenth of it."""
+        optim = self.config.optim
+        horizon = optim.decay_steps or self.config.max_steps
+        if optim.warmup_steps >= horizon:
+            fitted = max(1, horizon // 10)
+            log.warning(
+                "optim.warmup_steps %d is not shorter than the %d-step schedule, so the learning rate would never "
+                "reach optim.lr; warming up for %d steps (a tenth) instead",
+                optim.warmup_steps, horizon, fitted,
+            )  # fmt: skip
+            optim.warmup_steps = fitted
 
     def _data_tokenizer(self) -> Tokenizer:
         tokenizer = Tokenizer.from_dir(Path(self.config.data) / TOKENIZER_DIR)

@@ -333,3 +333,41 @@ def test_cli_train_reports_config_errors_in_one_line_each(data_dir, tmp_path, ca
         capsys.readouterr().err.strip()
         == f"gpt2kit plot: error: {tmp_path / 'nowhere' / 'metrics.jsonl'}: training metrics not found (not a training run?)"
     )
+
+
+def lrs(run_dir: Path) -> dict[int, float]:
+    return {r["step"]: r["lr"] for r in read_metrics(run_dir) if "lr" in r}
+
+
+def test_extending_a_finished_run_keeps_its_schedule(data_dir, tmp_path, caplog):
+    import logging
+
+    run = tmp_path / "run"
+    Trainer(tiny_config(data_dir, run, max_steps=10, checkpoint_interval=5)).run()
+    end_lr = lrs(run)[10]
+    with caplog.at_level(logging.WARNING, logger="gpt2kit"):
+        Trainer(tiny_config(data_dir, run, max_steps=16, checkpoint_interval=5), resume=True).run()
+    assert "max_steps 10 -> 16" in caplog.text and "ends at step 10" in caplog.text
+    after = lrs(run)
+    assert all(after[step] == pytest.approx(3e-4) for step in range(11, 17))  # min_lr, no restarted cosine
+    assert end_lr == pytest.approx(3e-4)
+    # Resumed again with the original config file: the pinned schedule is kept, not refused.
+    Trainer(tiny_config(data_dir, run, max_steps=18, checkpoint_interval=5), resume=True).run()
+    assert lrs(run)[18] == pytest.approx(3e-4)
+    # An explicit decay_steps re-plans the decay.
+    config = tiny_config(data_dir, run, max_steps=24, checkpoint_interval=5)
+    config.optim.decay_steps = 24
+    Trainer(config, resume=True).run()
+    assert lrs(run)[19] > 3e-4
+
+
+def test_a_run_shorter_than_its_warmup_warms_up_for_a_tenth(data_dir, tmp_path, caplog):
+    import logging
+
+    config = tiny_config(data_dir, tmp_path / "run", max_steps=20, checkpoint_interval=0)
+    config.optim.warmup_steps = 50
+    with caplog.at_level(logging.WARNING, logger="gpt2kit"):
+        Trainer(config).run()
+    assert "warming up for 2 steps" in caplog.text
+    rates = lrs(tmp_path / "run")
+    assert rates[2] == pytest.approx(3e-3) and max(rates.values()) == pytest.approx(3e-3)
