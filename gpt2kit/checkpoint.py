@@ -163,8 +163,9 @@ def resolve(path_or_id: str | os.PathLike) -> Path:
         ]
         return Path(snapshot_download(text, allow_patterns=patterns))
     except Exception as err:  # offline, unknown repo or hub error all mean: not available
+        reason = str(err).splitlines()[0] if str(err) else ""
         raise CheckpointError(
-            f"{text}: not a local directory, and the hub download failed ({type(err).__name__}: {err})"
+            f"{text}: not a local directory, and the hub download failed ({type(err).__name__}: {reason})"
         ) from None
 
 

@@ -101,6 +101,9 @@ def cmd_tokenizer_info(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     from gpt2kit.model import PRESETS
 
+    if args.list or args.model is None:
+        print(_preset_table(args.vocab_size))
+        return 0
     if args.model in PRESETS:
         import torch
 
@@ -111,9 +114,14 @@ def cmd_info(args: argparse.Namespace) -> int:
             model = GPT(config)
         source = f"preset {args.model}"
     else:
-        from gpt2kit.checkpoint import load
+        from gpt2kit.checkpoint import CheckpointError, load
 
-        model = load(args.model).model
+        try:
+            model = load(args.model).model
+        except CheckpointError as err:
+            if Path(args.model).exists():
+                raise
+            raise GPT2KitError(f"{args.model}: not a preset (`gpt2kit info` lists them), and {err}") from None
         config = model.config
         source = str(args.model)
     print(f"model: {source}")
@@ -138,6 +146,29 @@ def cmd_convert(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     print(f"wrote {args.target} ({args.target_format or format_of_target(args.target)}, {args.dtype})")
     return 0
+
+
+def _preset_table(vocab_size: int) -> str:
+    """Every preset with its shape and parameter counts (names give the count without embeddings)."""
+    import torch
+
+    from gpt2kit.model import GPT, PRESETS, preset_config
+
+    if vocab_size < 1:
+        raise GPT2KitError(f"--vocab-size must be positive, got {vocab_size}")
+    rows = [("preset", "layers", "width", "heads", "context", f"params (vocab {vocab_size:,})", "without embeddings")]
+    for name in PRESETS:
+        config = preset_config(name, vocab_size=vocab_size)
+        with torch.device("meta"):
+            model = GPT(config)
+        rows.append((name, str(config.n_layer), str(config.n_embd), str(config.n_head), str(config.n_positions),
+                     f"{model.num_parameters():,}", f"{model.num_parameters(non_embedding=True):,}"))  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))) for row in rows]  # fmt: skip
+    return (
+        "\n".join(lines)
+        + "\ncpu-* names give the parameter count without embeddings; gpt2* names are the paper's models"
+    )
 
 
 def cmd_synth(args: argparse.Namespace) -> int:

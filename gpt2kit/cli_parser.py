@@ -34,8 +34,12 @@ def add_tokenizer_commands(commands) -> None:
 
 
 def add_model_commands(commands) -> None:
-    p = commands.add_parser("info", help="describe a model preset or a model directory")
-    p.add_argument("model", help="a preset name (gpt2, cpu-6m, ...), a model directory / hub id, or a model file")
+    p = commands.add_parser("info", help="describe a model, or list the presets")
+    p.add_argument(
+        "model", nargs="?", help="a preset name (gpt2, cpu-6m, ...), a model directory / hub id, or a model file"
+    )
+    p.add_argument("--list", action="store_true", help="list every preset (the default without a model)")
+    p.add_argument("--vocab-size", type=int, default=50257, help="vocabulary for the preset parameter counts")
     p.set_defaults(handler="info")
     p = commands.add_parser(
         "convert",

@@ -144,3 +144,16 @@ def test_124m_loads_in_under_1gb_rss(tmp_path, gpt2_tokenizer):
     result = subprocess.run([sys.executable, "-c", LOAD_RSS, str(tmp_path / "gpt2")], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert int(result.stdout) < 1024, f"peak RSS {result.stdout.strip()} MB"
+
+
+def test_info_lists_the_presets_and_an_unknown_name_is_one_line(capsys):
+    from gpt2kit.cli import main
+
+    assert main(["info"]) == 0
+    table = capsys.readouterr().out
+    assert "cpu-6m" in table and "17,670,400" in table and "4,739,072" in table and "124,439,808" in table
+    assert main(["info", "--list", "--vocab-size", "8192"]) == 0
+    assert "92,133,888" in capsys.readouterr().out  # gpt2 with an 8k vocabulary
+    assert main(["info", "no-such-preset"]) == 2
+    err = capsys.readouterr().err
+    assert "not a preset (`gpt2kit info` lists them)" in err and err.count("\n") == 1
