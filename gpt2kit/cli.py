@@ -38,9 +38,14 @@ def _read_lines(file: str | None) -> Iterator[str]:
 def cmd_tokenizer_train(args: argparse.Namespace) -> int:
     from gpt2kit.tokenizer import train_tokenizer
 
-    tokenizer = train_tokenizer(args.input, args.vocab_size, min_frequency=args.min_frequency, show_progress=True)
+    tokenizer = train_tokenizer(args.input, args.vocab_size, min_frequency=args.min_frequency, show_progress=False)
     tokenizer.save(args.out)
-    print(f"trained {tokenizer.vocab_size} tokens -> {args.out}")
+    print(f"trained {tokenizer.vocab_size:,} tokens -> {args.out}")
+    if tokenizer.vocab_size < args.vocab_size:
+        print(
+            f"note: {args.vocab_size:,} were asked for; this corpus has no more pairs seen at least "
+            f"{args.min_frequency} times (lower --min-frequency or add text for more)"
+        )
     return 0
 
 
@@ -278,7 +283,8 @@ def cmd_overlap_build(args: argparse.Namespace) -> int:
     print(
         f"m={params.m:,} bits ({params.nbytes / 1e6:.1f} MB), k={params.k}, false-positive bound {params.fpr_bound:.2e}"
     )
-    print(f"insert: {result.seconds:.1f} s, {result.ngrams_per_second:,.0f} 8-grams/s with {result.workers} processes")
+    processes = f"{result.workers} process" + ("es" if result.workers != 1 else "")
+    print(f"insert: {result.seconds:.1f} s, {result.ngrams_per_second:,.0f} 8-grams/s with {processes}")
     return 0
 
 

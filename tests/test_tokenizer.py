@@ -177,3 +177,14 @@ def test_cli_errors_are_one_line(tmp_path):
         "tokenizer", "train", "--input", str(tmp_path / "none.txt"), "--vocab-size", "300", "--out", str(tmp_path / "o")
     )
     assert result.returncode == 2 and "no such file" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_train_says_when_the_corpus_gives_fewer_tokens(tmp_path):
+    corpus = tmp_path / "small.txt"
+    corpus.write_text("the river sold a blue boat to the miller. " * 200)
+    result = run_cli(
+        "tokenizer", "train", "--input", str(corpus), "--vocab-size", "32000", "--out", str(tmp_path / "t")
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("trained ") and "32,000 were asked for" in lines[1] and len(lines) == 2

@@ -440,6 +440,8 @@ def build_filter(
     if context is None and workers > 1:
         log.warning("no fork start method here; building with one process")
         workers = 1
+    if workers > len(files):
+        log.info("%d workers asked for, %d input files: one process per file", workers, len(files))
     workers = min(workers, len(files))
 
     start = time.perf_counter()
