@@ -52,13 +52,30 @@ class Checked:
         return self
 
 
+BUNDLED_CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def bundled_configs() -> list[str]:
+    """The names of the configs shipped with gpt2kit (gpt2kit/configs/*.toml)."""
+    return sorted(p.stem for p in BUNDLED_CONFIGS.glob("*.toml"))
+
+
+def config_path(spec: str | os.PathLike) -> Path:
+    """A config file: a path, or the name of a bundled config (`cpu-smoke`), whatever the working directory."""
+    path = Path(spec)
+    if not path.exists() and path.parent == Path(".") and (BUNDLED_CONFIGS / f"{path.stem}.toml").exists():
+        return BUNDLED_CONFIGS / f"{path.stem}.toml"
+    return path
+
+
 def read_config_file(path: str | os.PathLike, section: str | None = None) -> dict:
-    """The mapping in a TOML or YAML file: its top level, or its `section` table when it has one."""
-    path = Path(path)
+    """The mapping in a TOML or YAML file: its top level, or its `section` table when it has one. A bundled
+    config's name works as well as a path."""
+    path = config_path(path)
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
+        raise ConfigError(f"{path}: config file not found (bundled configs: {', '.join(bundled_configs())})") from None
     except OSError as err:
         raise ConfigError(f"{path}: unreadable config file ({err.strerror or err})") from None
     try:

@@ -6,7 +6,7 @@ import pytest
 from gpt2kit.config import ConfigError, apply_overrides, config_from_dict, load_config, read_config_file
 from gpt2kit.train_config import TrainConfig
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "gpt2kit" / "configs"
 
 
 def test_toml_and_yaml_load_nested_sections(tmp_path):
@@ -146,3 +146,17 @@ def test_floats_must_be_finite_wherever_they_enter(text, tmp_path):
         config_from_dict(TrainConfig, {"data": "d", "out": "o", "optim": {"lr": float(text)}}, "config.json")
     with pytest.raises(ConfigError, match="seed must fit in a signed 64-bit integer"):
         apply_overrides(TrainConfig(data="d", out="o"), ["seed=9223372036854775808"])
+
+
+def test_bundled_configs_load_by_name_from_any_directory(tmp_path, monkeypatch):
+    from gpt2kit.config import bundled_configs
+
+    monkeypatch.chdir(tmp_path)
+    assert bundled_configs() == ["cpu-smoke", "gpt2-124m-owt-8gpu", "gutenberg-cpu"]
+    config = load_config(TrainConfig, "cpu-smoke", check=False)
+    assert config.max_steps == load_config(TrainConfig, CONFIGS / "cpu-smoke.toml", check=False).max_steps
+    with pytest.raises(ConfigError, match="config file not found \\(bundled configs: cpu-smoke, "):
+        load_config(TrainConfig, "no-such-config", check=False)
+    (tmp_path / "cpu-smoke").write_text("max_steps = 3\n")  # a file of that name here wins: paths come first
+    with pytest.raises(ConfigError):
+        load_config(TrainConfig, "cpu-smoke", check=False)  # (it has no .toml suffix, so it is refused)
