@@ -121,3 +121,51 @@ def test_bad_inputs(tmp_path, models):
         read_metrics(bad)
     with pytest.raises(GPT2KitError, match="training metrics not found"):
         read_metrics(tmp_path / "missing.jsonl")
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        [1_641_888],
+        [1_641_888, 2_462_832],
+        [1_641_888, 3_332_928, 7_259_008, 17_670_400],
+        [1_641_888, 17_670_400, 124_439_808, 1_557_611_200],
+    ],  # fmt: skip
+    ids=["1 size", "2 sizes 1.5x", "4 sizes 10x", "4 sizes 1000x"],
+)
+def test_capacity_plot_labels_every_axis_readably(tmp_path, params):
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from gpt2kit.study import report
+
+    models = [
+        ModelReport(f"m{i}", p, {"lambada": {"metrics": {"acc_last_word": 0.1 + 0.05 * i}},
+                                  "wikitext2": {"metrics": {"word_ppl": 9.2e6 / (1.3 ** i) if len(params) < 4 else 900 / (2 ** i)}}})
+        for i, p in enumerate(params)
+    ]  # fmt: skip
+    figures = []
+    real_save = report._save_figure
+    report._save_figure = lambda plt_, fig, path: (figures.append(fig), real_save(plt_, fig, path))
+    try:
+        report.plot_capacity(models, [ACC, PPL], {}, tmp_path / "capacity.png")
+    finally:
+        report._save_figure = real_save
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = figures[0]
+    canvas = FigureCanvasAgg(fig)  # saving closed the figure; draw it again to measure its labels
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    for ax in fig.axes[:2]:
+        for axis in (ax.xaxis, ax.yaxis):
+            labels = [t for t in axis.get_ticklabels() if t.get_text() and t.get_visible()]
+            inside = [t for t in labels if axis.get_view_interval()[0] <= t.get_position()[axis is ax.yaxis] <= axis.get_view_interval()[1]]  # fmt: skip
+            assert inside, f"no labelled tick on {ax.get_title()} {axis.axis_name}"
+            assert not any("e+" in t.get_text() or "e-" in t.get_text() for t in labels)
+            boxes = [t.get_window_extent(renderer) for t in inside]
+            assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :]), [
+                t.get_text() for t in inside
+            ]
+    plt.close(fig)

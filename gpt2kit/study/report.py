@@ -212,16 +212,23 @@ def plot_capacity(
             else:
                 ax.axhline(baseline, color="C3", linestyle="--", label="baseline")
         ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        # One labelled tick per model: readable whatever the span (1.5x or 1000x), never an unlabelled axis.
+        ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(sorted(set(params))))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: _params(int(round(value)))))
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.tick_params(axis="x", labelrotation=30)
         if not column.higher_is_better:
             ax.set_yscale("log")
-            # Within a decade a log axis has no major tick to label: label the minor ones then.
             values = [s for _, s in shown] or [1.0]
-            within_decade = max(values) / min(values) < 10
-            ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-            ax.yaxis.set_minor_formatter(
-                matplotlib.ticker.FormatStrFormatter("%g") if within_decade else matplotlib.ticker.NullFormatter()
-            )
+            low, high = min(values), max(values)
+            if high / low < 3:  # a log axis this narrow has no decade ticks: three labelled values instead
+                ax.yaxis.set_major_locator(
+                    matplotlib.ticker.FixedLocator(np.geomspace(low, high, 3 if high > low else 1))
+                )
+            else:
+                ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1, 2, 5), numticks=8))
+            ax.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+            ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: _short_number(value)))
         ax.set_title(column.label, fontsize=10)
         ax.set_xlabel("parameters")
         ax.grid(alpha=0.3, which="both")
@@ -231,6 +238,14 @@ def plot_capacity(
     fig.suptitle("Zero-shot score against model size")
     fig.tight_layout()
     _save_figure(plt, fig, path)
+
+
+def _short_number(value: float) -> str:
+    """9.2M, 12.3k, 45.6, 0.93: three significant digits and no exponent, for axis labels."""
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g}{unit}"
+    return f"{value:.3g}"
 
 
 def _params(n: int) -> str:
