@@ -243,6 +243,9 @@ def test_warc_input(tmp_path):
     }
     assert len(records) == 2 and {r["domain"] for r in records} == {"news.example.org", "blog.example.net"}
     assert all(r["fetched_at"] == "2017-11-30T12:00:00Z" for r in records)
+    rows = {s["stage"]: s for s in json.loads((out / "stats.json").read_text())["stages"]}
+    line_rules = rows["boilerplate lines (C4 rules)"]["lines_removed"]  # per rule: lines and words
+    assert line_rules and all(v["lines"] >= 1 and v["words"] >= 0 for v in line_rules.values())
 
 
 def test_html_dir_input_via_cli(tmp_path, capsys):
@@ -378,3 +381,43 @@ def test_output_feeds_the_overlap_filter(tmp_path, site):
     test.write_text(valid["/article/2"].split("\n\n")[0] + "\n" + article_text(999).split("\n\n")[0] + "\n")
     (row,) = check_overlap(result.path, [test], unit="line")
     assert [flag["fraction"] for flag in row.flags][0] == 1.0
+
+
+def gutenberg_pages(book: str, count: int = 4, paragraphs: int = 12) -> list[str]:
+    """Pages as extraction leaves them (one paragraph per line), cut from a Gutenberg book."""
+    from tests.conftest import shared_file
+
+    text = next(shared_file("train/gutenberg").glob(f"*{book}*.txt")).read_text(encoding="utf-8")
+    paras = [" ".join(p.split()) for p in text.split("\n\n") if len(p.split()) >= 8]
+    start = len(paras) // 3
+    return ["\n".join(paras[start + i * paragraphs : start + (i + 1) * paragraphs]) for i in range(count)]
+
+
+@pytest.mark.parametrize("book", ["emma", "northanger-abbey", "pride-and-prejudice"])
+def test_c4_rules_keep_dialogue_that_ends_in_a_closing_quote(book):
+    from datatrove.data import Document
+    from datatrove.pipeline.filters import C4QualityFilter
+
+    from gpt2kit.webtext.steps import C4LineRules, RegexWordTokenizer, ends_sentence
+
+    assert ends_sentence("he said, “I am not the cleverest man.”") and ends_sentence("(as they say.)")
+    assert not ends_sentence("Chapter the first”") and not ends_sentence("and then...”")
+    tokenizer = RegexWordTokenizer()
+    ours, datatroves = (
+        C4LineRules(min_num_sentences=3, language=tokenizer),
+        C4QualityFilter(min_num_sentences=3, language=tokenizer),
+    )
+    kept = {"ours": 0, "datatrove": 0}
+    total = 0
+    for text in gutenberg_pages(book):
+        total += len(text.split())
+        for name, rules in (("ours", ours), ("datatrove", datatroves)):
+            document = Document(text=text, id="p")
+            if rules.filter(document) is True:
+                kept[name] += len(document.text.split())
+    assert kept["ours"] >= 0.9 * total, (kept, total)  # fiction keeps its dialogue
+    assert kept["datatrove"] < kept["ours"]
+    counted = {key: value.total for key, value in ours.stats.stats.items()}
+    assert counted["line-total"] > 0 and counted.get("words-filter-too_few_words", 0) >= counted.get(
+        "line-filter-too_few_words", 0
+    )

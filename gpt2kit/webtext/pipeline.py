@@ -25,7 +25,7 @@ import logging
 import os
 import shutil
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gpt2kit.errors import GPT2KitError
@@ -46,9 +46,13 @@ class StageCount:
     total: int
     kept: int
     removed: dict[str, int]
+    lines_removed: dict[str, dict[str, int]] = field(default_factory=dict)  # line rules: {rule: {lines, words}}
 
     def to_dict(self) -> dict:
-        return {"stage": self.stage, "in": self.total, "out": self.kept, "removed": self.removed}
+        row = {"stage": self.stage, "in": self.total, "out": self.kept, "removed": self.removed}
+        if self.lines_removed:
+            row["lines_removed"] = self.lines_removed
+        return row
 
 
 @dataclass
@@ -227,7 +231,7 @@ class _Stages:
     def _pages(self, domain_rules) -> None:
         from datatrove.pipeline.dedup.exact_dedup import ExactDedupSignature
         from datatrove.pipeline.extractors import Trafilatura
-        from datatrove.pipeline.filters import C4QualityFilter, GopherQualityFilter
+        from datatrove.pipeline.filters import GopherQualityFilter
         from datatrove.pipeline.writers import JsonlWriter
 
         from gpt2kit.webtext import readers, steps
@@ -245,7 +249,7 @@ class _Stages:
         # Language first: the boilerplate rules count English stop words and would hide non-English pages.
         pages.append(("English (py3langid)", steps.EnglishFilter(filters.english_threshold)))
         if filters.boilerplate:
-            pages.append(("boilerplate lines (C4 rules)", C4QualityFilter(min_num_sentences=3, language=tokenizer)))
+            pages.append(("boilerplate lines (C4 rules)", steps.C4LineRules(min_num_sentences=3, language=tokenizer)))
             pages.append(("quality (Gopher rules)", GopherQualityFilter(min_doc_words=None, language=tokenizer)))
         pages.append(("minimum length", steps.MinWordsFilter(filters.min_words)))
         writer = JsonlWriter(self.folder("pages"), "${rank}.jsonl.zst", compression="zstd", adapter=steps.work_record)
@@ -381,7 +385,15 @@ def _stage_counts(work: Path, name: str, labels: dict[int, str]) -> list[StageCo
             causes = {"extract": "no_text", "exact": "duplicate", "near": "near_duplicate"}
             cause = next((c for prefix, c in causes.items() if label.startswith(prefix)), "other")
             removed[cause] = dropped - sum(removed.values())
-        counts.append(StageCount(label, total, kept, removed))
+        lines_removed = {
+            key.removeprefix("line-filter-"): {
+                "lines": value,
+                "words": values.get("words-filter-" + key.removeprefix("line-filter-"), 0),
+            }
+            for key, value in sorted(values.items())
+            if key.startswith("line-filter-") and value
+        }
+        counts.append(StageCount(label, total, kept, removed, lines_removed))
     return counts
 
 
