@@ -147,10 +147,10 @@ def test_llmc_bin_loads_with_its_own_logits(tmp_path, gpt2_tokenizer, version):
     assert torch.isneginf(got[..., GPT2_VOCAB:]).all()
 
 
-def hf_reference(tmp_path, gpt2_tokenizer, vocab=GPT2_VOCAB):
+def hf_reference(tmp_path, gpt2_tokenizer):
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    config = transformers.GPT2Config(vocab_size=vocab, n_positions=T, n_embd=C, n_layer=L, n_head=H)
+    config = transformers.GPT2Config(vocab_size=GPT2_VOCAB, n_positions=T, n_embd=C, n_layer=L, n_head=H)
     model = transformers.GPT2LMHeadModel(config).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():

@@ -132,6 +132,28 @@ def test_sample_and_eval_take_quantize(trained, tmp_path, capsys):
     assert capsys.readouterr().out.strip()
     with pytest.raises(SystemExit):  # argparse: not one of the choices
         main(args + ["--quantize", "int4"])
+    text = tmp_path / "held_out.txt"
+    text.write_text("the river sold forty blue lanterns to the old miller.\n" * 20)
+    results = tmp_path / "results.json"
+    evaluate = [
+        "eval",
+        "--model",
+        str(trained),
+        "--tasks",
+        "wikitext2",
+        "--data",
+        f"wikitext2={text}",
+        "--device",
+        "cpu",
+    ]
+    assert main(evaluate + ["--quantize", "int8", "--out", str(results)]) == 0
+    import json
+
+    ppl = json.loads(results.read_text())["wikitext2"]["metrics"]["ppl"]
+    assert main(evaluate + ["--out", str(tmp_path / "fp32.json")]) == 0
+    assert ppl == pytest.approx(
+        json.loads((tmp_path / "fp32.json").read_text())["wikitext2"]["metrics"]["ppl"], rel=0.02
+    )
 
 
 def test_serve_with_int8_weights(trained):
