@@ -145,6 +145,12 @@ def _add_overlap_commands(commands) -> None:
     p.add_argument("--field", help="JSON field of each example (default: text/article/question/...)")
     p.add_argument("--flags", help="write per-example overlap flags here (JSON lines)")
     p.add_argument("--json", help="write the table as JSON here")
+    p.add_argument(
+        "--on-bad-utf8",
+        default="replace",
+        choices=("error", "replace", "skip"),
+        help="lines that are not UTF-8: default replace, as prepare",
+    )
     p.set_defaults(handler="overlap_check")
 
 

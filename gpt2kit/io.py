@@ -203,6 +203,48 @@ def decode_utf8(raw: bytes, where: str) -> str:
         raise GPT2KitError(f"{where}: not UTF-8 (byte {err.start})") from None
 
 
+BAD_UTF8_POLICIES = ("error", "replace", "skip")
+
+
+class Utf8Policy:
+    """How input that is not UTF-8 is read, and a count of what was done about it.
+
+    "error" stops at the first bad byte with one line naming where; "replace" puts U+FFFD in place of the bad
+    bytes; "skip" drops the unit being decoded (a line, a record, a document).
+    """
+
+    def __init__(self, on_bad_utf8: str = "error", error: type[GPT2KitError] = GPT2KitError):
+        self.error = error
+        if on_bad_utf8 not in BAD_UTF8_POLICIES:
+            raise error(f"on_bad_utf8 must be one of {', '.join(BAD_UTF8_POLICIES)}, got {on_bad_utf8!r}")
+        self.on_bad_utf8 = on_bad_utf8
+        self.replaced = 0
+        self.skipped = 0
+
+    def decode(self, raw: bytes, where: str) -> str | None:
+        """`raw` as text, or None when the policy skips it."""
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            if self.on_bad_utf8 == "error":
+                raise self.error(
+                    f"{where}: not UTF-8 (byte {err.start}); on_bad_utf8 = replace or skip reads past it"
+                ) from None
+            if self.on_bad_utf8 == "skip":
+                self.skipped += 1
+                return None
+            self.replaced += 1
+            return raw.decode("utf-8", errors="replace")
+
+    def describe(self, unit: str) -> str:
+        """`3 lines repaired` / `1 line skipped`, or "" when all input was UTF-8."""
+        done = self.replaced or self.skipped
+        if not done:
+            return ""
+        verb = "repaired" if self.replaced else "skipped"
+        return f"bad UTF-8: {done} {unit}{'s' if done != 1 else ''} {verb}"
+
+
 def read_text(path: str | os.PathLike) -> str:
     """A whole (possibly compressed) UTF-8 file."""
     with reading(path) as handle:
@@ -221,17 +263,23 @@ def parse_json_line(raw: bytes | str, where: str) -> dict[str, Any]:
     return record
 
 
-def iter_jsonl(path: str | os.PathLike, required: Sequence[str] = ()) -> Iterator[tuple[int, dict[str, Any]]]:
+def iter_jsonl(
+    path: str | os.PathLike, required: Sequence[str] = (), utf8: Utf8Policy | None = None
+) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for each non-blank line of a (possibly compressed) JSON-lines file.
 
     Blank lines are skipped; a line that is not a JSON object, or lacks one of the `required` keys, is an error.
+    A line that is not UTF-8 is an error too, unless `utf8` repairs or skips it.
     """
     with reading(path) as handle:
         for number, raw in enumerate(handle, 1):
             if not raw.strip():
                 continue
             where = f"{path}:{number}"
-            record = parse_json_line(raw, where)
+            line = raw if utf8 is None else utf8.decode(raw, where)
+            if line is None:
+                continue
+            record = parse_json_line(line, where)
             missing = [key for key in required if key not in record]
             if missing:
                 raise GPT2KitError(f"{where}: missing key {missing[0]!r} (expected keys: {', '.join(required)})")
@@ -243,9 +291,9 @@ def read_jsonl(path: str | os.PathLike, required: Sequence[str] = ()) -> list[di
     return [record for _, record in iter_jsonl(path, required)]
 
 
-def jsonl_texts(path: str | os.PathLike, field: str = "text") -> Iterator[str]:
+def jsonl_texts(path: str | os.PathLike, field: str = "text", utf8: Utf8Policy | None = None) -> Iterator[str]:
     """The string `field` of each JSON line."""
-    for number, record in iter_jsonl(path):
+    for number, record in iter_jsonl(path, utf8=utf8):
         value = record.get(field)
         if not isinstance(value, str):
             raise GPT2KitError(f"{path}:{number}: no string field {field!r}")

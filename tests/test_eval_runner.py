@@ -2,7 +2,9 @@
 
 import hashlib
 import json
+import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +18,7 @@ from gpt2kit.checkpoint import save
 from gpt2kit.cli import main
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.evals import TASKS, EvalOptions, evaluate, markdown_table, parse_tasks
+from gpt2kit.evals.report import format_metrics, split_of
 from gpt2kit.model import GPT, GPTConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,6 +81,27 @@ def test_results_carry_the_contract_fields(model, fixtures):
     assert all(0 <= lambada["metrics"][k] <= 1 for k in ("acc_last_token", "acc_last_word"))
     table = markdown_table(results)
     assert "| LAMBADA (ACC) | LAMBADA (PPL) |" in table and "| GPT-2 117M (paper) | 45.99 | 35.13 |" in table
+    # our scores are on whatever split the file is; the paper's on the test sets: the table says both
+    assert "| split scored here | test | test |" in table
+    assert "| paper's split | test | test |" in table
+
+
+def test_log_lines_are_formatted_and_name_the_job(model, fixtures, caplog):
+    caplog.set_level(logging.INFO, logger="gpt2kit")
+    evaluate(model, byte_tokenizer(), ["wikitext2"], data_dir=fixtures, limit=2, job_name="heldout")
+    assert "heldout (wikitext2): evaluating on" in caplog.text
+    line = next(r.getMessage() for r in caplog.records if "(n=2," in r.getMessage())
+    assert re.fullmatch(r"heldout \(wikitext2\): .*\bppl [\d,]+\.\d\d\b.*\(n=2, \d+\.\d s\)", line), line
+    assert "{" not in line and "'" not in line
+
+
+def test_metric_and_split_formatting():
+    shown = format_metrics({"loss": 9.196905019564017, "ppl": 9866.544990894014, "acc_last_token": 0.01234})
+    assert shown == "loss 9.1969, ppl 9,866.54, acc_last_token 1.23%"
+    assert split_of("../shared/data/wikitext-2/wiki.valid.tokens") == "validation"
+    assert split_of("data/lambada_development_plain_text.txt") == "dev"
+    assert split_of("hf:EleutherAI/lambada_openai@test") == "test"
+    assert split_of("data/winogrande.jsonl") == "winogrande.jsonl"
 
 
 def test_task_names(model):

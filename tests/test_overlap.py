@@ -235,6 +235,22 @@ def test_cli_build_and_check(tmp_path, corpus, capsys):
     assert main(["overlap", "check", "--filter", str(tmp_path / "nope"), "--test", str(test)]) == 2
     assert "no such filter file" in capsys.readouterr().err
 
+    # a line of bad UTF-8 is repaired by default, as prepare does, and the output says so
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(
+        (" ".join(texts[3].split()) + "\n").encode() + b"caf\xe9 au lait and eight more words to make 8-grams here\n"
+    )
+    check = ["overlap", "check", "--filter", str(tmp_path / "f.bloom"), "--test", str(bad), "--unit", "line"]
+    assert main(check) == 0
+    out = capsys.readouterr().out
+    assert "bad.txt: bad UTF-8: 1 line repaired" in out and "bad.txt          2  " in out  # both lines are examples
+    assert main([*check, "--on-bad-utf8", "skip"]) == 0
+    out = capsys.readouterr().out
+    assert "bad.txt: bad UTF-8: 1 line skipped" in out and "bad.txt          1  " in out
+    assert main([*check, "--on-bad-utf8", "error"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "bad.txt:2: not UTF-8 (byte 3)" in err
+
 
 def test_format_table_has_a_row_per_file():
     rows = [OverlapRow("a/ptb.valid.txt", 10, 9, 100, 25, 3)]

@@ -1,5 +1,6 @@
 import importlib.util
 import json
+import logging
 import math
 import os
 import signal
@@ -112,8 +113,9 @@ def test_fused_loss_matches_logits_and_cross_entropy():
         assert model(idx, targets=targets).item() == pytest.approx(plain.item(), abs=1e-6)
 
 
-def test_short_run_loss_falls_and_writes_metrics_checkpoints(data_dir, tmp_path):
+def test_short_run_loss_falls_and_writes_metrics_checkpoints(data_dir, tmp_path, caplog):
     run = tmp_path / "run"
+    caplog.set_level(logging.INFO, logger="gpt2kit")
     result = Trainer(tiny_config(data_dir, run)).run()
     records = read_metrics(run)
     train = [r for r in records if "loss" in r]
@@ -124,6 +126,11 @@ def test_short_run_loss_falls_and_writes_metrics_checkpoints(data_dir, tmp_path)
     assert train[-1]["tokens"] == 30 * 8 * CONTEXT
     assert [r["step"] for r in evals] == [10, 20, 30]
     assert all(math.isclose(r["val_ppl"], math.exp(r["val_loss"])) and r["val_bpb"] > 0 for r in evals)
+    shown = [r.getMessage() for r in caplog.records if "val_loss" in r.getMessage()]  # on the console too
+    assert shown[0] == (
+        f"step 10: val_loss {evals[0]['val_loss']:.4f} (ppl {evals[0]['val_ppl']:.2f}, {evals[0]['val_bpb']:.3f} bits/byte)"
+    )
+    assert len(shown) == 3
     assert train[-1]["loss"] < train[0]["loss"] - 1.0
     assert evals[-1]["val_loss"] < evals[0]["val_loss"]
     assert result.step == 30 and result.val_loss == evals[-1]["val_loss"]

@@ -257,8 +257,12 @@ def test_html_dir_input_via_cli(tmp_path, capsys):
     (pages / "notes.txt").write_text("not a page")
     out = tmp_path / "out"
     assert main(["webtext", "build", "--html-dir", str(pages), "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "2 documents in 1 shards" in printed
+    # datatrove's banners and per-task stats stay in its task logs unless -v asks for them
+    assert "PIPELINE" not in captured.err and "Stats" not in captured.err
+    assert "PIPELINE" in (out.with_name("out.work") / "logs" / "pages" / "logs" / "task_00000.log").read_text()
     urls = sorted(r["url"] for r in read_shards(out))
     assert urls[0].startswith("file://") and urls[0].endswith("sub/b.htm")
     assert urls[1] == "https://www.example.com/story"

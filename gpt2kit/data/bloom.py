@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from gpt2kit.errors import GPT2KitError
-from gpt2kit.io import atomic_open, decode_utf8, jsonl_texts, reading, remove_stale_temporaries
+from gpt2kit.io import Utf8Policy, atomic_open, jsonl_texts, reading, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -236,30 +236,33 @@ def corpus_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
     return sorted(set(files), key=lambda p: (-p.stat().st_size, str(p)))
 
 
-def text_blocks(path: Path) -> Iterator[str]:
-    """A text file as blocks of whole lines of about TEXT_BLOCK_BYTES (no word is split between blocks)."""
+def text_blocks(path: Path, utf8: Utf8Policy | None = None) -> Iterator[str]:
+    """A text file as blocks of whole lines of about TEXT_BLOCK_BYTES (no word is split between blocks).
+
+    A line that is not UTF-8 stops with one line naming it, unless `utf8` repairs or skips it.
+    """
     line_number = 0
     buffer: list[bytes] = []
     size = 0
+    utf8 = utf8 or Utf8Policy()
     with reading(path) as handle:
         for raw in handle:
             buffer.append(raw)
             size += len(raw)
             if size >= TEXT_BLOCK_BYTES:
-                yield _decode_block(buffer, path, line_number)
+                yield _decode_block(buffer, path, line_number, utf8)
                 line_number += len(buffer)
                 buffer, size = [], 0
     if buffer:
-        yield _decode_block(buffer, path, line_number)
+        yield _decode_block(buffer, path, line_number, utf8)
 
 
-def _decode_block(lines: list[bytes], path: Path, first_line: int) -> str:
+def _decode_block(lines: list[bytes], path: Path, first_line: int, utf8: Utf8Policy) -> str:
     try:
         return b"".join(lines).decode("utf-8")
-    except UnicodeDecodeError:
-        for offset, raw in enumerate(lines, first_line + 1):
-            decode_utf8(raw, f"{path}:{offset}")
-        raise
+    except UnicodeDecodeError:  # rare: decode line by line to name (or repair, or skip) the bad ones
+        texts = (utf8.decode(raw, f"{path}:{number}") for number, raw in enumerate(lines, first_line + 1))
+        return "".join(text for text in texts if text is not None)
 
 
 def document_fingerprints(path: Path, text_field: str = "text") -> Iterator[tuple[int, np.ndarray]]:

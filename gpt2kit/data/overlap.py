@@ -11,14 +11,16 @@ from pathlib import Path
 
 from gpt2kit.data.bloom import BloomFilter, corpus_is_jsonl, text_blocks
 from gpt2kit.errors import GPT2KitError
-from gpt2kit.io import atomic_write_jsonl, iter_jsonl, jsonl_texts
+from gpt2kit.io import Utf8Policy, atomic_write_jsonl, iter_jsonl, jsonl_texts
 
 _WIKITEXT_TITLE = re.compile(r"^ = [^=].* = $")
 TEST_FIELDS = ("text", "article", "question", "passage", "context", "sentence", "query")
 
 
-def load_examples(path: str | os.PathLike, unit: str = "auto", field: str | None = None) -> list[str]:
-    """The examples of a test file, in order.
+def load_examples(
+    path: str | os.PathLike, unit: str = "auto", field: str | None = None, utf8: Utf8Policy | None = None
+) -> list[str]:
+    """The examples of a test file, in order; bad UTF-8 as `utf8` says (default: an error naming the line).
 
     JSON lines: one example per line, from `field` (default: the first of text, article, question, passage,
     context, sentence, query that the first record has). Text: `line` (one per non-empty line), `wikitext`
@@ -32,14 +34,14 @@ def load_examples(path: str | os.PathLike, unit: str = "auto", field: str | None
         raise GPT2KitError(f"{path}: no such test file")
     if corpus_is_jsonl(path) or path.suffix == ".json":
         if field is None:
-            first = next((record for _, record in iter_jsonl(path)), None)
+            first = next((record for _, record in iter_jsonl(path, utf8=Utf8Policy("skip"))), None)
             if first is None:
                 raise GPT2KitError(f"{path}: no examples")
             field = next((name for name in TEST_FIELDS if isinstance(first.get(name), str)), None)
             if field is None:
                 raise GPT2KitError(f"{path}: none of the fields {', '.join(TEST_FIELDS)}; name the field to read")
-        return list(jsonl_texts(path, field))
-    text = "".join(text_blocks(path))
+        return list(jsonl_texts(path, field, utf8))
+    text = "".join(text_blocks(path, utf8))
     lines = text.splitlines()
     if unit == "auto":
         unit = "wikitext" if any(_WIKITEXT_TITLE.match(line) for line in lines[:20]) else "line"
@@ -66,6 +68,7 @@ class OverlapRow:
     ngrams_found: int
     examples_with_overlap: int
     flags: list[dict] = field(default_factory=list, repr=False)
+    bad_utf8: str = ""  # what reading it repaired or skipped, if anything
 
     @property
     def percent_ngrams(self) -> float:
@@ -85,6 +88,7 @@ class OverlapRow:
             "percent_ngrams_found": self.percent_ngrams,
             "examples_with_overlap": self.examples_with_overlap,
             "percent_examples_with_overlap": self.percent_examples,
+            "bad_utf8": self.bad_utf8 or None,
         }
 
 
@@ -117,16 +121,26 @@ def check_overlap(
     unit: str = "auto",
     field: str | None = None,
     flags_out: str | os.PathLike | None = None,
+    on_bad_utf8: str = "replace",
 ) -> list[OverlapRow]:
     """Per test file: the share of its 8-grams in the filter and of its examples with any such 8-gram.
+
+    Lines that are not UTF-8 are repaired by default, as `prepare` does (`on_bad_utf8`: error, replace, skip);
+    each row says how many.
 
     With `flags_out`, also writes one JSON line per test example: file, index (order of `load_examples`),
     ngrams, found, fraction and overlap (any 8-gram found), for scoring on the clean subset later.
     """
     if not test_files:
         raise GPT2KitError("no test files given")
+    Utf8Policy(on_bad_utf8)  # a bad policy fails before any file is read
     bloom = BloomFilter.open(filter_path)
-    rows = [check_examples(bloom, str(path), load_examples(path, unit, field)) for path in test_files]
+    rows = []
+    for path in test_files:
+        utf8 = Utf8Policy(on_bad_utf8)
+        row = check_examples(bloom, str(path), load_examples(path, unit, field, utf8))
+        row.bad_utf8 = utf8.describe("line")
+        rows.append(row)
     if flags_out is not None:
         atomic_write_jsonl(flags_out, (flag for row in rows for flag in row.flags))
     return rows
@@ -143,6 +157,7 @@ def format_table(rows: Sequence[OverlapRow], bloom_header: dict | None = None) -
             f"{Path(row.name).name:<{name_width}}  {row.examples:>8}  {row.ngrams:>10}  {row.ngrams_found:>9}  "
             f"{row.percent_ngrams:>8.2f}%  {row.percent_examples:>9.2f}%"
         )
+    lines += [f"{Path(row.name).name}: {row.bad_utf8}" for row in rows if row.bad_utf8]
     if bloom_header:
         lines.append(
             f"filter: {bloom_header.get('items_inserted', 0):,} 8-grams, m={bloom_header['m']:,} bits, "

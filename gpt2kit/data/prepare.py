@@ -40,12 +40,11 @@ from gpt2kit.data.shards import (
     token_dtype,
 )
 from gpt2kit.errors import GPT2KitError
-from gpt2kit.io import parse_json_line, reading, remove_stale_temporaries
+from gpt2kit.io import BAD_UTF8_POLICIES, Utf8Policy, parse_json_line, reading, remove_stale_temporaries
 from gpt2kit.tokenizer import Tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
 
-BAD_UTF8_POLICIES = ("error", "replace", "skip")
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst")
 PARQUET_SUFFIXES = (".parquet",)
 TEXT_SUFFIXES = (".txt",)
@@ -117,26 +116,15 @@ class DocumentReader:
     """Yields documents as text from files and a HF dataset, counting what it skips or repairs."""
 
     def __init__(self, split_lines: bool, text_field: str, on_bad_utf8: str):
-        if on_bad_utf8 not in BAD_UTF8_POLICIES:
-            raise PrepareError(f"on_bad_utf8 must be one of {', '.join(BAD_UTF8_POLICIES)}, got {on_bad_utf8!r}")
         self.split_lines = split_lines
         self.text_field = text_field
-        self.on_bad_utf8 = on_bad_utf8
+        self.utf8 = Utf8Policy(on_bad_utf8, PrepareError)
         self.stats = InputStats()
 
     def _decode(self, raw: bytes, where: str) -> str | None:
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError as err:
-            if self.on_bad_utf8 == "error":
-                raise PrepareError(
-                    f"{where}: not UTF-8 (byte {err.start}); set on_bad_utf8 to replace or skip"
-                ) from None
-            if self.on_bad_utf8 == "skip":
-                self.stats.bad_utf8_skipped += 1
-                return None
-            self.stats.bad_utf8_replaced += 1
-            return raw.decode("utf-8", errors="replace")
+        text = self.utf8.decode(raw, where)
+        self.stats.bad_utf8_replaced, self.stats.bad_utf8_skipped = self.utf8.replaced, self.utf8.skipped
+        return text
 
     def _keep(self, text: str | None) -> bool:
         if text is None:

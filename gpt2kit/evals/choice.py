@@ -224,6 +224,7 @@ TASKS = (
     _cbt_task("NE", {"117M": 83.4, "345M": 87.1, "762M": 88.0, "1542M": 89.05}),
     TaskSpec(
         name="wsc273",
+        paper_split="all 273",
         metrics=("acc",),
         family="commonsense reasoning",
         columns=(Column("acc", "Winograd (ACC)", "acc", {"1542M": 70.70}),),

@@ -114,6 +114,7 @@ def run(ctx: TaskContext) -> TaskOutput:
 TASKS = (
     TaskSpec(
         name="coqa",
+        paper_split="dev",
         metrics=("f1", "em"),
         family="reading comprehension",
         columns=(Column("f1", "CoQA (F1)", "acc", {"1542M": 55.0}),),

@@ -80,6 +80,7 @@ def run(ctx: TaskContext) -> TaskOutput:
 TASKS = (
     TaskSpec(
         name="nq_open",
+        paper_split="dev",
         metrics=("em", "em_top1pct"),
         family="question answering",
         columns=(

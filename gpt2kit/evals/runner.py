@@ -14,6 +14,7 @@ from typing import Any
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.evals.data import DataSource, resolve
 from gpt2kit.evals.registry import get_task
+from gpt2kit.evals.report import format_metrics
 from gpt2kit.evals.scoring import Scorer
 from gpt2kit.evals.task import EvalOptions, TaskContext, TaskSpec
 from gpt2kit.io import atomic_write_jsonl, atomic_write_text
@@ -49,13 +50,15 @@ def evaluate(
     batch_size: int | None = None,
     model_name: str = "model",
     samples: list[dict[str, Any]] | None = None,
+    job_name: str | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Evaluate `model` on `tasks`; returns {task: {metrics, protocol, n, data_sha256, ...}}.
 
     `data` maps a task name (or `TASK:examples`) to a file, `SRC,REF` pair,
     directory, or `hf`/`hf:NAME[:CONFIG][@SPLIT]`; tasks not in it are looked up
     by standard file name under `data_dir`. `limit` and `batch_size` override
-    `options`. Per-example records are appended to `samples` when it is given.
+    `options`. Per-example records are appended to `samples` when it is given. `job_name` names the
+    evaluation in the log when it is not the task's own name (one task scoring several data sets).
     All data is located before any task runs, so a missing file fails at once.
     """
     options = options or EvalOptions()
@@ -79,7 +82,8 @@ def evaluate(
     for spec in specs:
         source, examples = sources[spec.name]
         context = TaskContext(spec.name, model, tokenizer, options, source, examples, scorer)
-        logger.info("%s: evaluating on %s", spec.name, source.describe())
+        label = spec.name if job_name in (None, spec.name) else f"{job_name} ({spec.name})"
+        logger.info("%s: evaluating on %s", label, source.describe())
         start = time.perf_counter()
         output = spec.run(context)
         runtime = time.perf_counter() - start
@@ -96,7 +100,7 @@ def evaluate(
             "runtime_s": round(runtime, 3),
             "options": options.to_dict(),
         }
-        logger.info("%s: %s in %.1fs", spec.name, output.metrics, runtime)
+        logger.info("%s: %s (n=%d, %.1f s)", label, format_metrics(output.metrics), output.n, runtime)
         if samples is not None:
             samples.extend({"task": spec.name, **sample} for sample in output.samples)
     return results

@@ -157,6 +157,7 @@ class TaskSpec:
     hf_examples: HFDataset | None = None
     uses_examples: bool = False
     complete_data: Callable[[DataSource], DataSource] | None = None  # e.g. find a translation's reference file
+    paper_split: str = "test"  # the split the paper's numbers are on
 
     @property
     def headline(self) -> str:

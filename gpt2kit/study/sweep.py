@@ -173,6 +173,7 @@ def evaluate_size(config: SweepConfig, model_dir: Path) -> dict[str, dict]:
             options=options,
             limit=job.limit or config.eval_limit,
             model_name=str(model_dir),
+            job_name=job.name,
         )
         results[job.name] = outcome[job.task]
     return results

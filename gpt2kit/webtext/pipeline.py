@@ -18,6 +18,7 @@ fetched pages are kept in a cache that survives any change of settings, so a re-
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -357,7 +358,13 @@ def _run_locally(stage: Stage, workers: int) -> None:
         start_method="fork" if os.name == "posix" else "spawn",
     )
     log.info("stage %s: %d tasks on %d workers", stage.name, stage.tasks, workers)
-    executor.run()
+    # datatrove prints banners and per-task stats on stderr; they are in its task logs either way, and the
+    # stage table says the same: show them only when logging is at INFO for datatrove (the CLI's -v).
+    if logging.getLogger("datatrove").isEnabledFor(logging.INFO):
+        executor.run()
+        return
+    with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):
+        executor.run()
 
 
 def _stage_counts(work: Path, name: str, labels: dict[int, str]) -> list[StageCount]:
