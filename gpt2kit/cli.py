@@ -485,7 +485,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     loaded = load(args.model, device=args.device, quantize=args.quantize)
     prepare_for_decoding(loaded.model)
-    name = loaded.path.name if Path(args.model).is_dir() else args.model
+    name = args.model.rstrip("/")  # as the user named it: a run, a model directory or a hub id
     samples: list[dict] | None = [] if args.log_samples else None
     results = evaluate(
         loaded.model,

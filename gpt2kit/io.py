@@ -130,7 +130,8 @@ def check_output_path(path: str | os.PathLike, directory: bool) -> None:
             raise GPT2KitError(f"{path}: exists and is not a directory")
         if not directory and path.is_dir():
             raise GPT2KitError(f"{path}: is a directory, not a file")
-    ancestor = path if path.exists() else path.parent
+    # An existing file is replaced by an atomic write in its directory: that directory must be writable.
+    ancestor = path if path.is_dir() else path.parent
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
     if not ancestor.is_dir():

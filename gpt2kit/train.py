@@ -317,7 +317,7 @@ class Trainer:
             fitted = max(1, horizon // 10)
             log.warning(
                 "optim.warmup_steps %d is not shorter than the %d-step schedule, so the learning rate would never "
-                "reach optim.lr; warming up for %d steps (a tenth) instead",
+                "reach optim.lr; warming up for %d step(s) (a tenth) instead",
                 optim.warmup_steps, horizon, fitted,
             )  # fmt: skip
             optim.warmup_steps = fitted

@@ -18,7 +18,7 @@ from gpt2kit.checkpoint import save
 from gpt2kit.cli import main
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.evals import TASKS, EvalOptions, evaluate, markdown_table, parse_tasks
-from gpt2kit.evals.report import format_metrics, split_of
+from gpt2kit.evals.report import format_metrics, format_value, split_of
 from gpt2kit.model import GPT, GPTConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,6 +102,7 @@ def test_metric_and_split_formatting():
     assert split_of("data/lambada_development_plain_text.txt") == "dev"
     assert split_of("hf:EleutherAI/lambada_openai@test") == "test"
     assert split_of("data/winogrande.jsonl") == "winogrande.jsonl"
+    assert format_value(1171736930.03, "ppl") == "1,171,736,930" and format_value(29.4123, "ppl") == "29.41"
 
 
 def test_task_names(model):

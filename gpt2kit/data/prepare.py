@@ -491,6 +491,8 @@ class _Preparation:
         pending: deque[tuple[Batch, Future]] = deque()
         try:
             self._tokenize_all(pool, pending)
+            if self.bar.total:  # the bar counts document bytes; newlines and empty lines make up the rest
+                self.bar.update(self.bar.total - self.bar.n)
         except BaseException:
             if self.group is not None:
                 self.group.abort()

@@ -21,7 +21,7 @@ def format_value(value: float | None, unit: str) -> str:
         return f"{100 * value:.2f}"
     if unit == "bpb":
         return f"{value:.3f}"
-    return f"{value:.2f}"
+    return f"{value:,.0f}" if abs(value) >= 10_000 else f"{value:.2f}"  # an untrained model's PPL runs to millions
 
 
 # Metrics that are fractions, shown as percentages; the rest by what they measure.

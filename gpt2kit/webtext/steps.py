@@ -259,7 +259,7 @@ class DomainCounter(PipelineStep):
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         counts: Counter[str] = Counter()
         for doc in data:
-            counts[doc.metadata.get("domain") or "(none)"] += 1
+            counts[doc.metadata.get("domain") or "(local files)"] += 1
             self.stat_update("total")
             yield doc
         path = Path(self.folder) / f"{rank:05d}.json"
