@@ -172,7 +172,7 @@ def _preset_table(vocab_size: int) -> str:
     lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))) for row in rows]  # fmt: skip
     return (
         "\n".join(lines)
-        + "\ncpu-* names give the parameter count without embeddings; gpt2* names are the paper's models"
+        + "\ncpu-* names are roughly the parameter count without embeddings; gpt2* names are the paper's models"
     )
 
 
