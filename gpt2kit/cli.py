@@ -317,8 +317,20 @@ def _generation_config(args: argparse.Namespace):
 
     flags = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_k": args.top_k}
     flags |= {"top_p": args.top_p, "seed": args.seed, "stop": args.stop}
+    for name in ("presence_penalty", "frequency_penalty", "repetition_penalty", "min_tokens", "ignore_eos", "best_of"):
+        flags[name] = getattr(args, name)
+    if args.logit_bias:
+        flags["logit_bias"] = dict(_logit_bias_item(item) for item in args.logit_bias)
     base = GenerationConfig(top_k=PAPER_TOP_K)
     return load_config(GenerationConfig, args.config, section="generation", flags=flags, base=base)
+
+
+def _logit_bias_item(item: str) -> tuple[int, float]:
+    token, sep, bias = item.partition("=")
+    try:
+        return int(token), float(bias)
+    except ValueError:
+        raise GPT2KitError(f"--logit-bias expects TOKEN_ID=BIAS, got {item!r}") from None
 
 
 def _print_samples(loaded, prompt: str, config, args: argparse.Namespace) -> None:

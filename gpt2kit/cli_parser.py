@@ -188,6 +188,13 @@ def add_sampling_commands(commands) -> None:
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--stop", action="append", help="stop before this string (repeatable)")
     p.add_argument("--stream", action="store_true", help="print text as it is generated")
+    p.add_argument("--presence-penalty", type=float, help="OpenAI's, -2..2: minus this for a token already generated")
+    p.add_argument("--frequency-penalty", type=float, help="OpenAI's, -2..2: minus this times the token's count")
+    p.add_argument("--repetition-penalty", type=float, help="transformers': > 1 discourages prompt and output tokens")
+    p.add_argument("--logit-bias", action="append", metavar="ID=BIAS", help="add BIAS (-100..100) to token ID's logit")
+    p.add_argument("--min-tokens", type=int, help="no <|endoftext|> before this many tokens")
+    p.add_argument("--ignore-eos", action="store_true", default=None, help="keep going past <|endoftext|>")
+    p.add_argument("--best-of", type=int, help="each sample is the best of N by mean logprob")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, mps")
     p.add_argument(
         "--quantize",

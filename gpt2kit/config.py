@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import json
 import math
 import os
 import sys
@@ -119,6 +120,19 @@ def _coerce(value: Any, kind: Any, from_text: bool) -> Any:
         if value not in args:
             raise ValueError(f"must be one of {', '.join(map(str, args))}")
         return value
+    if origin is dict:
+        if from_text and isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                raise ValueError("must be a JSON object") from None
+        if not isinstance(value, dict):
+            raise ValueError("must be a mapping")
+        key_kind, value_kind = args
+        try:
+            return {_coerce(k, key_kind, True): _coerce(v, value_kind, from_text) for k, v in value.items()}
+        except ValueError as err:
+            raise ValueError(f"entries {err}") from None
     if origin in (list, tuple):
         if from_text and isinstance(value, str):
             value = [item.strip() for item in value.split(",") if item.strip()]
@@ -188,11 +202,14 @@ def _field_names(cls: type, prefix: str = "") -> list[str]:
     return names
 
 
-def _flatten(values: dict, prefix: str = "") -> list[tuple[str, Any]]:
+def _flatten(values: dict, cls: type | None, prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted name, value) pairs; a mapping is a section unless it is the value of a mapping-typed field."""
+    hints = typing.get_type_hints(cls) if cls is not None else {}
     items = []
     for key, value in values.items():
-        if isinstance(value, dict):
-            items.extend(_flatten(value, f"{prefix}{key}."))
+        kind = hints.get(str(key).replace("-", "_"))
+        if isinstance(value, dict) and (kind is None or is_dataclass(kind)):
+            items.extend(_flatten(value, kind, f"{prefix}{key}."))
         else:
             items.append((f"{prefix}{key}", value))
     return items
@@ -233,7 +250,7 @@ def _raise(errors: list[str]) -> None:
 def apply_values(config: C, values: dict, source: str, from_text: bool = False) -> C:
     """Set fields from a (nested) mapping, checking every name and type; all problems are raised together."""
     errors: list[str] = []
-    for name, value in _flatten(values):
+    for name, value in _flatten(values, type(config)):
         _assign(config, name, value, source, errors, from_text)
     _raise(errors)
     return config

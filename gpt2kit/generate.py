@@ -45,11 +45,23 @@ class GenerationConfig(Checked):
     seed: int | None = None
     logprobs: int = 0  # per-token logprobs are always returned; if >0 also that many top alternatives
     ignore_eos: bool = False  # keep going past <|endoftext|> (it adds no text), as vLLM's ignore_eos
+    # OpenAI's penalties, on the completion's own tokens: logit -= count * frequency + (count > 0) * presence
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0  # transformers' (CTRL's): over prompt and completion, divide a positive logit
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit, in [-100, 100]
+    min_tokens: int = 0  # <|endoftext|> cannot end the completion before this many tokens
+    best_of: int = 1  # sample this many per prompt, keep the one(s) with the highest mean logprob
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
             self.stop = (self.stop,)
         self.stop = tuple(self.stop)
+        if isinstance(self.logit_bias, dict):  # JSON and TOML keys are strings
+            try:
+                self.logit_bias = {int(k): v for k, v in self.logit_bias.items()}
+            except (TypeError, ValueError):
+                pass  # problems() names it
         self.check("generation config")
 
     def problems(self) -> list[str]:
@@ -66,8 +78,34 @@ class GenerationConfig(Checked):
             (self.seed is None or is_int64(self.seed), "seed", "must be an integer in the signed 64-bit range"),
             (isinstance(self.logprobs, int) and self.logprobs >= 0, "logprobs", "must be >= 0"),
             (isinstance(self.ignore_eos, bool), "ignore_eos", "must be true or false"),
+            (_number_in(self.presence_penalty, -2, 2), "presence_penalty", "must be in [-2, 2]"),
+            (_number_in(self.frequency_penalty, -2, 2), "frequency_penalty", "must be in [-2, 2]"),
+            (
+                _number_in(self.repetition_penalty, 0, float("inf")) and self.repetition_penalty > 0,
+                "repetition_penalty",
+                "must be a finite number > 0 (1 turns it off)",
+            ),
+            (
+                isinstance(self.logit_bias, dict)
+                and all(isinstance(k, int) and k >= 0 and _number_in(v, -100, 100) for k, v in self.logit_bias.items()),
+                "logit_bias",
+                "must map token ids to numbers in [-100, 100]",
+            ),
+            (isinstance(self.min_tokens, int) and self.min_tokens >= 0, "min_tokens", "must be >= 0"),
+            (isinstance(self.best_of, int) and self.best_of >= 1, "best_of", "must be >= 1"),
         )
         return [f"{name} {rule}, got {getattr(self, name)!r}" for ok, name, rule in checks if not ok]
+
+    @property
+    def shapes_logits(self) -> bool:
+        """Whether a penalty, a bias or min_tokens changes the logits (else decoding skips that work)."""
+        return bool(
+            self.presence_penalty
+            or self.frequency_penalty
+            or self.repetition_penalty != 1
+            or self.logit_bias
+            or self.min_tokens
+        )
 
     @property
     def greedy(self) -> bool:
@@ -79,6 +117,10 @@ class GenerationConfig(Checked):
         return config_from_dict(cls, values, where)
 
 
+def _number_in(value: Any, low: float, high: float) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
+
+
 @dataclass
 class Completion:
     text: str  # completion only (not the prompt), cut before any stop string
@@ -87,6 +129,13 @@ class Completion:
     token_logprobs: list[float] | None
     top_logprobs: list[dict[str, float]] | None
     prompt_token_ids: list[int] = field(default_factory=list)  # after any left truncation
+    mean_logprob: float = float("-inf")  # over the generated tokens and a final <|endoftext|>: ranks best_of
+
+
+def best_completions(candidates: Sequence[Completion], n: int) -> list[Completion]:
+    """The `n` candidates with the highest mean logprob, best first (OpenAI's best_of); ties keep their order."""
+    order = sorted(range(len(candidates)), key=lambda i: -candidates[i].mean_logprob)
+    return [candidates[i] for i in order[:n]]
 
 
 def token_text(tokenizer: Tokenizer, token_id: int) -> str:
@@ -151,6 +200,7 @@ class SequenceState:
         self.token_logprobs: list[float] = []
         self.top_logprobs: list[dict[str, float]] | None = [] if config.logprobs > 0 else None
         self.finish_reason: str | None = None
+        self.end_logprob: float | None = None  # of the <|endoftext|> that ended it
         self.cancelled = False  # set from another thread (a disconnected client); the decoder drops the row
         self._text = _Text(config.stop)
         self._streamed = 0
@@ -184,6 +234,7 @@ class SequenceState:
         if end_of_text and not self.config.ignore_eos:
             self._text.add(b"", final=True)
             self.finish_reason = "stop"
+            self.end_logprob = logprob
             return
         self.tokens.append(token)
         self.token_logprobs.append(logprob)
@@ -204,7 +255,9 @@ class SequenceState:
         return delta
 
     def completion(self) -> Completion:
+        scored = self.token_logprobs + ([] if self.end_logprob is None else [self.end_logprob])
         return Completion(
+            mean_logprob=sum(scored) / len(scored) if scored else float("-inf"),
             text=self.text,
             token_ids=list(self.tokens),
             finish_reason=self.finish_reason or "length",
@@ -376,11 +429,12 @@ def _next_tokens(
     """Each row's next token under its own settings, its logprob, and its top alternatives if asked for."""
     vocab = tokenizer.vocab_size
     logits = logits[:, :vocab]  # a model may have padded its vocabulary
-    tokens = logits.argmax(-1)
+    shaped = _shape_logits(logits, rows, tokenizer.eot_token)
+    tokens = shaped.argmax(-1)
     sampled = [i for i, row in enumerate(rows) if not row.config.greedy]
     if sampled:
-        tokens[sampled] = _sample(logits[sampled], [rows[i] for i in sampled]).to(tokens.device)
-    log_probs = torch.log_softmax(logits, -1)
+        tokens[sampled] = _sample(shaped[sampled], [rows[i] for i in sampled]).to(tokens.device)
+    log_probs = torch.log_softmax(logits, -1)  # the model's own, as OpenAI and vLLM report them
     chosen = log_probs.gather(1, tokens[:, None])[:, 0]
     tops: list[dict[str, float] | None] = [None] * len(rows)
     wanted = [i for i, row in enumerate(rows) if row.config.logprobs > 0]
@@ -391,6 +445,31 @@ def _next_tokens(
             n = rows[i].config.logprobs
             tops[i] = {token_text(tokenizer, t): v for t, v in zip(row_ids[:n], row_values[:n], strict=True)}
     return tokens, chosen, tops
+
+
+def _shape_logits(logits: torch.Tensor, rows: list[SequenceState], eot: int) -> torch.Tensor:
+    """Each row's penalties, logit bias and min_tokens applied to its logits; rows without any are untouched."""
+    shaping = [i for i, row in enumerate(rows) if row.config.shapes_logits]
+    if not shaping:
+        return logits
+    logits = logits.clone()
+    vocab, device = logits.shape[-1], logits.device
+    for i in shaping:
+        config, row = rows[i].config, rows[i]
+        if config.repetition_penalty != 1:
+            seen = torch.tensor(sorted(set(row.prompt_ids) | set(row.tokens)), dtype=torch.long, device=device)
+            values = logits[i, seen]
+            penalty = config.repetition_penalty
+            logits[i, seen] = torch.where(values > 0, values / penalty, values * penalty)
+        if (config.presence_penalty or config.frequency_penalty) and row.tokens:
+            counts = torch.bincount(torch.tensor(row.tokens, device=device), minlength=vocab)[:vocab].to(logits.dtype)
+            logits[i] -= counts * config.frequency_penalty + (counts > 0).to(logits.dtype) * config.presence_penalty
+        if config.logit_bias:
+            ids = torch.tensor(list(config.logit_bias), dtype=torch.long, device=device)
+            logits[i, ids] += torch.tensor(list(config.logit_bias.values()), dtype=logits.dtype, device=device)
+        if len(row.tokens) < config.min_tokens and not config.ignore_eos:
+            logits[i, eot] = float("-inf")
+    return logits
 
 
 NUCLEUS_GUESS = 1024  # top-p looks for its nucleus among this many tokens first, avoiding a full sort
@@ -451,17 +530,28 @@ def make_sequences(
     config: GenerationConfig,
     context: int,
 ) -> list[SequenceState]:
-    """One SequenceState per prompt; with a seed, prompt i samples with seed + i."""
+    """`best_of` SequenceStates per prompt; with a seed, candidate j of prompt i samples with seed + i * best_of + j."""
     if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence):
         raise GPT2KitError("prompts must be a list of strings or of token-id lists (wrap a single prompt in a list)")
+    check_vocabulary(config, tokenizer)
     rows = []
     for i, prompt in enumerate(prompts):
         if not isinstance(prompt, (str, Sequence)):
             raise GPT2KitError(f"prompt {i}: expected a string or a list of token ids, got {type(prompt).__name__}")
         ids = encode_prompt(tokenizer, prompt, context, where=f"prompt {i}")
-        seed = None if config.seed is None else config.seed + i
-        rows.append(SequenceState(ids, config, tokenizer, seed=seed))
+        for candidate in range(config.best_of):
+            seed = None if config.seed is None else config.seed + i * config.best_of + candidate
+            rows.append(SequenceState(list(ids), config, tokenizer, seed=seed))
     return rows
+
+
+def check_vocabulary(config: GenerationConfig, tokenizer: Tokenizer) -> None:
+    """Token ids in the settings (logit_bias) must be tokens of this vocabulary."""
+    outside = [t for t in config.logit_bias if t >= tokenizer.vocab_size or t in tokenizer.missing_ids]
+    if outside:
+        raise GPT2KitError(
+            f"logit_bias: token id {outside[0]} is not in the vocabulary (0..{tokenizer.vocab_size - 1})"
+        )
 
 
 class _EvalMode:
@@ -503,11 +593,17 @@ def generate(
                 joining = [waiting.pop() for _ in range(min(len(waiting), max_batch_size - decoder.active))]
                 decoder.add(joining)
             decoder.step()
-    return [row.completion() for row in rows]
+    completions = [row.completion() for row in rows]
+    if config.best_of == 1:
+        return completions
+    per_prompt = config.best_of
+    return [best_completions(completions[i : i + per_prompt], 1)[0] for i in range(0, len(rows), per_prompt)]
 
 
 def stream(model: GPT, tokenizer: Tokenizer, prompt: str | Sequence[int], config: GenerationConfig) -> Iterator[str]:
     """Yield the completion of one prompt as text deltas, each valid UTF-8 and never part of a stop string."""
+    if config.best_of != 1:
+        raise GPT2KitError("best_of cannot stream: the best candidate is known only when all have finished")
     (row,) = make_sequences(tokenizer, [prompt], config, model.config.n_positions)
     decoder = Decoder(model, tokenizer)
     with _EvalMode(model):

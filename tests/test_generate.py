@@ -11,6 +11,7 @@ from gpt2kit.generate import (
     GenerationConfig,
     SequenceState,
     _sample,
+    _shape_logits,
     _Text,
     generate,
     make_sequences,
@@ -317,6 +318,13 @@ def test_generate_restores_training_mode(gpt2_tokenizer):
         (dict(max_new_tokens=-1), "max_new_tokens"),
         (dict(stop=("",)), "stop"),
         (dict(logprobs=-1), "logprobs"),
+        (dict(presence_penalty=2.5), "presence_penalty"),
+        (dict(frequency_penalty=-3), "frequency_penalty"),
+        (dict(repetition_penalty=0), "repetition_penalty"),
+        (dict(logit_bias={5: 101}), "logit_bias"),
+        (dict(logit_bias={"x": 1}), "logit_bias"),
+        (dict(min_tokens=-1), "min_tokens"),
+        (dict(best_of=0), "best_of"),
     ],
 )
 def test_invalid_config_is_a_clear_error(settings, message):
@@ -341,3 +349,107 @@ def test_bad_prompts_are_clear_errors(model, gpt2_tokenizer):
 def test_zero_new_tokens(model, gpt2_tokenizer):
     (result,) = generate(model, gpt2_tokenizer, ["Hi"], GenerationConfig(max_new_tokens=0))
     assert result.text == "" and result.token_ids == [] and result.finish_reason == "length"
+
+
+# -- penalties, logit bias, min_tokens, best_of -------------------------------------------------
+
+
+def test_unused_settings_leave_the_logits_alone(gpt2_tokenizer):
+    logits = torch.randn(2, 50257)
+    rows = [SequenceState([1, 2], GenerationConfig(**GREEDY), gpt2_tokenizer) for _ in range(2)]
+    assert _shape_logits(logits, rows, 50256) is logits  # no copy, no work
+
+
+def test_penalties_by_their_definitions(gpt2_tokenizer):
+    """OpenAI: logit - count * frequency - (count > 0) * presence, on the completion's tokens only.
+    transformers: over prompt and completion, a positive logit is divided by the penalty, a negative one multiplied."""
+    config = GenerationConfig(presence_penalty=0.5, frequency_penalty=0.25, **GREEDY)
+    row = SequenceState([7], config, gpt2_tokenizer)
+    row.tokens = [3, 3, 5]
+    shaped = _shape_logits(torch.zeros(1, 50257), [row], 50256)[0]
+    assert shaped[3] == -(2 * 0.25 + 0.5) and shaped[5] == -(0.25 + 0.5) and shaped[7] == 0 and shaped[4] == 0
+    row = SequenceState([7], GenerationConfig(repetition_penalty=2.0, **GREEDY), gpt2_tokenizer)
+    row.tokens = [3]
+    logits = torch.zeros(1, 50257)
+    logits[0, 3], logits[0, 7], logits[0, 9] = 4.0, -4.0, 4.0
+    shaped = _shape_logits(logits, [row], 50256)[0]
+    assert (shaped[3], shaped[7], shaped[9]) == (2.0, -8.0, 4.0)
+
+
+def test_a_large_frequency_penalty_leaves_no_repeated_token(model, gpt2_tokenizer):
+    plain = generate(model, gpt2_tokenizer, ["Hi"], GenerationConfig(max_new_tokens=24, **GREEDY))[0]
+    assert len(set(plain.token_ids)) < len(plain.token_ids)  # this model repeats itself when greedy
+    config = GenerationConfig(max_new_tokens=24, frequency_penalty=2.0, ignore_eos=True, **GREEDY)
+    penalised = generate(model, gpt2_tokenizer, ["Hi"], config)[0]
+    assert len(penalised.token_ids) == 24 and len(set(penalised.token_ids)) == 24
+
+
+def test_logit_bias_bans_and_forces_a_token(model, gpt2_tokenizer):
+    plain = generate(model, gpt2_tokenizer, ["Hi"], GenerationConfig(max_new_tokens=8, **GREEDY))[0]
+    banned = plain.token_ids[0]
+    config = GenerationConfig(max_new_tokens=8, logit_bias={banned: -100}, **GREEDY)
+    assert banned not in generate(model, gpt2_tokenizer, ["Hi"], config)[0].token_ids
+    forced = GenerationConfig(max_new_tokens=8, logit_bias={995: 100}, temperature=1.0, seed=3)
+    assert generate(model, gpt2_tokenizer, ["Hi"], forced)[0].token_ids == [995] * 8
+    with pytest.raises(GPT2KitError, match="logit_bias: token id 50300 is not in the vocabulary"):
+        generate(model, gpt2_tokenizer, ["Hi"], GenerationConfig(logit_bias={50300: 1}))
+
+
+def test_min_tokens_holds_back_the_end_of_text(model, gpt2_tokenizer):
+    ending = GenerationConfig(max_new_tokens=20, logit_bias={50256: 100}, **GREEDY)
+    assert generate(model, gpt2_tokenizer, ["Hi"], ending)[0].token_ids == []
+    held = GenerationConfig(max_new_tokens=20, logit_bias={50256: 100}, min_tokens=5, **GREEDY)
+    result = generate(model, gpt2_tokenizer, ["Hi"], held)[0]
+    assert len(result.token_ids) == 5 and result.finish_reason == "stop"
+
+
+def test_repetition_penalty_matches_transformers(tmp_path, gpt2_tokenizer):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=50257, n_positions=64, n_embd=48, n_layer=3, n_head=4)
+    reference = transformers.GPT2LMHeadModel(config).eval()
+    with torch.no_grad():
+        reference.transformer.wte.weight.mul_(8)
+    reference.save_pretrained(tmp_path)
+    gpt2_tokenizer.save(tmp_path)
+    loaded = gpt2kit.load(tmp_path)
+    ids = torch.tensor([gpt2_tokenizer.encode("Once upon a time there was")])
+    settings = GenerationConfig(max_new_tokens=20, repetition_penalty=1.5, ignore_eos=True, **GREEDY)
+    ours = generate(loaded.model, loaded.tokenizer, [ids[0].tolist()], settings)[0].token_ids
+    plain = generate(loaded.model, loaded.tokenizer, [ids[0].tolist()], GenerationConfig(max_new_tokens=20, **GREEDY))
+    with torch.no_grad():
+        out = reference.generate(
+            ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=20, pad_token_id=50256,
+            repetition_penalty=1.5, min_new_tokens=20,
+        )  # fmt: skip
+    assert ours == out[0, ids.shape[1] :].tolist() and ours != plain[0].token_ids
+
+
+def test_best_of_returns_the_best_of_the_same_seeded_samples(model, gpt2_tokenizer):
+    sampling = dict(max_new_tokens=10, temperature=1.0, top_k=40)
+    best = generate(model, gpt2_tokenizer, ["Hi"], GenerationConfig(best_of=4, seed=11, **sampling))[0]
+    alone = [generate(model, gpt2_tokenizer, ["Hi"], GenerationConfig(seed=11 + j, **sampling))[0] for j in range(4)]
+    assert len({tuple(c.token_ids) for c in alone}) > 1
+    assert best.token_ids == max(alone, key=lambda c: c.mean_logprob).token_ids
+    for candidate in alone:  # the mean covers the tokens and a final <|endoftext|>
+        scored = candidate.token_logprobs + ([] if candidate.finish_reason == "length" else [None])
+        if None not in scored:
+            assert candidate.mean_logprob == pytest.approx(sum(scored) / len(scored))
+    with pytest.raises(GPT2KitError, match="best_of cannot stream"):
+        list(stream(model, gpt2_tokenizer, "Hi", GenerationConfig(best_of=2)))
+
+
+def test_per_sequence_settings_in_one_batch_equal_each_alone(model, gpt2_tokenizer):
+    settings = [
+        GenerationConfig(max_new_tokens=12, frequency_penalty=1.5, presence_penalty=0.5, seed=1),
+        GenerationConfig(max_new_tokens=12, repetition_penalty=1.8, logit_bias={262: 5}, seed=2, top_k=20),
+        GenerationConfig(max_new_tokens=12, seed=3),
+    ]
+    prompts = [gpt2_tokenizer.encode(p) for p in ("Hi there", "The river", "A")]
+    rows = [SequenceState(list(p), c, gpt2_tokenizer, seed=c.seed) for p, c in zip(prompts, settings, strict=True)]
+    decoder = Decoder(model, gpt2_tokenizer)
+    decoder.add(rows)
+    while decoder.active:
+        decoder.step()
+    for prompt, config, row in zip(prompts, settings, rows, strict=True):
+        assert row.tokens == generate(model, gpt2_tokenizer, [prompt], config)[0].token_ids
