@@ -117,6 +117,26 @@ def test_prompt_lists_n_seed_echo_and_logprobs(server, model, gpt2_tokenizer):
     assert choice["logprobs"]["top_logprobs"] is None and scored["usage"]["completion_tokens"] == 0
 
 
+def test_penalties_bias_and_best_of_over_http(server, model, gpt2_tokenizer):
+    body = {"prompt": "Hi", "max_tokens": 20, "temperature": 0, "frequency_penalty": 2, "ignore_eos": True}
+    tokens = post(server, body | {"logprobs": 0}).json()["choices"][0]["logprobs"]["tokens"]
+    assert len(tokens) == 20 and len(set(tokens)) == 20  # no token repeats
+    forced = post(server, {"prompt": "Hi", "max_tokens": 5, "logit_bias": {"995": 100}, "seed": 1}).json()
+    assert forced["choices"][0]["text"] == " world" * 5
+    held = post(server, {"prompt": "Hi", "max_tokens": 9, "logit_bias": {"50256": 100}, "min_tokens": 3}).json()
+    assert held["usage"]["completion_tokens"] == 3 and held["choices"][0]["finish_reason"] == "stop"
+    # best_of 3, n 2: the two of the three seeded candidates with the highest mean logprob, best first
+    sampling = dict(max_new_tokens=8, temperature=1.0, top_k=50)
+    best = post(server, {"prompt": "Hi", "max_tokens": 8, "top_k": 50, "seed": 5, "best_of": 3, "n": 2}).json()
+    candidates = [
+        generate(model, gpt2_tokenizer, ["Hi"], GenerationConfig(seed=5 + j, **sampling))[0] for j in range(3)
+    ]
+    ranked = sorted(candidates, key=lambda c: -c.mean_logprob)[:2]
+    assert [c["text"] for c in best["choices"]] == [c.text for c in ranked]
+    assert [c["index"] for c in best["choices"]] == [0, 1]
+    assert best["usage"]["completion_tokens"] == sum(len(c.token_ids) for c in candidates)
+
+
 def test_stop_strings_over_http(server, model, gpt2_tokenizer):
     full = greedy(model, gpt2_tokenizer, "Stop here", 12).text
     stop = full[len(full) // 2 : len(full) // 2 + 3]
@@ -178,7 +198,22 @@ def test_models_health_playground_and_unknown_routes(server):
         ({"prompt": [[1, 2], [99999]]}, 400, "prompt"),
         ({"prompt": []}, 400, "prompt"),
         ({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
-        ({"prompt": "x", "frequency_penalty": 0.5}, 400, "frequency_penalty"),
+        ({"prompt": "x", "suffix": "y"}, 400, "suffix"),
+        ({"prompt": "x", "frequency_penalty": 2.5}, 422, "frequency_penalty"),
+        ({"prompt": "x", "presence_penalty": -3}, 422, "presence_penalty"),
+        ({"prompt": "x", "repetition_penalty": 0}, 422, "repetition_penalty"),
+        ({"prompt": "x", "logit_bias": {"x": 1}}, 400, "logit_bias"),
+        ({"prompt": "x", "logit_bias": {"99999": 1}}, 400, "logit_bias"),
+        ({"prompt": "x", "logit_bias": {"5": 101}}, 400, "logit_bias"),
+        ({"prompt": "x", "logit_bias": {"5": "up"}}, 422, "logit_bias"),
+        ({"prompt": "x", "best_of": 0}, 422, "best_of"),
+        ({"prompt": "x", "best_of": 1, "n": 2}, 400, "best_of"),
+        ({"prompt": "x", "best_of": 5}, 400, "best_of"),
+        ({"prompt": ["a", "b"], "best_of": 4}, 400, "best_of"),
+        ({"prompt": "x", "best_of": 2, "stream": True}, 400, "best_of"),
+        ({"prompt": "x", "min_tokens": -1}, 422, "min_tokens"),
+        ({"prompt": "x", "min_tokens": 20, "max_tokens": 10}, 400, "min_tokens"),
+        ({"prompt": "x", "ignore_eos": "maybe"}, 422, "ignore_eos"),
         ({"prompt": "x", "temperature": 3}, 422, "temperature"),
         ({"prompt": "x", "top_p": 0}, 422, "top_p"),
         ({"prompt": "x", "max_tokens": -1}, 422, "max_tokens"),

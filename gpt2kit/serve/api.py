@@ -30,7 +30,7 @@ from starlette.exceptions import HTTPException
 
 from gpt2kit.config import Checked
 from gpt2kit.errors import GPT2KitError
-from gpt2kit.generate import GenerationConfig, SequenceState, encode_prompt, token_text
+from gpt2kit.generate import GenerationConfig, SequenceState, best_completions, encode_prompt, token_text
 from gpt2kit.inference import QUANTIZATIONS, prepare_for_decoding
 from gpt2kit.model import GPT
 from gpt2kit.serve.engine import Done, Engine, Failed, Job, Update
@@ -127,12 +127,16 @@ class CompletionRequest(BaseModel):
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)  # what torch's generators take
     echo: bool | None = False
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    best_of: int | None = None
-    logit_bias: dict[str, float] | None = None
+    presence_penalty: float | None = Field(0.0, ge=-2, le=2)
+    frequency_penalty: float | None = Field(0.0, ge=-2, le=2)
+    best_of: int | None = Field(None, ge=1)
+    logit_bias: dict[str, float] | None = None  # token id (as a string) -> bias in [-100, 100]
     suffix: str | None = None
     user: str | None = None
+    # vLLM's extensions
+    repetition_penalty: float | None = Field(1.0, gt=0, le=10)
+    min_tokens: int | None = Field(0, ge=0)
+    ignore_eos: bool | None = False
 
 
 # -- the app --------------------------------------------------------------------------------
@@ -143,8 +147,9 @@ class _Prepared:
     """A validated request: its prompts as token ids and one GenerationConfig per choice."""
 
     prompts: list[list[int]]
-    configs: list[GenerationConfig]
+    configs: list[GenerationConfig]  # one per candidate: best_of for each prompt
     n: int
+    best_of: int
     echo: bool
     logprobs: int | None
     stream: bool
@@ -172,34 +177,40 @@ class CompletionsService:
     # -- validation ---------------------------------------------------------------------
     def prepare(self, request: CompletionRequest) -> _Prepared:
         limits = self.config
-        for name, default in (("presence_penalty", 0), ("frequency_penalty", 0), ("suffix", None)):
-            if getattr(request, name) not in (None, default):
-                raise APIError(400, f"{name} is not supported by this server", param=name, code="unsupported")
-        if request.logit_bias:
-            raise APIError(400, "logit_bias is not supported by this server", param="logit_bias", code="unsupported")
+        if request.suffix is not None:
+            raise APIError(400, "suffix is not supported by this server", param="suffix", code="unsupported")
         n = request.n or 1
-        if request.best_of not in (None, n):
-            raise APIError(400, "best_of other than n is not supported", param="best_of", code="unsupported")
+        if n > limits.max_n:
+            raise APIError(400, f"n is {n}, above this server's cap of {limits.max_n}", "n")
+        best_of = request.best_of or n
+        if best_of < n:
+            raise APIError(400, f"best_of ({best_of}) must be at least n ({n})", "best_of")
+        if best_of > limits.max_n:
+            raise APIError(400, f"best_of is {best_of}, above this server's cap of {limits.max_n}", "best_of")
+        if request.stream and best_of != n:
+            raise APIError(400, "best_of cannot be used with stream (the best are known only at the end)", "best_of")
+        logit_bias = self._logit_bias(request.logit_bias or {})
         max_tokens = 16 if request.max_tokens is None else request.max_tokens
         if max_tokens > limits.max_tokens_cap:
             raise APIError(
                 400, f"max_tokens is {max_tokens}, above this server's cap of {limits.max_tokens_cap}", "max_tokens"
             )
-        if n > limits.max_n:
-            raise APIError(400, f"n is {n}, above this server's cap of {limits.max_n}", "n")
         stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
         if len(stop) > MAX_STOP_STRINGS or any(not s for s in stop):
             raise APIError(400, f"stop takes up to {MAX_STOP_STRINGS} non-empty strings", "stop")
         prompts = self._prompts(request.prompt)
-        if len(prompts) * n > limits.max_choices:
+        if len(prompts) * best_of > limits.max_choices:
             raise APIError(
-                400, f"{len(prompts)} prompts x n={n} is above this server's cap of {limits.max_choices} choices", "n"
+                400,
+                f"{len(prompts)} prompts x {'best_of' if best_of > n else 'n'}={best_of} is above this server's cap "
+                f"of {limits.max_choices} sequences",
+                "best_of" if best_of > n else "n",
             )
         if request.echo and request.stream and request.logprobs is not None:
             raise APIError(400, "echo with logprobs is not supported when streaming", "echo", "unsupported")
         temperature = 1.0 if request.temperature is None else request.temperature
         configs = []
-        for choice in range(len(prompts) * n):
+        for candidate in range(len(prompts) * best_of):
             try:
                 configs.append(
                     GenerationConfig(
@@ -208,14 +219,44 @@ class CompletionsService:
                         top_k=request.top_k or 0,
                         top_p=1.0 if request.top_p is None else request.top_p,
                         stop=tuple(stop),
-                        seed=None if request.seed is None else _wrap_int64(request.seed + choice),
+                        seed=None if request.seed is None else _wrap_int64(request.seed + candidate),
                         logprobs=request.logprobs or 0,
+                        presence_penalty=request.presence_penalty or 0.0,
+                        frequency_penalty=request.frequency_penalty or 0.0,
+                        repetition_penalty=1.0 if request.repetition_penalty is None else request.repetition_penalty,
+                        logit_bias=logit_bias,
+                        min_tokens=request.min_tokens or 0,
+                        ignore_eos=bool(request.ignore_eos),
                     )
                 )
             except GPT2KitError as err:
                 raise APIError(400, str(err)) from None
+        if request.min_tokens and request.min_tokens > max_tokens:
+            raise APIError(400, f"min_tokens ({request.min_tokens}) is above max_tokens ({max_tokens})", "min_tokens")
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
-        return _Prepared(prompts, configs, n, bool(request.echo), request.logprobs, bool(request.stream), include_usage)
+        return _Prepared(
+            prompts, configs, n, best_of, bool(request.echo), request.logprobs, bool(request.stream), include_usage
+        )
+
+    def _logit_bias(self, given: dict[str, float]) -> dict[int, float]:
+        """OpenAI's logit_bias: token ids as strings, biases in [-100, 100]."""
+        bias = {}
+        for key, value in given.items():
+            try:
+                token = int(key)
+            except ValueError:
+                raise APIError(400, f"logit_bias: {key!r} is not a token id", "logit_bias") from None
+            if not 0 <= token < self.tokenizer.vocab_size or token in self.tokenizer.missing_ids:
+                raise APIError(
+                    400, f"logit_bias: token id {token} is not in the vocabulary (0..{self.tokenizer.vocab_size - 1})",
+                    "logit_bias",
+                )  # fmt: skip
+            if not -100 <= value <= 100:
+                raise APIError(
+                    400, f"logit_bias: the bias of token {token} is {value}, outside [-100, 100]", "logit_bias"
+                )
+            bias[token] = value
+        return bias
 
     def _prompts(self, prompt: str | list) -> list[list[int]]:
         """Token ids of each prompt, with the prompt-length limit applied."""
@@ -246,8 +287,8 @@ class CompletionsService:
     def make_job(self, prepared: _Prepared, loop: asyncio.AbstractEventLoop) -> Job:
         rows = []
         for p, ids in enumerate(prepared.prompts):
-            for j in range(prepared.n):
-                config = prepared.configs[p * prepared.n + j]
+            for j in range(prepared.best_of):
+                config = prepared.configs[p * prepared.best_of + j]
                 rows.append(SequenceState(list(ids), config, self.tokenizer, seed=config.seed))
         score = prepared.prompts if prepared.echo and prepared.logprobs is not None else []
         return Job(rows, loop, prepared.stream, score_prompts=score, top=prepared.logprobs or 0)
@@ -286,8 +327,12 @@ class CompletionsService:
         }
 
     def response(self, request_id: str, prepared: _Prepared, job: Job, done: Done) -> dict[str, Any]:
+        chosen = done.completions
+        if prepared.best_of > prepared.n:  # each prompt's n best candidates by mean logprob
+            b = prepared.best_of
+            chosen = [c for p in range(0, len(chosen), b) for c in best_completions(chosen[p : p + b], prepared.n)]
         choices = []
-        for index, completion in enumerate(done.completions):
+        for index, completion in enumerate(chosen):
             prompt_ids = prepared.prompts[index // prepared.n]
             prompt_text = self.tokenizer.decode(prompt_ids) if prepared.echo else ""
             logprobs = None
@@ -310,7 +355,7 @@ class CompletionsService:
                 }
             )
         body = self._envelope(request_id, choices)
-        body["usage"] = self.usage(prepared, sum(len(c.token_ids) for c in done.completions))
+        body["usage"] = self.usage(prepared, sum(len(c.token_ids) for c in done.completions))  # every candidate
         return body
 
     def chunk(self, request_id: str, prepared: _Prepared, update: Update, offsets: dict[int, bytes]) -> dict:
