@@ -159,7 +159,7 @@ SERVE_FLAGS = (
     ("--host", "host", str, "default 127.0.0.1 (this machine only)"),
     ("--port", "port", int, "default 8000"),
     ("--model-name", "model_name", str, "the id clients see (default: the directory name)"),
-    ("--api-key", "api_key", str, "require 'Authorization: Bearer KEY' on /v1/*"),
+    ("--api-key", "api_key", str, "require 'Authorization: Bearer KEY' on /v1/*, /tokenize, /detokenize"),
     ("--device", "device", str, "default cpu"),
     ("--quantize", "quantize", str, "int8: int8 weights, about 2x faster decoding on CPU (default: fp32)"),
     ("--max-prompt-tokens", "max_prompt_tokens", int, "default: the model's context"),
@@ -169,6 +169,7 @@ SERVE_FLAGS = (
     ("--max-body-bytes", "max_body_bytes", int, "default 1000000"),
     ("--request-timeout", "request_timeout_s", float, "seconds (default 300)"),
     ("--max-batch-size", "max_batch_size", int, "sequences decoded together (default 16)"),
+    ("--log-format", "log_format", str, "the access log: text (default) or json lines"),
 )
 
 

@@ -1,4 +1,5 @@
 import json
+import re
 import threading
 import time
 
@@ -339,6 +340,8 @@ def test_api_key(model, gpt2_tokenizer):
         assert client.completions.create(model="keyed", prompt="x", max_tokens=2).choices[0].text is not None
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=f"{url}/v1", api_key="wrong", max_retries=0).models.list()
+        assert httpx.post(f"{url}/tokenize", json={"prompt": "x"}).status_code == 401
+        assert httpx.get(f"{url}/metrics").status_code == 200
 
 
 # -- the official client ------------------------------------------------------------------
@@ -365,3 +368,140 @@ def test_openai_client_works_unchanged(server, model, gpt2_tokenizer):
     assert "max_tokens" in str(caught.value)
     with pytest.raises(openai.UnprocessableEntityError):
         client.completions.create(model="tiny-gpt2", prompt="x", temperature=9)
+
+
+# -- operator endpoints -------------------------------------------------------------------
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """A sample's value from Prometheus text output (0 when absent)."""
+    wanted = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else "")
+    for line in text.splitlines():
+        if line.startswith(wanted + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_metrics_move_as_requests_arrive(server):
+    before = httpx.get(f"{server}/metrics")
+    assert before.status_code == 200 and before.headers["content-type"].startswith("text/plain")
+    text = before.text
+    for name in ("gpt2kit_time_to_first_token_seconds", "gpt2kit_time_per_output_token_seconds",
+                 "gpt2kit_batch_size", "gpt2kit_queue_length", "gpt2kit_active_sequences"):  # fmt: skip
+        assert f"# TYPE {name} " in text
+    ok = metric(text, "gpt2kit_requests_total", path="/v1/completions", status="200")
+    generated = metric(text, "gpt2kit_generation_tokens_total")
+    prompt = metric(text, "gpt2kit_prompt_tokens_total")
+    first = metric(text, "gpt2kit_time_to_first_token_seconds_count")
+    steps = metric(text, "gpt2kit_batch_size_count")
+    body = post(server, {"prompt": "one two three", "max_tokens": 7, "temperature": 0, "ignore_eos": True}).json()
+    streamed = post(server, {"prompt": "four", "max_tokens": 3, "stream": True, "ignore_eos": True})
+    assert streamed.status_code == 200
+    assert post(server, {"prompt": "x", "max_tokens": 10_000}).status_code == 400
+    after = httpx.get(f"{server}/metrics").text
+    assert metric(after, "gpt2kit_requests_total", path="/v1/completions", status="200") == ok + 2
+    assert metric(after, "gpt2kit_requests_total", path="/v1/completions", status="400") >= 1
+    assert metric(after, "gpt2kit_generation_tokens_total") == generated + 7 + 3
+    assert metric(after, "gpt2kit_prompt_tokens_total") == prompt + body["usage"]["prompt_tokens"] + 1
+    assert metric(after, "gpt2kit_time_to_first_token_seconds_count") == first + 2
+    assert metric(after, "gpt2kit_batch_size_count") >= steps + 7
+
+
+def test_tokenize_and_detokenize_as_vllm_shapes_them(server, gpt2_tokenizer):
+    import subprocess
+    import sys
+
+    text = "Hello world, the café"
+    tokenized = httpx.post(f"{server}/tokenize", json={"model": "tiny-gpt2", "prompt": text}).json()
+    cli = subprocess.run(
+        [sys.executable, "-m", "gpt2kit", "tokenizer", "encode", "--tokenizer", "gpt2"],
+        input=text + "\n", capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert tokenized["tokens"] == [int(t) for t in cli.stdout.split()]
+    assert tokenized["count"] == len(tokenized["tokens"]) and tokenized["max_model_len"] == 64
+    back = httpx.post(f"{server}/detokenize", json={"tokens": tokenized["tokens"]}).json()
+    assert back == {"prompt": text}
+    bad = httpx.post(f"{server}/detokenize", json={"tokens": [1, 99999]})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "tokens"
+    assert httpx.post(f"{server}/tokenize", json={"text": "x"}).status_code == 422
+
+
+def test_health_is_503_until_the_model_is_loaded_and_warm(model, gpt2_tokenizer):
+    from gpt2kit.serve.api import build_app
+
+    release = threading.Event()
+
+    def slow_load():
+        release.wait(30)
+        return model, gpt2_tokenizer
+
+    with BackgroundServer(build_app(slow_load, ServerConfig(), "late")) as url:
+        loading = httpx.get(f"{url}/health")
+        assert loading.status_code == 503 and loading.json()["status"] == "loading"
+        early = post(url, {"prompt": "x", "max_tokens": 2})
+        assert early.status_code == 503 and early.json()["error"]["code"] == "model_loading"
+        release.set()
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{url}/health").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert post(url, {"prompt": "x", "max_tokens": 2}).status_code == 200
+
+    failures = []
+
+    def broken_load():
+        raise OSError("disk on fire")
+
+    with BackgroundServer(build_app(broken_load, ServerConfig(), "broken", on_load_error=failures.append)) as url:
+        deadline = time.monotonic() + 30
+        while not failures:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        failed = httpx.get(f"{url}/health")
+        assert failed.status_code == 503 and "disk on fire" in failed.json()["message"]
+
+
+def test_a_model_that_cannot_load_stops_serve_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "gpt2kit", "serve", "--model", str(tmp_path / "nowhere"), "--port", "0"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "nowhere" in done.stderr and "Traceback" not in done.stderr
+    assert [line for line in done.stderr.splitlines() if line.startswith("gpt2kit serve: error:")]
+
+
+def test_access_log_lines_in_text_and_json(model, gpt2_tokenizer, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="gpt2kit.access")
+    with BackgroundServer(create_app(model, gpt2_tokenizer, ServerConfig(), model_name="t")) as url:
+        post(url, {"prompt": "one two", "max_tokens": 4, "ignore_eos": True})
+        httpx.get(f"{url}/nowhere")
+    lines = [r.getMessage() for r in caplog.records if r.name == "gpt2kit.access"]
+    assert any(
+        re.fullmatch(r"POST /v1/completions 200 prompt_tokens=2 completion_tokens=4 [\d.]+ ms", x) for x in lines
+    )
+    assert any(x.startswith("GET /nowhere 404 ") for x in lines), lines
+
+    captured: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            captured.append(self.format(record))
+
+    config = ServerConfig(log_format="json")
+    app = create_app(model, gpt2_tokenizer, config, model_name="t")
+    keep = Keep()
+    logging.getLogger("gpt2kit.access").addHandler(keep)
+    try:
+        with BackgroundServer(app) as url:
+            post(url, {"prompt": "one two", "max_tokens": 3, "ignore_eos": True, "stream": True})
+    finally:
+        logging.getLogger("gpt2kit.access").removeHandler(keep)
+    record = json.loads(captured[-1])
+    assert record["method"] == "POST" and record["path"] == "/v1/completions" and record["status"] == 200
+    assert record["prompt_tokens"] == 2 and record["completion_tokens"] == 3 and record["ms"] > 0

@@ -14,9 +14,10 @@ import contextlib
 import hmac
 import json
 import logging
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -24,22 +25,31 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from gpt2kit.config import Checked
 from gpt2kit.errors import GPT2KitError
-from gpt2kit.generate import GenerationConfig, SequenceState, best_completions, encode_prompt, token_text
+from gpt2kit.generate import (
+    GenerationConfig,
+    SequenceState,
+    best_completions,
+    encode_prompt,
+    generate,
+    token_text,
+)
 from gpt2kit.inference import QUANTIZATIONS, prepare_for_decoding
 from gpt2kit.model import GPT
 from gpt2kit.serve.engine import Done, Engine, Failed, Job, Update
+from gpt2kit.serve.observe import ACCESS_KEY, LOG_FORMATS, AccessLog, ServerMetrics
 from gpt2kit.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
 MAX_STOP_STRINGS = 4  # as OpenAI's API
 MAX_LOGPROBS = 5
+PROTECTED_PATHS = ("/v1/", "/tokenize", "/detokenize")  # what --api-key guards; /health and /metrics stay open
 
 
 @dataclass
@@ -58,6 +68,7 @@ class ServerConfig(Checked):
     max_body_bytes: int = 1_000_000
     request_timeout_s: float = 300.0
     max_batch_size: int = 16
+    log_format: str = "text"  # the access log: text, or json (one JSON object a line)
 
     def __post_init__(self) -> None:
         self.check("server config")
@@ -78,6 +89,8 @@ class ServerConfig(Checked):
             bad.append(f"quantize must be one of {', '.join(QUANTIZATIONS)}, got {self.quantize!r}")
         if self.api_key == "":
             bad.append("api_key must not be empty (leave it out to turn auth off)")
+        if self.log_format not in LOG_FORMATS:
+            bad.append(f"log_format must be one of {', '.join(LOG_FORMATS)}, got {self.log_format!r}")
         return bad
 
 
@@ -171,8 +184,17 @@ class CompletionsService:
         self.model_name = model_name
         self.context = model.config.n_positions
         self.max_prompt_tokens = config.max_prompt_tokens or self.context
-        self.engine = Engine(model, tokenizer, config.max_batch_size)
+        self.engine = Engine(model, tokenizer, config.max_batch_size, on_step=self._observe_step)
+        self.metrics = ServerMetrics(lambda: self.engine.queued_requests, lambda: self.engine.active_sequences)
         self.created = int(time.time())
+
+    def _observe_step(self, batch_size: int) -> None:
+        self.metrics.batch_size.observe(batch_size)
+
+    def warm_up(self) -> None:
+        """One short greedy decode before the first request, so that it does not pay for first-call setup."""
+        config = GenerationConfig(max_new_tokens=2, temperature=0.0, ignore_eos=True)
+        generate(self.model, self.tokenizer, [[self.tokenizer.eot_token]], config)
 
     # -- validation ---------------------------------------------------------------------
     def prepare(self, request: CompletionRequest) -> _Prepared:
@@ -433,14 +455,14 @@ class _BodyLimit:
 
 
 class _ApiKey:
-    """ASGI middleware: a /v1/ request without 'Authorization: Bearer KEY' gets a 401, its body unread."""
+    """ASGI middleware: a request to the model without 'Authorization: Bearer KEY' gets a 401, its body unread."""
 
     def __init__(self, app, key: str):
         self.app = app
         self.expected = f"Bearer {key}".encode()
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+        if scope["type"] == "http" and scope["path"].startswith(PROTECTED_PATHS):
             given = dict(scope["headers"]).get(b"authorization", b"")
             if not hmac.compare_digest(given, self.expected):
                 error = APIError(
@@ -467,33 +489,98 @@ def _validation_error(problems: list[dict]) -> APIError:
     return APIError(422, "; ".join(messages) or "invalid request", params[0] if params else None)
 
 
+class TokenizeRequest(BaseModel):
+    """vLLM's /tokenize body."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    prompt: str
+    add_special_tokens: bool = True  # GPT-2 adds none: accepted for vLLM's clients
+
+
+class DetokenizeRequest(BaseModel):
+    """vLLM's /detokenize body."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    tokens: list[int]
+
+
 def create_app(model: GPT, tokenizer: Tokenizer, config: ServerConfig | None = None, model_name: str = "gpt2kit"):
-    """The FastAPI app: /v1/completions, /v1/models, /health and the playground at /."""
+    """The FastAPI app over a loaded model: it is warmed up before the app starts answering."""
+    return build_app(lambda: (model, tokenizer), config, model_name, load_in_background=False)
+
+
+def build_app(
+    load: Callable[[], tuple[GPT, Tokenizer]],
+    config: ServerConfig | None = None,
+    model_name: str = "gpt2kit",
+    *,
+    load_in_background: bool = True,
+    on_load_error: Callable[[BaseException], None] | None = None,
+):
+    """The FastAPI app: /v1/completions, /v1/models, /tokenize, /detokenize, /health, /metrics and the playground.
+
+    `load` returns the model and tokenizer. In the background (as `serve` runs it) the app answers at once:
+    /health and the model routes say 503 until the model is loaded and warmed up.
+    """
     config = config or ServerConfig()
-    service = CompletionsService(model, tokenizer, config, model_name)
+    state: dict[str, Any] = {"service": None, "error": None}
+
+    def load_and_warm() -> None:
+        try:
+            model, tokenizer = load()
+            service = CompletionsService(model, tokenizer, config, model_name)
+            service.warm_up()
+            service.engine.start()
+            state["service"] = service
+            logger.info("model %s loaded and warmed up: ready", model_name)
+        except BaseException as err:  # reported through /health and on_load_error
+            state["error"] = err
+            if on_load_error is None:
+                raise
+            on_load_error(err)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        service.engine.start()
+        if load_in_background:
+            loader = threading.Thread(target=load_and_warm, name="gpt2kit-load", daemon=True)
+            loader.start()
+        else:
+            await asyncio.to_thread(load_and_warm)
         yield
-        service.engine.stop()
+        if state["service"] is not None:
+            state["service"].engine.stop()
+
+    def ready() -> CompletionsService:
+        service = state["service"]
+        if service is None:
+            raise APIError(503, "the model is still loading; retry shortly", code="model_loading", kind="server_error")
+        return service
 
     app = FastAPI(title="gpt2kit", lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.state.service = service
+    app.state.ready = ready
     app.add_middleware(_BodyLimit, limit=config.max_body_bytes)
     if config.api_key is not None:
-        app.add_middleware(_ApiKey, key=config.api_key)  # added last, so it runs first: before the body is read
+        app.add_middleware(_ApiKey, key=config.api_key)  # added after the body limit, so it runs first
+    metrics = lambda: state["service"].metrics if state["service"] is not None else None  # noqa: E731
+    app.add_middleware(AccessLog, log_format=config.log_format, metrics=metrics)  # outermost: sees every answer
 
     _add_error_handlers(app)
-    _add_info_routes(app, service, model_name)
+    _add_info_routes(app, ready, state, model_name)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
+        service = ready()
         prepared = await asyncio.to_thread(service.prepare, body)  # tokenizing a long prompt takes a while
         loop = asyncio.get_running_loop()
         job = service.make_job(prepared, loop)
         request_id = f"cmpl-{uuid.uuid4().hex}"
         deadline = loop.time() + config.request_timeout_s
+        note = request.scope.get(ACCESS_KEY, {})
+        note["prompt_tokens"] = sum(map(len, prepared.prompts))
         service.engine.submit(job)
         if prepared.stream:
             return StreamingResponse(
@@ -507,9 +594,31 @@ def create_app(model: GPT, tokenizer: Tokenizer, config: ServerConfig | None = N
             job.cancel()  # a no-op when done; stops the work when the client left or timed out
         if done is None:
             return JSONResponse(APIError(499, "client closed the request").body(), status_code=499)
+        _count_done(service, prepared, job, done, note)
         return service.response(request_id, prepared, job, done)
 
+    @app.post("/tokenize")
+    async def tokenize(body: TokenizeRequest):
+        service = ready()
+        tokens = await asyncio.to_thread(service.tokenizer.encode, body.prompt)
+        return {"count": len(tokens), "max_model_len": service.context, "tokens": tokens}
+
+    @app.post("/detokenize")
+    async def detokenize(body: DetokenizeRequest):
+        service = ready()
+        vocab = service.tokenizer.vocab_size
+        bad = [t for t in body.tokens if not 0 <= t < vocab or t in service.tokenizer.missing_ids]
+        if bad:
+            raise APIError(400, f"token id {bad[0]} is not in the vocabulary (0..{vocab - 1})", "tokens")
+        return {"prompt": service.tokenizer.decode(body.tokens)}
+
     return app
+
+
+def _count_done(service: CompletionsService, prepared: _Prepared, job: Job, done: Done, note: dict) -> None:
+    generated = sum(len(c.token_ids) for c in done.completions)
+    note["completion_tokens"] = generated
+    service.metrics.finished(job, sum(map(len, prepared.prompts)), generated)
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -536,11 +645,16 @@ def _add_error_handlers(app: FastAPI) -> None:
         return JSONResponse(APIError(500, "internal server error", kind="server_error").body(), status_code=500)
 
 
-def _add_info_routes(app: FastAPI, service: CompletionsService, model_name: str) -> None:
-    """/health, /v1/models and the playground page."""
+def _add_info_routes(app: FastAPI, ready: Callable[[], "CompletionsService"], state: dict, model_name: str) -> None:
+    """/health, /metrics, /v1/models and the playground page."""
 
     @app.get("/health")
     async def health():
+        service = state["service"]
+        if service is None:
+            failed = state["error"]
+            message = f"the model failed to load: {failed}" if failed else "loading the model"
+            return JSONResponse({"status": "failed" if failed else "loading", "message": message}, status_code=503)
         return {
             "status": "ok",
             "model": model_name,
@@ -548,8 +662,15 @@ def _add_info_routes(app: FastAPI, service: CompletionsService, model_name: str)
             "queued_requests": service.engine.queued_requests,
         }
 
+    @app.get("/metrics")
+    async def metrics():
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        service = ready()
+        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
     def model_card() -> dict[str, Any]:
-        return {"id": model_name, "object": "model", "created": service.created, "owned_by": "gpt2kit"}
+        return {"id": model_name, "object": "model", "created": ready().created, "owned_by": "gpt2kit"}
 
     @app.get("/v1/models")
     async def list_models():
@@ -624,6 +745,7 @@ async def _stream_events(
                 yield _sse(APIError(500, event.message, kind="server_error").body())
                 break
             elif isinstance(event, Done):
+                _count_done(service, prepared, job, event, request.scope.get(ACCESS_KEY, {}))
                 if prepared.include_usage:
                     body = service._envelope(request_id, [])
                     body["usage"] = service.usage(prepared, sum(len(c.token_ids) for c in event.completions))
@@ -643,15 +765,29 @@ def _default_model_name(spec: str) -> str:
 
 
 def serve(config: ServerConfig) -> None:
-    """Load the model and serve until interrupted."""
+    """Serve until interrupted; the model loads in the background while /health answers 503."""
     import uvicorn
 
     from gpt2kit.checkpoint import load
 
     if config.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("binding %s: the server is reachable from other machines", config.host)
-    loaded = load(config.model, device=config.device, quantize=config.quantize)
-    prepare_for_decoding(loaded.model)
+    failure: list[BaseException] = []
+
+    def load_model() -> tuple[GPT, Tokenizer]:
+        loaded = load(config.model, device=config.device, quantize=config.quantize)
+        prepare_for_decoding(loaded.model)
+        return loaded.model, loaded.tokenizer
+
+    def give_up(err: BaseException) -> None:
+        failure.append(err)
+        server.should_exit = True
+
     name = config.model_name or _default_model_name(config.model)
-    app = create_app(loaded.model, loaded.tokenizer, config, model_name=name)
-    uvicorn.run(app, host=config.host, port=config.port, log_level="info")
+    app = build_app(load_model, config, name, on_load_error=give_up)
+    server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="info", access_log=False))
+    server.run()
+    if failure:
+        if isinstance(failure[0], GPT2KitError):
+            raise failure[0]
+        raise GPT2KitError(f"{config.model}: cannot load the model ({type(failure[0]).__name__}: {failure[0]})")

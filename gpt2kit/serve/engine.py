@@ -11,7 +11,9 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +37,9 @@ class Job:
     cancelled: bool = False
     prompt_scores: list[tuple] = field(default_factory=list)
     sent_tokens: list[int] = field(default_factory=list)
+    submitted_at: float = 0.0  # time.monotonic() of each, for the latency metrics
+    first_token_at: float | None = None
+    finished_at: float | None = None
 
     def post(self, event: Any) -> None:
         self.loop.call_soon_threadsafe(self.events.put_nowait, event)
@@ -74,10 +79,17 @@ class Failed:
 class Engine:
     """Decodes every admitted request's sequences together on one thread."""
 
-    def __init__(self, model: GPT, tokenizer: Tokenizer, max_batch_size: int = 16):
+    def __init__(
+        self,
+        model: GPT,
+        tokenizer: Tokenizer,
+        max_batch_size: int = 16,
+        on_step: Callable[[int], None] | None = None,
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
+        self.on_step = on_step  # called with the batch size of every decoding step
         self._inbox: queue.SimpleQueue[Job] = queue.SimpleQueue()
         self._waiting: deque[Job] = deque()
         self._running: list[Job] = []
@@ -102,6 +114,7 @@ class Engine:
         self._thread.join(timeout=30)
 
     def submit(self, job: Job) -> None:
+        job.submitted_at = time.monotonic()
         self._inbox.put(job)
 
     def _run(self) -> None:
@@ -110,6 +123,8 @@ class Engine:
             try:
                 self._admit()
                 if self._decoder.active:
+                    if self.on_step is not None:
+                        self.on_step(self._decoder.active)
                     self._decoder.step()
             except Exception as err:  # a bug or out of memory: fail the batch, keep serving
                 logger.exception("generation failed")
@@ -151,12 +166,16 @@ class Engine:
     def _report(self) -> None:
         """Tell each running job what is new; retire the jobs that are done."""
         still_running = []
+        now = time.monotonic()
         for job in self._running:
             if job.cancelled:
                 continue
+            if job.first_token_at is None and any(row.tokens or row.finished for row in job.rows):
+                job.first_token_at = now
             if job.streaming:
                 self._report_stream(job)
             if job.done:
+                job.finished_at = now
                 job.post(Done([row.completion() for row in job.rows]))
             else:
                 still_running.append(job)
