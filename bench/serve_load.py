@@ -1,10 +1,18 @@
-"""Load test for `gpt2kit serve`: 200 requests at concurrency 16, mixed streaming / non-streaming / malformed.
+"""Load test for `gpt2kit serve`, a race against llama.cpp's server, and the gain of shared prompt prefixes.
 
-Starts the server on 127.0.0.1 in its own process, over a random-weight preset (or --model DIR).
-Reports p50/p95 latency, throughput and status codes, and the batching speed-up against the same
-requests sent one at a time. Passes when every valid request gets 200, every malformed one a 4xx,
-nothing a 5xx, and /health still answers afterwards.
+1. Robustness: 200 requests at concurrency 16, mixed streaming / non-streaming / malformed, against
+   `gpt2kit serve` in its own process over a random-weight preset (or --model DIR). Reports p50/p95 latency,
+   throughput and status codes, and the batching speed-up against the same requests sent one at a time.
+   Passes when every valid request gets 200, every malformed one a 4xx, nothing a 5xx, and /health still answers.
+2. The race (when `llama_cpp` is importable: pip install 'llama-cpp-python[server]', built from source): the
+   same valid load (--race-requests, concurrency 16, half streaming, --race-tokens new tokens, end-of-text
+   banned with logit_bias so both generate every token) against `gpt2kit serve` and then
+   `python -m llama_cpp.server` on the same weights as GGUF (`gpt2kit convert --to gguf`, f32). Generated
+   tokens are what each server reports (usage, or one streamed chunk per token where it sends no usage).
+3. Shared prefixes: 16 concurrent requests that share a 200-token prompt prefix, with --share-prefixes
+   true and false.
 Usage: python bench/serve_load.py [--preset cpu-6m] [--requests 200] [--concurrency 16] [--max-tokens 32]
+       [--race-requests 48 --race-tokens 64] [--skip-robustness]
 """
 
 from __future__ import annotations
@@ -70,9 +78,9 @@ def valid_body(rng: random.Random, max_tokens: int, stream: bool) -> dict:
 
 
 async def send(client, url: str, kind: str, kwargs: dict) -> dict:
-    """One request; returns its kind, status, latency, tokens and any protocol problem."""
+    """One request; returns its kind, status, latency, tokens, text and any protocol problem."""
     start = time.perf_counter()
-    result = {"kind": kind, "status": None, "tokens": 0, "problem": None, "first_byte": None}
+    result = {"kind": kind, "status": None, "tokens": 0, "problem": None, "first_byte": None, "text": ""}
     try:
         if kind == "stream":
             async with client.stream("POST", url, **kwargs) as response:
@@ -87,14 +95,20 @@ async def send(client, url: str, kind: str, kwargs: dict) -> dict:
                     if not events or events[-1] != "[DONE]":
                         result["problem"] = "stream did not end with [DONE]"
                     else:
-                        usage = [json.loads(e)["usage"] for e in events[:-1] if '"usage"' in e]
-                        result["tokens"] = usage[-1]["completion_tokens"] if usage else 0
+                        chunks = [json.loads(e) for e in events[:-1]]
+                        usage = [c["usage"] for c in chunks if c.get("usage")]
+                        choices = [c["choices"][0] for c in chunks if c.get("choices")]
+                        # without a usage chunk (llama-cpp-python sends none): a chunk per token, then a final one
+                        per_token = sum(bool(c["text"]) or c.get("finish_reason") is None for c in choices)
+                        result["tokens"] = usage[-1]["completion_tokens"] if usage else per_token
+                        result["text"] = "".join(c["text"] for c in choices)
         else:
             response = await client.post(url, **kwargs)
             result["status"] = response.status_code
             body = response.json()
             if response.status_code == 200:
                 result["tokens"] = body["usage"]["completion_tokens"]
+                result["text"] = body["choices"][0]["text"]
             elif "error" not in body or "message" not in body["error"]:
                 result["problem"] = "error body is not OpenAI-style"
     except Exception as err:  # a transport failure is a result to report, not a crash
@@ -122,6 +136,141 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
 
+def start_server(command: list[str], ready_url: str, name: str) -> subprocess.Popen:
+    """Start a server process and wait until `ready_url` answers 200."""
+    import httpx
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            if httpx.get(ready_url, timeout=1).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            raise RuntimeError(f"{name} did not start: {server.stderr.read()[-2000:]}")
+        time.sleep(0.2)
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    server.terminate()
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+
+
+def gpt2kit_server(model: Path, port: int, concurrency: int, max_tokens: int, *extra: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "gpt2kit", "serve", "--model", str(model), "--port", str(port)]
+    command += ["--max-tokens-cap", str(max(64, max_tokens)), "--max-batch-size", str(concurrency), *extra]
+    return start_server(command, f"http://127.0.0.1:{port}/health", "gpt2kit serve")
+
+
+def summary(results: list[dict], elapsed: float) -> dict:
+    """Requests/s, generated tokens/s (as each server counts them), latency and time to first byte."""
+    latencies = [r["latency"] for r in results]
+    first = [r["first_byte"] for r in results if r["kind"] == "stream" and r["first_byte"] is not None]
+    tokens = sum(r["tokens"] for r in results)
+    return {
+        "requests/s": len(results) / elapsed,
+        "tokens/s": tokens / elapsed,
+        "p50 s": percentile(latencies, 50),
+        "p95 s": percentile(latencies, 95),
+        "first byte p50 s": percentile(first, 50) if first else float("nan"),
+        "failed": sum(r["status"] != 200 or r["problem"] is not None for r in results),
+    }
+
+
+def print_rows(rows: dict[str, dict]) -> None:
+    keys = list(next(iter(rows.values())))
+    print(f"  {'server':34s}" + "".join(f"{k:>17s}" for k in keys))
+    for name, row in rows.items():
+        print(f"  {name:34s}" + "".join(f"{v:17.2f}" if isinstance(v, float) else f"{v:17d}" for v in row.values()))
+
+
+def race(model: Path, work: Path, args) -> None:
+    """The same valid load against gpt2kit serve and, where installed, llama-cpp-python's server."""
+    import importlib.util
+
+    rng = random.Random(1)
+    plan = []
+    for i in range(args.race_requests):
+        prompt = " ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 40)))
+        body = {"prompt": prompt, "max_tokens": args.race_tokens, "temperature": 0.8, "top_k": 40, "seed": i}
+        body["logit_bias"] = {"50256": -100}  # no early end-of-text: every request generates all its tokens
+        stream = i % 2 == 0
+        if stream:
+            body["stream_options"] = {"include_usage": True}
+        plan.append(("stream" if stream else "plain", {"json": body | {"stream": stream}}))
+    rows = {}
+    port = free_port()
+    server = gpt2kit_server(model, port, args.concurrency, args.race_tokens)
+    try:
+        results, elapsed = asyncio.run(run_load(f"http://127.0.0.1:{port}", plan, args.concurrency))
+        rows["gpt2kit serve (fp32)"] = summary(results, elapsed)
+    finally:
+        stop_server(server)
+    if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("sse_starlette") is None:
+        print("  llama.cpp: not installed (pip install 'llama-cpp-python[server]', builds from source in ~15 min)")
+    else:
+        gguf = work / "model-f32.gguf"
+        subprocess.run(
+            [sys.executable, "-m", "gpt2kit", "convert", str(model), str(gguf), "--dtype", "f32"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        port = free_port()
+        command = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--port", str(port)]
+        command += ["--n_ctx", "1024", "--n_threads", str(os.cpu_count() or 2), "--verbose", "false"]
+        command += ["--interrupt_requests", "false"]  # by default a new request cuts a running stream short
+        server = start_server(command, f"http://127.0.0.1:{port}/v1/models", "llama_cpp.server")
+        try:
+            results, elapsed = asyncio.run(run_load(f"http://127.0.0.1:{port}", plan, args.concurrency))
+            rows["llama-cpp-python server (f32)"] = summary(results, elapsed)
+        finally:
+            stop_server(server)
+    print(
+        f"race: {len(plan)} requests at concurrency {args.concurrency}, {args.race_tokens} new tokens, half streaming"
+    )
+    print_rows(rows)
+    if len(rows) == 2:
+        ours, theirs = rows.values()
+        print(f"  generated tokens/s, gpt2kit / llama.cpp: {ours['tokens/s'] / theirs['tokens/s']:.2f}x")
+
+
+def shared_prefixes(model: Path, args, tokenizer) -> None:
+    """16 concurrent requests sharing a 200-token prompt prefix, with prefix sharing on and off."""
+    prefix_ids = tokenizer.encode(" ".join(random.Random(2).choice(WORDS) for _ in range(400)))[:200]
+    prefix = tokenizer.decode(prefix_ids)
+    plan = [
+        ("plain", {"json": {"prompt": f"{prefix} question {i}: what did the {WORDS[i % len(WORDS)]} do?",
+                            "max_tokens": 16, "temperature": 0, "logit_bias": {"50256": -100}}})
+        for i in range(16)
+    ]  # fmt: skip
+    rows = {}
+    for share in ("false", "true"):
+        port = free_port()
+        server = gpt2kit_server(model, port, 16, 16, "--share-prefixes", share)
+        try:
+            asyncio.run(run_load(f"http://127.0.0.1:{port}", plan[:2], 2))  # warm
+            best = None
+            for _ in range(3):
+                results, elapsed = asyncio.run(run_load(f"http://127.0.0.1:{port}", plan, 16))
+                best = min(best or elapsed, elapsed)
+            texts = [r["text"] for r in results]
+            rows[f"--share-prefixes {share}"] = {"seconds": best, "failed": sum(r["status"] != 200 for r in results)}
+            rows[f"--share-prefixes {share}"]["texts"] = texts
+        finally:
+            stop_server(server)
+    same = rows["--share-prefixes true"].pop("texts") == rows["--share-prefixes false"].pop("texts")
+    print("shared prefix: 16 concurrent requests, a 200-token common prompt prefix, 16 new tokens each (best of 3)")
+    print_rows(rows)
+    gain = rows["--share-prefixes false"]["seconds"] / rows["--share-prefixes true"]["seconds"]
+    print(f"  speed-up from sharing: {gain:.2f}x; identical completions: {same}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", help="a model directory (default: random weights of --preset)")
@@ -131,52 +280,53 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--malformed-share", type=float, default=0.2)
     parser.add_argument("--baseline-requests", type=int, default=16, help="sent one at a time, then all at once")
+    parser.add_argument("--race-requests", type=int, default=200)
+    parser.add_argument("--race-tokens", type=int, default=64)
+    parser.add_argument("--skip-robustness", action="store_true")
+    parser.add_argument("--skip-race", action="store_true")
+    parser.add_argument("--skip-prefix", action="store_true")
     args = parser.parse_args()
+    from gpt2kit import Tokenizer
+
+    tokenizer = Tokenizer.gpt2()
+    status = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        model = Path(args.model) if args.model else make_model(args.preset, Path(tmp) / args.preset)
+        if not args.skip_robustness:
+            status = robustness(model, args)
+        if not args.skip_race:
+            race(model, Path(tmp), args)
+        if not args.skip_prefix:
+            shared_prefixes(model, args, tokenizer)
+    return status
+
+
+def robustness(model: Path, args) -> int:
     import httpx
 
     rng = random.Random(0)
-    with tempfile.TemporaryDirectory() as tmp:
-        model = Path(args.model) if args.model else make_model(args.preset, Path(tmp) / args.preset)
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        command = [sys.executable, "-m", "gpt2kit", "serve", "--model", str(model), "--port", str(port)]
-        command += ["--max-tokens-cap", str(max(64, args.max_tokens)), "--max-batch-size", str(args.concurrency)]
-        server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if server.poll() is not None or time.monotonic() > deadline:
-                    print(f"the server did not start: {server.stderr.read()[-2000:]}")
-                    return 1
-                time.sleep(0.2)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = gpt2kit_server(model, port, args.concurrency, args.max_tokens)
+    try:
+        plan: list[tuple[str, dict]] = []
+        for i in range(args.requests):
+            if rng.random() < args.malformed_share:
+                plan.append(("malformed", MALFORMED[i % len(MALFORMED)][1]))
+            else:
+                stream = rng.random() < 0.5
+                plan.append(("stream" if stream else "plain", {"json": valid_body(rng, args.max_tokens, stream)}))
+        results, elapsed = asyncio.run(run_load(url, plan, args.concurrency))
 
-            plan: list[tuple[str, dict]] = []
-            for i in range(args.requests):
-                if rng.random() < args.malformed_share:
-                    plan.append(("malformed", MALFORMED[i % len(MALFORMED)][1]))
-                else:
-                    stream = rng.random() < 0.5
-                    plan.append(("stream" if stream else "plain", {"json": valid_body(rng, args.max_tokens, stream)}))
-            results, elapsed = asyncio.run(run_load(url, plan, args.concurrency))
-
-            # The peer: the same valid requests one at a time, against all at once.
-            baseline = [
-                ("plain", {"json": valid_body(rng, args.max_tokens, False)}) for _ in range(args.baseline_requests)
-            ]
-            for body in baseline:
-                body[1]["json"].update(temperature=0, max_tokens=args.max_tokens)
-            sequential, sequential_time = asyncio.run(run_load(url, baseline, 1))
-            batched, batched_time = asyncio.run(run_load(url, baseline, args.concurrency))
-            health = httpx.get(f"{url}/health", timeout=10)
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
+        # The peer: the same valid requests one at a time, against all at once.
+        baseline = [("plain", {"json": valid_body(rng, args.max_tokens, False)}) for _ in range(args.baseline_requests)]
+        for body in baseline:
+            body[1]["json"].update(temperature=0, max_tokens=args.max_tokens)
+        sequential, sequential_time = asyncio.run(run_load(url, baseline, 1))
+        batched, batched_time = asyncio.run(run_load(url, baseline, args.concurrency))
+        health = httpx.get(f"{url}/health", timeout=10)
+    finally:
+        stop_server(server)
 
     print(
         f"{len(plan)} requests at concurrency {args.concurrency} against {model.name} "

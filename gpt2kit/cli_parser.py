@@ -170,6 +170,7 @@ SERVE_FLAGS = (
     ("--request-timeout", "request_timeout_s", float, "seconds (default 300)"),
     ("--max-batch-size", "max_batch_size", int, "sequences decoded together (default 16)"),
     ("--log-format", "log_format", str, "the access log: text (default) or json lines"),
+    ("--share-prefixes", "share_prefixes", str, "true (default): a prompt prefix concurrent requests share runs once"),
 )
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import codecs
 import logging
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -298,7 +299,7 @@ class Decoder:
     finished. `logits` holds each active row's next-token logits.
     """
 
-    def __init__(self, model: GPT, tokenizer: Tokenizer):
+    def __init__(self, model: GPT, tokenizer: Tokenizer, share_prefixes: bool = True):
         if tokenizer.vocab_size > model.config.vocab_size:
             raise GPT2KitError(
                 f"tokenizer has {tokenizer.vocab_size} tokens but the model only {model.config.vocab_size}"
@@ -312,24 +313,62 @@ class Decoder:
         self.mask: torch.Tensor | None = None  # (B, cache.length): 1 for real tokens, 0 for left padding
         self.padded = False
         self.logits: torch.Tensor | None = None
+        self.share_prefixes = share_prefixes
+        # Recently shared prompt prefixes (token tuple -> their keys and values), newest last.
+        self.prefixes: OrderedDict[tuple[int, ...], KVCache] = OrderedDict()
 
     @property
     def active(self) -> int:
         return len(self.rows)
 
+    # -- shared prompt prefixes ---------------------------------------------------------
+    def _prefix(self, contexts: list[list[int]]) -> tuple[int, KVCache | None]:
+        """The longest prefix every context starts with that is worth encoding once (or is cached already),
+        leaving each context at least one token to run; and its keys and values (batch of one)."""
+        if not self.share_prefixes:
+            return 0, None
+        limit = min(map(len, contexts)) - 1
+        cached = [
+            key for key in self.prefixes if len(key) <= limit and all(c[: len(key)] == list(key) for c in contexts)
+        ]
+        if cached:
+            key = max(cached, key=len)
+            self.prefixes.move_to_end(key)
+            return len(key), self.prefixes[key]
+        shared = min(common_prefix_length(contexts), limit) if len(contexts) > 1 else 0
+        if shared < MIN_SHARED_PREFIX:
+            return 0, None
+        cache = KVCache(self.model.config, 1, shared, device=self.device, dtype=self.model.wte.weight.dtype)
+        self.model(torch.tensor([contexts[0][:shared]], device=self.device), kv_cache=cache, logits_to_keep=1)
+        self.prefixes[tuple(contexts[0][:shared])] = cache
+        while len(self.prefixes) > PREFIXES_KEPT:
+            self.prefixes.popitem(last=False)
+        return shared, cache
+
     # -- batch layout -------------------------------------------------------------------
     def _encode(self, rows: list[SequenceState], contexts: list[list[int]], extra: int) -> tuple:
-        """Run `contexts` left-padded through the model; the cache has room for `extra` more positions."""
-        width = max(map(len, contexts))
-        capacity = min(self.context, width + extra)
+        """Run `contexts` through the model; the cache has room for `extra` more positions.
+
+        A prefix all contexts share is encoded once and copied to every row: the layout is then
+        [prefix, padding, rest], the padding masked (positions count real tokens only).
+        """
+        shared, prefix = self._prefix(contexts)
+        rests = [ctx[shared:] for ctx in contexts]
+        width = max(map(len, rests))
+        capacity = min(self.context, shared + width + extra)
         ids = torch.full((len(rows), width), self.tokenizer.eot_token, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, ctx in enumerate(contexts):
-            ids[i, width - len(ctx) :] = torch.tensor(ctx)
-            mask[i, width - len(ctx) :] = 1
+        mask = torch.zeros((len(rows), shared + width), dtype=torch.long)
+        mask[:, :shared] = 1
+        for i, rest in enumerate(rests):
+            ids[i, width - len(rest) :] = torch.tensor(rest)
+            mask[i, shared + width - len(rest) :] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         padded = bool((mask == 0).any())
         cache = KVCache(self.model.config, len(rows), capacity, device=self.device, dtype=self.model.wte.weight.dtype)
+        if prefix is not None:
+            cache.keys[:, :, :, :shared] = prefix.keys[:, :, :, :shared]  # broadcast over the batch
+            cache.values[:, :, :, :shared] = prefix.values[:, :, :, :shared]
+            cache.length = shared
         logits = self.model(ids, kv_cache=cache, attention_mask=mask if padded else None, logits_to_keep=1)
         logits = logits[:, -1].float()
         return cache, mask, logits
@@ -423,6 +462,14 @@ class Decoder:
         return rows
 
 
+def common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens every sequence has in common."""
+    first, length = sequences[0], min(map(len, sequences))
+    for other in sequences[1:]:
+        length = next((k for k in range(length) if other[k] != first[k]), length)
+    return length
+
+
 def _next_tokens(
     logits: torch.Tensor, rows: list[SequenceState], tokenizer: Tokenizer
 ) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, float] | None]]:
@@ -471,6 +518,11 @@ def _shape_logits(logits: torch.Tensor, rows: list[SequenceState], eot: int) -> 
             logits[i, eot] = float("-inf")
     return logits
 
+
+# A prompt prefix shared by the sequences joining a batch is encoded once when it is at least this long;
+# the last few shared prefixes are kept, so that later requests with the same few-shot prompt reuse them.
+MIN_SHARED_PREFIX = 32
+PREFIXES_KEPT = 4
 
 NUCLEUS_GUESS = 1024  # top-p looks for its nucleus among this many tokens first, avoiding a full sort
 

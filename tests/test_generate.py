@@ -13,6 +13,7 @@ from gpt2kit.generate import (
     _sample,
     _shape_logits,
     _Text,
+    common_prefix_length,
     generate,
     make_sequences,
     stream,
@@ -453,3 +454,58 @@ def test_per_sequence_settings_in_one_batch_equal_each_alone(model, gpt2_tokeniz
         decoder.step()
     for prompt, config, row in zip(prompts, settings, rows, strict=True):
         assert row.tokens == generate(model, gpt2_tokenizer, [prompt], config)[0].token_ids
+
+
+# -- shared prompt prefixes ---------------------------------------------------------------------
+
+
+class CountingModel(nn.Module):
+    """A GPT that records the shape of every forward pass."""
+
+    def __init__(self, model: GPT):
+        super().__init__()
+        self.inner, self.config, self.wte = model, model.config, model.wte
+        self.shapes: list[tuple[int, int]] = []
+
+    def forward(self, idx, **kwargs):
+        self.shapes.append(tuple(idx.shape))
+        return self.inner(idx, **kwargs)
+
+
+def run(decoder: Decoder, groups: list[list[SequenceState]]) -> None:
+    for group in groups:
+        decoder.add(group)
+    while decoder.active:
+        decoder.step()
+
+
+def test_a_shared_prompt_prefix_is_encoded_once_with_the_same_tokens(model, gpt2_tokenizer):
+    prefix = gpt2_tokenizer.encode(" ".join(["Q: what is the river called? A: the long river."] * 4))[:40]
+    suffixes = [gpt2_tokenizer.encode(f" Q: question {i}{' more' * (i % 3)}? A:") for i in range(16)]
+    config = GenerationConfig(max_new_tokens=6, **GREEDY)
+
+    def rows(suffix_list):
+        return [SequenceState(prefix + s, config, gpt2_tokenizer) for s in suffix_list]
+
+    counting = CountingModel(model)
+    shared_rows, plain_rows = rows(suffixes), rows(suffixes)
+    run(Decoder(counting, gpt2_tokenizer), [shared_rows])
+    run(Decoder(model, gpt2_tokenizer, share_prefixes=False), [plain_rows])
+    assert [r.tokens for r in shared_rows] == [r.tokens for r in plain_rows]
+    contexts = [prefix + s for s in suffixes]
+    shared = common_prefix_length(contexts)
+    assert shared >= 40
+    width = max(map(len, contexts)) - shared
+    assert counting.shapes[:2] == [(1, shared), (16, width)]  # the prefix once, then only what differs
+    # a later request with the same prefix reuses the cached keys and values: no pass over the prefix
+    decoder = Decoder(counting, gpt2_tokenizer)
+    run(decoder, [rows(suffixes[:2])])
+    counting.shapes.clear()
+    late, alone = rows(suffixes[5:6]), rows(suffixes[5:6])
+    run(decoder, [late])
+    run(Decoder(model, gpt2_tokenizer, share_prefixes=False), [alone])
+    assert counting.shapes[0] == (1, len(prefix + suffixes[5]) - shared) and late[0].tokens == alone[0].tokens
+    # prefixes shorter than MIN_SHARED_PREFIX are not worth a separate pass
+    counting.shapes.clear()
+    run(Decoder(counting, gpt2_tokenizer), [[SequenceState(prefix[:8] + s, config, gpt2_tokenizer) for s in suffixes]])
+    assert counting.shapes[0][0] == 16

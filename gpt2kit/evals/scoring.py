@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from gpt2kit.errors import GPT2KitError
+from gpt2kit.generate import common_prefix_length
 from gpt2kit.model import GPT, KVCache
 
 # Rows of (position, vocab) logits computed at once by the output layer.
@@ -111,12 +112,8 @@ def _join_pieces(pieces: list[ContinuationScore | None], owner: list[int], n: in
 
 def _shared_prefix_length(requests: list[ScoreRequest]) -> int:
     """Tokens that every request starts with, ending no later than the shortest context (so all targets follow it)."""
-    first = requests[0].context + requests[0].continuation
-    length = min(len(r.context) for r in requests)
-    for request in requests[1:]:
-        full = request.context + request.continuation
-        length = next((k for k in range(length) if full[k] != first[k]), length)
-    return length
+    common = common_prefix_length([r.context + r.continuation for r in requests])
+    return min(common, min(len(r.context) for r in requests))
 
 
 def _device(model: GPT) -> torch.device:

@@ -69,6 +69,7 @@ class ServerConfig(Checked):
     request_timeout_s: float = 300.0
     max_batch_size: int = 16
     log_format: str = "text"  # the access log: text, or json (one JSON object a line)
+    share_prefixes: bool = True  # encode a prompt prefix that joining requests share once, and keep recent ones
 
     def __post_init__(self) -> None:
         self.check("server config")
@@ -184,7 +185,9 @@ class CompletionsService:
         self.model_name = model_name
         self.context = model.config.n_positions
         self.max_prompt_tokens = config.max_prompt_tokens or self.context
-        self.engine = Engine(model, tokenizer, config.max_batch_size, on_step=self._observe_step)
+        self.engine = Engine(
+            model, tokenizer, config.max_batch_size, on_step=self._observe_step, share_prefixes=config.share_prefixes
+        )
         self.metrics = ServerMetrics(lambda: self.engine.queued_requests, lambda: self.engine.active_sequences)
         self.created = int(time.time())
 

@@ -85,6 +85,7 @@ class Engine:
         tokenizer: Tokenizer,
         max_batch_size: int = 16,
         on_step: Callable[[int], None] | None = None,
+        share_prefixes: bool = True,
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -93,7 +94,8 @@ class Engine:
         self._inbox: queue.SimpleQueue[Job] = queue.SimpleQueue()
         self._waiting: deque[Job] = deque()
         self._running: list[Job] = []
-        self._decoder = Decoder(model, tokenizer)
+        self.share_prefixes = share_prefixes
+        self._decoder = Decoder(model, tokenizer, share_prefixes)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="gpt2kit-engine", daemon=True)
 
@@ -132,7 +134,7 @@ class Engine:
                     job.cancel()
                     job.post(Failed(f"generation failed: {type(err).__name__}: {err}"))
                 self._running, self._waiting = [], deque()
-                self._decoder = Decoder(self.model, self.tokenizer)
+                self._decoder = Decoder(self.model, self.tokenizer, self.share_prefixes)
                 continue
             self._report()
 
