@@ -9,6 +9,7 @@ DistributedDataParallel. Checkpoints always come from the unwrapped model.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from torch import nn
 
 from gpt2kit.model import GPT
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -27,6 +30,7 @@ class DistEnv:
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
+    launched: bool = False  # started by torchrun: a process group even with one process, as torchrun users expect
 
     @property
     def is_main(self) -> bool:
@@ -34,7 +38,7 @@ class DistEnv:
 
     @property
     def distributed(self) -> bool:
-        return self.world_size > 1
+        return self.world_size > 1 or self.launched
 
     @classmethod
     def from_environment(cls) -> DistEnv:
@@ -42,6 +46,7 @@ class DistEnv:
             rank=int(os.environ.get("RANK", 0)),
             local_rank=int(os.environ.get("LOCAL_RANK", 0)),
             world_size=int(os.environ.get("WORLD_SIZE", 1)),
+            launched="TORCHELASTIC_RUN_ID" in os.environ,
         )
 
 
@@ -50,6 +55,8 @@ def init_distributed(env: DistEnv, device: torch.device) -> None:
     if env.distributed and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, rank=env.rank, world_size=env.world_size)
+        if env.is_main:
+            log.info("process group: %s, %d rank(s)", backend, env.world_size)
 
 
 def shutdown_distributed() -> None:

@@ -230,6 +230,7 @@ class Trainer:
         )
         self.optimizer = build_optimizer(self.model, config.optim, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        self.scaler_skipped = False  # whether the last step's update was skipped by the grad scaler
 
         windows = TokenWindows(config.data, "train", self.context, self.manifest)
         self.loader = WindowLoader(
@@ -317,8 +318,8 @@ class Trainer:
             fitted = max(1, horizon // 10)
             log.warning(
                 "optim.warmup_steps %d is not shorter than the %d-step schedule, so the learning rate would never "
-                "reach optim.lr; warming up for %d step(s) (a tenth) instead",
-                optim.warmup_steps, horizon, fitted,
+                "reach optim.lr; warming up for %d step%s (a tenth) instead",
+                optim.warmup_steps, horizon, fitted, "" if fitted == 1 else "s",
             )  # fmt: skip
             optim.warmup_steps = fitted
 
@@ -411,9 +412,13 @@ class Trainer:
         loss_value, norm_value = loss_mean.item(), grad_norm.item()
         # The fp16 grad scaler skips steps with inf gradients itself; only the loss decides there.
         finite = math.isfinite(loss_value) and (self.scaler.is_enabled() or math.isfinite(norm_value))
+        self.scaler_skipped = False
         if finite:
+            scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            if scale is not None and self.scaler.get_scale() < scale:  # it found inf gradients and backed off
+                self.scaler_skipped, finite = True, False
         self.optimizer.zero_grad(set_to_none=True)
         return loss_value, norm_value, finite
 
@@ -566,9 +571,15 @@ class Trainer:
                     self.tokens += config.batch_tokens
                     interval_tokens += config.batch_tokens
                     self.elapsed = elapsed_before + time.perf_counter() - segment_start
-                    self.bad_steps = 0 if applied else self.bad_steps + 1
+                    # An fp16 overflow is the grad scaler finding its scale, not a bad step.
+                    self.bad_steps = 0 if applied or self.scaler_skipped else self.bad_steps + 1
                     if applied:
                         last_loss = loss
+                    elif self.scaler_skipped:
+                        log.info(
+                            "step %d: fp16 gradients overflowed: update skipped, loss scale now %g",
+                            self.step, self.scaler.get_scale(),
+                        )  # fmt: skip
                     else:
                         log.warning(
                             "step %d: loss %s, gradient norm %s: update skipped (%d bad in a row)",
