@@ -37,8 +37,13 @@ def main() -> None:
     parser.add_argument("--preset", default="cpu-6m")
     parser.add_argument("--limit", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
+    run(args.preset, args.limit, args.batch_size, args.device)
 
+
+def run(preset: str, limit: int, batch_size: int, device: str = "cpu") -> dict:
+    """Score the same LAMBADA passages with both; print and return examples/s, the speed-up and the agreement."""
     import torch
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
@@ -48,28 +53,34 @@ def main() -> None:
 
     torch.manual_seed(0)
     tokenizer = gpt2kit.Tokenizer.gpt2()
-    passages = lambada_passages(args.limit)
+    passages = lambada_passages(limit)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = Path(tmp) / args.preset
-        gpt2kit.save(gpt2kit.GPT(gpt2kit.preset_config(args.preset)), tokenizer, model_dir)
+        model_dir = Path(tmp) / preset
+        gpt2kit.save(gpt2kit.GPT(gpt2kit.preset_config(preset)), tokenizer, model_dir)
         data = Path(tmp) / "lambada_test.jsonl"
         data.write_text("".join(json.dumps({"text": p}) + "\n" for p in passages))
 
-        loaded = gpt2kit.load(model_dir)
-        options = EvalOptions(batch_size=args.batch_size)
+        loaded = gpt2kit.load(model_dir, device=device)
+        options = EvalOptions(batch_size=batch_size)
         evaluate(loaded.model, loaded.tokenizer, ["lambada"], {"lambada": data}, options=options, limit=4)  # warm-up
+        sync()
         start = time.perf_counter()
         ours = evaluate(loaded.model, loaded.tokenizer, ["lambada"], {"lambada": data}, options=options)["lambada"]
+        sync()
         ours_time = time.perf_counter() - start
+        del loaded
 
-        hf = HFLM(pretrained=str(model_dir), device="cpu", batch_size=args.batch_size)
+        hf = HFLM(pretrained=str(model_dir), device=device, batch_size=batch_size)
         requests = [
             Instance("loglikelihood", {}, (p.rsplit(" ", 1)[0], " " + p.rsplit(" ", 1)[1]), i)
             for i, p in enumerate(passages)
         ]
         hf.loglikelihood(requests[:4], disable_tqdm=True)  # warm-up
+        sync()
         start = time.perf_counter()
         theirs = hf.loglikelihood(requests, disable_tqdm=True)
+        sync()
         theirs_time = time.perf_counter() - start
 
     n = len(passages)
@@ -77,9 +88,7 @@ def main() -> None:
     their_acc = sum(greedy for _, greedy in theirs) / n
     their_ppl = math.exp(-sum(logprob for logprob, _ in theirs) / n)
     threads = torch.get_num_threads()
-    print(
-        f"LAMBADA, {n} passages ({tokens:,} tokens), preset {args.preset} (random weights), batch {args.batch_size}, {threads} threads"
-    )
+    print(f"LAMBADA, {n} passages ({tokens:,} tokens), preset {preset} (random weights), batch {batch_size}, {device}, {threads} threads")  # fmt: skip
     print(f"  gpt2kit evaluate      {n / ours_time:8.1f} examples/s  {tokens / ours_time:9.0f} tokens/s")
     print(f"  lm-eval HFLM          {n / theirs_time:8.1f} examples/s  {tokens / theirs_time:9.0f} tokens/s")
     print(f"  speedup               {theirs_time / ours_time:8.2f}x")
@@ -87,6 +96,14 @@ def main() -> None:
         f"  agreement: acc_last_word {ours['metrics']['acc_last_word']:.4f} vs {their_acc:.4f}, "
         f"ppl {ours['metrics']['ppl']:.6g} vs {their_ppl:.6g}"
     )
+    return {
+        "examples": n,
+        "gpt2kit_examples_per_s": n / ours_time,
+        "lm_eval_examples_per_s": n / theirs_time,
+        "speedup": theirs_time / ours_time,
+        "acc_last_word": [ours["metrics"]["acc_last_word"], their_acc],
+        "ppl": [ours["metrics"]["ppl"], their_ppl],
+    }
 
 
 if __name__ == "__main__":

@@ -110,7 +110,8 @@ def child_peak_rss(preset: str, context: int, batch_size: int, name: str) -> flo
     return float("nan")
 
 
-def run_case(preset: str, context: int, batch_size: int, args, device: torch.device) -> None:
+def run_case(preset: str, context: int, batch_size: int, args, device: torch.device) -> dict:
+    """Time both models alternately; print the comparison and return it (tokens/s, MFU, ratio)."""
     from gpt2kit.mfu import cpu_peak_flops, flops_per_token, gpu_peak_flops
 
     config, dtype, steps = prepare_case(preset, context, batch_size, device)
@@ -162,6 +163,13 @@ def run_case(preset: str, context: int, batch_size: int, args, device: torch.dev
         print()
     if peak:
         print(f"  peak: {peak / 1e9:.0f} GFLOP/s ({'measured fp32 matmul' if device.type == 'cpu' else 'published'})")
+    return {
+        "case": label,
+        "tokens_per_s": rates,
+        "mfu": {name: rate * per_token / peak for name, rate in rates.items()} if peak else None,
+        "ratio_gpt2kit_over_transformers": ratio,
+        "memory_mb": memory,
+    }
 
 
 def main() -> None:

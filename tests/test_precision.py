@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -90,7 +91,9 @@ def test_fsdp_mixed_precision_matches_ddp_and_resumes_across_them(data_dir, tmp_
     # a checkpoint written under one resumes under the other: steps 5-8 continue from step 4's state
     for first, then in (("ddp", "fsdp"), ("fsdp", "ddp")):
         run = tmp_path / f"{first}-then-{then}"
-        torchrun(data_dir, run, 4, first)
+        shutil.copytree(tmp_path / first, run)  # its step-4 checkpoint, written under `first`
+        shutil.rmtree(run / "checkpoints" / "step-00000008")
+        shutil.rmtree(run / "final")
         torchrun(data_dir, run, 8, then, "--resume")
         resumed = losses(run)
         for step in range(5, 9):
