@@ -305,6 +305,17 @@ def cmd_overlap_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demonstrations(args: argparse.Namespace) -> int:
+    from gpt2kit.data.demonstrations import find_demonstrations, format_table
+
+    result, kinds = find_demonstrations(
+        args.corpus, args.out, workers=args.workers, text_field=args.text_field, patterns=args.patterns
+    )
+    print(format_table(result, kinds))
+    print(f"-> {Path(args.out) / 'demonstrations.json'}, {Path(args.out) / 'examples.md'}")
+    return 0
+
+
 # -- sampling and serving -----------------------------------------------------------
 
 SAMPLE_SEPARATOR = "=" * 40

@@ -154,6 +154,19 @@ def _add_overlap_commands(commands) -> None:
     p.set_defaults(handler="overlap_check")
 
 
+def add_demonstrations_command(commands) -> None:
+    p = commands.add_parser(
+        "demonstrations", help="find naturally occurring task demonstrations (translation, Q/A, TL;DR, ...) in a corpus"
+    )
+    p.add_argument("--corpus", nargs="+", required=True, help="text files, JSON-lines shards or a webtext build output")
+    p.add_argument("--out", required=True, help="directory for demonstrations.json and examples.md")
+    p.add_argument("--workers", type=int, default=1, help="processes (one file each at a time)")
+    p.add_argument("--text-field", default="text", help="JSON field holding the text (default: text)")
+    p.add_argument("--patterns", help="a YAML list of extra kinds: {name, regexes, window}")
+    p.set_defaults(out_kind="dir")
+    p.set_defaults(handler="demonstrations")
+
+
 # `gpt2kit serve` flags: (flag, the ServerConfig field it sets, type, help).
 SERVE_FLAGS = (
     ("--host", "host", str, "default 127.0.0.1 (this machine only)"),
@@ -314,6 +327,7 @@ COMMAND_GROUPS = (
     add_model_commands,
     add_demo_commands,
     add_webtext_commands,
+    add_demonstrations_command,
     add_sampling_commands,
     add_data_commands,
     add_train_commands,

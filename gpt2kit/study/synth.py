@@ -27,6 +27,7 @@ import hashlib
 import html
 import json
 import random
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,6 +41,16 @@ from gpt2kit.study.world import ARITH_MAX, EVAL_PHRASE_SHAPES, Fact, World, Writ
 # -- configuration ---------------------------------------------------------------------------------------------
 
 DOCUMENT_KINDS = ("encyclopedia", "forum", "news", "phrasebook", "story", "arithmetic")
+# The task demonstration each kind of document carries ("" for none); arithmetic depends on its form.
+PLANTED_DEMONSTRATION = {"encyclopedia": "", "forum": "qa", "news": "summarization", "phrasebook": "translation",
+                         "story": ""}  # fmt: skip
+
+
+def _arithmetic_form(text: str) -> str:
+    """Arithmetic documents are either sums written `a + b = c` or questions and answers in words."""
+    return "qa" if text.startswith("Forum:") else "arithmetic"
+
+
 DEFAULT_MIX = {"encyclopedia": 0.26, "forum": 0.14, "news": 0.14, "phrasebook": 0.2, "story": 0.16, "arithmetic": 0.1}
 
 TRAIN_DIR = "train"
@@ -303,6 +314,7 @@ def synthesize(out: str | Path, config: SynthConfig, progress: bool = False) -> 
     mix = {k: v / sum(config.mix.values()) for k, v in config.mix.items()}
     rejected = [0]
     counts = dict.fromkeys(DOCUMENT_KINDS, 0)
+    planted: Counter[str] = Counter()
     stream = _document_stream(world, sets, guard, mix, random.Random(f"train:{config.seed}"), rejected)
     target, shard_target = int(config.size_mb * 1e6), int(config.shard_mb * 1e6)
     train_files: list[Path] = []
@@ -314,6 +326,7 @@ def synthesize(out: str | Path, config: SynthConfig, progress: bool = False) -> 
             while shard_bytes < shard_target and written + shard_bytes < target:
                 kind, text = next(stream)
                 counts[kind] += 1
+                planted[PLANTED_DEMONSTRATION.get(kind, _arithmetic_form(text))] += 1
                 shard.append(json.dumps({"text": text, "kind": kind}, ensure_ascii=False) + "\n")
                 size = len(text.encode("utf-8"))
                 shard_bytes += size
@@ -334,6 +347,8 @@ def synthesize(out: str | Path, config: SynthConfig, progress: bool = False) -> 
         "generator": "gpt2kit synth",
         "config": asdict(config),
         "documents": counts,
+        # documents holding each kind of task demonstration, as `gpt2kit demonstrations` names the kinds
+        "planted_demonstrations": {k: v for k, v in sorted(planted.items()) if k},
         "train_bytes": written,
         "rejected_for_overlap": rejected[0],
         "train_files": [p.name for p in train_files],

@@ -16,6 +16,7 @@ from datatrove.utils.text import split_into_sentences
 from datatrove.utils.word_tokenizers import WordTokenizer, simple_span_tokenize
 
 from gpt2kit.data.bloom import normalise
+from gpt2kit.data.language import identify, probability_of
 from gpt2kit.webtext.urls import REDDIT_DOMAINS, WIKIPEDIA_DOMAINS, domain_matches, normalise_url, url_domain, url_key
 
 _WORD_TOKEN = re.compile(r"\w+(?:['’]\w+)*|[^\w\s]", re.UNICODE)
@@ -217,22 +218,10 @@ class EnglishFilter(BaseFilter):
     def __init__(self, threshold: float):
         super().__init__()
         self.threshold = threshold
-        self._identifier = None
-
-    @property
-    def identifier(self):
-        if self._identifier is None:
-            from py3langid.langid import MODEL_FILE, LanguageIdentifier
-
-            self._identifier = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
-        return self._identifier
 
     def english_probability(self, text: str) -> tuple[str, float]:
-        language, probability = self.identifier.classify(text[:20000])
-        if language == "en":
-            return language, float(probability)
-        ranked = dict(self.identifier.rank(text[:20000]))
-        return language, float(ranked.get("en", 0.0))
+        language, probability = identify(text)
+        return language, probability if language == "en" else probability_of(text, "en")
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
         language, english = self.english_probability(doc.text)

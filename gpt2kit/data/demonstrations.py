@@ -1,0 +1,341 @@
+"""Naturally occurring task demonstrations in a corpus (the paper's thesis, its Table 1).
+
+`find_demonstrations` scans text files, JSON-lines shards (as `prepare` reads them) or a `webtext build` output,
+streaming and in parallel, and counts per kind the documents that hold a demonstration and the demonstrations
+themselves:
+- translation: `source = target` phrase lines (two or more in a document; words on both sides, nothing that
+  looks like code), and the paper's cues ("in French", "en français", "translates to", "means ... in");
+- qa: `Q:`/`A:` pairs, `Question: ... Answer: ...`, and question lines of an FAQ;
+- summarization: `TL;DR`, "In summary", "Summary:", "To sum up";
+- cloze: fill-in-the-blank prompts and reading-comprehension instructions;
+- arithmetic: correct sums, differences and products written `12 + 7 = 19`;
+- any kind a pattern file adds (YAML: a list of {name, regexes, window}).
+A text file is one document (read in blocks of whole lines); a JSON-lines record is one document, whose `domain`
+(or `url`) field, when present, is counted. Translation demonstrations are tagged with the language that
+py3langid (the WebText build's identifier) guesses for their target side.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from gpt2kit.data.bloom import corpus_files, corpus_is_jsonl, text_blocks
+from gpt2kit.errors import GPT2KitError
+from gpt2kit.io import Utf8Policy, atomic_write_text, iter_jsonl
+
+KINDS = ("translation", "qa", "summarization", "cloze", "arithmetic")
+EXAMPLES_PER_KIND = 5
+EXAMPLE_CHARS = 300
+
+LANGUAGES = "French|German|Spanish|Italian|Portuguese|Dutch|Russian|Chinese|Japanese|Latin|Greek|Arabic|English"
+_PHRASE_SIDE = r"[^\W\d_](?:[^\W_]|[' ,.!?-]){0,78}?"  # words: a letter first; no underscores or code punctuation
+_PHRASE_LINE = re.compile(rf"^[ \t]*({_PHRASE_SIDE})[ \t]+=[ \t]+({_PHRASE_SIDE})[ \t]*$", re.M)
+_TRANSLATION_CUES = re.compile(
+    "|".join(
+        [
+            rf"\bin (?:{LANGUAGES})\b[,:]?\s*[\"“'‘]",  # like they say in French: "Je ne suis pas un imbecile"
+            r"\ben français\b|\bauf Deutsch\b|\ben español\b",
+            r"\btranslates? (?:to|as|into)\b",
+            rf"\bmeans\b[^.\n]{{1,80}}\bin (?:{LANGUAGES})\b",
+            rf"\((?:{LANGUAGES}) for\b",
+            r"[\"”] in [A-Z][a-z]+ (?:is|means)\s*[\"“]",  # '"my cat" in Velorian is "ke vesh"'
+            r"\bTo say [\"“][^\"”\n]{1,120}[\"”],? you say [\"“]",
+        ]
+    ),
+    re.I,
+)
+_QA = re.compile(r"^[ \t]*Q[:.][ \t]*\S[^\n]*\n(?:[ \t]*\n)?[ \t]*A[:.][ \t]*\S", re.M)
+_QUESTION_ANSWER = re.compile(r"\bQuestion:[ \t]*\S[^\n]{0,300}?\s+Answer:[ \t]*\S", re.I)
+_FAQ = re.compile(r"\b(?:FAQ|Frequently Asked Questions)\b", re.I)
+_FAQ_QUESTION = re.compile(r"^[ \t]*(?:\d+[.)][ \t]*)?[A-Z][^\n?]{8,200}\?[ \t]*\n[ \t]*[A-Z][^\n?]{8,}", re.M)
+_SUMMARY = re.compile(r"(?<![\w;])TL;? ?DR\b[:.]?|\bIn summary\b|^[ \t]*Summary:|\bTo sum up\b", re.I | re.M)
+_CLOZE = re.compile(
+    r"\bfill in the blanks?\b|\b_{3,}\b|\bRead the (?:passage|text|story|following)[^.\n]{0,40}\band answer\b",
+    re.I,
+)
+_SUM = re.compile(r"(?<![\w.=+\-*/×])(\d{1,6})[ \t]*([+\-*×x])[ \t]*(\d{1,6})[ \t]*=[ \t]*(\d{1,12})(?![\w.])")
+# Cheap tests before the regular expressions: most text has none of these.
+_PREFILTER = {
+    "translation": lambda t: any(
+        c in t for c in ("=", '"', "“", "trans", "means", "en fran", "Deutsch", "español", "(")
+    ),
+    "qa": lambda t: "Q" in t,
+    "summarization": lambda t: "DR" in t or "dr" in t or "ummar" in t or "sum up" in t,
+    "cloze": lambda t: "___" in t or "blank" in t or "Read the" in t or "read the" in t,
+    "arithmetic": lambda t: "=" in t,
+}
+
+
+@dataclass
+class Pattern:
+    """A user-supplied kind: any of its regexes marks a demonstration; `window` characters around it are shown."""
+
+    name: str
+    regexes: list[re.Pattern]
+    window: int = 200
+
+
+def load_patterns(path: str | os.PathLike) -> list[Pattern]:
+    """A YAML (or JSON) list of {name, regexes, window} (`window` optional)."""
+    import yaml
+
+    path = Path(path)
+    try:
+        items = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise GPT2KitError(f"{path}: cannot read ({err})") from None
+    except yaml.YAMLError as err:
+        raise GPT2KitError(f"{path}: invalid YAML ({' '.join(str(err).split())})") from None
+    if not isinstance(items, list) or not items:
+        raise GPT2KitError(f"{path}: expected a list of patterns, each with a name and regexes")
+    patterns = []
+    for index, item in enumerate(items):
+        where = f"{path}: pattern {index + 1}"
+        if not isinstance(item, dict) or set(item) - {"name", "regexes", "window"}:
+            raise GPT2KitError(f"{where}: expected the keys name, regexes and (optionally) window")
+        name, regexes, window = item.get("name"), item.get("regexes"), item.get("window", 200)
+        if not isinstance(name, str) or not re.fullmatch(r"[\w-]+", name) or name in KINDS:
+            raise GPT2KitError(f"{where}: name must be a new word-like name (not one of {', '.join(KINDS)})")
+        if isinstance(regexes, str):
+            regexes = [regexes]
+        if not isinstance(regexes, list) or not regexes or not all(isinstance(r, str) for r in regexes):
+            raise GPT2KitError(f"{where} ({name}): regexes must be a list of strings")
+        if not isinstance(window, int) or isinstance(window, bool) or window < 0:
+            raise GPT2KitError(f"{where} ({name}): window must be a non-negative integer")
+        try:
+            compiled = [re.compile(r, re.M) for r in regexes]
+        except re.error as err:
+            raise GPT2KitError(f"{where} ({name}): bad regex ({err})") from None
+        patterns.append(Pattern(name, compiled, window))
+    return patterns
+
+
+def _excerpt(text: str, start: int, end: int, window: int = 120) -> str:
+    begin, stop = max(0, start - window), min(len(text), end + window)
+    return ("…" if begin else "") + text[begin:stop].strip() + ("…" if stop < len(text) else "")
+
+
+def _translation(text: str) -> tuple[int, list[tuple[int, int]], str | None]:
+    lines = [m for m in _PHRASE_LINE.finditer(text) if _is_phrase(m.group(1)) and _is_phrase(m.group(2))]
+    spans = [m.span() for m in lines] if len(lines) >= 2 else []  # one `x = y` line is not a phrasebook
+    cues = [m.span() for m in _TRANSLATION_CUES.finditer(text)]
+    language = None
+    if spans:
+        from gpt2kit.data.language import identify
+
+        language = identify(" ".join(m.group(2) for m in lines))[0]
+    return len(spans) + len(cues), spans + cues, language
+
+
+def _is_phrase(side: str) -> bool:
+    words = side.split()
+    return 1 <= len(words) <= 12 and not any(w.lower() in ("if", "let", "var", "const", "return") for w in words[:1])
+
+
+def _arithmetic(text: str) -> list[tuple[int, int]]:
+    spans = []
+    for match in _SUM.finditer(text):
+        a, op, b, c = int(match.group(1)), match.group(2), int(match.group(3)), int(match.group(4))
+        value = a + b if op == "+" else a - b if op == "-" else a * b
+        if value == c:  # a wrong sum teaches nothing (and catches dates, scores and versions)
+            spans.append(match.span())
+    return spans
+
+
+def _faq(text: str) -> list[tuple[int, int]]:
+    return [m.span() for m in _FAQ_QUESTION.finditer(text)] if _FAQ.search(text) else []
+
+
+def find_in_text(
+    text: str, patterns: Sequence[Pattern] = ()
+) -> dict[str, tuple[int, list[tuple[int, int]], str | None]]:
+    """Per kind found in `text`: (demonstrations, their spans, the translation target's language or None)."""
+    found: dict[str, tuple[int, list[tuple[int, int]], str | None]] = {}
+    if _PREFILTER["translation"](text):
+        count, spans, language = _translation(text)
+        if count:
+            found["translation"] = (count, spans, language)
+    if _PREFILTER["qa"](text) or "uestion" in text or "FAQ" in text or "requently" in text:
+        spans = [m.span() for m in _QA.finditer(text)] + [m.span() for m in _QUESTION_ANSWER.finditer(text)]
+        spans += _faq(text)
+        if spans:
+            found["qa"] = (len(spans), spans, None)
+    for kind, regex in (("summarization", _SUMMARY), ("cloze", _CLOZE)):
+        if _PREFILTER[kind](text):
+            spans = [m.span() for m in regex.finditer(text)]
+            if spans:
+                found[kind] = (len(spans), spans, None)
+    if _PREFILTER["arithmetic"](text):
+        spans = _arithmetic(text)
+        if spans:
+            found["arithmetic"] = (len(spans), spans, None)
+    for pattern in patterns:
+        spans = [m.span() for regex in pattern.regexes for m in regex.finditer(text)]
+        if spans:
+            found[pattern.name] = (len(spans), spans, None)
+    return found
+
+
+# -- scanning ------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class KindCount:
+    documents: int = 0
+    occurrences: int = 0
+    domains: Counter = field(default_factory=Counter)
+    languages: Counter = field(default_factory=Counter)
+    examples: list[dict] = field(default_factory=list)
+
+    def merge(self, other: KindCount) -> None:
+        self.documents += other.documents
+        self.occurrences += other.occurrences
+        self.domains.update(other.domains)
+        self.languages.update(other.languages)
+        room = EXAMPLES_PER_KIND - len(self.examples)
+        self.examples += other.examples[: max(room, 0)]
+
+
+@dataclass
+class ScanResult:
+    documents: int = 0
+    bytes: int = 0
+    kinds: dict[str, KindCount] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def merge(self, other: ScanResult) -> None:
+        self.documents += other.documents
+        self.bytes += other.bytes
+        for kind, count in other.kinds.items():
+            self.kinds.setdefault(kind, KindCount()).merge(count)
+
+    def summary(self, kinds: Sequence[str]) -> dict:
+        per_million = lambda n: n / self.documents * 1e6 if self.documents else 0.0  # noqa: E731
+        per_gb = lambda n: n / self.bytes * 1e9 if self.bytes else 0.0  # noqa: E731
+        table = {}
+        for kind in kinds:
+            count = self.kinds.get(kind, KindCount())
+            table[kind] = {
+                "documents": count.documents,
+                "occurrences": count.occurrences,
+                "documents_per_million_documents": per_million(count.documents),
+                "occurrences_per_gb": per_gb(count.occurrences),
+                "top_domains": [{"domain": d, "documents": n} for d, n in count.domains.most_common(10)],
+            }
+            if count.languages:
+                table[kind]["target_languages"] = dict(count.languages.most_common(10))
+        return {"documents": self.documents, "bytes": self.bytes, "seconds": round(self.seconds, 2), "kinds": table}
+
+
+def _documents(path: Path, text_field: str, utf8: Utf8Policy) -> Iterator[tuple[str, str, str | None]]:
+    """(where, text, domain) per document: a JSON-lines record, or a whole text file (joined from its blocks)."""
+    if corpus_is_jsonl(path):
+        for number, record in iter_jsonl(path, utf8=utf8):
+            text = record.get(text_field)
+            if not isinstance(text, str):
+                raise GPT2KitError(f"{path}:{number}: no string field {text_field!r}")
+            domain = record.get("domain") or (
+                urlsplit(record["url"]).hostname if isinstance(record.get("url"), str) else None
+            )
+            yield f"{path.name}:{number}", text, domain
+    else:
+        yield path.name, "".join(text_blocks(path, utf8)), None
+
+
+def scan_file(path: Path, text_field: str, patterns: Sequence[Pattern]) -> ScanResult:
+    """Every document of one file."""
+    result = ScanResult()
+    utf8 = Utf8Policy("replace")  # a scan reports what it can read, as prepare does
+    for where, text, domain in _documents(path, text_field, utf8):
+        result.documents += 1
+        result.bytes += len(text.encode("utf-8"))
+        for kind, (occurrences, spans, language) in find_in_text(text, patterns).items():
+            count = result.kinds.setdefault(kind, KindCount())
+            count.documents += 1
+            count.occurrences += occurrences
+            if domain:
+                count.domains[domain] += 1
+            if language:
+                count.languages[language] += 1
+            if len(count.examples) < EXAMPLES_PER_KIND:
+                start, end = spans[0]
+                window = next((p.window for p in patterns if p.name == kind), 120)
+                count.examples.append({"source": where, "domain": domain, "text": _excerpt(text, start, end, window)})
+    return result
+
+
+def find_demonstrations(
+    corpus: Sequence[str | os.PathLike],
+    out: str | os.PathLike | None = None,
+    *,
+    workers: int = 1,
+    text_field: str = "text",
+    patterns: str | os.PathLike | None = None,
+) -> tuple[ScanResult, list[str]]:
+    """Scan the corpus (files and directories); write demonstrations.json and examples.md to `out` if given.
+
+    Returns the result and the kinds in report order (the built-in ones, then the pattern file's).
+    """
+    import time
+
+    if workers < 1:
+        raise GPT2KitError(f"workers must be >= 1, got {workers}")
+    extra = load_patterns(patterns) if patterns else []
+    kinds = list(KINDS) + [p.name for p in extra]
+    files = corpus_files(corpus)
+    start = time.perf_counter()
+    result = ScanResult()
+    if workers == 1 or len(files) == 1:
+        for path in files:
+            result.merge(scan_file(path, text_field, extra))
+    else:
+        with ProcessPoolExecutor(min(workers, len(files))) as pool:
+            for part in pool.map(scan_file, files, [text_field] * len(files), [extra] * len(files)):
+                result.merge(part)  # in file order: the examples do not depend on the number of workers
+    result.seconds = time.perf_counter() - start
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "demonstrations.json", json.dumps(result.summary(kinds), indent=2) + "\n")
+        atomic_write_text(out / "examples.md", examples_markdown(result, kinds))
+    return result, kinds
+
+
+def examples_markdown(result: ScanResult, kinds: Sequence[str]) -> str:
+    """A Table-1-style sample of each kind, with its source."""
+    parts = ["# Task demonstrations found in the corpus", ""]
+    parts.append(f"{result.documents:,} documents, {result.bytes / 1e6:,.1f} MB.")
+    for kind in kinds:
+        count = result.kinds.get(kind, KindCount())
+        parts += ["", f"## {kind}: {count.documents:,} documents, {count.occurrences:,} demonstrations", ""]
+        if not count.examples:
+            parts.append("None found.")
+        for example in count.examples:
+            source = example["source"] + (f" ({example['domain']})" if example["domain"] else "")
+            parts += [f"- {source}:", "", "  ```text", *("  " + line for line in example["text"].splitlines()), "  ```"]
+    return "\n".join(parts) + "\n"
+
+
+def format_table(result: ScanResult, kinds: Sequence[str]) -> str:
+    summary = result.summary(kinds)["kinds"]
+    width = max(len("kind"), *(len(k) for k in kinds))
+    lines = [f"{'kind':<{width}}  {'documents':>10}  {'demos':>10}  {'docs/M docs':>12}  {'demos/GB':>12}"]
+    for kind in kinds:
+        row = summary[kind]
+        lines.append(
+            f"{kind:<{width}}  {row['documents']:>10,}  {row['occurrences']:>10,}  "
+            f"{row['documents_per_million_documents']:>12,.0f}  {row['occurrences_per_gb']:>12,.0f}"
+        )
+    rate = result.bytes / 1e6 / result.seconds if result.seconds else 0.0
+    lines.append(
+        f"{result.documents:,} documents, {result.bytes / 1e6:,.1f} MB in {result.seconds:.1f} s ({rate:.1f} MB/s)"
+    )
+    return "\n".join(lines)
