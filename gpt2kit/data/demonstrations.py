@@ -37,41 +37,62 @@ EXAMPLE_CHARS = 300
 
 LANGUAGES = "French|German|Spanish|Italian|Portuguese|Dutch|Russian|Chinese|Japanese|Latin|Greek|Arabic|English"
 _PHRASE_SIDE = r"[^\W\d_](?:[^\W_]|[' ,.!?-]){0,78}?"  # words: a letter first; no underscores or code punctuation
-_PHRASE_LINE = re.compile(rf"^[ \t]*({_PHRASE_SIDE})[ \t]+=[ \t]+({_PHRASE_SIDE})[ \t]*$", re.M)
-_TRANSLATION_CUES = re.compile(
-    "|".join(
-        [
-            rf"\bin (?:{LANGUAGES})\b[,:]?\s*[\"“'‘]",  # like they say in French: "Je ne suis pas un imbecile"
-            r"\ben français\b|\bauf Deutsch\b|\ben español\b",
-            r"\btranslates? (?:to|as|into)\b",
-            rf"\bmeans\b[^.\n]{{1,80}}\bin (?:{LANGUAGES})\b",
-            rf"\((?:{LANGUAGES}) for\b",
-            r"[\"”] in [A-Z][a-z]+ (?:is|means)\s*[\"“]",  # '"my cat" in Velorian is "ke vesh"'
-            r"\bTo say [\"“][^\"”\n]{1,120}[\"”],? you say [\"“]",
-        ]
-    ),
-    re.I,
-)
-_QA = re.compile(r"^[ \t]*Q[:.][ \t]*\S[^\n]*\n(?:[ \t]*\n)?[ \t]*A[:.][ \t]*\S", re.M)
-_QUESTION_ANSWER = re.compile(r"\bQuestion:[ \t]*\S[^\n]{0,300}?\s+Answer:[ \t]*\S", re.I)
-_FAQ = re.compile(r"\b(?:FAQ|Frequently Asked Questions)\b", re.I)
+_LANGUAGE_NAMES = LANGUAGES.split("|")
+# Each cue: (literal anchors, its regex, how far before an anchor a match may start). Python's `re` walks every
+# position of a long text, while `str.find` skips to the few places worth a look: each regex runs only in a
+# window around an anchor, which keeps the scan at tens of MB/s per core.
+_TRANSLATION_CUES = [
+    (_LANGUAGE_NAMES, re.compile(rf"\bin (?:{LANGUAGES})\b[,:]?\s*[\"“'‘]|\((?:{LANGUAGES}) for\b"), 4),
+    (["en français", "auf Deutsch", "en español"], re.compile(r"\b(?:en français|auf Deutsch|en español)\b"), 0),
+    (["ranslate"], re.compile(r"\b[Tt]ranslates? (?:to|as|into)\b"), 1),
+    (["means"], re.compile(rf"\bmeans\b[^.\n]{{1,80}}\bin (?:{LANGUAGES})\b"), 0),
+    ([' is "', " is “", ' means "', " means “"], re.compile(r"[\"”] in [A-Z][a-z]+ (?:is|means)\s*[\"“]"), 30),
+    (["o say "], re.compile(r"\b[Tt]o say [\"“][^\"”\n]{1,120}[\"”],? you say [\"“]"), 1),
+]
+_PHRASE_CUE = ([" = "], re.compile(rf"^[ \t]*({_PHRASE_SIDE})[ \t]+=[ \t]+({_PHRASE_SIDE})[ \t]*$", re.M), 90)
+_QA_CUES = [
+    (["Q:", "Q."], re.compile(r"^[ \t]*Q[:.][ \t]*\S[^\n]*\n(?:[ \t]*\n)?[ \t]*A[:.][ \t]*\S", re.M), 8),
+    (["Answer:", "answer:", "ANSWER:"], re.compile(r"\bQuestion:[ \t]*\S[^\n]{0,300}?\s+Answer:[ \t]*\S", re.I), 330),
+]
 _FAQ_QUESTION = re.compile(r"^[ \t]*(?:\d+[.)][ \t]*)?[A-Z][^\n?]{8,200}\?[ \t]*\n[ \t]*[A-Z][^\n?]{8,}", re.M)
-_SUMMARY = re.compile(r"(?<![\w;])TL;? ?DR\b[:.]?|\bIn summary\b|^[ \t]*Summary:|\bTo sum up\b", re.I | re.M)
-_CLOZE = re.compile(
-    r"\bfill in the blanks?\b|\b_{3,}\b|\bRead the (?:passage|text|story|following)[^.\n]{0,40}\band answer\b",
-    re.I,
+_SUMMARY_CUES = [
+    (["TL", "tl;", "Tl;"], re.compile(r"(?<![\w;])(?:TL|tl|Tl);? ?(?:DR|dr|Dr)\b[:.]?"), 0),
+    (["n summary"], re.compile(r"\b[Ii]n summary\b"), 1),
+    (["Summary:", "SUMMARY:"], re.compile(r"^[ \t]*(?:Summary|SUMMARY):", re.M), 20),
+    (["sum up"], re.compile(r"\b[Tt]o sum up\b"), 3),
+]
+_CLOZE_CUES = [
+    (["blank"], re.compile(r"\b[Ff]ill in the blanks?\b"), 14),
+    (["___"], re.compile(r"(?<!_)_{3,}(?!_)"), 0),
+    (["and answer"], re.compile(r"\b[Rr]ead the (?:passage|text|story|following)[^.\n]{0,40}\band answer\b"), 80),
+]
+_SUM_CUE = (
+    ["="],
+    re.compile(r"(?<![\w.=+\-*/×])(\d{1,6})[ \t]*([+\-*×x])[ \t]*(\d{1,6})[ \t]*=[ \t]*(\d{1,12})(?![\w.])"),
+    24,
 )
-_SUM = re.compile(r"(?<![\w.=+\-*/×])(\d{1,6})[ \t]*([+\-*×x])[ \t]*(\d{1,6})[ \t]*=[ \t]*(\d{1,12})(?![\w.])")
-# Cheap tests before the regular expressions: most text has none of these.
-_PREFILTER = {
-    "translation": lambda t: any(
-        c in t for c in ("=", '"', "“", "trans", "means", "en fran", "Deutsch", "español", "(")
-    ),
-    "qa": lambda t: "Q" in t,
-    "summarization": lambda t: "DR" in t or "dr" in t or "ummar" in t or "sum up" in t,
-    "cloze": lambda t: "___" in t or "blank" in t or "Read the" in t or "read the" in t,
-    "arithmetic": lambda t: "=" in t,
-}
+_AHEAD = 400  # how far past an anchor a match may end
+
+
+def _matches(text: str, cue: tuple) -> list[re.Match]:
+    """The cue's matches that cover one of its anchors, each once, in order."""
+    anchors, regex, back = cue
+    found: dict[int, re.Match] = {}
+    for anchor in anchors:
+        hit = text.find(anchor)
+        while hit >= 0:
+            start, stop = max(0, hit - back), hit + len(anchor) + _AHEAD
+            match = regex.search(text, start, stop)
+            while match and match.end() <= hit:  # an earlier match in the window: look past it
+                match = regex.search(text, max(match.end(), match.start() + 1), stop)
+            if match and match.start() <= hit:
+                found.setdefault(match.start(), match)
+            hit = text.find(anchor, hit + 1)
+    return [found[start] for start in sorted(found)]
+
+
+def _cue_spans(text: str, cues: list) -> list[tuple[int, int]]:
+    return [m.span() for cue in cues for m in _matches(text, cue)]
 
 
 @dataclass
@@ -124,9 +145,9 @@ def _excerpt(text: str, start: int, end: int, window: int = 120) -> str:
 
 
 def _translation(text: str) -> tuple[int, list[tuple[int, int]], str | None]:
-    lines = [m for m in _PHRASE_LINE.finditer(text) if _is_phrase(m.group(1)) and _is_phrase(m.group(2))]
+    lines = [m for m in _matches(text, _PHRASE_CUE) if _is_phrase(m.group(1)) and _is_phrase(m.group(2))]
     spans = [m.span() for m in lines] if len(lines) >= 2 else []  # one `x = y` line is not a phrasebook
-    cues = [m.span() for m in _TRANSLATION_CUES.finditer(text)]
+    cues = _cue_spans(text, _TRANSLATION_CUES)
     language = None
     if spans:
         from gpt2kit.data.language import identify
@@ -142,7 +163,7 @@ def _is_phrase(side: str) -> bool:
 
 def _arithmetic(text: str) -> list[tuple[int, int]]:
     spans = []
-    for match in _SUM.finditer(text):
+    for match in _matches(text, _SUM_CUE):
         a, op, b, c = int(match.group(1)), match.group(2), int(match.group(3)), int(match.group(4))
         value = a + b if op == "+" else a - b if op == "-" else a * b
         if value == c:  # a wrong sum teaches nothing (and catches dates, scores and versions)
@@ -151,7 +172,9 @@ def _arithmetic(text: str) -> list[tuple[int, int]]:
 
 
 def _faq(text: str) -> list[tuple[int, int]]:
-    return [m.span() for m in _FAQ_QUESTION.finditer(text)] if _FAQ.search(text) else []
+    if "FAQ" in text or "requently Asked Questions" in text or "requently asked questions" in text:
+        return [m.span() for m in _FAQ_QUESTION.finditer(text)]
+    return []
 
 
 def find_in_text(
@@ -159,24 +182,19 @@ def find_in_text(
 ) -> dict[str, tuple[int, list[tuple[int, int]], str | None]]:
     """Per kind found in `text`: (demonstrations, their spans, the translation target's language or None)."""
     found: dict[str, tuple[int, list[tuple[int, int]], str | None]] = {}
-    if _PREFILTER["translation"](text):
-        count, spans, language = _translation(text)
-        if count:
-            found["translation"] = (count, spans, language)
-    if _PREFILTER["qa"](text) or "uestion" in text or "FAQ" in text or "requently" in text:
-        spans = [m.span() for m in _QA.finditer(text)] + [m.span() for m in _QUESTION_ANSWER.finditer(text)]
-        spans += _faq(text)
+    count, spans, language = _translation(text)
+    if count:
+        found["translation"] = (count, spans, language)
+    spans = _cue_spans(text, _QA_CUES) + _faq(text)
+    if spans:
+        found["qa"] = (len(spans), spans, None)
+    for kind, cues in (("summarization", _SUMMARY_CUES), ("cloze", _CLOZE_CUES)):
+        spans = _cue_spans(text, cues)
         if spans:
-            found["qa"] = (len(spans), spans, None)
-    for kind, regex in (("summarization", _SUMMARY), ("cloze", _CLOZE)):
-        if _PREFILTER[kind](text):
-            spans = [m.span() for m in regex.finditer(text)]
-            if spans:
-                found[kind] = (len(spans), spans, None)
-    if _PREFILTER["arithmetic"](text):
-        spans = _arithmetic(text)
-        if spans:
-            found["arithmetic"] = (len(spans), spans, None)
+            found[kind] = (len(spans), spans, None)
+    spans = _arithmetic(text)
+    if spans:
+        found["arithmetic"] = (len(spans), spans, None)
     for pattern in patterns:
         spans = [m.span() for regex in pattern.regexes for m in regex.finditer(text)]
         if spans:
