@@ -17,7 +17,7 @@ PLANTED = [
         3,
     ),
     ("translation", 'I am not the cleverest man, but like they say in French: "Je ne suis pas un imbecile".', 1),
-    ("translation", 'The word "chat" translates to cat, and "chien" means dog in French.', 2),
+    ("translation", 'The word "chat" translates as "cat", and "chien" means dog in French.', 2),
     ("qa", "Forum\n\nQ: Who wrote Emma?\nA: Jane Austen\n\nQ: When?\nA: 1815\n", 2),
     ("qa", "Question: What is the capital of France? Answer: Paris.", 1),
     ("summarization", "A long article about the harvest and the weather.\n\nTL;DR: a good year for apples.", 1),

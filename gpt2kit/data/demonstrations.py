@@ -44,7 +44,15 @@ _LANGUAGE_NAMES = LANGUAGES.split("|")
 _TRANSLATION_CUES = [
     (_LANGUAGE_NAMES, re.compile(rf"\bin (?:{LANGUAGES})\b[,:]?\s*[\"“'‘]|\((?:{LANGUAGES}) for\b"), 4),
     (["en français", "auf Deutsch", "en español"], re.compile(r"\b(?:en français|auf Deutsch|en español)\b"), 0),
-    (["ranslate"], re.compile(r"\b[Tt]ranslates? (?:to|as|into)\b"), 1),
+    # a quoted phrase and its translation: 'translates as "..."', '"..." is translated', not "translate into action"
+    (
+        ["ranslat"],
+        re.compile(
+            r"\b[Tt]ranslat(?:es?|ed|ing)(?: it| them)? (?:as|to|into|by)\s*[\"“‘]"
+            r"|[\"”’],? (?:which |that )?(?:is |was |may be )?translated\b"
+        ),
+        24,
+    ),
     (["means"], re.compile(rf"\bmeans\b[^.\n]{{1,80}}\bin (?:{LANGUAGES})\b"), 0),
     ([' is "', " is “", ' means "', " means “"], re.compile(r"[\"”] in [A-Z][a-z]+ (?:is|means)\s*[\"“]"), 30),
     (["o say "], re.compile(r"\b[Tt]o say [\"“][^\"”\n]{1,120}[\"”],? you say [\"“]"), 1),
@@ -59,7 +67,7 @@ _SUMMARY_CUES = [
     (["TL", "tl;", "Tl;"], re.compile(r"(?<![\w;])(?:TL|tl|Tl);? ?(?:DR|dr|Dr)\b[:.]?"), 0),
     (["n summary"], re.compile(r"\b[Ii]n summary\b"), 1),
     (["Summary:", "SUMMARY:"], re.compile(r"^[ \t]*(?:Summary|SUMMARY):", re.M), 20),
-    (["sum up"], re.compile(r"\b[Tt]o sum up\b"), 3),
+    (["sum up"], re.compile(r"\b[Tt]o sum up(?:, then)?[,:]"), 3),  # "To sum up:", not "going to sum up a period"
 ]
 _CLOZE_CUES = [
     (["blank"], re.compile(r"\b[Ff]ill in the blanks?\b"), 14),
