@@ -294,10 +294,18 @@ def cmd_overlap_check(args: argparse.Namespace) -> int:
     from gpt2kit.data.bloom import BloomFilter
     from gpt2kit.data.overlap import check_overlap, format_table
 
-    rows = check_overlap(
-        args.filter, args.test, unit=args.unit, field=args.field, flags_out=args.flags, on_bad_utf8=args.on_bad_utf8
-    )
-    print(format_table(rows, BloomFilter.open(args.filter).header))
+    if bool(args.test) == bool(args.samples):
+        raise GPT2KitError("give --test (test sets) or --samples (generated text), one of them")
+    if args.samples:
+        from gpt2kit.data.overlap import check_samples, format_samples_table
+
+        rows = check_samples(args.filter, args.samples, args.verbatim_words)
+        print(format_samples_table(rows))
+    else:
+        rows = check_overlap(
+            args.filter, args.test, unit=args.unit, field=args.field, flags_out=args.flags, on_bad_utf8=args.on_bad_utf8
+        )
+        print(format_table(rows, BloomFilter.open(args.filter).header))
     if args.json:
         from gpt2kit.io import atomic_write_text
 

@@ -138,7 +138,11 @@ def _add_overlap_commands(commands) -> None:
     p.set_defaults(handler="overlap_build")
     p = ov_commands.add_parser("check", help="report how much of each test set's 8-grams the filter holds")
     p.add_argument("--filter", required=True)
-    p.add_argument("--test", nargs="+", required=True, help="test files (.txt, .jsonl)")
+    p.add_argument("--test", nargs="+", help="test files (.txt, .jsonl)")
+    p.add_argument(
+        "--samples", nargs="+", help="generated samples (gpt2kit sample output, or .jsonl): how much they memorise"
+    )
+    p.add_argument("--verbatim-words", type=int, default=25, help="with --samples: a run this long counts (default 25)")
     p.add_argument(
         "--unit", default="auto", choices=["auto", "line", "wikitext", "file"], help="example unit of text files"
     )

@@ -256,3 +256,52 @@ def test_format_table_has_a_row_per_file():
     rows = [OverlapRow("a/ptb.valid.txt", 10, 9, 100, 25, 3)]
     table = format_table(rows)
     assert "ptb.valid.txt" in table and "25.00%" in table and "33.33%" in table
+
+
+def test_memorisation_of_samples_equals_a_direct_count(tmp_path, corpus, capsys):
+    """overlap check --samples: the share of sample 8-grams in the training set, and verbatim runs, as the paper's
+    section 4 measures memorisation; checked against exact sets on a corpus where the overlap is known."""
+    root, texts = corpus
+    assert main(["overlap", "build", "--corpus", str(root), "--out", str(tmp_path / "f.bloom")]) == 0
+    capsys.readouterr()
+    book = texts[0].split()
+    rng = random.Random(5)
+    novel = lambda n: " ".join("".join(rng.choice(string.ascii_lowercase) for _ in range(7)) for _ in range(n))  # noqa: E731
+    samples = [
+        " ".join(book[100:140]) + " " + novel(20),  # 40 words copied: a verbatim run of 40
+        novel(60),  # nothing copied
+        novel(10) + " " + " ".join(book[500:512]) + " " + novel(10),  # a 12-word run: under the threshold
+    ]
+    separator = "=" * 40
+    text = "".join(f"{separator} SAMPLE {i + 1} {separator}\n{s}\n" for i, s in enumerate(samples))
+    (tmp_path / "samples.txt").write_text(text)
+    from gpt2kit.data.overlap import check_samples, verbatim_words
+
+    (row,) = check_samples(tmp_path / "f.bloom", [tmp_path / "samples.txt"], verbatim=25)
+    grams = exact_ngrams(texts)
+    direct_found = direct_total = 0
+    runs = []
+    for sample in samples:
+        words = normalise_words(sample)
+        flags = [tuple(words[i : i + NGRAM]) in grams for i in range(len(words) - NGRAM + 1)]
+        direct_found += sum(flags)
+        direct_total += len(flags)
+        longest = current = 0
+        for flag in flags:
+            current = current + 1 if flag else 0
+            longest = max(longest, current)
+        runs.append(longest + NGRAM - 1 if longest else 0)
+    assert runs[0] >= 38 and runs[1] == 0 and 10 <= runs[2] <= 12  # the copied spans, as words after normalising
+    assert (row.examples, row.ngrams, row.ngrams_found) == (3, direct_total, direct_found)
+    assert row.examples_with_overlap == 2 and row.examples_with_verbatim == 1
+    assert row.longest_verbatim_words == runs[0] and row.percent_verbatim == pytest.approx(100 / 3)
+    assert verbatim_words(np.array([True, True, False, True])) == NGRAM + 1
+    assert verbatim_words(np.array([False, False])) == 0
+    code = main(["overlap", "check", "--filter", str(tmp_path / "f.bloom"), "--samples", str(tmp_path / "samples.txt")])
+    out = capsys.readouterr().out
+    assert code == 0 and "% >=25 words" in out and "33.33%" in out and f"{runs[0]} words" in out
+    jsonl = tmp_path / "samples.jsonl"
+    jsonl.write_text("".join(json.dumps({"completion": s}) + "\n" for s in samples))
+    assert check_samples(tmp_path / "f.bloom", [jsonl])[0].ngrams_found == direct_found
+    assert main(["overlap", "check", "--filter", str(tmp_path / "f.bloom")]) == 2
+    assert "give --test" in capsys.readouterr().err

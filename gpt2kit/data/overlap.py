@@ -9,7 +9,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gpt2kit.data.bloom import BloomFilter, corpus_is_jsonl, text_blocks
+import numpy as np
+
+from gpt2kit.data.bloom import NGRAM, BloomFilter, corpus_is_jsonl, text_blocks
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.io import Utf8Policy, atomic_write_jsonl, iter_jsonl, jsonl_texts
 
@@ -69,6 +71,9 @@ class OverlapRow:
     examples_with_overlap: int
     flags: list[dict] = field(default_factory=list, repr=False)
     bad_utf8: str = ""  # what reading it repaired or skipped, if anything
+    longest_verbatim_words: int = 0  # the longest run of words found verbatim in the filter, over all examples
+    examples_with_verbatim: int = 0  # examples with a run of at least `verbatim_words`
+    verbatim_words: int = 0  # the threshold those were counted at (0: not counted)
 
     @property
     def percent_ngrams(self) -> float:
@@ -88,15 +93,36 @@ class OverlapRow:
             "percent_ngrams_found": self.percent_ngrams,
             "examples_with_overlap": self.examples_with_overlap,
             "percent_examples_with_overlap": self.percent_examples,
+            "longest_verbatim_words": self.longest_verbatim_words,
+            "verbatim_words": self.verbatim_words,
+            "examples_with_verbatim": self.examples_with_verbatim,
+            "percent_examples_with_verbatim": self.percent_verbatim,
             "bad_utf8": self.bad_utf8 or None,
         }
 
+    @property
+    def percent_verbatim(self) -> float:
+        return 100.0 * self.examples_with_verbatim / self.examples if self.examples else 0.0
 
-def check_examples(bloom: BloomFilter, name: str, examples: Sequence[str]) -> OverlapRow:
-    row = OverlapRow(name, len(examples), 0, 0, 0, 0)
+
+def verbatim_words(found: np.ndarray) -> int:
+    """The longest run of words held verbatim: k consecutive 8-grams found cover k + 7 words."""
+    if not found.any():
+        return 0
+    padded = np.concatenate(([0], found.astype(np.int8), [0]))
+    edges = np.flatnonzero(np.diff(padded))
+    return int((edges[1::2] - edges[::2]).max()) + NGRAM - 1
+
+
+def check_examples(bloom: BloomFilter, name: str, examples: Sequence[str], verbatim: int = 0) -> OverlapRow:
+    """The row of one test set; with `verbatim` (words), also how many examples repeat that long a run verbatim."""
+    row = OverlapRow(name, len(examples), 0, 0, 0, 0, verbatim_words=verbatim)
     for index, text in enumerate(examples):
         found = bloom.contains_text(text)
         hits = int(found.sum())
+        run = verbatim_words(found)
+        row.longest_verbatim_words = max(row.longest_verbatim_words, run)
+        row.examples_with_verbatim += bool(verbatim) and run >= verbatim
         row.ngrams += len(found)
         row.ngrams_found += hits
         row.examples_with_ngrams += len(found) > 0
@@ -109,6 +135,7 @@ def check_examples(bloom: BloomFilter, name: str, examples: Sequence[str]) -> Ov
                 "found": hits,
                 "fraction": hits / len(found) if len(found) else 0.0,
                 "overlap": hits > 0,
+                "verbatim_words": run,
             }
         )
     return row
@@ -144,6 +171,56 @@ def check_overlap(
     if flags_out is not None:
         atomic_write_jsonl(flags_out, (flag for row in rows for flag in row.flags))
     return rows
+
+
+SAMPLE_SEPARATOR = re.compile(r"^=+ SAMPLE \d+ =+$", re.M)  # as `gpt2kit sample --num-samples N` prints them
+SAMPLE_FIELDS = ("text", "completion", "sample")
+VERBATIM_WORDS = 25  # a run of words this long found verbatim counts as memorised
+
+
+def load_samples(path: str | os.PathLike) -> list[str]:
+    """Generated samples: JSON lines (field text, completion or sample), a text file of `gpt2kit sample` output
+    split at its SAMPLE separators, or else the whole text file as one sample."""
+    path = Path(path)
+    if not path.is_file():
+        raise GPT2KitError(f"{path}: no such samples file")
+    if corpus_is_jsonl(path):
+        samples = []
+        for number, record in iter_jsonl(path):
+            name = next((f for f in SAMPLE_FIELDS if isinstance(record.get(f), str)), None)
+            if name is None:
+                raise GPT2KitError(f"{path}:{number}: no string field {' / '.join(SAMPLE_FIELDS)}")
+            samples.append(record[name])
+        return samples
+    text = "".join(text_blocks(path))
+    parts = SAMPLE_SEPARATOR.split(text) if SAMPLE_SEPARATOR.search(text) else [text]
+    return [part.strip("\n") for part in parts if part.strip()]
+
+
+def check_samples(
+    filter_path: str | os.PathLike, sample_files: Sequence[str | os.PathLike], verbatim: int = VERBATIM_WORDS
+) -> list[OverlapRow]:
+    """Memorisation (the paper's section 4, Figure 5): per file of generated samples, the share of their 8-grams
+    in the training set's filter, and how many samples repeat `verbatim` words or more of it word for word."""
+    if not sample_files:
+        raise GPT2KitError("no samples files given")
+    if verbatim < NGRAM:
+        raise GPT2KitError(f"verbatim run must be at least {NGRAM} words (one 8-gram), got {verbatim}")
+    bloom = BloomFilter.open(filter_path)
+    return [check_examples(bloom, str(path), load_samples(path), verbatim) for path in sample_files]
+
+
+def format_samples_table(rows: Sequence[OverlapRow]) -> str:
+    name_width = max([len("samples file")] + [len(Path(row.name).name) for row in rows])
+    verbatim = rows[0].verbatim_words if rows else VERBATIM_WORDS
+    head = f"{'samples file':<{name_width}}  {'samples':>7}  {'8-grams':>9}  {'% 8-grams':>9}  {'% any':>7}  "
+    lines = [head + f"{f'% >={verbatim} words':>14}  {'longest run':>11}"]
+    for row in rows:
+        lines.append(
+            f"{Path(row.name).name:<{name_width}}  {row.examples:>7}  {row.ngrams:>9}  {row.percent_ngrams:>8.2f}%  "
+            f"{row.percent_examples:>6.2f}%  {row.percent_verbatim:>13.2f}%  {row.longest_verbatim_words:>5} words"
+        )
+    return "\n".join(lines)
 
 
 def format_table(rows: Sequence[OverlapRow], bloom_header: dict | None = None) -> str:
