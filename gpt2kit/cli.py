@@ -199,7 +199,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from gpt2kit.study.report import capacity_table, trend_lines
+    from gpt2kit.study.report import capacity_table, memorisation_table, trend_lines
     from gpt2kit.study.sweep import SweepConfig, default_columns, parse_eval_jobs, run_sweep
 
     config = SweepConfig(
@@ -217,16 +217,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         prompts=args.prompt or [""],
         device=args.device,
         seed=args.seed,
+        train_filter=args.train_filter,
+        memorisation_windows=args.memorisation_windows,
     )
     report, results = run_sweep(config)
     if report is None:
         return 0  # a torchrun rank other than 0: it trained, rank 0 reports
     from gpt2kit.study.report import ModelReport
 
-    models = [ModelReport(r.size, r.params, r.results) for r in results]
+    models = [ModelReport(r.size, r.params, r.results, memorisation=r.memorisation) for r in results]
     columns = default_columns(config.eval_jobs)
     print(capacity_table(models, columns, {}))
     print("\n".join(trend_lines(models, columns, {})))
+    print(memorisation_table(models))
     print(f"report: {report}")
     return 0
 

@@ -93,6 +93,10 @@ def add_demo_commands(commands) -> None:
     p.add_argument("--eval-shots", type=int, help="example pairs for translation and question answering")
     p.add_argument("--no-detokenize", help="eval tasks whose detokenizer is off, comma-separated")
     p.add_argument("--prompt", action="append", help="a sample prompt (repeatable; default: unconditional)")
+    p.add_argument(
+        "--train-filter", help="the training text's 8-gram filter (overlap build): how much samples repeat it"
+    )
+    p.add_argument("--memorisation-windows", type=int, default=32, help="windows of train and val for their PPL")
     p.add_argument("--device", default="auto", help="where evaluation and sampling run (default: CUDA if present)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="sweep-out")

@@ -23,8 +23,12 @@ def test_quick_demo_end_to_end_then_resumes(tmp_path, capsys):
     assert all(c.label in header for c in COLUMNS)
     # Every task has a baseline and a score for the model (no "-" cells).
     assert "| - |" not in baseline.split("|", 3)[3] and " - |" not in model
-    for png in ("loss.png", "capacity.png"):
+    for png in ("loss.png", "capacity.png", "memorisation.png"):
         assert (out / png).read_bytes().startswith(b"\x89PNG")
+    memorisation = json.loads((out / "runs/cpu-100k/memorisation.json").read_text())
+    assert memorisation["train_ppl"] > 1 and memorisation["heldout_ppl"] > 1 and memorisation["samples"] == 8
+    assert 0 <= memorisation["sample_8grams_in_training_percent"] <= 100
+    assert "| cpu-100k | 182,016 | " in report.split("## Memorisation")[1]
     assert "### cpu-100k" in report and "⟨" in report  # samples
     assert re.search(r"\| lambada_test.jsonl \| 200 \| [\d.]+ \| [\d.]+ \| 0 \|", report)  # overlap, no key found
     for step in ("generate the corpus", "train the BPE", "prepare the shards", "train cpu-100k", "eval cpu-100k"):
@@ -49,7 +53,8 @@ def test_quick_demo_end_to_end_then_resumes(tmp_path, capsys):
         assert [line for line in again.splitlines() if line.startswith(f"| {step} |")] == [
             line for line in report.splitlines() if line.startswith(f"| {step} |")
         ]
-    assert [line for line in again.splitlines() if line.startswith("| cpu-100k")] == [model]
+    rows = lambda text: [line for line in text.splitlines() if line.startswith("| cpu-100k")]  # noqa: E731
+    assert rows(again) == rows(report) and rows(again)[0] == model  # the scores, then the memorisation row
 
 
 def test_demo_reuses_its_directory_only_for_the_same_settings(tmp_path):

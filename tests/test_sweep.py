@@ -137,19 +137,36 @@ def test_sweep_trains_evaluates_reports_and_resumes(prepared, tmp_path):
     out = tmp_path / "sweep"
     report, results = run_sweep(tiny_sweep(prepared, out, ["cpu-100k"]))
     first = results[0]
-    assert first.model_dir.name == "step-00000012" and set(first.seconds) == {"train", "eval", "samples"}
+    assert first.model_dir.name == "step-00000012"
+    assert set(first.seconds) == {"train", "eval", "samples", "memorisation"}
     assert set(first.results) == {"lambada", "qa"} and first.results["qa"]["n"] == 4
     assert first.results["qa"]["metrics"]["em"] >= 0 and len(first.samples) == 2
     steps = [json.loads(line)["step"] for line in (out / "runs/cpu-100k/metrics.jsonl").open()]
     assert max(steps) == 12
     text = report.read_text()
     assert "| cpu-100k | " in text and "LAMBADA" in text and "qa (em)" in text
+    # Memorisation: training-set and held-out perplexity on the same number of windows, computed directly here
+    import numpy as np
+    import torch
+
+    import gpt2kit
+    from gpt2kit.data.loader import TokenWindows
+
+    model = gpt2kit.load(first.model_dir).model.eval()
+    for split, key in (("train", "train_ppl"), ("val", "heldout_ppl")):
+        windows = TokenWindows(prepared / "data", split, model.config.n_positions)
+        count = min(32, len(windows))
+        x, y = windows.batch(np.linspace(0, len(windows) - 1, count).astype(int))
+        with torch.no_grad():
+            direct = float(torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten()).exp())
+        assert first.memorisation[key] == pytest.approx(direct, rel=1e-4), key
+    assert "## Memorisation (the paper's section 4)" in text and (out / "memorisation.png").exists()
 
     # Growing the sweep trains only the new size and reuses the finished one.
     weights = (first.model_dir / "model.safetensors").read_bytes()
     _, results = run_sweep(tiny_sweep(prepared, out, ["cpu-100k", "cpu-1m"]))
-    assert results[0].seconds == {} and set(results[1].seconds) == {"train", "eval", "samples"}
-    assert results[0].timings == first.timings and set(first.timings) == {"train", "eval", "samples"}
+    assert results[0].seconds == {} and set(results[1].seconds) == {"train", "eval", "samples", "memorisation"}
+    assert results[0].timings == first.timings and set(first.timings) == {"train", "eval", "samples", "memorisation"}
     assert results[0].params < results[1].params
     assert (first.model_dir / "model.safetensors").read_bytes() == weights
     grown = (out / "report.md").read_text()

@@ -250,6 +250,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> list[str]:
         no_detokenize=("wikitext2",),
         prompts=SAMPLE_PROMPTS,
         seed=seed,
+        train_filter=str(web.out / "train-8grams.bloom"),  # built by overlap_section
     )
     intro = INTRO.format(sizes=", ".join(plan.sizes), tokens=plan.tokens, corpus_mb=plan.corpus_mb, seed=seed)
     report, results = run_sweep(
@@ -262,13 +263,15 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> list[str]:
         timings=timings,
         extra_sections=[("Overlap between the evaluation sets and the training text", overlap)],
     )
-    from gpt2kit.study.report import ModelReport
+    from gpt2kit.study.report import ModelReport, memorisation_table
 
-    models = [ModelReport(r.size, r.params, r.results) for r in results]
+    models = [ModelReport(r.size, r.params, r.results, memorisation=r.memorisation) for r in results]
     return [
         capacity_table(models, COLUMNS, baselines),
         "",
         *trend_lines(models, COLUMNS, baselines),
+        "",
+        memorisation_table(models),
         "",
         f"report: {report}",
     ]

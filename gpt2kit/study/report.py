@@ -51,6 +51,7 @@ class ModelReport:
     results: dict[str, dict] = field(default_factory=dict)  # task -> {"metrics": {...}, "protocol": ..., "n": ...}
     metrics_path: Path | None = None  # the training run's metrics.jsonl
     samples: list[tuple[str, str]] = field(default_factory=list)  # (prompt, completion)
+    memorisation: dict = field(default_factory=dict)  # train_ppl, heldout_ppl, and sample overlap when measured
 
     def metric(self, column: ScoreColumn) -> float | None:
         value = self.results.get(column.task, {}).get("metrics", {}).get(column.metric)
@@ -177,11 +178,36 @@ def plot_loss(models: list[ModelReport], path: Path) -> bool:
     return drawn
 
 
+def _params_axis(ax, params: list[int]) -> None:
+    """A log x axis with one labelled tick per model: readable whatever the span (1.5x or 1000x)."""
+    import matplotlib.ticker
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(sorted(set(params))))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: _params(int(round(value)))))
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.tick_params(axis="x", labelrotation=30)
+
+
+def _log_values_axis(ax, values: list[float]) -> None:
+    """A log y axis with readable labels, also when the values span less than a decade."""
+    import matplotlib.ticker
+    import numpy as np
+
+    ax.set_yscale("log")
+    low, high = min(values), max(values)
+    if high / low < 3:  # a log axis this narrow has no decade ticks: three labelled values instead
+        ax.yaxis.set_major_locator(matplotlib.ticker.FixedLocator(np.geomspace(low, high, 3 if high > low else 1)))
+    else:
+        ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1, 2, 5), numticks=8))
+    ax.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: _short_number(value)))
+
+
 def plot_capacity(
     models: list[ModelReport], columns: list[ScoreColumn], baselines: dict[str, float], path: Path
 ) -> None:
     """One panel per column: score against parameters on a log axis, the fitted trend, the baseline."""
-    import matplotlib.ticker
 
     plt = _pyplot()
     import numpy as np
@@ -211,24 +237,9 @@ def plot_capacity(
                 ax.plot([], [], " ", label=f"baseline: {column.display(baselines[column.label])} (off the chart)")
             else:
                 ax.axhline(baseline, color="C3", linestyle="--", label="baseline")
-        ax.set_xscale("log")
-        # One labelled tick per model: readable whatever the span (1.5x or 1000x), never an unlabelled axis.
-        ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(sorted(set(params))))
-        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: _params(int(round(value)))))
-        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-        ax.tick_params(axis="x", labelrotation=30)
+        _params_axis(ax, params)
         if not column.higher_is_better:
-            ax.set_yscale("log")
-            values = [s for _, s in shown] or [1.0]
-            low, high = min(values), max(values)
-            if high / low < 3:  # a log axis this narrow has no decade ticks: three labelled values instead
-                ax.yaxis.set_major_locator(
-                    matplotlib.ticker.FixedLocator(np.geomspace(low, high, 3 if high > low else 1))
-                )
-            else:
-                ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1, 2, 5), numticks=8))
-            ax.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-            ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: _short_number(value)))
+            _log_values_axis(ax, [s for _, s in shown] or [1.0])
         ax.set_title(column.label, fontsize=10)
         ax.set_xlabel("parameters")
         ax.grid(alpha=0.3, which="both")
@@ -293,6 +304,55 @@ def trend_lines(models: list[ModelReport], columns: list[ScoreColumn], baselines
     return lines
 
 
+def memorisation_table(models: list[ModelReport]) -> str:
+    """Per size: perplexity on training and held-out windows (Figure 4), and how much samples repeat (Figure 5)."""
+    with_samples = any("sample_8grams_in_training_percent" in m.memorisation for m in models)
+    header = "| model | parameters | training PPL | held-out PPL | held-out / training |"
+    rule = "|---|---:|---:|---:|---:|"
+    if with_samples:
+        words = next(m.memorisation["verbatim_words"] for m in models if "verbatim_words" in m.memorisation)
+        header += f" sample 8-grams in training text | samples repeating >= {words} words | longest run |"
+        rule += "---:|---:|---:|"
+    rows = [header, rule]
+    for model in models:
+        m = model.memorisation
+        if not m:
+            continue
+        row = f"| {model.name} | {model.params:,} | {m['train_ppl']:.2f} | {m['heldout_ppl']:.2f} | "
+        row += f"{m['heldout_ppl'] / m['train_ppl']:.3f} |"
+        if with_samples and "sample_8grams_in_training_percent" in m:
+            row += (
+                f" {m['sample_8grams_in_training_percent']:.1f}% | {m['samples_with_verbatim_percent']:.1f}% "
+                f"of {m['samples']} | {m['longest_verbatim_words']} words |"
+            )
+        rows.append(row)
+    tokens = next(m.memorisation["tokens_each"] for m in models if m.memorisation)
+    rows += ["", f"Both perplexities are over {tokens:,} tokens of windows spread over each split. A held-out "
+             "perplexity close to the training one, as in the paper's Figure 4, means the model is not "
+             "memorising its training text."]  # fmt: skip
+    return "\n".join(rows)
+
+
+def plot_memorisation(models: list[ModelReport], path: Path) -> Path:
+    """Training-set and held-out perplexity against parameters (the paper's Figure 4), log-log."""
+    plt = _pyplot()
+    measured = [m for m in models if m.memorisation]
+    params = [m.params for m in measured]
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ax.plot(params, [m.memorisation["train_ppl"] for m in measured], "o-", label="training set")
+    ax.plot(params, [m.memorisation["heldout_ppl"] for m in measured], "s--", label="held out")
+    _params_axis(ax, params)
+    _log_values_axis(ax, [m.memorisation[k] for m in measured for k in ("train_ppl", "heldout_ppl")])
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("perplexity")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def write_report(
     out_dir: str | Path,
     models: list[ModelReport],
@@ -333,6 +393,10 @@ def write_report(
     parts += ["![score against parameters](capacity.png)", ""]
     if has_loss:
         parts += ["## Training curves", "", "![training loss](loss.png)", ""]
+    if any(m.memorisation for m in ordered):
+        plot_memorisation(ordered, out_dir / "memorisation.png")
+        parts += ["## Memorisation (the paper's section 4)", "", memorisation_table(ordered), ""]
+        parts += ["![training-set and held-out perplexity](memorisation.png)", ""]
     protocols = _protocols(ordered)
     if protocols:
         parts += ["## Protocols", "", *[f"- `{task}`: {text}" for task, text in protocols.items()], ""]

@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 SETTINGS_FILE = "sweep.json"
 EVAL_FILE = "eval.json"
 SAMPLES_FILE = "samples.json"
+MEMORISATION_FILE = "memorisation.json"
 TIMINGS_FILE = "timings.json"  # seconds each stage took when it ran, so a resumed sweep still reports them
 # Settings that must not change when a sweep is resumed: they define what is being compared.
 FIXED_SETTINGS = ("data", "tokens", "config", "overrides", "seed")
@@ -81,6 +82,11 @@ class SweepConfig:
     prompts: list[str] = field(default_factory=lambda: [""])  # "" samples unconditionally
     sample_tokens: int = 80
     seed: int = 0
+    # Memorisation (the paper's section 4): training-set against held-out perplexity on as many windows of each,
+    # and, given the training text's 8-gram filter (`gpt2kit overlap build`), how much unconditional samples repeat.
+    memorisation_windows: int = 32
+    train_filter: str | None = None
+    memorisation_samples: int = 8
 
     def __post_init__(self) -> None:
         if not self.sizes:
@@ -98,6 +104,10 @@ class SweepConfig:
             raise GPT2KitError(f"sweep: eval_limit must be positive, got {self.eval_limit}")
         if self.sample_tokens < 1:
             raise GPT2KitError(f"sweep: sample_tokens must be positive, got {self.sample_tokens}")
+        if self.memorisation_windows < 1 or self.memorisation_samples < 1:
+            raise GPT2KitError("sweep: memorisation_windows and memorisation_samples must be positive")
+        if self.train_filter is not None and not Path(self.train_filter).is_file():
+            raise GPT2KitError(f"{self.train_filter}: no such filter file (gpt2kit overlap build makes one)")
 
     def settings(self) -> dict:
         values = asdict(self)
@@ -116,6 +126,7 @@ class SizeResult:
     metrics_path: Path
     seconds: dict[str, float]  # the stages run by this call
     timings: dict[str, float]  # every stage's seconds, including those of earlier calls
+    memorisation: dict = field(default_factory=dict)
 
 
 # -- the three stages, each a thin layer over the library that does the work -------------------------------------
@@ -194,6 +205,56 @@ def sample_size(config: SweepConfig, model_dir: Path) -> list[tuple[str, str]]:
     return [(p, c.text) for p, c in zip(config.prompts, completions, strict=True)]
 
 
+def memorisation_size(config: SweepConfig, model_dir: Path) -> dict:
+    """Perplexity on training windows against held-out ones (the paper's Figure 4), and with a training filter, the
+    8-gram overlap of unconditional samples with the training text (Figure 5)."""
+    import numpy as np
+    import torch
+
+    from gpt2kit.checkpoint import load
+    from gpt2kit.data.loader import TokenWindows
+    from gpt2kit.data.overlap import VERBATIM_WORDS, check_examples
+    from gpt2kit.generate import PAPER_TOP_K, GenerationConfig, generate
+
+    loaded = load(model_dir, device=config.device)
+    model = loaded.model.eval()
+    device = next(model.parameters()).device
+    context = model.config.n_positions
+    result: dict = {}
+    for split, key in (("train", "train_ppl"), ("val", "heldout_ppl")):
+        windows = TokenWindows(config.data, split, context)
+        count = min(config.memorisation_windows, len(windows))
+        if count == 0:
+            raise GPT2KitError(f"{config.data}: the {split} split has no window of {context} tokens")
+        indices = np.linspace(0, len(windows) - 1, count).astype(int)  # spread over the split, the same every time
+        total = 0.0
+        with torch.no_grad():
+            for start in range(0, count, 8):
+                x, y = windows.batch(indices[start : start + 8])
+                total += float(model(x.to(device), targets=y.to(device))) * len(x)
+        result[key] = math.exp(total / count)
+        result["tokens_each"] = count * context
+    if config.train_filter:
+        from gpt2kit.data.bloom import BloomFilter
+
+        settings = GenerationConfig(
+            max_new_tokens=config.sample_tokens, temperature=1.0, top_k=PAPER_TOP_K, seed=config.seed + 1000
+        )
+        eot = [loaded.tokenizer.eot_token]
+        samples = generate(model, loaded.tokenizer, [eot] * config.memorisation_samples, settings)
+        row = check_examples(
+            BloomFilter.open(config.train_filter), "samples", [c.text for c in samples], VERBATIM_WORDS
+        )
+        result |= {
+            "samples": row.examples,
+            "sample_8grams_in_training_percent": row.percent_ngrams,
+            "samples_with_verbatim_percent": row.percent_verbatim,
+            "verbatim_words": VERBATIM_WORDS,
+            "longest_verbatim_words": row.longest_verbatim_words,
+        }
+    return result
+
+
 # -- the sweep ---------------------------------------------------------------------------------------------------
 
 
@@ -218,6 +279,10 @@ def _check_settings(config: SweepConfig, out: Path) -> None:
         if saved.get("prompts") != current["prompts"] or saved.get("sample_tokens") != current["sample_tokens"]:
             for samples_file in out.glob(f"runs/*/{SAMPLES_FILE}"):
                 samples_file.unlink()
+        memorisation_keys = ("memorisation_windows", "train_filter", "memorisation_samples", "sample_tokens")
+        if any(saved.get(key) != current[key] for key in memorisation_keys):
+            for memorisation_file in out.glob(f"runs/*/{MEMORISATION_FILE}"):
+                memorisation_file.unlink()
     atomic_write_text(path, json.dumps(current, indent=2))
 
 
@@ -247,9 +312,19 @@ def finish_size(config: SweepConfig, size: str, out: Path, model_dir: Path, seco
         samples = sample_size(config, model_dir)
         seconds["samples"] = time.perf_counter() - start
         atomic_write_text(samples_path, json.dumps(samples, indent=2, ensure_ascii=False))
+    memorisation_path = run_dir / MEMORISATION_FILE
+    if memorisation_path.exists():
+        memorisation = _load_json(memorisation_path)
+    else:
+        start = time.perf_counter()
+        memorisation = memorisation_size(config, model_dir)
+        seconds["memorisation"] = time.perf_counter() - start
+        atomic_write_text(memorisation_path, json.dumps(memorisation, indent=2))
     params = next(iter(results.values()))["model_params"]  # every eval result records the model's size
     timings = record_timings(run_dir, seconds)
-    return SizeResult(size, model_dir, params, results, samples, run_dir / "metrics.jsonl", seconds, timings)
+    return SizeResult(
+        size, model_dir, params, results, samples, run_dir / "metrics.jsonl", seconds, timings, memorisation
+    )
 
 
 def record_timings(directory: Path, seconds: dict[str, float]) -> dict[str, float]:
@@ -331,7 +406,7 @@ def run_sweep(
         for result in results:
             if stage in result.timings:
                 timings[f"{stage} {result.size}"] = result.timings[stage]
-    models = [ModelReport(r.size, r.params, r.results, r.metrics_path, r.samples) for r in results]
+    models = [ModelReport(r.size, r.params, r.results, r.metrics_path, r.samples, r.memorisation) for r in results]
     report = write_report(
         out,
         models,
