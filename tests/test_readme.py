@@ -162,6 +162,7 @@ def placeholders(repo: Path, site: Site) -> None:
     tiny_model(repo / "my-model")
     tiny_model(repo / "path" / "to" / "model-dir-or-hub-id")
     (repo / "prompt.txt").write_text("It was the best of times")
+    (repo / "my-kinds.yaml").write_text("- name: story\n  regexes: ['\\bStory \\d']\n")
     (repo / "sample.toml").write_text("[generation]\ntemperature = 0.8\ntop_k = 20\n")
     (repo / "lines.txt").write_text("\n".join(book.splitlines()[:300]))
     (repo / "dumps").mkdir()
