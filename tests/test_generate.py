@@ -98,16 +98,23 @@ def test_greedy_batched_with_cache_equals_naive_full_recompute(model, gpt2_token
         assert result.prompt_token_ids == gpt2_tokenizer.encode(prompt)
 
 
-def test_greedy_matches_transformers_generate(tmp_path, gpt2_tokenizer):
+@pytest.fixture(scope="module")
+def hf_reference(tmp_path_factory, gpt2_tokenizer):
+    """A transformers GPT-2 and the same model loaded by gpt2kit from its save_pretrained directory."""
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     config = transformers.GPT2Config(vocab_size=50257, n_positions=64, n_embd=48, n_layer=3, n_head=4)
     reference = transformers.GPT2LMHeadModel(config).eval()
     with torch.no_grad():  # sharper logits than a fresh init, so the argmax is well separated
         reference.transformer.wte.weight.mul_(8)
-    reference.save_pretrained(tmp_path)
-    gpt2_tokenizer.save(tmp_path)
-    loaded = gpt2kit.load(tmp_path)
+    directory = tmp_path_factory.mktemp("hf")
+    reference.save_pretrained(directory)
+    gpt2_tokenizer.save(directory)
+    return reference, gpt2kit.load(directory)
+
+
+def test_greedy_matches_transformers_generate(hf_reference, gpt2_tokenizer):
+    reference, loaded = hf_reference
     prompts = ["Once upon a time", "The meaning of life is that the", "Zebras"]
     ours = generate(loaded.model, loaded.tokenizer, prompts, GenerationConfig(max_new_tokens=20, **GREEDY))
     for prompt, result in zip(prompts, ours, strict=True):
@@ -404,16 +411,8 @@ def test_min_tokens_holds_back_the_end_of_text(model, gpt2_tokenizer):
     assert len(result.token_ids) == 5 and result.finish_reason == "stop"
 
 
-def test_repetition_penalty_matches_transformers(tmp_path, gpt2_tokenizer):
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(vocab_size=50257, n_positions=64, n_embd=48, n_layer=3, n_head=4)
-    reference = transformers.GPT2LMHeadModel(config).eval()
-    with torch.no_grad():
-        reference.transformer.wte.weight.mul_(8)
-    reference.save_pretrained(tmp_path)
-    gpt2_tokenizer.save(tmp_path)
-    loaded = gpt2kit.load(tmp_path)
+def test_repetition_penalty_matches_transformers(hf_reference, gpt2_tokenizer):
+    reference, loaded = hf_reference
     ids = torch.tensor([gpt2_tokenizer.encode("Once upon a time there was")])
     settings = GenerationConfig(max_new_tokens=20, repetition_penalty=1.5, ignore_eos=True, **GREEDY)
     ours = generate(loaded.model, loaded.tokenizer, [ids[0].tolist()], settings)[0].token_ids

@@ -296,30 +296,21 @@ def _load_json(path: Path):
 def finish_size(config: SweepConfig, size: str, out: Path, model_dir: Path, seconds: dict[str, float]) -> SizeResult:
     """Evaluate and sample one trained size, skipping what is already done."""
     run_dir = out / "runs" / size
-    eval_path = run_dir / EVAL_FILE
-    if eval_path.exists():
-        results = _load_json(eval_path)
-    else:
+
+    def stage(name: str, file: str, compute):
+        """A stage's result from its file when an earlier call wrote it, else computed, timed and written."""
+        path = run_dir / file
+        if path.exists():
+            return _load_json(path)
         start = time.perf_counter()
-        results = evaluate_size(config, model_dir)
-        seconds["eval"] = time.perf_counter() - start
-        atomic_write_text(eval_path, json.dumps(results, indent=2))
-    samples_path = run_dir / SAMPLES_FILE
-    if samples_path.exists():
-        samples = [tuple(pair) for pair in _load_json(samples_path)]
-    else:
-        start = time.perf_counter()
-        samples = sample_size(config, model_dir)
-        seconds["samples"] = time.perf_counter() - start
-        atomic_write_text(samples_path, json.dumps(samples, indent=2, ensure_ascii=False))
-    memorisation_path = run_dir / MEMORISATION_FILE
-    if memorisation_path.exists():
-        memorisation = _load_json(memorisation_path)
-    else:
-        start = time.perf_counter()
-        memorisation = memorisation_size(config, model_dir)
-        seconds["memorisation"] = time.perf_counter() - start
-        atomic_write_text(memorisation_path, json.dumps(memorisation, indent=2))
+        value = compute(config, model_dir)
+        seconds[name] = time.perf_counter() - start
+        atomic_write_text(path, json.dumps(value, indent=2, ensure_ascii=False))
+        return value
+
+    results = stage("eval", EVAL_FILE, evaluate_size)
+    samples = [tuple(pair) for pair in stage("samples", SAMPLES_FILE, sample_size)]
+    memorisation = stage("memorisation", MEMORISATION_FILE, memorisation_size)
     params = next(iter(results.values()))["model_params"]  # every eval result records the model's size
     timings = record_timings(run_dir, seconds)
     return SizeResult(
