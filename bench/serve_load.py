@@ -206,13 +206,15 @@ def race(model: Path, work: Path, args) -> None:
             body["stream_options"] = {"include_usage": True}
         plan.append(("stream" if stream else "plain", {"json": body | {"stream": stream}}))
     rows = {}
-    port = free_port()
-    server = gpt2kit_server(model, port, args.concurrency, args.race_tokens)
-    try:
-        results, elapsed = asyncio.run(run_load(f"http://127.0.0.1:{port}", plan, args.concurrency))
-        rows["gpt2kit serve (fp32)"] = summary(results, elapsed)
-    finally:
-        stop_server(server)
+    for quantize in [None, *args.quantize]:
+        port = free_port()
+        extra = ["--quantize", quantize] if quantize else []
+        server = gpt2kit_server(model, port, args.concurrency, args.race_tokens, *extra)
+        try:
+            results, elapsed = asyncio.run(run_load(f"http://127.0.0.1:{port}", plan, args.concurrency))
+            rows[f"gpt2kit serve ({quantize or 'fp32'})"] = summary(results, elapsed)
+        finally:
+            stop_server(server)
     if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("sse_starlette") is None:
         print("  llama.cpp: not installed (pip install 'llama-cpp-python[server]', builds from source in ~15 min)")
     else:
@@ -235,9 +237,11 @@ def race(model: Path, work: Path, args) -> None:
         f"race: {len(plan)} requests at concurrency {args.concurrency}, {args.race_tokens} new tokens, half streaming"
     )
     print_rows(rows)
-    if len(rows) == 2:
-        ours, theirs = rows.values()
-        print(f"  generated tokens/s, gpt2kit / llama.cpp: {ours['tokens/s'] / theirs['tokens/s']:.2f}x")
+    peer = rows.get("llama-cpp-python server (f32)")
+    if peer:
+        for name, row in rows.items():
+            if name.startswith("gpt2kit"):
+                print(f"  generated tokens/s, {name} / llama.cpp: {row['tokens/s'] / peer['tokens/s']:.2f}x")
 
 
 def shared_prefixes(model: Path, args, tokenizer) -> None:
@@ -282,6 +286,7 @@ def main() -> int:
     parser.add_argument("--baseline-requests", type=int, default=16, help="sent one at a time, then all at once")
     parser.add_argument("--race-requests", type=int, default=200)
     parser.add_argument("--race-tokens", type=int, default=64)
+    parser.add_argument("--quantize", nargs="*", default=[], help="race gpt2kit serve --quantize too, e.g. int8")
     parser.add_argument("--skip-robustness", action="store_true")
     parser.add_argument("--skip-race", action="store_true")
     parser.add_argument("--skip-prefix", action="store_true")
