@@ -1,5 +1,5 @@
 """Greedy decoding on CPU: gpt2kit (fp32, int8) against transformers, CTranslate2 (float32, int8) and llama.cpp
-(f32, q8_0, when llama_cpp is importable), in one process, in interleaved rounds.
+(f32, q8_0, when llama_cpp is importable), in one process, in interleaved rounds, one engine alive at a time.
 
 Random weights of a preset (default `gpt2`, 124M) in the HF layout, a 32-token prompt, 256 new tokens, batch 1
 and 8. CTranslate2's model comes from its own converter; llama.cpp's from `gpt2kit convert --to gguf` (q8_0 by
@@ -8,6 +8,10 @@ each ratio to gpt2kit fp32, and the weight bandwidth each reaches (weight bytes 
 against a measured streaming-read bandwidth. fp32 engines must produce transformers' tokens; int8 ones report
 how many of them they share.
 
+Each engine is built, warmed up, timed and freed in turn, round after round: on 2 cores an idle CTranslate2
+generator left alive in the process slowed gpt2kit's batch-1 decoding by 15% (32.0 against 37.6 tokens/s, gone
+once the generator was deleted), so engines that merely coexist would not be measured fairly.
+
 Usage: python bench/generate.py [--preset gpt2] [--new-tokens 256] [--batch-sizes 1 8] [--rounds 2] [--threads N]
 llama.cpp: pip install llama-cpp-python (builds llama.cpp from source, about 15 minutes on 2 cores).
 """
@@ -15,11 +19,14 @@ llama.cpp: pip install llama-cpp-python (builds llama.cpp from source, about 15 
 from __future__ import annotations
 
 import argparse
+import functools
+import gc
 import importlib.metadata
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -83,12 +90,19 @@ class Transformers(Engine):
 
 
 class CTranslate2(Engine):
-    def __init__(self, directory: str, work: Path, quantization: str, threads: int, weight_bytes: int):
+    @staticmethod
+    def convert(directory: str, work: Path, quantization: str) -> Path:
+        """CTranslate2's own converter, once: the timed rounds only load its output."""
         import ctranslate2
 
         out = work / f"ct2-{quantization}"
         ctranslate2.converters.TransformersConverter(directory).convert(str(out), quantization=quantization)
-        self.generator = ctranslate2.Generator(str(out), device="cpu", intra_threads=threads, inter_threads=1)
+        return out
+
+    def __init__(self, converted: Path, quantization: str, threads: int, weight_bytes: int):
+        import ctranslate2
+
+        self.generator = ctranslate2.Generator(str(converted), device="cpu", intra_threads=threads, inter_threads=1)
         self.name = f"CTranslate2 {quantization}"
         self.weight_bytes = weight_bytes
         from gpt2kit.tokenizer import Tokenizer
@@ -191,11 +205,21 @@ def main() -> None:
         save(model, tokenizer, work / "hf")
         directory = str(work / "hf")
         del model
-        engines: list[Engine] = [Gpt2kit(directory, None), Gpt2kit(directory, "int8"), Transformers(directory)]
-        fp32_bytes, int8_bytes = engines[0].weight_bytes, engines[1].weight_bytes
+        from gpt2kit.model import preset_config as config_of
+
+        fp32_bytes = streamed_bytes(config_of(args.preset), 4)
+        int8_bytes = streamed_bytes(config_of(args.preset), 1)
+        factories: dict[str, Callable[[], Engine]] = {
+            "gpt2kit fp32": lambda: Gpt2kit(directory, None),
+            "gpt2kit int8": lambda: Gpt2kit(directory, "int8"),
+            "transformers fp32": lambda: Transformers(directory),
+        }
         if importlib.util.find_spec("ctranslate2"):
-            engines.append(CTranslate2(directory, work, "float32", threads, fp32_bytes))
-            engines.append(CTranslate2(directory, work, "int8", threads, int8_bytes))
+            for kind, weight_bytes in (("float32", fp32_bytes), ("int8", int8_bytes)):
+                converted = CTranslate2.convert(directory, work, kind)
+                factories[f"CTranslate2 {kind}"] = functools.partial(
+                    CTranslate2, converted, kind, threads, weight_bytes
+                )
         else:
             print("ctranslate2 is not installed: pip install 'gpt2kit[bench]'")
         if importlib.util.find_spec("llama_cpp"):
@@ -215,51 +239,59 @@ def main() -> None:
                 if problem:
                     print(f"llama.cpp {kind}: left out, {problem}")
                 else:
-                    engines.append(LlamaCpp(work / f"{kind}.gguf", kind, threads, context, weight_bytes))
+                    gguf = work / f"{kind}.gguf"
+                    factories[f"llama.cpp {kind}"] = functools.partial(
+                        LlamaCpp, gguf, kind, threads, context, weight_bytes
+                    )
         else:
             print("llama_cpp is not installed: pip install llama-cpp-python (builds from source, ~15 min)")
-        engines = [e for e in engines if e.name.split()[0] not in args.skip and e.name not in args.skip]
+        factories = {n: f for n, f in factories.items() if n.split()[0] not in args.skip and n not in args.skip}
         bandwidth = streaming_bandwidth()
         print(
             f"preset {args.preset}, random weights, greedy, {args.prompt_tokens}-token prompt, {args.new_tokens} "
             f"new tokens, {threads} threads, {args.rounds} interleaved rounds; streaming read {bandwidth:.1f} GB/s"
         )
-        for engine in engines:  # warm-up: first calls pay one-off allocation and initialisation costs
-            engine.run([[1, 2, 3]], 4)
+        described: dict[str, tuple[int, bool]] = {}  # name -> (weight bytes per step, whether it batches)
         generator = torch.Generator().manual_seed(1)
         for batch in args.batch_sizes:
             prompts = torch.randint(0, tokenizer.eot_token, (batch, args.prompt_tokens), generator=generator).tolist()
             best: dict[str, float] = {}
             outputs: dict[str, list[list[int]]] = {}
             for _ in range(args.rounds):
-                for engine in engines:
-                    if batch > 1 and not engine.batched:
+                for name, make in factories.items():
+                    if batch > 1 and name in described and not described[name][1]:
                         continue
-                    start = time.perf_counter()
-                    outputs[engine.name] = engine.run(prompts, args.new_tokens)
-                    best[engine.name] = min(best.get(engine.name, float("inf")), time.perf_counter() - start)
+                    engine = make()
+                    described[name] = (engine.weight_bytes, engine.batched)
+                    if batch == 1 or engine.batched:
+                        engine.run([[1, 2, 3]], 4)  # warm-up: first calls pay one-off allocation and setup
+                        start = time.perf_counter()
+                        outputs[name] = engine.run(prompts, args.new_tokens)
+                        best[name] = min(best.get(name, float("inf")), time.perf_counter() - start)
+                    del engine  # only one engine alive at a time
+                    gc.collect()
             reference = outputs.get("transformers fp32") or outputs["gpt2kit fp32"]
             base = batch * args.new_tokens / best["gpt2kit fp32"]
             print(f"batch {batch}:")
             print(
                 f"  {'engine':20s} {'tokens/s':>9s} {'vs gpt2kit':>10s} {'GB/s':>6s} {'of peak':>7s}  tokens as transformers"
             )
-            for engine in engines:
-                if engine.name not in best:
+            for name, (weight_bytes, batched) in described.items():
+                if name not in best:
                     continue
-                rate = batch * args.new_tokens / best[engine.name]
-                steps = args.new_tokens / best[engine.name]
-                gbps = engine.weight_bytes * steps / 1e9
+                rate = batch * args.new_tokens / best[name]
+                steps = args.new_tokens / best[name]
+                gbps = weight_bytes * steps / 1e9
                 same = sum(
                     next(
                         (i for i, (a, b) in enumerate(zip(got, want, strict=False)) if a != b), min(len(got), len(want))
                     )
-                    for got, want in zip(outputs[engine.name], reference, strict=True)
+                    for got, want in zip(outputs[name], reference, strict=True)
                 )
                 total = sum(map(len, reference))
                 print(
-                    f"  {engine.name:20s} {rate:9.1f} {rate / base:9.2f}x {gbps:6.1f} {gbps / bandwidth:6.0%}  "
-                    f"{same}/{total}" + ("" if engine.batched or batch == 1 else " (sequential)")
+                    f"  {name:20s} {rate:9.1f} {rate / base:9.2f}x {gbps:6.1f} {gbps / bandwidth:6.0%}  "
+                    f"{same}/{total}" + ("" if batched or batch == 1 else " (sequential)")
                 )
 
 
