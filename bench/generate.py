@@ -51,12 +51,12 @@ def streamed_bytes(config, bytes_per_weight: float) -> int:
 
 
 class Gpt2kit(Engine):
-    def __init__(self, directory: str, quantize: str | None):
+    def __init__(self, directory: str, quantize: str | None, batch_size: int):
         from gpt2kit import load
         from gpt2kit.inference import prepare_for_decoding
 
         self.loaded = load(directory, quantize=quantize)
-        prepare_for_decoding(self.loaded.model)
+        prepare_for_decoding(self.loaded.model, batch_size)  # as `sample`, `serve` and `eval` do for their batches
         self.name = f"gpt2kit {quantize or 'fp32'}"
         self.weight_bytes = streamed_bytes(self.loaded.model.config, 1 if quantize else 4)
 
@@ -209,17 +209,16 @@ def main() -> None:
 
         fp32_bytes = streamed_bytes(config_of(args.preset), 4)
         int8_bytes = streamed_bytes(config_of(args.preset), 1)
-        factories: dict[str, Callable[[], Engine]] = {
-            "gpt2kit fp32": lambda: Gpt2kit(directory, None),
-            "gpt2kit int8": lambda: Gpt2kit(directory, "int8"),
-            "transformers fp32": lambda: Transformers(directory),
+        factories: dict[str, Callable[[int], Engine]] = {  # each takes the batch size it will decode
+            "gpt2kit fp32": lambda batch: Gpt2kit(directory, None, batch),
+            "gpt2kit int8": lambda batch: Gpt2kit(directory, "int8", batch),
+            "transformers fp32": lambda batch: Transformers(directory),
         }
         if importlib.util.find_spec("ctranslate2"):
             for kind, weight_bytes in (("float32", fp32_bytes), ("int8", int8_bytes)):
                 converted = CTranslate2.convert(directory, work, kind)
-                factories[f"CTranslate2 {kind}"] = functools.partial(
-                    CTranslate2, converted, kind, threads, weight_bytes
-                )
+                build = functools.partial(CTranslate2, converted, kind, threads, weight_bytes)
+                factories[f"CTranslate2 {kind}"] = lambda batch, build=build: build()
         else:
             print("ctranslate2 is not installed: pip install 'gpt2kit[bench]'")
         if importlib.util.find_spec("llama_cpp"):
@@ -240,9 +239,8 @@ def main() -> None:
                     print(f"llama.cpp {kind}: left out, {problem}")
                 else:
                     gguf = work / f"{kind}.gguf"
-                    factories[f"llama.cpp {kind}"] = functools.partial(
-                        LlamaCpp, gguf, kind, threads, context, weight_bytes
-                    )
+                    build = functools.partial(LlamaCpp, gguf, kind, threads, context, weight_bytes)
+                    factories[f"llama.cpp {kind}"] = lambda batch, build=build: build()
         else:
             print("llama_cpp is not installed: pip install llama-cpp-python (builds from source, ~15 min)")
         factories = {n: f for n, f in factories.items() if n.split()[0] not in args.skip and n not in args.skip}
@@ -261,7 +259,7 @@ def main() -> None:
                 for name, make in factories.items():
                     if batch > 1 and name in described and not described[name][1]:
                         continue
-                    engine = make()
+                    engine = make(batch)
                     described[name] = (engine.weight_bytes, engine.batched)
                     if batch == 1 or engine.batched:
                         engine.run([[1, 2, 3]], 4)  # warm-up: first calls pay one-off allocation and setup

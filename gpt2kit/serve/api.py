@@ -779,7 +779,7 @@ def serve(config: ServerConfig) -> None:
 
     def load_model() -> tuple[GPT, Tokenizer]:
         loaded = load(config.model, device=config.device, quantize=config.quantize)
-        prepare_for_decoding(loaded.model)
+        prepare_for_decoding(loaded.model, config.max_batch_size)
         return loaded.model, loaded.tokenizer
 
     def give_up(err: BaseException) -> None:
