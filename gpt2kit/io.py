@@ -196,14 +196,6 @@ def reading(path: str | os.PathLike) -> Iterator[BinaryIO]:
         raise
 
 
-def decode_utf8(raw: bytes, where: str) -> str:
-    """`raw` as UTF-8, or one line naming `where` and the offending byte."""
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise GPT2KitError(f"{where}: not UTF-8 (byte {err.start})") from None
-
-
 BAD_UTF8_POLICIES = ("error", "replace", "skip")
 
 
@@ -214,11 +206,12 @@ class Utf8Policy:
     bytes; "skip" drops the unit being decoded (a line, a record, a document).
     """
 
-    def __init__(self, on_bad_utf8: str = "error", error: type[GPT2KitError] = GPT2KitError):
+    def __init__(self, on_bad_utf8: str = "error", error: type[GPT2KitError] = GPT2KitError, hint: str = ""):
         self.error = error
         if on_bad_utf8 not in BAD_UTF8_POLICIES:
             raise error(f"on_bad_utf8 must be one of {', '.join(BAD_UTF8_POLICIES)}, got {on_bad_utf8!r}")
         self.on_bad_utf8 = on_bad_utf8
+        self.hint = hint  # appended to the error, e.g. where the policy is set
         self.replaced = 0
         self.skipped = 0
 
@@ -228,9 +221,7 @@ class Utf8Policy:
             return raw.decode("utf-8")
         except UnicodeDecodeError as err:
             if self.on_bad_utf8 == "error":
-                raise self.error(
-                    f"{where}: not UTF-8 (byte {err.start}); on_bad_utf8 = replace or skip reads past it"
-                ) from None
+                raise self.error(f"{where}: not UTF-8 (byte {err.start}){self.hint}") from None
             if self.on_bad_utf8 == "skip":
                 self.skipped += 1
                 return None
@@ -246,15 +237,18 @@ class Utf8Policy:
         return f"bad UTF-8: {done} {unit}{'s' if done != 1 else ''} {verb}"
 
 
+STRICT_UTF8 = Utf8Policy()  # bad UTF-8 is an error naming where: it never counts anything
+
+
 def read_text(path: str | os.PathLike) -> str:
     """A whole (possibly compressed) UTF-8 file."""
     with reading(path) as handle:
-        return decode_utf8(handle.read(), str(path))
+        return STRICT_UTF8.decode(handle.read(), str(path))
 
 
 def parse_json_line(raw: bytes | str, where: str) -> dict[str, Any]:
     """One JSON-lines record: a JSON object, or one line naming `where` and what is wrong."""
-    line = decode_utf8(raw, where) if isinstance(raw, bytes) else raw
+    line = STRICT_UTF8.decode(raw, where) if isinstance(raw, bytes) else raw
     try:
         record = json.loads(line)
     except json.JSONDecodeError as err:

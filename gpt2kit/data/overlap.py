@@ -164,7 +164,7 @@ def check_overlap(
     bloom = BloomFilter.open(filter_path)
     rows = []
     for path in test_files:
-        utf8 = Utf8Policy(on_bad_utf8)
+        utf8 = Utf8Policy(on_bad_utf8, hint="; on_bad_utf8 = replace or skip reads past it")
         row = check_examples(bloom, str(path), load_examples(path, unit, field, utf8))
         row.bad_utf8 = utf8.describe("line")
         rows.append(row)

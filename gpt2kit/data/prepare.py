@@ -60,8 +60,6 @@ class InputStats:
     files: int = 0
     documents: int = 0
     empty_skipped: int = 0
-    bad_utf8_replaced: int = 0
-    bad_utf8_skipped: int = 0
 
 
 @dataclass
@@ -118,13 +116,12 @@ class DocumentReader:
     def __init__(self, split_lines: bool, text_field: str, on_bad_utf8: str):
         self.split_lines = split_lines
         self.text_field = text_field
-        self.utf8 = Utf8Policy(on_bad_utf8, PrepareError)
+        self.utf8 = Utf8Policy(on_bad_utf8, PrepareError, hint="; set on_bad_utf8 to replace or skip")
         self.stats = InputStats()
 
-    def _decode(self, raw: bytes, where: str) -> str | None:
-        text = self.utf8.decode(raw, where)
-        self.stats.bad_utf8_replaced, self.stats.bad_utf8_skipped = self.utf8.replaced, self.utf8.skipped
-        return text
+    def input_stats(self) -> dict:
+        """What was read, skipped and repaired, for the manifest."""
+        return asdict(self.stats) | {"bad_utf8_replaced": self.utf8.replaced, "bad_utf8_skipped": self.utf8.skipped}
 
     def _keep(self, text: str | None) -> bool:
         if text is None:
@@ -146,12 +143,12 @@ class DocumentReader:
             elif self.split_lines:
                 with reading(path) as handle:
                     for number, raw in enumerate(handle, 1):
-                        text = self._decode(raw.rstrip(b"\r\n"), f"{path}:{number}")
+                        text = self.utf8.decode(raw.rstrip(b"\r\n"), f"{path}:{number}")
                         if self._keep(text):
                             yield text
             else:
                 with reading(path) as handle:
-                    text = self._decode(handle.read(), str(path))
+                    text = self.utf8.decode(handle.read(), str(path))
                 if text is not None:
                     text = text.removeprefix("\ufeff")
                 if self._keep(text):
@@ -176,7 +173,7 @@ class DocumentReader:
                 if not raw.strip():
                     continue
                 where = f"{path}:{number}"
-                line = self._decode(raw, where)
+                line = self.utf8.decode(raw, where)
                 if line is None:
                     continue
                 text = self._field(parse_json_line(line, where), where)
@@ -571,7 +568,7 @@ class _Preparation:
                 f"no training documents: all {self.reader.stats.documents} went to validation; "
                 "lower val_fraction or split text files into one document per line"
             )
-        self.manifest.input_stats = asdict(self.reader.stats)
+        self.manifest.input_stats = self.reader.input_stats()
         self.manifest.complete = True
         self.manifest.save(self.out)
         elapsed = time.perf_counter() - self.start
