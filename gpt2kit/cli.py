@@ -79,11 +79,9 @@ def cmd_tokenizer_decode(args: argparse.Namespace) -> int:
             ids = [int(token) for token in line.split()]
         except ValueError:
             raise GPT2KitError(f"{source}:{number}: expected space-separated token ids") from None
-        bad = [i for i in ids if not 0 <= i < tokenizer.vocab_size]
-        if bad:
-            raise GPT2KitError(
-                f"{source}:{number}: token id {bad[0]} is outside the vocabulary (0..{tokenizer.vocab_size - 1})"
-            )
+        problem = tokenizer.unknown_id(ids)
+        if problem:
+            raise GPT2KitError(f"{source}:{number}: {problem}")
         sys.stdout.write(tokenizer.decode(ids) + "\n")
     return 0
 

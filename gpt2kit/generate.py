@@ -277,12 +277,9 @@ def encode_prompt(tokenizer: Tokenizer, prompt: str | Sequence[int], context: in
             ids = [int(t) for t in prompt]
         except (TypeError, ValueError):
             raise GPT2KitError(f"{where}: expected a string or a list of token ids") from None
-        bad = [t for t in ids if not 0 <= t < tokenizer.vocab_size]
-        if bad:
-            raise GPT2KitError(f"{where}: token id {bad[0]} is outside the vocabulary (0..{tokenizer.vocab_size - 1})")
-        missing = set(tokenizer.missing_ids).intersection(ids)
-        if missing:
-            raise GPT2KitError(f"{where}: token id {min(missing)} is not in the vocabulary (a gap in its ids)")
+        problem = tokenizer.unknown_id(ids)
+        if problem:
+            raise GPT2KitError(f"{where}: {problem}")
     if not ids:
         ids = [tokenizer.eot_token]  # an empty prompt samples unconditionally, from the document boundary
     if len(ids) > context:
@@ -599,11 +596,9 @@ def make_sequences(
 
 def check_vocabulary(config: GenerationConfig, tokenizer: Tokenizer) -> None:
     """Token ids in the settings (logit_bias) must be tokens of this vocabulary."""
-    outside = [t for t in config.logit_bias if t >= tokenizer.vocab_size or t in tokenizer.missing_ids]
-    if outside:
-        raise GPT2KitError(
-            f"logit_bias: token id {outside[0]} is not in the vocabulary (0..{tokenizer.vocab_size - 1})"
-        )
+    problem = tokenizer.unknown_id(config.logit_bias)
+    if problem:
+        raise GPT2KitError(f"logit_bias: {problem}")
 
 
 class _EvalMode:

@@ -154,6 +154,7 @@ class Tokenizer:
         for rank, token_id in enumerate(rank_to_id):
             id_to_rank[token_id] = rank
         self.missing_ids = tuple(i for i, rank in enumerate(id_to_rank) if rank < 0)
+        self._missing = frozenset(self.missing_ids)
         identity = rank_to_id == list(range(len(rank_to_id)))
         # None on GPT-2's own layout: encoding then returns tiktoken's ids untouched, at tiktoken's speed.
         self._rank_to_id = None if identity else rank_to_id
@@ -203,21 +204,23 @@ class Tokenizer:
         table = self._rank_to_id
         return [table[r] for r in ranks]
 
+    def unknown_id(self, ids: Iterable[int]) -> str | None:
+        """What is wrong with the first of `ids` that is no token of this vocabulary (beyond it, or a gap in
+        its ids), as `token id N is ...`; None when every id is a token."""
+        for token_id in ids:
+            if not 0 <= token_id < self.vocab_size:
+                return f"token id {token_id} is not in the vocabulary (it is outside the vocabulary, 0..{self.vocab_size - 1})"
+            if token_id in self._missing:
+                return f"token id {token_id} is not in the vocabulary (a gap in its ids)"
+        return None
+
     def _ranks(self, ids: Iterable[int]) -> list[int]:
         ids = list(ids)
+        problem = self.unknown_id(ids)
+        if problem:
+            raise TokenizerError(f"{self.name}: {problem}")
         table = self._id_to_rank
-        if table is None:
-            bad = next((i for i in ids if not 0 <= i < self.vocab_size), None)
-            if bad is not None:
-                raise TokenizerError(
-                    f"{self.name}: token id {bad} is outside the vocabulary (0..{self.vocab_size - 1})"
-                )
-            return ids
-        ranks = [table[i] if 0 <= i < self.vocab_size else -1 for i in ids]
-        if -1 in ranks:
-            bad = ids[ranks.index(-1)]
-            raise TokenizerError(f"{self.name}: token id {bad} is not in the vocabulary")
-        return ranks
+        return ids if table is None else [table[i] for i in ids]
 
     def encode(self, text: str, allowed_special: Iterable[str] | str = ()) -> list[int]:
         """Token ids of `text`. Special-token text is ordinary text unless listed in `allowed_special` ("all" for every one)."""

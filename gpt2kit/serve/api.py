@@ -271,11 +271,9 @@ class CompletionsService:
                 token = int(key)
             except ValueError:
                 raise APIError(400, f"logit_bias: {key!r} is not a token id", "logit_bias") from None
-            if not 0 <= token < self.tokenizer.vocab_size or token in self.tokenizer.missing_ids:
-                raise APIError(
-                    400, f"logit_bias: token id {token} is not in the vocabulary (0..{self.tokenizer.vocab_size - 1})",
-                    "logit_bias",
-                )  # fmt: skip
+            problem = self.tokenizer.unknown_id([token])
+            if problem:
+                raise APIError(400, f"logit_bias: {problem}", "logit_bias")
             if not -100 <= value <= 100:
                 raise APIError(
                     400, f"logit_bias: the bias of token {token} is {value}, outside [-100, 100]", "logit_bias"
@@ -609,10 +607,9 @@ def build_app(
     @app.post("/detokenize")
     async def detokenize(body: DetokenizeRequest):
         service = ready()
-        vocab = service.tokenizer.vocab_size
-        bad = [t for t in body.tokens if not 0 <= t < vocab or t in service.tokenizer.missing_ids]
-        if bad:
-            raise APIError(400, f"token id {bad[0]} is not in the vocabulary (0..{vocab - 1})", "tokens")
+        problem = service.tokenizer.unknown_id(body.tokens)
+        if problem:
+            raise APIError(400, problem, "tokens")
         return {"prompt": service.tokenizer.decode(body.tokens)}
 
     return app
