@@ -11,6 +11,7 @@ timeout, cancels its sequences, and the engine drops them at the next step.
 import asyncio
 import codecs
 import contextlib
+import functools
 import hmac
 import json
 import logging
@@ -185,14 +186,15 @@ class CompletionsService:
         self.model_name = model_name
         self.context = model.config.n_positions
         self.max_prompt_tokens = config.max_prompt_tokens or self.context
-        self.engine = Engine(
-            model, tokenizer, config.max_batch_size, on_step=self._observe_step, share_prefixes=config.share_prefixes
-        )
         self.metrics = ServerMetrics(lambda: self.engine.queued_requests, lambda: self.engine.active_sequences)
+        self.engine = Engine(
+            model,
+            tokenizer,
+            config.max_batch_size,
+            on_step=self.metrics.batch_size.observe,
+            share_prefixes=config.share_prefixes,
+        )
         self.created = int(time.time())
-
-    def _observe_step(self, batch_size: int) -> None:
-        self.metrics.batch_size.observe(batch_size)
 
     def warm_up(self) -> None:
         """One short greedy decode before the first request, so that it does not pay for first-call setup."""
@@ -555,14 +557,9 @@ def build_app(
         if state["service"] is not None:
             state["service"].engine.stop()
 
-    def ready() -> CompletionsService:
-        service = state["service"]
-        if service is None:
-            raise APIError(503, "the model is still loading; retry shortly", code="model_loading", kind="server_error")
-        return service
+    ready = functools.partial(_ready, state)
 
     app = FastAPI(title="gpt2kit", lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.state.ready = ready
     app.add_middleware(_BodyLimit, limit=config.max_body_bytes)
     if config.api_key is not None:
         app.add_middleware(_ApiKey, key=config.api_key)  # added after the body limit, so it runs first
@@ -570,7 +567,7 @@ def build_app(
     app.add_middleware(AccessLog, log_format=config.log_format, metrics=metrics)  # outermost: sees every answer
 
     _add_error_handlers(app)
-    _add_info_routes(app, ready, state, model_name)
+    _add_info_routes(app, state, model_name)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
@@ -645,8 +642,17 @@ def _add_error_handlers(app: FastAPI) -> None:
         return JSONResponse(APIError(500, "internal server error", kind="server_error").body(), status_code=500)
 
 
-def _add_info_routes(app: FastAPI, ready: Callable[[], "CompletionsService"], state: dict, model_name: str) -> None:
+def _ready(state: dict) -> CompletionsService:
+    """The service, or a 503 while the model loads."""
+    service = state["service"]
+    if service is None:
+        raise APIError(503, "the model is still loading; retry shortly", code="model_loading", kind="server_error")
+    return service
+
+
+def _add_info_routes(app: FastAPI, state: dict, model_name: str) -> None:
     """/health, /metrics, /v1/models and the playground page."""
+    ready = functools.partial(_ready, state)
 
     @app.get("/health")
     async def health():
