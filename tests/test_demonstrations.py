@@ -40,7 +40,7 @@ def test_each_planted_kind_is_found_with_its_count():
     for kind, text, expected in PLANTED:
         found = find_in_text(text)
         assert kind in found, (kind, text)
-        assert found[kind][0] == expected, (kind, text, found[kind])
+        assert len(found[kind][0]) == expected, (kind, text, found[kind])
 
 
 @pytest.mark.parametrize("text", NEAR_MISSES)

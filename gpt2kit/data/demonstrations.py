@@ -25,15 +25,14 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from gpt2kit.data.bloom import corpus_files, corpus_is_jsonl, text_blocks
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.io import Utf8Policy, atomic_write_text, iter_jsonl
+from gpt2kit.webtext.urls import url_domain
 
 KINDS = ("translation", "qa", "summarization", "cloze", "arithmetic")
 EXAMPLES_PER_KIND = 5
-EXAMPLE_CHARS = 300
 
 LANGUAGES = "French|German|Spanish|Italian|Portuguese|Dutch|Russian|Chinese|Japanese|Latin|Greek|Arabic|English"
 _PHRASE_SIDE = r"[^\W\d_](?:[^\W_]|[' ,.!?-]){0,78}?"  # words: a letter first; no underscores or code punctuation
@@ -152,16 +151,15 @@ def _excerpt(text: str, start: int, end: int, window: int = 120) -> str:
     return ("…" if begin else "") + text[begin:stop].strip() + ("…" if stop < len(text) else "")
 
 
-def _translation(text: str) -> tuple[int, list[tuple[int, int]], str | None]:
+def _translation(text: str) -> tuple[list[tuple[int, int]], str | None]:
     lines = [m for m in _matches(text, _PHRASE_CUE) if _is_phrase(m.group(1)) and _is_phrase(m.group(2))]
     spans = [m.span() for m in lines] if len(lines) >= 2 else []  # one `x = y` line is not a phrasebook
-    cues = _cue_spans(text, _TRANSLATION_CUES)
     language = None
     if spans:
         from gpt2kit.data.language import identify
 
         language = identify(" ".join(m.group(2) for m in lines))[0]
-    return len(spans) + len(cues), spans + cues, language
+    return spans + _cue_spans(text, _TRANSLATION_CUES), language
 
 
 def _is_phrase(side: str) -> bool:
@@ -185,29 +183,17 @@ def _faq(text: str) -> list[tuple[int, int]]:
     return []
 
 
-def find_in_text(
-    text: str, patterns: Sequence[Pattern] = ()
-) -> dict[str, tuple[int, list[tuple[int, int]], str | None]]:
-    """Per kind found in `text`: (demonstrations, their spans, the translation target's language or None)."""
-    found: dict[str, tuple[int, list[tuple[int, int]], str | None]] = {}
-    count, spans, language = _translation(text)
-    if count:
-        found["translation"] = (count, spans, language)
-    spans = _cue_spans(text, _QA_CUES) + _faq(text)
-    if spans:
-        found["qa"] = (len(spans), spans, None)
-    for kind, cues in (("summarization", _SUMMARY_CUES), ("cloze", _CLOZE_CUES)):
-        spans = _cue_spans(text, cues)
-        if spans:
-            found[kind] = (len(spans), spans, None)
-    spans = _arithmetic(text)
-    if spans:
-        found["arithmetic"] = (len(spans), spans, None)
+def find_in_text(text: str, patterns: Sequence[Pattern] = ()) -> dict[str, tuple[list[tuple[int, int]], str | None]]:
+    """Per kind found in `text`: the spans of its demonstrations, and the translation target's language (or None)."""
+    spans, language = _translation(text)
+    found = {"translation": (spans, language)}
+    found["qa"] = (_cue_spans(text, _QA_CUES) + _faq(text), None)
+    found["summarization"] = (_cue_spans(text, _SUMMARY_CUES), None)
+    found["cloze"] = (_cue_spans(text, _CLOZE_CUES), None)
+    found["arithmetic"] = (_arithmetic(text), None)
     for pattern in patterns:
-        spans = [m.span() for regex in pattern.regexes for m in regex.finditer(text)]
-        if spans:
-            found[pattern.name] = (len(spans), spans, None)
-    return found
+        found[pattern.name] = ([m.span() for regex in pattern.regexes for m in regex.finditer(text)], None)
+    return {kind: value for kind, value in found.items() if value[0]}
 
 
 # -- scanning ------------------------------------------------------------------------------------------------------
@@ -268,9 +254,7 @@ def _documents(path: Path, text_field: str, utf8: Utf8Policy) -> Iterator[tuple[
             text = record.get(text_field)
             if not isinstance(text, str):
                 raise GPT2KitError(f"{path}:{number}: no string field {text_field!r}")
-            domain = record.get("domain") or (
-                urlsplit(record["url"]).hostname if isinstance(record.get("url"), str) else None
-            )
+            domain = record.get("domain") or (url_domain(record["url"]) if isinstance(record.get("url"), str) else None)
             yield f"{path.name}:{number}", text, domain
     else:
         yield path.name, "".join(text_blocks(path, utf8)), None
@@ -283,10 +267,10 @@ def scan_file(path: Path, text_field: str, patterns: Sequence[Pattern]) -> ScanR
     for where, text, domain in _documents(path, text_field, utf8):
         result.documents += 1
         result.bytes += len(text.encode("utf-8"))
-        for kind, (occurrences, spans, language) in find_in_text(text, patterns).items():
+        for kind, (spans, language) in find_in_text(text, patterns).items():
             count = result.kinds.setdefault(kind, KindCount())
             count.documents += 1
-            count.occurrences += occurrences
+            count.occurrences += len(spans)
             if domain:
                 count.domains[domain] += 1
             if language:
