@@ -557,64 +557,62 @@ class Trainer:
         # tokens/s covers training only: time spent evaluating and checkpointing is set aside.
         interval_start, interval_tokens, paused = time.perf_counter(), 0, 0.0
         segment_start, elapsed_before = time.perf_counter(), self.elapsed
-        # Log lines (validation loss, warnings) go above the progress bar instead of through it.
-        redirect = logging_redirect_tqdm() if main and config.progress else contextlib.nullcontext()
-        with redirect:
-            try:
-                self.model.train()
-                while self.step < config.max_steps:
-                    self.step += 1
-                    lr = learning_rate(self.step, config.optim, config.max_steps)
-                    for group in self.optimizer.param_groups:
-                        group["lr"] = lr
-                    loss, grad_norm, applied = self.train_step()
-                    self.tokens += config.batch_tokens
-                    interval_tokens += config.batch_tokens
-                    self.elapsed = elapsed_before + time.perf_counter() - segment_start
-                    # An fp16 overflow is the grad scaler finding its scale, not a bad step.
-                    self.bad_steps = 0 if applied or self.scaler_skipped else self.bad_steps + 1
-                    if applied:
-                        last_loss = loss
-                    elif self.scaler_skipped:
-                        log.info(
-                            "step %d: fp16 gradients overflowed: update skipped, loss scale now %g",
-                            self.step, self.scaler.get_scale(),
-                        )  # fmt: skip
-                    else:
-                        log.warning(
-                            "step %d: loss %s, gradient norm %s: update skipped (%d bad in a row)",
-                            self.step,
-                            loss,
-                            grad_norm,
-                            self.bad_steps,
-                        )
-                    last_step = self.step == config.max_steps
-                    if main and (self.step % config.log_interval == 0 or last_step or not applied):
-                        seconds = max(time.perf_counter() - interval_start - paused, 1e-9)
-                        metrics.write(self._step_record(loss, lr, grad_norm, interval_tokens / seconds, applied))
-                        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
-                        interval_start, interval_tokens, paused = time.perf_counter(), 0, 0.0
-                    if self.bad_steps >= config.max_bad_steps:
-                        raise TrainingError(
-                            f"stopping at step {self.step}: {self.bad_steps} steps in a row had a non-finite loss "
-                            "or gradient; lower optim.lr, check the data, or resume from an earlier checkpoint"
-                        )
-                    pause_start = time.perf_counter()
-                    if self.val_windows is not None and (self.step % config.eval_interval == 0 or last_step):
-                        values = self.evaluate()
-                        last_val = values["val_loss"]
-                        if main:
-                            metrics.write({"step": self.step, "tokens": self.tokens, **values, "elapsed": self.elapsed})
-                            bpb = f", {values['val_bpb']:.3f} bits/byte" if values["val_bpb"] is not None else ""
-                            log.info("step %d: val_loss %.4f (ppl %.2f%s)", self.step, last_val, values["val_ppl"], bpb)
-                    if (config.checkpoint_interval and self.step % config.checkpoint_interval == 0) or last_step:
-                        self.save_checkpoint()
-                    paused += time.perf_counter() - pause_start
-                    bar.update(1)
-            finally:
-                bar.close()
-                if metrics is not None:
-                    metrics.close()
+        with contextlib.ExitStack() as cleanup:
+            if main and config.progress:  # log lines (validation loss, warnings) above the bar, not through it
+                cleanup.enter_context(logging_redirect_tqdm())
+            if metrics is not None:
+                cleanup.callback(metrics.close)
+            cleanup.callback(bar.close)
+            self.model.train()
+            while self.step < config.max_steps:
+                self.step += 1
+                lr = learning_rate(self.step, config.optim, config.max_steps)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                loss, grad_norm, applied = self.train_step()
+                self.tokens += config.batch_tokens
+                interval_tokens += config.batch_tokens
+                self.elapsed = elapsed_before + time.perf_counter() - segment_start
+                # An fp16 overflow is the grad scaler finding its scale, not a bad step.
+                self.bad_steps = 0 if applied or self.scaler_skipped else self.bad_steps + 1
+                if applied:
+                    last_loss = loss
+                elif self.scaler_skipped:
+                    log.info(
+                        "step %d: fp16 gradients overflowed: update skipped, loss scale now %g",
+                        self.step, self.scaler.get_scale(),
+                    )  # fmt: skip
+                else:
+                    log.warning(
+                        "step %d: loss %s, gradient norm %s: update skipped (%d bad in a row)",
+                        self.step,
+                        loss,
+                        grad_norm,
+                        self.bad_steps,
+                    )
+                last_step = self.step == config.max_steps
+                if main and (self.step % config.log_interval == 0 or last_step or not applied):
+                    seconds = max(time.perf_counter() - interval_start - paused, 1e-9)
+                    metrics.write(self._step_record(loss, lr, grad_norm, interval_tokens / seconds, applied))
+                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+                    interval_start, interval_tokens, paused = time.perf_counter(), 0, 0.0
+                if self.bad_steps >= config.max_bad_steps:
+                    raise TrainingError(
+                        f"stopping at step {self.step}: {self.bad_steps} steps in a row had a non-finite loss "
+                        "or gradient; lower optim.lr, check the data, or resume from an earlier checkpoint"
+                    )
+                pause_start = time.perf_counter()
+                if self.val_windows is not None and (self.step % config.eval_interval == 0 or last_step):
+                    values = self.evaluate()
+                    last_val = values["val_loss"]
+                    if main:
+                        metrics.write({"step": self.step, "tokens": self.tokens, **values, "elapsed": self.elapsed})
+                        bpb = f", {values['val_bpb']:.3f} bits/byte" if values["val_bpb"] is not None else ""
+                        log.info("step %d: val_loss %.4f (ppl %.2f%s)", self.step, last_val, values["val_ppl"], bpb)
+                if (config.checkpoint_interval and self.step % config.checkpoint_interval == 0) or last_step:
+                    self.save_checkpoint()
+                paused += time.perf_counter() - pause_start
+                bar.update(1)
         found = checkpoints(self.run_dir) if main else []
         if main and found and self.step == config.max_steps:
             self._publish_final(found[-1])

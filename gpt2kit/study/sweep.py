@@ -16,10 +16,14 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.io import atomic_write_text
 from gpt2kit.study.report import ModelReport, ScoreColumn, write_report
+
+if TYPE_CHECKING:
+    from gpt2kit.checkpoint import LoadedModel
 
 logger = logging.getLogger(__name__)
 
@@ -161,12 +165,10 @@ def train_size(config: SweepConfig, size: str, run_dir: Path) -> tuple[Path, boo
     return result.checkpoint or run_dir, True  # under torchrun only rank 0 learns the checkpoint's path
 
 
-def evaluate_size(config: SweepConfig, model_dir: Path) -> dict[str, dict]:
+def evaluate_size(config: SweepConfig, loaded: LoadedModel) -> dict[str, dict]:
     """Run every eval job on the model with `gpt2kit eval`'s library; results keyed by job name."""
-    from gpt2kit.checkpoint import load
     from gpt2kit.evals import EvalOptions, evaluate
 
-    loaded = load(model_dir, device=config.device)
     options = EvalOptions(batch_size=config.eval_batch_size, seed=config.seed, no_detokenize=config.no_detokenize)
     if config.eval_shots is not None:
         options.shots = config.eval_shots
@@ -183,19 +185,17 @@ def evaluate_size(config: SweepConfig, model_dir: Path) -> dict[str, dict]:
             data_dir=config.eval_data_dir,
             options=options,
             limit=job.limit or config.eval_limit,
-            model_name=str(model_dir),
+            model_name=str(loaded.path),
             job_name=job.name,
         )
         results[job.name] = outcome[job.task]
     return results
 
 
-def sample_size(config: SweepConfig, model_dir: Path) -> list[tuple[str, str]]:
+def sample_size(config: SweepConfig, loaded: LoadedModel) -> list[tuple[str, str]]:
     """One top-k 40 sample per prompt (the paper's sampling), seeded; "" samples from <|endoftext|>."""
-    from gpt2kit.checkpoint import load
     from gpt2kit.generate import PAPER_TOP_K, GenerationConfig, generate
 
-    loaded = load(model_dir, device=config.device)
     eot = loaded.tokenizer.eot_token
     prompts = [loaded.tokenizer.encode(p) if p else [eot] for p in config.prompts]
     settings = GenerationConfig(
@@ -205,18 +205,16 @@ def sample_size(config: SweepConfig, model_dir: Path) -> list[tuple[str, str]]:
     return [(p, c.text) for p, c in zip(config.prompts, completions, strict=True)]
 
 
-def memorisation_size(config: SweepConfig, model_dir: Path) -> dict:
+def memorisation_size(config: SweepConfig, loaded: LoadedModel) -> dict:
     """Perplexity on training windows against held-out ones (the paper's Figure 4), and with a training filter, the
     8-gram overlap of unconditional samples with the training text (Figure 5)."""
     import numpy as np
     import torch
 
-    from gpt2kit.checkpoint import load
     from gpt2kit.data.loader import TokenWindows
     from gpt2kit.data.overlap import VERBATIM_WORDS, check_examples
     from gpt2kit.generate import PAPER_TOP_K, GenerationConfig, generate
 
-    loaded = load(model_dir, device=config.device)
     model = loaded.model.eval()
     device = next(model.parameters()).device
     context = model.config.n_positions
@@ -297,13 +295,20 @@ def finish_size(config: SweepConfig, size: str, out: Path, model_dir: Path, seco
     """Evaluate and sample one trained size, skipping what is already done."""
     run_dir = out / "runs" / size
 
+    loaded = None  # the model, read once for the stages still to run
+
     def stage(name: str, file: str, compute):
         """A stage's result from its file when an earlier call wrote it, else computed, timed and written."""
+        nonlocal loaded
         path = run_dir / file
         if path.exists():
             return _load_json(path)
         start = time.perf_counter()
-        value = compute(config, model_dir)
+        if loaded is None:
+            from gpt2kit.checkpoint import load
+
+            loaded = load(model_dir, device=config.device)
+        value = compute(config, loaded)
         seconds[name] = time.perf_counter() - start
         atomic_write_text(path, json.dumps(value, indent=2, ensure_ascii=False))
         return value
