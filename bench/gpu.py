@@ -170,37 +170,38 @@ def step_lambada(plan: dict, device) -> dict:
 
 
 def table(results: dict) -> str:
-    lines = ["| step | gpt2kit | peer | ratio | notes |", "|---|---:|---:|---:|---|"]
-    train = results.get("train")
-    if isinstance(train, dict) and "tokens_per_s" in train:
-        mfu = f", MFU {train['mfu']['gpt2kit']:.1%}" if train["mfu"] else ""
-        lines.append(
-            f"| train ({train['case']}) | {train['tokens_per_s']['gpt2kit']:,.0f} tok/s{mfu} | "
-            f"{train['tokens_per_s']['transformers']:,.0f} tok/s | {train['ratio_gpt2kit_over_transformers']:.2f}x | "
-            f"targets {train['targets']} |"
-        )
-    ddp = results.get("ddp")
-    if isinstance(ddp, dict) and "steps" in ddp:
-        lines.append(
-            f"| torchrun DDP, 1 process | {ddp['steps']} steps, loss {ddp['first_loss']:.3f} -> {ddp['last_loss']:.3f} "
-            f"| - | - | process group {ddp['process_group']} |"
-        )
-    for batch, row in (results.get("generate") or {}).items():
-        if isinstance(row, dict):
-            lines.append(
-                f"| generate, {batch} | {row['gpt2kit_tokens_per_s']:,.1f} tok/s | "
-                f"{row['transformers_tokens_per_s']:,.1f} tok/s (static cache) | {row['ratio']:.2f}x | "
-                f"identical {row['identical_sequences']} |"
-            )
-    lambada = results.get("lambada")
-    if isinstance(lambada, dict) and "speedup" in lambada:
-        lines.append(
-            f"| LAMBADA, {lambada['examples']} examples | {lambada['gpt2kit_examples_per_s']:,.1f} ex/s | "
-            f"{lambada['lm_eval_examples_per_s']:,.1f} ex/s (lm-eval HF) | {lambada['speedup']:.2f}x | "
-            f"acc {lambada['acc_last_word'][0]:.4f} vs {lambada['acc_last_word'][1]:.4f} |"
-        )
+    """One row per step that ran: gpt2kit's figure, the peer's, the ratio, and what to check."""
+    row = lambda *cells: "| " + " | ".join(cells) + " |"  # noqa: E731
+    ok = lambda name: isinstance(results.get(name), dict) and "error" not in results[name]  # noqa: E731
+    lines = [row("step", "gpt2kit", "peer", "ratio", "notes"), "|---|---:|---:|---:|---|"]
+    if ok("train"):
+        t = results["train"]
+        mfu = f", MFU {t['mfu']['gpt2kit']:.1%}" if t["mfu"] else ""
+        lines.append(row(
+            f"train ({t['case']})", f"{t['tokens_per_s']['gpt2kit']:,.0f} tok/s{mfu}",
+            f"{t['tokens_per_s']['transformers']:,.0f} tok/s", f"{t['ratio_gpt2kit_over_transformers']:.2f}x",
+            f"targets {t['targets']}",
+        ))  # fmt: skip
+    if ok("ddp"):
+        d = results["ddp"]
+        losses = f"{d['steps']} steps, loss {d['first_loss']:.3f} -> {d['last_loss']:.3f}"
+        lines.append(row("torchrun DDP, 1 process", losses, "-", "-", f"process group {d['process_group']}"))
+    if ok("generate"):
+        for batch, g in results["generate"].items():
+            lines.append(row(
+                f"generate, {batch}", f"{g['gpt2kit_tokens_per_s']:,.1f} tok/s",
+                f"{g['transformers_tokens_per_s']:,.1f} tok/s (static cache)", f"{g['ratio']:.2f}x",
+                f"identical {g['identical_sequences']}",
+            ))  # fmt: skip
+    if ok("lambada"):
+        e = results["lambada"]
+        lines.append(row(
+            f"LAMBADA, {e['examples']} examples", f"{e['gpt2kit_examples_per_s']:,.1f} ex/s",
+            f"{e['lm_eval_examples_per_s']:,.1f} ex/s (lm-eval HF)", f"{e['speedup']:.2f}x",
+            f"acc {e['acc_last_word'][0]:.4f} vs {e['acc_last_word'][1]:.4f}",
+        ))  # fmt: skip
     failed = {name: value["error"] for name, value in results.items() if isinstance(value, dict) and "error" in value}
-    lines += [f"| {name} | failed | | | {error} |" for name, error in failed.items()]
+    lines += [row(name, "failed", "", "", error) for name, error in failed.items()]
     return "\n".join(lines)
 
 
@@ -225,6 +226,7 @@ def main() -> int:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (smoke)",
         "torch": torch.__version__,
         "smoke": args.smoke,
+        "step_seconds": {},
     }
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -242,7 +244,7 @@ def main() -> int:
             except Exception as err:  # one failed step must not cost the others on a one-shot GPU
                 traceback.print_exc()
                 results[name] = {"error": f"{type(err).__name__}: {str(err)[-500:]}"}
-            results[name]["seconds"] = round(time.perf_counter() - start, 1)
+            results["step_seconds"][name] = round(time.perf_counter() - start, 1)
             Path(args.out).write_text(json.dumps(results, indent=2, default=str) + "\n")  # after every step
     results["seconds"] = round(time.perf_counter() - started, 1)
     Path(args.out).write_text(json.dumps(results, indent=2, default=str) + "\n")

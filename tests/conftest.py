@@ -33,3 +33,19 @@ def tiny_tokenizer(tmp_path_factory):
     corpus = tmp_path_factory.mktemp("tok") / "corpus.txt"
     corpus.write_text(generated_text(3000, seed=1))
     return train_tokenizer([corpus], vocab_size=400)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory, tiny_tokenizer):
+    """Token shards of generated text, tokenized with the tiny BPE: what the training tests train on."""
+    from textgen import generated_text
+
+    root = tmp_path_factory.mktemp("train")
+    corpus = root / "corpus"
+    corpus.mkdir()
+    for i in range(40):
+        (corpus / f"{i:02d}.txt").write_text(generated_text(50, seed=i))
+    from gpt2kit.data.prepare import prepare
+
+    prepare([str(corpus)], tiny_tokenizer, root / "data", val_fraction=0.1, workers=1, progress=False)
+    return root / "data"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import CONTEXT, data_dir, read_metrics, tiny_config  # noqa: F401  (data_dir is a fixture)
+from test_train import CONTEXT, losses, read_metrics, tiny_config
 
 from gpt2kit.config import load_config
 from gpt2kit.train import Trainer
@@ -22,11 +22,7 @@ from gpt2kit.train_config import TrainConfig
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def losses(run_dir: Path) -> dict[int, float]:
-    return {r["step"]: r["loss"] for r in read_metrics(run_dir) if "loss" in r}
-
-
-def test_bf16_autocast_trains_and_tracks_fp32(data_dir, tmp_path):  # noqa: F811
+def test_bf16_autocast_trains_and_tracks_fp32(data_dir, tmp_path):
     steps = 20
     fp32 = losses(Trainer(tiny_config(data_dir, tmp_path / "fp32", max_steps=steps)).run().run_dir)
     bf16 = losses(Trainer(tiny_config(data_dir, tmp_path / "bf16", max_steps=steps, dtype="bfloat16")).run().run_dir)
@@ -36,7 +32,7 @@ def test_bf16_autocast_trains_and_tracks_fp32(data_dir, tmp_path):  # noqa: F811
         assert bf16[step] == pytest.approx(fp32[step], rel=0.02), step
 
 
-def test_fp16_grad_scaler_skips_an_overflowing_step_and_recovers(data_dir, tmp_path, caplog):  # noqa: F811
+def test_fp16_grad_scaler_skips_an_overflowing_step_and_recovers(data_dir, tmp_path, caplog):
     trainer = Trainer(tiny_config(data_dir, tmp_path / "fp16", max_steps=12, dtype="float16"))
     assert trainer.scaler.is_enabled()
     # A scale of 2^40 makes the fp16 gradients overflow: the scaler must skip that update and back off.
@@ -54,7 +50,7 @@ def test_fp16_grad_scaler_skips_an_overflowing_step_and_recovers(data_dir, tmp_p
 
 
 @pytest.mark.slow
-def test_compile_trains_like_eager(data_dir, tmp_path):  # noqa: F811
+def test_compile_trains_like_eager(data_dir, tmp_path):
     eager = losses(Trainer(tiny_config(data_dir, tmp_path / "eager", max_steps=5, eval_interval=5)).run().run_dir)
     compiled = Trainer(tiny_config(data_dir, tmp_path / "compiled", max_steps=5, eval_interval=5, compile=True))
     result = losses(compiled.run().run_dir)
@@ -62,7 +58,7 @@ def test_compile_trains_like_eager(data_dir, tmp_path):  # noqa: F811
         assert result[step] == pytest.approx(eager[step], abs=1e-4), step
 
 
-def torchrun(data_dir: Path, out: Path, steps: int, parallelism: str, *extra: str) -> subprocess.CompletedProcess:  # noqa: F811
+def torchrun(data_dir: Path, out: Path, steps: int, parallelism: str, *extra: str) -> subprocess.CompletedProcess:
     config = out.parent / f"{out.name}.toml"
     config.write_text('preset = "cpu-1m"\ndevice = "cpu"\nprogress = false\n')
     overrides = [
@@ -81,7 +77,7 @@ def torchrun(data_dir: Path, out: Path, steps: int, parallelism: str, *extra: st
 
 
 @pytest.mark.slow
-def test_fsdp_mixed_precision_matches_ddp_and_resumes_across_them(data_dir, tmp_path):  # noqa: F811
+def test_fsdp_mixed_precision_matches_ddp_and_resumes_across_them(data_dir, tmp_path):
     """bf16 under FSDP2 (MixedPrecisionPolicy: bf16 parameters, fp32 reduction) against DDP with bf16 autocast."""
     torchrun(data_dir, tmp_path / "ddp", 8, "ddp")
     torchrun(data_dir, tmp_path / "fsdp", 8, "fsdp")

@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 
 from gpt2kit.data.loader import TokenWindows, WindowLoader
-from gpt2kit.data.prepare import prepare
 from gpt2kit.model import GPT, GPTConfig
 from gpt2kit.train import Trainer, build_optimizer, learning_rate
 from gpt2kit.train_config import TrainConfig
@@ -22,19 +21,6 @@ from gpt2kit.train_state import STATE_FILE, TrainingError, checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTEXT = 32
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory, tiny_tokenizer):
-    from textgen import generated_text
-
-    root = tmp_path_factory.mktemp("train")
-    corpus = root / "corpus"
-    corpus.mkdir()
-    for i in range(40):
-        (corpus / f"{i:02d}.txt").write_text(generated_text(50, seed=i))
-    prepare([str(corpus)], tiny_tokenizer, root / "data", val_fraction=0.1, workers=1, progress=False)
-    return root / "data"
 
 
 def tiny_config(data_dir: Path, out: Path, **fields) -> TrainConfig:
