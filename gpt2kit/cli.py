@@ -253,11 +253,12 @@ def cmd_webtext_build(args: argparse.Namespace) -> int:
         "inputs": [str(v) for v in ([inputs] if isinstance(inputs, str) else inputs)],
         "out": args.out,
         "workers": args.workers,
+        "tasks": args.tasks,
         "reddit": {"min_karma": args.min_karma, "cutoff": args.cutoff, "subreddit_blocklist": args.subreddit_blocklist},
         "filters": {"domain_blocklist": args.domain_blocklist, "min_words": args.min_words},
     }
     config = load_config(WebTextConfig, args.config, flags=flags, overrides=args.set, check=False)
-    report = build_webtext(config)
+    report = build_webtext(config, _executor_config(args))
     print(format_stage_table(report))
     print(f"{report.documents:,} documents in {len(report.shards)} shards -> {report.out}")
     if report.top_domains:
@@ -413,6 +414,34 @@ def cmd_sample(args: argparse.Namespace) -> int:
             continue
         _print_samples(loaded, prompt, config, args)
         print(SAMPLE_SEPARATOR * 2)
+
+
+def _executor_config(args: argparse.Namespace):
+    """The --executor options as an ExecutorConfig (`--workers` caps the tasks run at once)."""
+    from gpt2kit.config import config_from_dict, given
+    from gpt2kit.executors import ExecutorConfig
+
+    sbatch = {}
+    for item in args.sbatch or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise GPT2KitError(f"--sbatch {item}: expected KEY=VALUE, e.g. account=lm")
+        sbatch[key.strip()] = value
+    values = {
+        "kind": args.executor,
+        "workers": args.workers,
+        "retries": args.retries,
+        "ray_address": args.ray_address,
+        "partition": args.partition,
+        "time": args.time,
+        "qos": args.qos,
+        "cpus_per_task": args.cpus_per_task,
+        "mem_per_cpu_gb": args.mem_per_cpu_gb,
+        "job_name": args.job_name,
+        "env_command": args.env_command,
+        "sbatch_args": sbatch or None,
+    }
+    return config_from_dict(ExecutorConfig, given(values), "executor")
 
 
 def _config_flags(args: argparse.Namespace, config_class: type) -> dict:

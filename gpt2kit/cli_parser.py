@@ -10,6 +10,23 @@ import argparse
 import os
 
 
+def add_executor_options(p, tasks_help: str) -> None:
+    """Where a data job's tasks run (gpt2kit.executors.ExecutorConfig)."""
+    group = p.add_argument_group("executor (local processes, Ray or Slurm)")
+    group.add_argument("--executor", choices=("local", "ray", "slurm"), help="where the tasks run (default: local)")
+    group.add_argument("--tasks", type=int, help=tasks_help)
+    group.add_argument("--retries", type=int, help="run a failed task again this many times (default 1)")
+    group.add_argument("--ray-address", help="Ray: an existing cluster (auto, ray://HOST:10001); default: start one")
+    group.add_argument("--partition", help="Slurm partition (default cpu)")
+    group.add_argument("--time", help="Slurm time limit per job (default 24:00:00)")
+    group.add_argument("--qos", help="Slurm quality of service")
+    group.add_argument("--cpus-per-task", type=int, help="Ray/Slurm: CPUs per task (default 1)")
+    group.add_argument("--mem-per-cpu-gb", type=float, help="Ray/Slurm: memory per CPU in GB (default 2)")
+    group.add_argument("--job-name", help="Slurm job name prefix (default gpt2kit)")
+    group.add_argument("--env-command", help="Slurm: run before each task (default: activate this Python's venv)")
+    group.add_argument("--sbatch", action="append", metavar="KEY=VALUE", help="another #SBATCH option, e.g. account=lm")
+
+
 def add_tokenizer_commands(commands) -> None:
     tok = commands.add_parser("tokenizer", help="train, inspect and run byte-level BPE tokenizers")
     tok_commands = tok.add_subparsers(dest="tokenizer_command", required=True, metavar="ACTION")
@@ -116,7 +133,8 @@ def add_webtext_commands(commands) -> None:
     source.add_argument("--html-dir", metavar="DIR", help="a directory of saved HTML pages")
     p.add_argument("--out", required=True, help="output directory (shards, stats.json, domains.tsv)")
     p.set_defaults(out_kind="dir")
-    p.add_argument("--workers", type=int, help="processes (tasks) per stage (default 1)")
+    p.add_argument("--workers", type=int, help="tasks run at once (default 1 locally, no limit on Ray or Slurm)")
+    add_executor_options(p, "tasks per stage, each a slice of the domains (default: --workers)")
     p.add_argument("--config", help="TOML or YAML settings (see gpt2kit/webtext/config.py)")
     p.add_argument("--min-karma", type=int, help="Reddit: minimum score (default 3)")
     p.add_argument("--cutoff", help="Reddit: drop submissions created on or after this date (default 2018-01-01)")
@@ -139,6 +157,10 @@ def _add_overlap_commands(commands) -> None:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")
     p.add_argument("--text-field", default="text", help="field holding the text in JSON lines")
     p.add_argument("--expected-ngrams", type=int, help="size for this many 8-grams and skip the counting pass")
+    p.add_argument(
+        "--shards", type=int, help="split the filter by hash into this many files, each built by its own task"
+    )
+    add_executor_options(p, "map tasks hashing the corpus (default: --workers); needs --shards or --executor")
     p.set_defaults(handler="overlap_build")
     p = ov_commands.add_parser("check", help="report how much of each test set's 8-grams the filter holds")
     p.add_argument("--filter", required=True)
@@ -250,6 +272,7 @@ def add_data_commands(commands) -> None:
     p.add_argument("--on-bad-utf8", choices=("error", "replace", "skip"), help="default: replace")
     p.add_argument("--shard-tokens", type=int, help="train tokens per shard (default 100,000,000)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_executor_options(p, "tokenize as this many tasks, each a slice of the input files, with shards per file")
     p.set_defaults(handler="prepare")
 
 

@@ -285,7 +285,7 @@ def test_cli_bad_inputs_get_one_line(tmp_path, capsys):
     assert "empty input" in capsys.readouterr().err
     urls.write_text("https://example.com/\n")
     assert main(["webtext", "build", "--urls", str(urls), "--out", str(tmp_path / "o"), "--workers", "0"]) == 2
-    assert "workers must be > 0" in capsys.readouterr().err
+    assert "workers must be at least 1, got 0" in capsys.readouterr().err
     assert main(["webtext", "build", "--urls", str(urls), "--out", "o", "--set", "fetch.timeout=soon"]) == 2
     assert "fetch.timeout must be a number, got 'soon'" in capsys.readouterr().err
 

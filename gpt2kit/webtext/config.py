@@ -77,7 +77,8 @@ class WebTextConfig(Checked):
     inputs: list[str] = field(default_factory=list)
     out: str = "webtext"
     work_dir: str | None = None  # work files and the fetch cache; default: OUT.work beside OUT
-    workers: int = 1
+    workers: int = 1  # tasks run at once (local processes; on Ray or Slurm, the cap on concurrent tasks)
+    tasks: int | None = None  # tasks per stage, each a slice of the URLs by domain hash; default: workers
     shard_bytes: int = 256_000_000  # output shards are cut at about this many compressed bytes
     reddit: RedditConfig = field(default_factory=RedditConfig)
     fetch: FetchConfig = field(default_factory=FetchConfig)
@@ -92,6 +93,7 @@ class WebTextConfig(Checked):
             bad.append("inputs: none given")
         positive = {
             "workers": self.workers,
+            "tasks": self.task_count,
             "shard_bytes": self.shard_bytes,
             "fetch.concurrency": self.fetch.concurrency,
             "fetch.timeout": self.fetch.timeout,
@@ -124,6 +126,10 @@ class WebTextConfig(Checked):
         if blocklist is not None and not Path(blocklist).is_file():
             bad.append(f"filters.domain_blocklist_file: {blocklist}: no such file")
         return bad
+
+    @property
+    def task_count(self) -> int:
+        return self.tasks if self.tasks is not None else self.workers
 
     def blocked_domains(self) -> list[str]:
         """The configured blocklist plus the blocklist file's domains, lower-cased."""

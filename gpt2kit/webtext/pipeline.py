@@ -1,7 +1,7 @@
 """`gpt2kit webtext build`: WebText's recipe as a sequence of datatrove pipelines.
 
-Stages (each a datatrove executor run over `workers` tasks, so the same steps scale out with datatrove's Slurm
-or Ray executors):
+Stages (each a datatrove pipeline run as `tasks` tasks on local processes, a Ray cluster or Slurm, through
+`gpt2kit.executors`, one stage after the other):
 
 1. collect: read the input (Reddit dumps, URL lists, WARC files or saved HTML), normalise URLs, drop
    Wikipedia/mirrors, Reddit-internal links and blocked domains, and write records partitioned by domain hash.
@@ -18,7 +18,6 @@ fetched pages are kept in a cache that survives any change of settings, so a re-
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -29,6 +28,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gpt2kit import executors
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.io import atomic_write_text, reading
 from gpt2kit.webtext.config import WebTextConfig
@@ -57,14 +57,8 @@ class StageCount:
 
 
 @dataclass
-class Stage:
-    """One datatrove pipeline: run `steps` as `tasks` tasks with `logging_dir` (completions, stats, logs)."""
-
-    name: str
-    tasks: int
-    steps: list
-    labels: dict[int, str]  # step index -> name in stats.json
-    logging_dir: Path
+class Stage(executors.Stage):
+    labels: dict[int, str] = field(default_factory=dict)  # step index -> name in stats.json
 
 
 @dataclass
@@ -206,11 +200,12 @@ class _Stages:
         from gpt2kit.webtext import readers, steps
 
         config = self.config
+        inputs = [str(Path(name).resolve()) for name in config.inputs]  # tasks may run elsewhere, in another folder
         reader = {
-            "reddit": lambda: readers.RedditReader(config.inputs, config.reddit),
-            "urls": lambda: readers.UrlListReader(config.inputs),
-            "warc": lambda: readers.WarcPagesReader(config.inputs),
-            "html": lambda: readers.HtmlDirReader(config.inputs[0]),
+            "reddit": lambda: readers.RedditReader(inputs, config.reddit),
+            "urls": lambda: readers.UrlListReader(inputs),
+            "warc": lambda: readers.WarcPagesReader(inputs),
+            "html": lambda: readers.HtmlDirReader(inputs[0]),
         }[config.input_kind]()
         partitions = JsonlWriter(
             self.folder("partitions"),
@@ -220,7 +215,7 @@ class _Stages:
         )
         self._add(
             "collect",
-            config.workers,
+            config.task_count,
             [
                 ("read", reader),
                 ("url normalisation", steps.UrlCanonicaliser(allow_file_urls=config.input_kind == "html")),
@@ -238,7 +233,7 @@ class _Stages:
         from gpt2kit.webtext import readers, steps
         from gpt2kit.webtext.fetch import Fetcher
 
-        config, filters, n = self.config, self.config.filters, self.config.workers
+        config, filters, n = self.config, self.config.filters, self.config.task_count
         tokenizer = steps.RegexWordTokenizer()
         pages: list[tuple[str | None, object]] = [
             (None, readers.WorkShardReader(self.folder("partitions"), "{rank:05d}/*.jsonl.zst")),
@@ -276,7 +271,7 @@ class _Stages:
         from datatrove.pipeline.dedup.exact_dedup import ExactFindDedups
 
         find = ExactFindDedups(self.folder("exact-sigs"), self.folder("exact-dups"), config=self.exact_config())
-        self._add("exact-find", self.config.workers, [(None, find)])
+        self._add("exact-find", self.config.task_count, [(None, find)])
 
     def _near_dedup(self) -> None:
         from datatrove.pipeline.dedup.minhash import MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupSignature
@@ -287,7 +282,7 @@ class _Stages:
         signature = MinhashDedupSignature(
             self.folder("minhash-sigs"), config=minhash, language=steps.RegexWordTokenizer()
         )
-        self._add("minhash-signatures", self.config.workers, self._read_pages(None) + [(None, signature)])
+        self._add("minhash-signatures", self.config.task_count, self._read_pages(None) + [(None, signature)])
         buckets = MinhashDedupBuckets(self.folder("minhash-sigs"), self.folder("minhash-buckets"), config=minhash)
         self._add("minhash-buckets", minhash.num_buckets, [(None, buckets)])
         cluster = MinhashDedupCluster(self.folder("minhash-buckets"), self.folder("minhash-remove"), config=minhash)
@@ -312,7 +307,7 @@ class _Stages:
             max_file_size=self.config.shard_bytes,
         )
         final.append(("written", writer))
-        self._add("output", self.config.workers, final)
+        self._add("output", self.config.task_count, final)
 
 
 def _karma_priority(doc) -> int:
@@ -330,6 +325,8 @@ def _fingerprint(config: WebTextConfig) -> str:
         inputs.extend((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
     settings = dataclasses.asdict(config)
     settings.pop("out")
+    settings.pop("workers")  # how many run at once does not change the work; how many tasks share it does
+    settings["tasks"] = config.task_count
     return hashlib.sha256(json.dumps([settings, inputs], sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -344,27 +341,6 @@ def _prepare_work(work: Path, fingerprint: str) -> None:
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
     work.mkdir(parents=True, exist_ok=True)
     atomic_write_text(stamp, fingerprint)
-
-
-def _run_locally(stage: Stage, workers: int) -> None:
-    from datatrove.executor import LocalPipelineExecutor
-
-    workers = min(workers, stage.tasks)
-    executor = LocalPipelineExecutor(
-        pipeline=stage.steps,
-        tasks=stage.tasks,
-        workers=workers,
-        logging_dir=str(stage.logging_dir),
-        start_method="fork" if os.name == "posix" else "spawn",
-    )
-    log.info("stage %s: %d tasks on %d workers", stage.name, stage.tasks, workers)
-    # datatrove prints banners and per-task stats on stderr; they are in its task logs either way, and the
-    # stage table says the same: show them only when logging is at INFO for datatrove (the CLI's -v).
-    if logging.getLogger("datatrove").isEnabledFor(logging.INFO):
-        executor.run()
-        return
-    with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):
-        executor.run()
 
 
 def _stage_counts(work: Path, name: str, labels: dict[int, str]) -> list[StageCount]:
@@ -405,15 +381,16 @@ def _stage_counts(work: Path, name: str, labels: dict[int, str]) -> list[StageCo
 
 
 def work_folder(config: WebTextConfig) -> Path:
+    """An absolute path: tasks on Ray or Slurm may start in another folder."""
     out = Path(config.out)
-    return Path(config.work_dir) if config.work_dir else out.with_name(out.name + ".work")
+    return (Path(config.work_dir) if config.work_dir else out.with_name(out.name + ".work")).resolve()
 
 
 def plan_stages(config: WebTextConfig) -> list[Stage]:
     """Check the settings and inputs, prepare the work folder, and return the stages to run in order.
 
-    Run each stage's steps with any datatrove executor (`tasks=stage.tasks`, `logging_dir=stage.logging_dir`),
-    one stage after the other, then call `finish_build`. `build_webtext` does this with local processes.
+    Run them with `gpt2kit.executors.run_stages` (or any datatrove executor, `tasks=stage.tasks`,
+    `logging_dir=stage.logging_dir`, one stage after the other), then call `finish_build`.
     """
     config.check("webtext config")
     check_inputs(config)
@@ -424,7 +401,7 @@ def plan_stages(config: WebTextConfig) -> list[Stage]:
         shutil.rmtree(work / name, ignore_errors=True)
     planner = _Stages(config, work)
     return [
-        Stage(name, tasks, steps, planner.labels[name], work / "logs" / name) for name, tasks, steps in planner.plan()
+        Stage(name, tasks, steps, work / "logs" / name, planner.labels[name]) for name, tasks, steps in planner.plan()
     ]
 
 
@@ -466,10 +443,13 @@ def finish_build(config: WebTextConfig) -> BuildReport:
     return BuildReport(out, shards, documents, counts, top)
 
 
-def build_webtext(config: WebTextConfig) -> BuildReport:
-    """Run every stage with `config.workers` local processes; write the shards, `stats.json` and `domains.tsv`."""
-    for stage in plan_stages(config):
-        _run_locally(stage, config.workers)
+def build_webtext(config: WebTextConfig, executor: executors.ExecutorConfig | None = None) -> BuildReport:
+    """Run every stage on `executor` (default: `config.workers` local processes); write the shards,
+    `stats.json` and `domains.tsv`."""
+    executor = executor or executors.ExecutorConfig()
+    if executor.kind == "local" and executor.workers is None:
+        executor = dataclasses.replace(executor, workers=config.workers)
+    executors.run_stages(plan_stages(config), executor)
     return finish_build(config)
 
 

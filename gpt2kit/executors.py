@@ -1,0 +1,294 @@
+"""Where the data jobs' tasks run: local processes, a Ray cluster or a Slurm cluster, through datatrove's executors.
+
+`webtext build`, `prepare` (with tasks) and `overlap build` (with shards) describe their work as stages: datatrove
+pipeline steps run as N tasks, each task a deterministic slice of the work that records its completion under the
+stage's logging folder. `run_stages` runs the stages in order on one executor, chained with datatrove's
+`depends` (on Slurm, `--dependency=afterok` between array jobs), and returns when every task of every stage has
+completed. A failed task is run again (`retries`); tasks that completed are never run twice, so running the same
+command again after a crash resumes where it stopped.
+
+Every path a stage uses must be absolute and on a file system all workers share.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gpt2kit.config import Checked
+from gpt2kit.errors import GPT2KitError
+
+log = logging.getLogger(__name__)
+
+EXECUTORS = ("local", "ray", "slurm")
+
+
+@dataclass
+class Stage:
+    """One datatrove pipeline: `steps` run as `tasks` tasks, with completions, stats and logs in `logging_dir`."""
+
+    name: str
+    tasks: int
+    steps: list
+    logging_dir: Path
+
+
+@dataclass
+class ExecutorConfig(Checked):
+    kind: str = "local"
+    workers: int | None = None  # tasks at once; None: all local cores, or no limit on Ray and Slurm
+    retries: int = 1  # a failed task is run again this many times before the job stops
+    ray_address: str | None = None  # an existing Ray cluster ("auto", "ray://host:10001"); None starts one here
+    partition: str = "cpu"  # Slurm
+    time: str = "24:00:00"  # Slurm time limit per array job
+    qos: str | None = None  # Slurm
+    cpus_per_task: int = 1  # Ray and Slurm
+    mem_per_cpu_gb: float = 2.0  # Ray and Slurm
+    job_name: str = "gpt2kit"  # Slurm jobs are named JOB_NAME-STAGE
+    env_command: str | None = None  # run in each Slurm job before its task; default: activate this Python's venv
+    sbatch_args: dict[str, str] = field(default_factory=dict)  # more #SBATCH options, e.g. {"account": "lm"}
+    poll_seconds: float = 10.0  # how often the Slurm queue is read while waiting
+
+    def problems(self) -> list[str]:
+        bad = []
+        if self.kind not in EXECUTORS:
+            bad.append(f"executor must be one of {', '.join(EXECUTORS)}, got {self.kind!r}")
+        if self.workers is not None and self.workers < 1:
+            bad.append(f"workers must be at least 1, got {self.workers}")
+        if self.retries < 0:
+            bad.append(f"retries must be >= 0, got {self.retries}")
+        if self.cpus_per_task < 1 or self.mem_per_cpu_gb <= 0:
+            bad.append("cpus_per_task and mem_per_cpu_gb must be positive")
+        if self.poll_seconds <= 0:
+            bad.append(f"poll_seconds must be > 0, got {self.poll_seconds}")
+        return bad
+
+
+def completed_ranks(stage: Stage) -> set[int]:
+    folder = stage.logging_dir / "completions"
+    return {int(p.name) for p in folder.iterdir() if p.name.isdigit()} if folder.is_dir() else set()
+
+
+def incomplete_ranks(stage: Stage) -> list[int]:
+    done = completed_ranks(stage)
+    return [rank for rank in range(stage.tasks) if rank not in done]
+
+
+def run_stages(stages: list[Stage], config: ExecutorConfig, verbose: bool | None = None) -> None:
+    """Run `stages` in order on `config.kind`; raise GPT2KitError naming the stage and tasks that kept failing.
+
+    datatrove prints banners and per-task stats on stderr; they are in its task logs either way. `verbose`
+    (default: whether the datatrove logger is at INFO, the CLI's -v) shows them.
+    """
+    config.check("executor")
+    for stage in stages:
+        if not stage.logging_dir.is_absolute():
+            raise GPT2KitError(f"stage {stage.name}: its folder {stage.logging_dir} must be an absolute path")
+    if verbose is None:
+        verbose = logging.getLogger("datatrove").isEnabledFor(logging.INFO)
+    runner = {"local": _run_local, "ray": _run_ray, "slurm": _run_slurm}[config.kind]
+    with contextlib.ExitStack() as stack:
+        if not verbose:
+            sink = stack.enter_context(open(os.devnull, "w"))
+            stack.enter_context(contextlib.redirect_stderr(sink))
+        runner(stages, config, verbose)
+
+
+def _failure(stage: Stage, ranks: list[int], attempts: int, error: BaseException | None = None) -> GPT2KitError:
+    shown = ", ".join(map(str, ranks[:8])) + (", ..." if len(ranks) > 8 else "")
+    why = f" ({type(error).__name__}: {error})" if error is not None else ""
+    return GPT2KitError(
+        f"stage {stage.name}: {len(ranks)} of {stage.tasks} tasks failed {attempts} times (task {shown}){why}; "
+        f"logs in {stage.logging_dir / 'logs'}; run the same command again to resume"
+    )
+
+
+def _retrying(stage: Stage, config: ExecutorConfig, run_once) -> None:
+    """Run a stage until every task completed, at most 1 + retries times. Bad input (GPT2KitError) is not retried."""
+    for attempt in range(1, config.retries + 2):
+        error = None
+        try:
+            run_once()
+        except GPT2KitError:
+            raise
+        except Exception as err:  # a task's crash: its rank stays incomplete and is run again
+            error = err
+        missing = incomplete_ranks(stage)
+        if not missing:
+            return
+        if attempt <= config.retries:
+            log.warning(
+                "stage %s: %d tasks failed; running them again (retry %d of %d)",
+                stage.name,
+                len(missing),
+                attempt,
+                config.retries,
+            )
+            continue
+        raise _failure(stage, missing, attempt, error)
+
+
+# -- local processes -----------------------------------------------------------------------------------------------
+
+
+def _run_local(stages: list[Stage], config: ExecutorConfig, verbose: bool) -> None:
+    from datatrove.executor import LocalPipelineExecutor
+
+    for stage in stages:
+        workers = min(config.workers or default_workers(), stage.tasks)
+        log.info("stage %s: %d tasks on %d local processes", stage.name, stage.tasks, workers)
+
+        def run_once(stage=stage, workers=workers):
+            LocalPipelineExecutor(
+                pipeline=stage.steps,
+                tasks=stage.tasks,
+                workers=workers,
+                logging_dir=str(stage.logging_dir),
+                start_method="fork" if os.name == "posix" else "spawn",
+            ).run()
+
+        _retrying(stage, config, run_once)
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+# -- Ray ----------------------------------------------------------------------------------------------------------
+
+
+def _run_ray(stages: list[Stage], config: ExecutorConfig, verbose: bool) -> None:
+    try:
+        import ray
+        from datatrove.executor.ray import RayPipelineExecutor
+    except ImportError:
+        raise GPT2KitError("the Ray executor needs ray (pip install 'gpt2kit[scale]')") from None
+
+    started = not ray.is_initialized()
+    if started:
+        options = {"address": config.ray_address} if config.ray_address else {"num_cpus": config.workers}
+        try:
+            ray.init(**options, include_dashboard=False, log_to_driver=verbose, logging_level=logging.WARNING)
+        except (ConnectionError, RuntimeError, ValueError) as err:
+            raise GPT2KitError(f"cannot start or reach Ray at {config.ray_address or 'this machine'}: {err}") from None
+    try:
+        launched: list = []  # the previous stage's executor: each stage `depends` on it (complete by then)
+        for stage in stages:
+            log.info("stage %s: %d tasks on Ray", stage.name, stage.tasks)
+
+            def run_once(stage=stage, depends=launched[-1] if launched else None):
+                executor = RayPipelineExecutor(
+                    pipeline=stage.steps,
+                    tasks=stage.tasks,
+                    workers=config.workers or -1,
+                    depends=depends,
+                    logging_dir=str(stage.logging_dir),
+                    cpus_per_task=config.cpus_per_task,
+                    mem_per_cpu_gb=config.mem_per_cpu_gb,
+                )
+                launched.append(executor)
+                executor.run()
+
+            _retrying(stage, config, run_once)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+# -- Slurm --------------------------------------------------------------------------------------------------------
+
+_FINISHED_BADLY = ("DependencyNeverSatisfied",)
+
+
+def slurm_env_command(config: ExecutorConfig) -> str:
+    """What each job runs first: the configured command, or the activation of the virtual environment this
+    Python runs in (so `launch_pickled_pipeline` and gpt2kit are found on the compute node)."""
+    if config.env_command:
+        return config.env_command
+    if sys.prefix != sys.base_prefix and (Path(sys.prefix) / "bin" / "activate").is_file():
+        return f"source {shlex.quote(str(Path(sys.prefix) / 'bin' / 'activate'))}"
+    return f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:$PATH"
+
+
+def _slurm_chain(stages: list[Stage], config: ExecutorConfig) -> list:
+    from datatrove.executor.slurm import SlurmPipelineExecutor
+
+    chain, previous = [], None
+    for stage in stages:
+        executor = SlurmPipelineExecutor(
+            pipeline=stage.steps,
+            tasks=stage.tasks,
+            time=config.time,
+            partition=config.partition,
+            cpus_per_task=config.cpus_per_task,
+            mem_per_cpu_gb=config.mem_per_cpu_gb,
+            workers=config.workers or -1,
+            job_name=f"{config.job_name}-{stage.name}",
+            qos=config.qos or "",
+            env_command=slurm_env_command(config),
+            sbatch_args=dict(config.sbatch_args),
+            depends=previous,
+            logging_dir=str(stage.logging_dir),
+            requeue_signals=None,
+            mail_type="NONE",
+        )
+        chain.append(executor)
+        previous = executor
+    return chain
+
+
+def _slurm(command: list[str]) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(command, capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        raise GPT2KitError(f"the Slurm executor needs `{command[0]}` on PATH (run it on a Slurm login node)") from None
+
+
+def _wait_for_jobs(job_ids: list[str], config: ExecutorConfig) -> None:
+    """Until none of `job_ids` is queued; jobs held by a dependency that failed are cancelled (Slurm keeps
+    them pending forever unless the cluster sets kill_invalid_depend)."""
+    while job_ids:
+        listed = _slurm(["squeue", "-h", "-o", "%i|%T|%r", "-j", ",".join(job_ids)])
+        rows = [line.split("|") for line in listed.stdout.splitlines() if line.strip()]
+        if not rows:
+            return
+        if all(len(row) == 3 and row[1] == "PENDING" and row[2] in _FINISHED_BADLY for row in rows):
+            _slurm(["scancel", *sorted({row[0].split("_")[0] for row in rows})])
+            return
+        time.sleep(config.poll_seconds)
+
+
+def _run_slurm(stages: list[Stage], config: ExecutorConfig, verbose: bool) -> None:
+    for attempt in range(1, config.retries + 2):
+        chain = _slurm_chain(stages, config)
+        try:
+            for executor in chain:
+                executor.run()  # outside a job this submits the array job (and, first, what it depends on)
+        except subprocess.CalledProcessError as err:
+            raise GPT2KitError(
+                f"sbatch failed (exit {err.returncode}): {(err.output or b'').decode().strip()}"
+            ) from None
+        job_ids = [str(e.job_id) for e in chain if e.job_id not in (None, -1)]
+        log.info("submitted Slurm jobs %s; waiting for them", ", ".join(job_ids) or "(none: all tasks done)")
+        _wait_for_jobs(job_ids, config)
+        failed = next(((s, incomplete_ranks(s)) for s in stages if incomplete_ranks(s)), None)
+        if failed is None:
+            return
+        stage, missing = failed
+        if attempt <= config.retries:
+            log.warning(
+                "stage %s: %d tasks failed; submitting them again (retry %d of %d)",
+                stage.name,
+                len(missing),
+                attempt,
+                config.retries,
+            )
+            continue
+        raise _failure(stage, missing, attempt)
