@@ -469,7 +469,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from gpt2kit.data.prepare import PrepareConfig, prepare
 
     options = _config_flags(args, PrepareConfig) | {"progress": not args.quiet}
-    result = prepare(args.input or [], args.tokenizer, args.out, **given(options))
+    executor = _executor_config(args) if args.executor or args.tasks else None
+    result = prepare(args.input or [], args.tokenizer, args.out, executor, args.tasks, **given(options))
     manifest = result.manifest
     for split in ("train", "val"):
         stats = manifest.split_stats(split)

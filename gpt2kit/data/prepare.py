@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import importlib.util
 import logging
 import math
 import os
@@ -23,7 +24,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -40,6 +41,7 @@ from gpt2kit.data.shards import (
     token_dtype,
 )
 from gpt2kit.errors import GPT2KitError
+from gpt2kit.executors import ExecutorConfig
 from gpt2kit.io import BAD_UTF8_POLICIES, Utf8Policy, parse_json_line, reading, remove_stale_temporaries
 from gpt2kit.tokenizer import Tokenizer, load_tokenizer
 
@@ -316,12 +318,13 @@ def validation_rows(batch: Batch, docs_before: int, val_fraction: float, seed: i
 class _GroupWriter:
     """The open train and val shards of the current group."""
 
-    def __init__(self, out: Path, index: int, first_batch: int, dtype: np.dtype):
+    def __init__(self, out: Path, index: int, first_batch: int, dtype: np.dtype, stem: str | None = None):
         self.out = out
         self.index = index
         self.first_batch = first_batch
         self.dtype = dtype
-        self.writers = {split: ShardWriter(out / f"{split}-{index:05d}.bin", dtype) for split in ("train", "val")}
+        stem = stem or f"{index:05d}"
+        self.writers = {split: ShardWriter(out / f"{split}-{stem}.bin", dtype) for split in ("train", "val")}
         self.bytes = {"train": 0, "val": 0}
         self.digest = hashlib.sha256()
         self.end_batch = first_batch
@@ -428,11 +431,31 @@ class PrepareConfig(Checked):
         return {"inputs": [str(p) for p in files], **values}
 
 
-def prepare(inputs: list[str], tokenizer: str | Tokenizer, out: str | os.PathLike, **options) -> PrepareResult:
-    """Tokenize `inputs` (and/or a HF dataset) into shards under `out`; `options` are PrepareConfig's fields."""
+def prepare(
+    inputs: list[str],
+    tokenizer: str | Tokenizer,
+    out: str | os.PathLike,
+    executor: ExecutorConfig | None = None,
+    tasks: int | None = None,
+    **options,
+) -> PrepareResult:
+    """Tokenize `inputs` (and/or a HF dataset) into shards under `out`; `options` are PrepareConfig's fields.
+
+    With `tasks`, or an `executor` other than local processes, the files are tokenized as tasks with shards per
+    input file (`gpt2kit.data.prepare_tasks`); otherwise one process streams them into shard groups.
+    """
     config = config_from_dict(PrepareConfig, options, "prepare options")
     if not inputs and not config.hf_dataset:
         raise PrepareError("nothing to prepare: give input files or a HF dataset")
+    if tasks is not None or (executor is not None and executor.kind != "local"):
+        if importlib.util.find_spec("datatrove") is None:
+            raise PrepareError("tokenizing as tasks needs datatrove (pip install 'gpt2kit[webtext]')")
+        from gpt2kit.data.prepare_tasks import prepare_with_tasks
+
+        executor = executor or ExecutorConfig()
+        if executor.kind == "local" and executor.workers is None:
+            executor = replace(executor, workers=config.workers)
+        return prepare_with_tasks(inputs, tokenizer, Path(out), config, executor, tasks)
     return _Preparation(inputs, tokenizer, Path(out), config).run()
 
 
