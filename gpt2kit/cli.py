@@ -270,13 +270,16 @@ def cmd_webtext_build(args: argparse.Namespace) -> int:
 
 
 def cmd_overlap_build(args: argparse.Namespace) -> int:
+    if args.shards is not None or args.executor or args.tasks:
+        return _overlap_build_tasks(args)
     from gpt2kit.data.bloom import build_filter
+    from gpt2kit.executors import default_workers
 
     result = build_filter(
         args.corpus,
         args.out,
         fpr=args.fpr,
-        workers=args.workers,
+        workers=args.workers or default_workers(),
         text_field=args.text_field,
         expected_ngrams=args.expected_ngrams,
     )
@@ -287,6 +290,31 @@ def cmd_overlap_build(args: argparse.Namespace) -> int:
     )
     processes = f"{result.workers} process" + ("es" if result.workers != 1 else "")
     print(f"insert: {result.seconds:.1f} s, {result.ngrams_per_second:,.0f} 8-grams/s with {processes}")
+    return 0
+
+
+def _overlap_build_tasks(args: argparse.Namespace) -> int:
+    from gpt2kit.data.bloom_tasks import build_sharded_filter
+
+    if args.expected_ngrams is not None:
+        raise GPT2KitError("--expected-ngrams: a sharded build counts each shard's 8-grams exactly; leave it out")
+    executor = _executor_config(args)
+    result = build_sharded_filter(
+        args.corpus,
+        args.out,
+        shards=args.shards or 1,
+        fpr=args.fpr,
+        text_field=args.text_field,
+        executor=executor,
+        tasks=args.tasks,
+    )
+    print(f"{result.ngrams:,} 8-grams from {result.documents:,} documents in {result.files} files -> {result.path}")
+    ks = sorted({p.k for p in result.shards})
+    k = str(ks[0]) if len(ks) == 1 else f"{ks[0]}-{ks[-1]}"
+    print(
+        f"{len(result.shards)} shards, {result.nbytes / 1e6:.1f} MB, k={k}, false-positive bound {result.fpr_bound:.2e}"
+    )
+    print(f"build: {result.seconds:.1f} s, {result.ngrams_per_second:,.0f} 8-grams/s with {result.tasks} map tasks")
     return 0
 
 

@@ -7,7 +7,6 @@ dataclass are left as None here, so that the file-then-flags merge sees only wha
 from __future__ import annotations
 
 import argparse
-import os
 
 
 def add_executor_options(p, tasks_help: str) -> None:
@@ -154,7 +153,7 @@ def _add_overlap_commands(commands) -> None:
     p.add_argument("--out", required=True, help="filter file to write")
     p.set_defaults(out_kind="file")
     p.add_argument("--fpr", type=float, default=1e-8, help="false-positive rate bound (default 1e-8)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")
+    p.add_argument("--workers", type=int, help="processes at once (default: all cores)")
     p.add_argument("--text-field", default="text", help="field holding the text in JSON lines")
     p.add_argument("--expected-ngrams", type=int, help="size for this many 8-grams and skip the counting pass")
     p.add_argument(

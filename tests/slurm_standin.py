@@ -218,7 +218,7 @@ def squeue(args: list[str]) -> int:
         if job["state"] in TERMINAL or (ids is not None and job["id"] not in ids):
             continue
         fields = {"%i": job["id"], "%j": job["name"], "%T": job["state"], "%r": job["reason"]}
-        print(re.sub(r"%[ijTr]", lambda m: fields[m.group(0)], fmt))
+        print(re.sub(r"%[ijTr]", lambda m, fields=fields: fields[m.group(0)], fmt))
     return 0
 
 

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 NGRAM = 8
 FORMAT_VERSION = 1
 MAGIC = b"GPT2KIT-NGRAM-BLOOM\n"
+SHARDED_MAGIC = b"GPT2KIT-NGRAM-BLOOM-SHARDS\n"  # an index naming one filter file per hash range
 HASH_SCHEME = "xxh3_64(word) -> poly8 -> splitmix64; stripe by low 32 bits; double hashing, multiply-shift"
 NORMALISATION = "lower-cased alphanumeric words ([^\\W_]+) joined by single spaces"
 DATA_ALIGN = 4096
@@ -168,6 +169,18 @@ def _bit_positions(fingerprints: np.ndarray, params: BloomParams, stripes: np.nd
     masks = np.left_shift(np.uint8(1), (probes & np.uint64(7)).astype(np.uint8))
     probes >>= np.uint64(3)
     return probes, masks
+
+
+_SHARD_SALT = np.uint64(0x8CB92BA72F3D8DD7)
+
+
+def shard_of(fingerprints: np.ndarray, shards: int) -> np.ndarray:
+    """Which of `shards` filters holds each 8-gram: the top 32 bits of a re-mixed fingerprint, multiply-shifted
+    (independent of the bits that pick the stripe and the probes inside a filter)."""
+    if shards == 1:
+        return np.zeros(len(fingerprints), dtype=np.int64)
+    mixed = _splitmix64(fingerprints ^ _SHARD_SALT) >> np.uint64(32)
+    return (mixed * np.uint64(shards) >> np.uint64(32)).astype(np.int64)
 
 
 def _stripe_of(fingerprints: np.ndarray, params: BloomParams) -> np.ndarray:
@@ -316,10 +329,19 @@ class BloomFilter:
         return self.contains(text_fingerprints(text))
 
     @classmethod
-    def open(cls, path: str | os.PathLike) -> BloomFilter:
+    def open(cls, path: str | os.PathLike) -> BloomFilter | ShardedBloomFilter:
+        """A filter file, or the index of a sharded filter (then the filter of every shard it names)."""
         path = Path(path)
         if not path.is_file():
             raise GPT2KitError(f"{path}: no such filter file")
+        with open(path, "rb") as handle:
+            magic = handle.read(max(len(MAGIC), len(SHARDED_MAGIC)))
+        if magic.startswith(SHARDED_MAGIC):
+            return ShardedBloomFilter.open(path)
+        return cls._open_file(path)
+
+    @classmethod
+    def _open_file(cls, path: Path) -> BloomFilter:
         with open(path, "rb") as handle:
             if handle.read(len(MAGIC)) != MAGIC:
                 raise GPT2KitError(f"{path}: not a gpt2kit n-gram Bloom filter (bad magic)")
@@ -340,6 +362,56 @@ class BloomFilter:
             raise GPT2KitError(f"{path}: filter is {path.stat().st_size} bytes, expected {expected} (truncated?)")
         bits = np.memmap(path, dtype=np.uint8, mode="r", offset=offset, shape=(params.nbytes,))
         return cls(params, header, bits, path)
+
+
+@dataclass
+class ShardedBloomFilter:
+    """Filters that split the 8-grams between them by `shard_of`; answers as one filter would."""
+
+    header: dict  # the index's: shard files, totals, the largest false-positive bound of any shard
+    shards: list[BloomFilter]
+    path: Path | None = None
+
+    def contains(self, fingerprints: np.ndarray) -> np.ndarray:
+        found = np.zeros(len(fingerprints), dtype=bool)
+        which = shard_of(fingerprints, len(self.shards))
+        for index, bloom in enumerate(self.shards):
+            rows = np.flatnonzero(which == index)
+            if len(rows):
+                found[rows] = bloom.contains(fingerprints[rows])
+        return found
+
+    def contains_text(self, text: str) -> np.ndarray:
+        return self.contains(text_fingerprints(text))
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> ShardedBloomFilter:
+        path = Path(path)
+        raw = path.read_bytes()
+        try:
+            header = json.loads(raw[len(SHARDED_MAGIC) :].decode("utf-8"))
+            names, count = list(header["shard_files"]), int(header["shards"])
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise GPT2KitError(f"{path}: corrupt sharded filter index") from None
+        if header.get("version") != FORMAT_VERSION or len(names) != count:
+            raise GPT2KitError(
+                f"{path}: sharded filter index version {header.get('version')} with {len(names)} of "
+                f"{count} shards; expected version {FORMAT_VERSION} and every shard"
+            )
+        shards = []
+        for index, name in enumerate(names):
+            if not (path.parent / name).is_file():
+                raise GPT2KitError(f"{path.parent / name}: shard {index} of the filter {path.name} is missing")
+            shard = BloomFilter._open_file(path.parent / name)
+            if shard.header.get("shard") != index or shard.header.get("shards") != count:
+                raise GPT2KitError(f"{path.parent / name}: is not shard {index} of {count} of this filter")
+            shards.append(shard)
+        return cls(header, shards, path)
+
+
+def write_shard_index(path: Path, header: dict) -> None:
+    with atomic_open(path) as handle:
+        handle.write(SHARDED_MAGIC + json.dumps(header, sort_keys=True, indent=1).encode() + b"\n")
 
 
 def _data_offset(header_length: int) -> int:

@@ -41,7 +41,7 @@ from gpt2kit.data.shards import (
     token_dtype,
 )
 from gpt2kit.errors import GPT2KitError
-from gpt2kit.executors import ExecutorConfig
+from gpt2kit.executors import ExecutorConfig, default_workers
 from gpt2kit.io import BAD_UTF8_POLICIES, Utf8Policy, parse_json_line, reading, remove_stale_temporaries
 from gpt2kit.tokenizer import Tokenizer, load_tokenizer
 
@@ -390,10 +390,6 @@ def _reusable_groups(
             break
         reusable.append(group)
     return reusable
-
-
-def default_workers() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 @dataclass
