@@ -302,7 +302,7 @@ def _overlap_build_tasks(args: argparse.Namespace) -> int:
     result = build_sharded_filter(
         args.corpus,
         args.out,
-        shards=args.shards or 1,
+        shards=1 if args.shards is None else args.shards,
         fpr=args.fpr,
         text_field=args.text_field,
         executor=executor,

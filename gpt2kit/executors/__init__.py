@@ -15,10 +15,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shlex
-import subprocess
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,7 +89,10 @@ def run_stages(stages: list[Stage], config: ExecutorConfig, verbose: bool | None
             raise GPT2KitError(f"stage {stage.name}: its folder {stage.logging_dir} must be an absolute path")
     if verbose is None:
         verbose = logging.getLogger("datatrove").isEnabledFor(logging.INFO)
-    runner = {"local": _run_local, "ray": _run_ray, "slurm": _run_slurm}[config.kind]
+    if config.kind == "slurm":
+        from gpt2kit.executors.slurm import run_on_slurm as runner
+    else:
+        runner = {"local": _run_local, "ray": _run_ray}[config.kind]
     with contextlib.ExitStack() as stack:
         if not verbose:
             sink = stack.enter_context(open(os.devnull, "w"))
@@ -101,7 +100,7 @@ def run_stages(stages: list[Stage], config: ExecutorConfig, verbose: bool | None
         runner(stages, config, verbose)
 
 
-def _failure(stage: Stage, ranks: list[int], attempts: int, error: BaseException | None = None) -> GPT2KitError:
+def stage_failure(stage: Stage, ranks: list[int], attempts: int, error: BaseException | None = None) -> GPT2KitError:
     shown = ", ".join(map(str, ranks[:8])) + (", ..." if len(ranks) > 8 else "")
     why = f" ({type(error).__name__}: {error})" if error is not None else ""
     return GPT2KitError(
@@ -132,7 +131,7 @@ def _retrying(stage: Stage, config: ExecutorConfig, run_once) -> None:
                 config.retries,
             )
             continue
-        raise _failure(stage, missing, attempt, error)
+        raise stage_failure(stage, missing, attempt, error)
 
 
 # -- local processes -----------------------------------------------------------------------------------------------
@@ -200,95 +199,3 @@ def _run_ray(stages: list[Stage], config: ExecutorConfig, verbose: bool) -> None
     finally:
         if started:
             ray.shutdown()
-
-
-# -- Slurm --------------------------------------------------------------------------------------------------------
-
-_FINISHED_BADLY = ("DependencyNeverSatisfied",)
-
-
-def slurm_env_command(config: ExecutorConfig) -> str:
-    """What each job runs first: the configured command, or the activation of the virtual environment this
-    Python runs in (so `launch_pickled_pipeline` and gpt2kit are found on the compute node)."""
-    if config.env_command:
-        return config.env_command
-    if sys.prefix != sys.base_prefix and (Path(sys.prefix) / "bin" / "activate").is_file():
-        return f"source {shlex.quote(str(Path(sys.prefix) / 'bin' / 'activate'))}"
-    return f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:$PATH"
-
-
-def _slurm_chain(stages: list[Stage], config: ExecutorConfig) -> list:
-    from datatrove.executor.slurm import SlurmPipelineExecutor
-
-    chain, previous = [], None
-    for stage in stages:
-        executor = SlurmPipelineExecutor(
-            pipeline=stage.steps,
-            tasks=stage.tasks,
-            time=config.time,
-            partition=config.partition,
-            cpus_per_task=config.cpus_per_task,
-            mem_per_cpu_gb=config.mem_per_cpu_gb,
-            workers=config.workers or -1,
-            job_name=f"{config.job_name}-{stage.name}",
-            qos=config.qos or "",
-            env_command=slurm_env_command(config),
-            sbatch_args=dict(config.sbatch_args),
-            depends=previous,
-            logging_dir=str(stage.logging_dir),
-            requeue_signals=None,
-            mail_type="NONE",
-        )
-        chain.append(executor)
-        previous = executor
-    return chain
-
-
-def _slurm(command: list[str]) -> subprocess.CompletedProcess:
-    try:
-        return subprocess.run(command, capture_output=True, text=True, check=False)
-    except FileNotFoundError:
-        raise GPT2KitError(f"the Slurm executor needs `{command[0]}` on PATH (run it on a Slurm login node)") from None
-
-
-def _wait_for_jobs(job_ids: list[str], config: ExecutorConfig) -> None:
-    """Until none of `job_ids` is queued; jobs held by a dependency that failed are cancelled (Slurm keeps
-    them pending forever unless the cluster sets kill_invalid_depend)."""
-    while job_ids:
-        listed = _slurm(["squeue", "-h", "-o", "%i|%T|%r", "-j", ",".join(job_ids)])
-        rows = [line.split("|") for line in listed.stdout.splitlines() if line.strip()]
-        if not rows:
-            return
-        if all(len(row) == 3 and row[1] == "PENDING" and row[2] in _FINISHED_BADLY for row in rows):
-            _slurm(["scancel", *sorted({row[0].split("_")[0] for row in rows})])
-            return
-        time.sleep(config.poll_seconds)
-
-
-def _run_slurm(stages: list[Stage], config: ExecutorConfig, verbose: bool) -> None:
-    for attempt in range(1, config.retries + 2):
-        chain = _slurm_chain(stages, config)
-        try:
-            for executor in chain:
-                executor.run()  # outside a job this submits the array job (and, first, what it depends on)
-        except subprocess.CalledProcessError as err:
-            raise GPT2KitError(
-                f"sbatch failed (exit {err.returncode}): {(err.output or b'').decode().strip()}"
-            ) from None
-        job_ids = [str(e.job_id) for e in chain if e.job_id not in (None, -1)]
-        log.info("submitted Slurm jobs %s; waiting for them", ", ".join(job_ids) or "(none: all tasks done)")
-        _wait_for_jobs(job_ids, config)
-        failed = next(((s, incomplete_ranks(s)) for s in stages if incomplete_ranks(s)), None)
-        if failed is None:
-            return
-        stage, missing = failed
-        if attempt <= config.retries:
-            log.warning(
-                "stage %s: %d tasks failed; submitting them again (retry %d of %d)",
-                stage.name,
-                len(missing),
-                attempt,
-                config.retries,
-            )
-            continue
-        raise _failure(stage, missing, attempt)
