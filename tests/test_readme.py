@@ -34,6 +34,8 @@ SKIPPED = (
     (r"--hf-dataset|openai-community/", "downloads from the Hugging Face hub"),
     (r"--reddit RS_2017", "needs Reddit dumps (tests/test_webtext.py builds from a generated one)"),
     (r"--warc crawl-", "needs WARC files (tests/test_webtext.py builds from a generated one)"),
+    (r"--executor slurm", "needs a Slurm cluster (tests/test_scale.py runs the job scripts under a stand-in Slurm)"),
+    (r"--executor ray", "joins a Ray cluster (tests/test_scale.py's slow test runs the three jobs on a local one)"),
 )
 
 # (pattern, replacement): smaller sizes and durations, same commands
