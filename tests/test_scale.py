@@ -34,7 +34,9 @@ def corpus(tmp_path_factory):
     books = sorted(shared_file("train/gutenberg").glob("*.txt"))[:4]
     for book in books:
         (root / book.name).write_bytes(book.read_bytes()[:120_000])
-    lines = "".join(json.dumps({"text": f"Document {i}: " + "a few words here. " * (i % 7 + 1)}) + "\n" for i in range(60))
+    lines = "".join(
+        json.dumps({"text": f"Document {i}: " + "a few words here. " * (i % 7 + 1)}) + "\n" for i in range(60)
+    )
     (root / "short.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(lines.encode()))
     return root
 
@@ -144,7 +146,7 @@ def test_a_task_that_dies_is_run_again_and_the_output_is_unchanged(corpus, tmp_p
         assert np.array_equal(a.bits, b.bits)
 
     marker.unlink()
-    with pytest.raises(GPT2KitError, match=r"stage hash: 1 of 2 tasks failed 1 times .*run the same command again"):
+    with pytest.raises(GPT2KitError, match=r"stage hash: 1 of 2 tasks failed 1 time .*run the same command again"):
         build_sharded_filter([corpus], tmp_path / "once.bloom", shards=3, tasks=2, executor=ExecutorConfig(retries=0))
     resumed = build_sharded_filter([corpus], tmp_path / "once.bloom", shards=3, tasks=2)  # resumes
     for a, b in zip(BloomFilter.open(reference.path).shards, BloomFilter.open(resumed.path).shards, strict=True):
@@ -188,10 +190,14 @@ def test_slurm_failed_task_cancels_its_dependents_and_is_resubmitted(corpus, tmp
     retried = build_sharded_filter([corpus], tmp_path / "f.bloom", shards=2, tasks=2, executor=slurm)
     states = [(job["name"], job["state"]) for job in slurm_standin.all_jobs()]
     assert ("gpt2kit-hash", "FAILED") in states and ("gpt2kit-filter", "CANCELLED") in states
-    assert states[-2:] == [("gpt2kit-hash", "COMPLETED"), ("gpt2kit-filter", "COMPLETED")] or (
-        "gpt2kit-filter",
-        "COMPLETED",
-    ) in states
+    assert (
+        states[-2:] == [("gpt2kit-hash", "COMPLETED"), ("gpt2kit-filter", "COMPLETED")]
+        or (
+            "gpt2kit-filter",
+            "COMPLETED",
+        )
+        in states
+    )
     for a, b in zip(BloomFilter.open(reference.path).shards, BloomFilter.open(retried.path).shards, strict=True):
         assert np.array_equal(a.bits, b.bits)
 

@@ -189,7 +189,9 @@ def _stripe_of(fingerprints: np.ndarray, params: BloomParams) -> np.ndarray:
     return ((fingerprints & np.uint64(0xFFFFFFFF)) * np.uint64(params.stripes) >> np.uint64(32)).astype(np.int64)
 
 
-def _insert(bits: np.ndarray, fingerprints: np.ndarray, params: BloomParams, locks: Sequence | None = None) -> None:
+def insert_fingerprints(
+    bits: np.ndarray, fingerprints: np.ndarray, params: BloomParams, locks: Sequence | None = None
+) -> None:
     """Set the k bits of each fingerprint, one stripe at a time.
 
     Grouping by stripe keeps the writes within a small region of memory (about twice as fast as scattering
@@ -338,10 +340,10 @@ class BloomFilter:
             magic = handle.read(max(len(MAGIC), len(SHARDED_MAGIC)))
         if magic.startswith(SHARDED_MAGIC):
             return ShardedBloomFilter.open(path)
-        return cls._open_file(path)
+        return cls.open_file(path)
 
     @classmethod
-    def _open_file(cls, path: Path) -> BloomFilter:
+    def open_file(cls, path: Path) -> BloomFilter:
         with open(path, "rb") as handle:
             if handle.read(len(MAGIC)) != MAGIC:
                 raise GPT2KitError(f"{path}: not a gpt2kit n-gram Bloom filter (bad magic)")
@@ -402,7 +404,7 @@ class ShardedBloomFilter:
         for index, name in enumerate(names):
             if not (path.parent / name).is_file():
                 raise GPT2KitError(f"{path.parent / name}: shard {index} of the filter {path.name} is missing")
-            shard = BloomFilter._open_file(path.parent / name)
+            shard = BloomFilter.open_file(path.parent / name)
             if shard.header.get("shard") != index or shard.header.get("shards") != count:
                 raise GPT2KitError(f"{path.parent / name}: is not shard {index} of {count} of this filter")
             shards.append(shard)
@@ -418,7 +420,7 @@ def _data_offset(header_length: int) -> int:
     return -(-(len(MAGIC) + 4 + header_length) // DATA_ALIGN) * DATA_ALIGN
 
 
-def _write_filter(path: Path, header: dict, bits: memoryview | bytes) -> None:
+def write_filter(path: Path, header: dict, bits: memoryview | bytes) -> None:
     """Header then bits, to a temporary file renamed into place."""
     encoded = json.dumps(header, sort_keys=True).encode()
     offset = _data_offset(len(encoded))
@@ -457,10 +459,10 @@ def _insert_file(bits: np.ndarray, path: Path, params: BloomParams, text_field: 
         pending.append(fingerprints)
         pending_size += len(fingerprints)
         if pending_size >= INSERT_CHUNK:
-            _insert(bits, np.concatenate(pending), params, locks)
+            insert_fingerprints(bits, np.concatenate(pending), params, locks)
             pending, pending_size = [], 0
     if pending_size:
-        _insert(bits, np.concatenate(pending), params, locks)
+        insert_fingerprints(bits, np.concatenate(pending), params, locks)
     return ngrams, docs
 
 
@@ -559,7 +561,7 @@ def build_filter(
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         out = Path(out)
-        _write_filter(out, header, memoryview(shared))
+        write_filter(out, header, memoryview(shared))
     finally:
         del bits
         shared.close()

@@ -37,12 +37,12 @@ from gpt2kit.data.bloom import (
     NGRAM,
     NORMALISATION,
     BloomParams,
-    _insert,
-    _write_filter,
     bloom_params,
     corpus_files,
     document_fingerprints,
+    insert_fingerprints,
     shard_of,
+    write_filter,
     write_shard_index,
 )
 from gpt2kit.errors import GPT2KitError
@@ -139,7 +139,7 @@ class BuildShard(PipelineStep):
         for path in buckets:
             values = np.memmap(path, dtype="<u8", mode="r") if path.stat().st_size else np.empty(0, "<u8")
             for start in range(0, len(values), INSERT_CHUNK):
-                _insert(bits, np.asarray(values[start : start + INSERT_CHUNK], dtype=np.uint64), params)
+                insert_fingerprints(bits, np.asarray(values[start : start + INSERT_CHUNK], dtype=np.uint64), params)
         header = asdict(params) | {
             "version": FORMAT_VERSION,
             "ngram": NGRAM,
@@ -152,7 +152,7 @@ class BuildShard(PipelineStep):
         }
         out = Path(self.out)
         target = out if self.shards == 1 else out.with_name(shard_file_name(out, shard, self.shards))
-        _write_filter(target, header, memoryview(bits))
+        write_filter(target, header, memoryview(bits))
         return count
 
 
@@ -233,7 +233,7 @@ def _finish(out: Path, work: Path, files: list[str], shards: int, fpr: float, ta
     from gpt2kit.data.bloom import BloomFilter
 
     names = [out.name] if shards == 1 else [shard_file_name(out, s, shards) for s in range(shards)]
-    headers = [BloomFilter._open_file(out.parent / name).header for name in names]
+    headers = [BloomFilter.open_file(out.parent / name).header for name in names]
     params = [BloomParams(**{key: h[key] for key in BloomParams.__dataclass_fields__}) for h in headers]
     if shards > 1:
         ks = sorted({p.k for p in params})

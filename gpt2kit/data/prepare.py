@@ -315,7 +315,7 @@ def validation_rows(batch: Batch, docs_before: int, val_fraction: float, seed: i
 # -- writing groups --------------------------------------------------------------------------
 
 
-class _GroupWriter:
+class GroupWriter:
     """The open train and val shards of the current group."""
 
     def __init__(self, out: Path, index: int, first_batch: int, dtype: np.dtype, stem: str | None = None):
@@ -483,7 +483,7 @@ class _Preparation:
         }
         self.manifest = Manifest(tokenizer_info, self.dtype.name, settings)
         self.reader = DocumentReader(config.split_lines, config.text_field, config.on_bad_utf8)
-        self.group: _GroupWriter | None = None
+        self.group: GroupWriter | None = None
         self.tokens_written = self.groups_written = 0
         self.reuse_queue = deque(self.reusable)
         self.reuse_digest = hashlib.sha256()
@@ -561,7 +561,7 @@ class _Preparation:
 
     def _consume(self, batch: Batch, result: TokenizedBatch) -> None:
         if self.group is None:
-            self.group = _GroupWriter(self.out, len(self.manifest.groups), batch.index, self.dtype)
+            self.group = GroupWriter(self.out, len(self.manifest.groups), batch.index, self.dtype)
         self.group.add(batch, result)
         self.tokens_written += len(result.train) + len(result.val)
         self.bar.update(sum(batch.doc_bytes))

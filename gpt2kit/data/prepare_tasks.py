@@ -28,10 +28,10 @@ from gpt2kit.data.prepare import (
     TOKENIZER_DIR,
     Batch,
     DocumentReader,
+    GroupWriter,
     PrepareConfig,
     PrepareError,
     PrepareResult,
-    _GroupWriter,
     batches,
     expand_inputs,
     tokenize_batch,
@@ -105,7 +105,7 @@ class TokenizeFiles(PipelineStep):
         dtype = np.dtype(self.dtype)
         groups: list[GroupInfo] = []
         shards: list[ShardInfo] = []
-        group: _GroupWriter | None = None
+        group: GroupWriter | None = None
         docs_seen = 0
         try:
             for batch in batches(reader.files([path]), config.batch_bytes):
@@ -113,7 +113,7 @@ class TokenizeFiles(PipelineStep):
                 docs_seen += len(batch.docs)
                 if group is None:
                     part = len(groups)
-                    group = _GroupWriter(out, part, batch.index, dtype, stem=f"f{index:06d}-{part:03d}")
+                    group = GroupWriter(out, part, batch.index, dtype, stem=f"f{index:06d}-{part:03d}")
                 tokenizer_dir = str(out / TOKENIZER_DIR)
                 group.add(
                     batch,

@@ -104,7 +104,8 @@ def stage_failure(stage: Stage, ranks: list[int], attempts: int, error: BaseExce
     shown = ", ".join(map(str, ranks[:8])) + (", ..." if len(ranks) > 8 else "")
     why = f" ({type(error).__name__}: {error})" if error is not None else ""
     return GPT2KitError(
-        f"stage {stage.name}: {len(ranks)} of {stage.tasks} tasks failed {attempts} times (task {shown}){why}; "
+        f"stage {stage.name}: {len(ranks)} of {stage.tasks} tasks failed {attempts} time{'s' * (attempts != 1)} "
+        f"(task {shown}){why}; "
         f"logs in {stage.logging_dir / 'logs'}; run the same command again to resume"
     )
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from datatrove.executor.slurm import SlurmPipelineExecutor
 
 from gpt2kit.errors import GPT2KitError
-from gpt2kit.executors import ExecutorConfig, Stage, stage_failure, incomplete_ranks
+from gpt2kit.executors import ExecutorConfig, Stage, incomplete_ranks, stage_failure
 
 log = logging.getLogger(__name__)
 
