@@ -4,6 +4,7 @@ the job scripts datatrove writes, and (slow) a local Ray cluster; each must give
 import json
 import os
 import shutil
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -170,6 +171,7 @@ def test_slurm_runs_the_job_scripts_and_matches_local(corpus, tmp_path, slurm, g
     # datatrove's own job scripts ran: array jobs chained with afterok, each task under srun
     script = (tmp_path / "web-slurm.work" / "logs" / "pages" / "launch_script.slurm").read_text()
     assert "#SBATCH --array=0-1" in script and "srun" in script and "launch_pickled_pipeline" in script
+    assert "#SBATCH --mem-per-cpu=2048M" in script and "#SBATCH --partition=debug" in script
     jobs = slurm_standin.all_jobs()
     assert all(job["state"] == "COMPLETED" for job in jobs)
     assert any(kind == "afterok" for job in jobs for kind, _ in job["deps"])
@@ -245,3 +247,20 @@ def test_ray_cluster_runs_all_three_jobs_as_local_does(corpus, tmp_path, gpt2_to
         assert overlap_table(tmp_path / "ray.bloom", tests) == overlap_table(tmp_path / "local.bloom", tests)
     finally:
         ray.shutdown()
+
+
+def test_slurm_refuses_to_submit_beside_an_earlier_runs_queued_jobs(corpus, tmp_path, slurm, gpt2_tokenizer):
+    script = tmp_path / "busy.sh"
+    script.write_text("#!/bin/bash\n#SBATCH --job-name=gpt2kit-tokenize\nsleep 2\n")
+    submitted = slurm_standin.main(["sbatch", str(script)])
+    assert submitted == 0
+    busy = slurm_standin.all_jobs()[-1]["id"]
+    jobs_file = tmp_path / "data" / ".tasks" / "logs" / "slurm-jobs.json"
+    jobs_file.parent.mkdir(parents=True)
+    jobs_file.write_text(json.dumps([busy]))
+    with pytest.raises(GPT2KitError, match=f"Slurm jobs {busy} of an earlier run are still queued.*scancel {busy}"):
+        prepare([str(corpus)], gpt2_tokenizer, tmp_path / "data", executor=slurm, tasks=2)
+    while any(job["state"] not in slurm_standin.TERMINAL for job in slurm_standin.all_jobs()):
+        time.sleep(0.2)
+    prepare([str(corpus)], gpt2_tokenizer, tmp_path / "data", executor=slurm, tasks=2)  # once they end, it runs
+    assert json.loads(jobs_file.read_text()) and load_manifest(tmp_path / "data").complete

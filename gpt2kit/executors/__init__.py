@@ -97,7 +97,21 @@ def run_stages(stages: list[Stage], config: ExecutorConfig, verbose: bool | None
         if not verbose:
             sink = stack.enter_context(open(os.devnull, "w"))
             stack.enter_context(contextlib.redirect_stderr(sink))
+            if config.kind != "local":  # local tasks fork from here and log to their task files through loguru
+                stack.enter_context(_datatrove_logs_off())
         runner(stages, config, verbose)
+
+
+@contextlib.contextmanager
+def _datatrove_logs_off():
+    """datatrove logs with loguru, whose console handler holds the stderr of import time: turn it off here."""
+    from loguru import logger
+
+    logger.disable("datatrove")
+    try:
+        yield
+    finally:
+        logger.enable("datatrove")
 
 
 def stage_failure(stage: Stage, ranks: list[int], attempts: int, error: BaseException | None = None) -> GPT2KitError:

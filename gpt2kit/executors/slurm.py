@@ -8,7 +8,9 @@ merge job is submitted: one that waits on a failed stage would stay queued.
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import shlex
 import subprocess
 import sys
@@ -19,6 +21,7 @@ from datatrove.executor.slurm import SlurmPipelineExecutor
 
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.executors import ExecutorConfig, Stage, incomplete_ranks, stage_failure
+from gpt2kit.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +55,13 @@ def _slurm_chain(stages: list[Stage], config: ExecutorConfig) -> list:
             time=config.time,
             partition=config.partition,
             cpus_per_task=config.cpus_per_task,
-            mem_per_cpu_gb=config.mem_per_cpu_gb,
+            mem_per_cpu_gb=math.ceil(config.mem_per_cpu_gb),
             workers=config.workers or -1,
             job_name=f"{config.job_name}-{stage.name}",
             qos=config.qos or "",
             env_command=slurm_env_command(config),
-            sbatch_args=dict(config.sbatch_args),
+            # sbatch takes whole units ("1.5G" is refused): memory in MB; the user's own options come last
+            sbatch_args={"mem-per-cpu": f"{round(config.mem_per_cpu_gb * 1024)}M", **config.sbatch_args},
             depends=previous,
             logging_dir=str(stage.logging_dir),
             requeue_signals=None,
@@ -75,12 +79,38 @@ def _slurm(command: list[str]) -> subprocess.CompletedProcess:
         raise GPT2KitError(f"the Slurm executor needs `{command[0]}` on PATH (run it on a Slurm login node)") from None
 
 
+def _queued(job_ids: list[str]) -> list[list[str]]:
+    """(job id, state, reason) of each of `job_ids` still in the queue."""
+    if not job_ids:
+        return []
+    listed = _slurm(["squeue", "-h", "-o", "%i|%T|%r", "-j", ",".join(job_ids)])
+    return [line.split("|") for line in listed.stdout.splitlines() if line.strip()]
+
+
+def _jobs_file(stages: list[Stage]) -> Path:
+    """Where the ids of the jobs submitted for these stages are kept, beside their logging folders."""
+    return stages[0].logging_dir.parent / "slurm-jobs.json"
+
+
+def _refuse_if_still_queued(stages: list[Stage]) -> None:
+    """An earlier run's jobs still queued would run the same tasks twice beside a new submission."""
+    path = _jobs_file(stages)
+    if not path.is_file():
+        return
+    earlier = [str(job_id) for job_id in json.loads(path.read_text())]
+    if rows := _queued(earlier):
+        ids = " ".join(sorted({row[0].split("_")[0] for row in rows}))
+        raise GPT2KitError(
+            f"Slurm jobs {ids} of an earlier run are still queued; wait for them to end (then run this again to "
+            f"finish), or stop them with `scancel {ids}`"
+        )
+
+
 def _wait_for_jobs(job_ids: list[str], config: ExecutorConfig) -> None:
     """Until none of `job_ids` is queued; jobs held by a dependency that failed are cancelled (Slurm keeps
     them pending forever unless the cluster sets kill_invalid_depend)."""
     while job_ids:
-        listed = _slurm(["squeue", "-h", "-o", "%i|%T|%r", "-j", ",".join(job_ids)])
-        rows = [line.split("|") for line in listed.stdout.splitlines() if line.strip()]
+        rows = _queued(job_ids)
         if not rows:
             return
         if all(len(row) == 3 and row[1] == "PENDING" and row[2] in _FINISHED_BADLY for row in rows):
@@ -90,6 +120,7 @@ def _wait_for_jobs(job_ids: list[str], config: ExecutorConfig) -> None:
 
 
 def run_on_slurm(stages: list[Stage], config: ExecutorConfig, verbose: bool) -> None:
+    _refuse_if_still_queued(stages)
     for attempt in range(1, config.retries + 2):
         chain = _slurm_chain(stages, config)
         try:
@@ -102,8 +133,16 @@ def run_on_slurm(stages: list[Stage], config: ExecutorConfig, verbose: bool) -> 
                 f"sbatch failed (exit {err.returncode}): {(err.output or b'').decode().strip()}"
             ) from None
         job_ids = [str(e.job_id) for e in chain if e.job_id not in (None, -1)]
+        atomic_write_text(_jobs_file(stages), json.dumps(job_ids))
         log.info("submitted Slurm jobs %s; waiting for them", ", ".join(job_ids) or "(none: all tasks done)")
-        _wait_for_jobs(job_ids, config)
+        try:
+            _wait_for_jobs(job_ids, config)
+        except KeyboardInterrupt:
+            ids = " ".join(job_ids)
+            raise GPT2KitError(
+                f"stopped waiting; Slurm jobs {ids} keep running (stop them with `scancel {ids}`); run the same "
+                "command again once they end to finish"
+            ) from None
         failed = next(((s, incomplete_ranks(s)) for s in stages if incomplete_ranks(s)), None)
         if failed is None:
             return
