@@ -15,6 +15,7 @@ import zstandard
 from gpt2kit.cli import main
 from gpt2kit.data.bloom import BloomFilter, build_filter
 from gpt2kit.data.bloom_tasks import HashCorpus, build_sharded_filter
+from gpt2kit.data.loader import TokenWindows
 from gpt2kit.data.overlap import check_overlap
 from gpt2kit.data.prepare import load_manifest, prepare
 from gpt2kit.data.shards import open_tokens
@@ -84,6 +85,8 @@ def test_prepare_tasks_shards_do_not_depend_on_the_task_count(corpus, tmp_path, 
     docs = lambda m: m.split_stats("train").num_docs + m.split_stats("val").num_docs
     assert docs(three.manifest) == docs(streamed.manifest) == three.manifest.input_stats["documents"]
     assert three.manifest.split_stats("val").num_docs > 0
+    windows = TokenWindows(tmp_path / "three", "train", context=64)  # training reads the per-file layout
+    assert len(windows) > 100 and windows.batch([0, len(windows) - 1])[0].shape == (2, 64)
 
 
 def test_prepare_tasks_resume_redoes_only_what_was_lost(corpus, tmp_path, gpt2_tokenizer):
