@@ -214,6 +214,8 @@ def text_rates(megabytes: float, root: Path) -> tuple[dict, list[str]]:
 
 
 def human_hours(hours: float) -> str:
+    if hours * 60 < 1:
+        return "< 1 min"
     return f"{hours * 60:.0f} min" if hours < 1 else f"{hours:.1f} h" if hours < 48 else f"{hours / 24:.1f} days"
 
 

@@ -294,7 +294,7 @@ def cmd_overlap_build(args: argparse.Namespace) -> int:
 
 
 def _overlap_build_tasks(args: argparse.Namespace) -> int:
-    from gpt2kit.data.bloom_tasks import build_sharded_filter
+    from gpt2kit.data.bloom_tasks import build_sharded_filter, k_range
 
     if args.expected_ngrams is not None:
         raise GPT2KitError("--expected-ngrams: a sharded build counts each shard's 8-grams exactly; leave it out")
@@ -309,10 +309,9 @@ def _overlap_build_tasks(args: argparse.Namespace) -> int:
         tasks=args.tasks,
     )
     print(f"{result.ngrams:,} 8-grams from {result.documents:,} documents in {result.files} files -> {result.path}")
-    ks = sorted({p.k for p in result.shards})
-    k = str(ks[0]) if len(ks) == 1 else f"{ks[0]}-{ks[-1]}"
     print(
-        f"{len(result.shards)} shards, {result.nbytes / 1e6:.1f} MB, k={k}, false-positive bound {result.fpr_bound:.2e}"
+        f"{len(result.shards)} shards, {result.nbytes / 1e6:.1f} MB, k={k_range(result.shards)}, "
+        f"false-positive bound {result.fpr_bound:.2e}"
     )
     print(f"build: {result.seconds:.1f} s, {result.ngrams_per_second:,.0f} 8-grams/s with {result.tasks} map tasks")
     return 0

@@ -35,17 +35,21 @@ def tiny_tokenizer(tmp_path_factory):
     return train_tokenizer([corpus], vocab_size=400)
 
 
+def prepare_generated(root: Path, tokenizer, files: int, words: int, **options) -> Path:
+    """`files` text files of `words` generated words each under ROOT/corpus, prepared into ROOT/data."""
+    from textgen import generated_text
+
+    from gpt2kit.data.prepare import prepare
+
+    corpus = root / "corpus"
+    corpus.mkdir()
+    for i in range(files):
+        (corpus / f"{i:02d}.txt").write_text(generated_text(words, seed=i))
+    prepare([str(corpus)], tokenizer, root / "data", val_fraction=0.1, workers=1, progress=False, **options)
+    return root / "data"
+
+
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory, tiny_tokenizer):
     """Token shards of generated text, tokenized with the tiny BPE: what the training tests train on."""
-    from textgen import generated_text
-
-    root = tmp_path_factory.mktemp("train")
-    corpus = root / "corpus"
-    corpus.mkdir()
-    for i in range(40):
-        (corpus / f"{i:02d}.txt").write_text(generated_text(50, seed=i))
-    from gpt2kit.data.prepare import prepare
-
-    prepare([str(corpus)], tiny_tokenizer, root / "data", val_fraction=0.1, workers=1, progress=False)
-    return root / "data"
+    return prepare_generated(tmp_path_factory.mktemp("train"), tiny_tokenizer, files=40, words=50)

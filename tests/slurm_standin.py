@@ -268,8 +268,14 @@ def main(argv: list[str]) -> int:
     command, args = argv[0], argv[1:]
     if command == "_run":
         return runner(args[0])
-    handlers = {"sbatch": sbatch, "squeue": squeue, "sacct": sacct, "scancel": scancel, "scontrol": scontrol}
-    handlers["srun"] = srun
+    handlers = {
+        "sbatch": sbatch,
+        "squeue": squeue,
+        "sacct": sacct,
+        "scancel": scancel,
+        "scontrol": scontrol,
+        "srun": srun,
+    }
     return handlers[command](args)
 
 

@@ -2,33 +2,17 @@ import numpy as np
 import pytest
 
 from gpt2kit.data.loader import TokenWindows, WindowLoader, eval_indices
-from gpt2kit.data.prepare import prepare
 from gpt2kit.data.shards import ShardError
+from tests.conftest import prepare_generated
 
 CONTEXT = 16
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory, tiny_tokenizer):
-    from textgen import generated_text
-
-    root = tmp_path_factory.mktemp("loader")
-    corpus = root / "corpus"
-    corpus.mkdir()
-    for i in range(30):
-        (corpus / f"{i:02d}.txt").write_text(generated_text(40, seed=i))
     # Several small shards, so windows come from different files.
-    prepare(
-        [str(corpus)],
-        tiny_tokenizer,
-        root / "data",
-        val_fraction=0.1,
-        shard_tokens=1500,
-        batch_bytes=800,
-        workers=1,
-        progress=False,
-    )
-    return root / "data"
+    root = tmp_path_factory.mktemp("loader")
+    return prepare_generated(root, tiny_tokenizer, files=30, words=40, shard_tokens=1500, batch_bytes=800)
 
 
 def test_windows_cover_each_shard_without_overlap(data_dir):

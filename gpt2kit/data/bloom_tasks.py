@@ -17,7 +17,6 @@ deleted after a build succeeds; completed tasks and finished files are skipped w
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -36,6 +35,7 @@ from gpt2kit.data.bloom import (
     INSERT_CHUNK,
     NGRAM,
     NORMALISATION,
+    BloomFilter,
     BloomParams,
     bloom_params,
     corpus_files,
@@ -156,6 +156,12 @@ class BuildShard(PipelineStep):
         return count
 
 
+def k_range(shards: list[BloomParams]) -> str:
+    """The shards' number of hash functions: one value, or the lowest and highest."""
+    ks = sorted({p.k for p in shards})
+    return str(ks[0]) if len(ks) == 1 else f"{ks[0]}-{ks[-1]}"
+
+
 @dataclass
 class ShardedBuildResult:
     path: Path
@@ -177,12 +183,6 @@ class ShardedBuildResult:
     @property
     def ngrams_per_second(self) -> float:
         return self.ngrams / self.seconds if self.seconds > 0 else 0.0
-
-
-def _fingerprint(files: list[str], shards: int, fpr: float, text_field: str) -> str:
-    """What decides the work files: a change starts the work over."""
-    inputs = [(f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
-    return hashlib.sha256(json.dumps([inputs, shards, fpr, text_field]).encode()).hexdigest()
 
 
 def build_sharded_filter(
@@ -209,12 +209,7 @@ def build_sharded_filter(
     files = [str(p.resolve()) for p in corpus_files(corpus)]
     tasks = min(tasks or len(files), len(files))
     work = out.with_name(out.name + ".work")
-    stamp = work / "fingerprint"
-    fingerprint = _fingerprint(files, shards, fpr, text_field)
-    if not stamp.is_file() or stamp.read_text() != fingerprint:
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
-        atomic_write_text(stamp, fingerprint)
+    executors.reset_work_folder(work, executors.work_fingerprint([shards, fpr, text_field], files))
     remove_stale_temporaries(out.parent, [out.name])
     stages = [
         executors.Stage("hash", tasks, [HashCorpus(files, str(work), shards, text_field)], work / "logs" / "hash"),
@@ -230,13 +225,10 @@ def _finish(out: Path, work: Path, files: list[str], shards: int, fpr: float, ta
     ngrams = sum(r["ngrams"] for r in records)
     if ngrams == 0:
         raise GPT2KitError(f"no 8-grams in the corpus ({len(files)} files with fewer than 8 words of text)")
-    from gpt2kit.data.bloom import BloomFilter
-
     names = [out.name] if shards == 1 else [shard_file_name(out, s, shards) for s in range(shards)]
     headers = [BloomFilter.open_file(out.parent / name).header for name in names]
     params = [BloomParams(**{key: h[key] for key in BloomParams.__dataclass_fields__}) for h in headers]
     if shards > 1:
-        ks = sorted({p.k for p in params})
         write_shard_index(
             out,
             {
@@ -251,7 +243,7 @@ def _finish(out: Path, work: Path, files: list[str], shards: int, fpr: float, ta
                 "documents": documents,
                 "files": len(files),
                 "m": sum(p.m for p in params),
-                "k": ks[0] if len(ks) == 1 else f"{ks[0]}-{ks[-1]}",
+                "k": k_range(params),
                 "fpr": fpr,
                 "fpr_bound": max(p.fpr_bound for p in params),
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -24,7 +24,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -361,24 +361,37 @@ class GroupWriter:
             writer.abort()
 
 
-def _reusable_groups(
-    out: Path, manifest: Manifest | None, tokenizer: Tokenizer, tokenizer_sha: str, settings: dict
-) -> list[GroupInfo]:
+def tokenizer_record(tokenizer: Tokenizer, sha256: str) -> dict:
+    """What a manifest records of the tokenizer."""
+    return {
+        "name": tokenizer.name,
+        "sha256": sha256,
+        "vocab_size": tokenizer.vocab_size,
+        "eot_token": tokenizer.eot_token,
+    }
+
+
+def check_same_run(out: Path, earlier_tokenizer: dict, earlier_settings: dict, tokenizer: dict, settings: dict) -> None:
+    """An output folder is reused only with the tokenizer and settings (inputs included) it was made with."""
+    if earlier_tokenizer.get("sha256") != tokenizer["sha256"]:
+        raise PrepareError(
+            f"{out}: holds shards made with tokenizer {earlier_tokenizer.get('name')!r} "
+            f"(sha256 {str(earlier_tokenizer.get('sha256'))[:12]}...), not {tokenizer['name']!r} "
+            f"(sha256 {tokenizer['sha256'][:12]}...); write to another directory"
+        )
+    for key in sorted(set(settings) | set(earlier_settings)):
+        if settings.get(key) != earlier_settings.get(key):
+            raise PrepareError(
+                f"{out}: was prepared with {key}={earlier_settings.get(key)!r}, now {settings.get(key)!r}; "
+                "write to another directory, or use the same settings to resume"
+            )
+
+
+def _reusable_groups(out: Path, manifest: Manifest | None, tokenizer: dict, settings: dict) -> list[GroupInfo]:
     """Groups of an earlier run with the same tokenizer and settings whose shards are intact."""
     if manifest is None:
         return []
-    if manifest.tokenizer.get("sha256") != tokenizer_sha:
-        raise PrepareError(
-            f"{out}: holds shards made with tokenizer {manifest.tokenizer.get('name')!r} "
-            f"(sha256 {str(manifest.tokenizer.get('sha256'))[:12]}...), not {tokenizer.name!r} "
-            f"(sha256 {tokenizer_sha[:12]}...); write to another directory"
-        )
-    for key in sorted(set(settings) | set(manifest.settings)):
-        if settings.get(key) != manifest.settings.get(key):
-            raise PrepareError(
-                f"{out}: was prepared with {key}={manifest.settings.get(key)!r}, now {settings.get(key)!r}; "
-                "write to another directory, or use the same settings to resume"
-            )
+    check_same_run(out, manifest.tokenizer, manifest.settings, tokenizer, settings)
     reusable = []
     for group in manifest.groups:
         shards = [s for s in manifest.shards if s.group == group.index]
@@ -448,9 +461,7 @@ def prepare(
             raise PrepareError("tokenizing as tasks needs datatrove (pip install 'gpt2kit[webtext]')")
         from gpt2kit.data.prepare_tasks import prepare_with_tasks
 
-        executor = executor or ExecutorConfig()
-        if executor.kind == "local" and executor.workers is None:
-            executor = replace(executor, workers=config.workers)
+        executor = (executor or ExecutorConfig()).with_local_workers(config.workers)
         return prepare_with_tasks(inputs, tokenizer, Path(out), config, executor, tasks)
     return _Preparation(inputs, tokenizer, Path(out), config).run()
 
@@ -469,18 +480,13 @@ class _Preparation:
         settings = config.settings(self.files)
         self.tokenizer_sha = self.tok.sha256  # hashes the whole vocabulary: compute it once
         self.previous = Manifest.load(out) if (out / MANIFEST_NAME).exists() else None
-        self.reusable = _reusable_groups(out, self.previous, self.tok, self.tokenizer_sha, settings)
+        tokenizer_info = tokenizer_record(self.tok, self.tokenizer_sha)
+        self.reusable = _reusable_groups(out, self.previous, tokenizer_info, settings)
         out.mkdir(parents=True, exist_ok=True)
         if removed := remove_stale_temporaries(out):
             log.info("%s: removed %d temporary files left by an interrupted run", out, removed)
         self.tokenizer_dir = out / TOKENIZER_DIR
         self.tok.save(self.tokenizer_dir)
-        tokenizer_info = {
-            "name": self.tok.name,
-            "sha256": self.tokenizer_sha,
-            "vocab_size": self.tok.vocab_size,
-            "eot_token": self.tok.eot_token,
-        }
         self.manifest = Manifest(tokenizer_info, self.dtype.name, settings)
         self.reader = DocumentReader(config.split_lines, config.text_field, config.on_bad_utf8)
         self.group: GroupWriter | None = None

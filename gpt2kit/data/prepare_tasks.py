@@ -1,12 +1,12 @@
 """`gpt2kit prepare` as tasks, for many machines: each input file is tokenized into its own shards.
 
 Task `rank` of `tasks` tokenizes the input files whose index is `rank` modulo `tasks` (a deterministic slice),
-writing `train-fFFFFF-PPP.bin` and `val-fFFFFF-PPP.bin` (file FFFFFF, part PPP, a part closing at `shard_tokens`
+writing `train-fFFFFFF-PPP.bin` and `val-fFFFFFF-PPP.bin` (file FFFFFF, part PPP, a part closing at `shard_tokens`
 train tokens) and then a record of that file's shards. The shard set is a function of the input files and the
-settings alone, not of the number of tasks or where they ran. Which documents go to validation is a seeded draw
-per document (seed, file, document), so it does not depend on the number of tasks either; the manifest records
-this as `layout = "per-file"`. A final step, in the calling process, reads the records in file order and writes
-the manifest.
+settings alone, not of the number of tasks or where they ran. Which documents go to validation is drawn per
+document from a generator seeded by (seed, file, batch of the file), so it does not depend on the number of tasks
+either; the manifest records this as `layout = "per-file"`. A final step, in the calling process, reads the
+records in file order and writes the manifest.
 
 Resume: a task that completed is not run again (its completion is recorded by the executor), and inside a task a
 file whose record exists and whose shards are intact is skipped, so a re-run redoes only what was lost.
@@ -33,8 +33,10 @@ from gpt2kit.data.prepare import (
     PrepareError,
     PrepareResult,
     batches,
+    check_same_run,
     expand_inputs,
     tokenize_batch,
+    tokenizer_record,
 )
 from gpt2kit.data.shards import MANIFEST_NAME, GroupInfo, Manifest, ShardError, ShardInfo, token_dtype
 from gpt2kit.io import atomic_write_text, remove_stale_temporaries
@@ -46,15 +48,13 @@ LAYOUT = "per-file"
 TASKS_DIR = ".tasks"  # under the output: per-file records, settings, the executor's logs
 
 
-def validation_draw(seed: int, file_index: int, batch: Batch, docs_before: int, val_fraction: float) -> list[int]:
+def validation_draw(seed: int, file_index: int, batch: Batch, val_fraction: float) -> list[int]:
     """Rows of `batch` that go to validation: each document independently with probability `val_fraction`,
-    from a generator seeded by (seed, file, the document's number in its file)."""
+    from one generator per batch seeded by (seed, file, batch); a file's batches do not depend on the tasks."""
     if val_fraction <= 0:
         return []
-    numbers = range(docs_before, docs_before + len(batch.docs))
-    return [
-        row for row, n in enumerate(numbers) if np.random.default_rng([seed, file_index, n]).random() < val_fraction
-    ]
+    draws = np.random.default_rng([seed, file_index, batch.index]).random(len(batch.docs))
+    return np.flatnonzero(draws < val_fraction).tolist()
 
 
 def _record_path(out: Path, file_index: int) -> Path:
@@ -106,11 +106,9 @@ class TokenizeFiles(PipelineStep):
         groups: list[GroupInfo] = []
         shards: list[ShardInfo] = []
         group: GroupWriter | None = None
-        docs_seen = 0
         try:
             for batch in batches(reader.files([path]), config.batch_bytes):
-                val_rows = validation_draw(config.seed, index, batch, docs_seen, config.val_fraction)
-                docs_seen += len(batch.docs)
+                val_rows = validation_draw(config.seed, index, batch, config.val_fraction)
                 if group is None:
                     part = len(groups)
                     group = GroupWriter(out, part, batch.index, dtype, stem=f"f{index:06d}-{part:03d}")
@@ -166,16 +164,11 @@ def prepare_with_tasks(
     tokenizer_sha = tok.sha256
     dtype = token_dtype(tok.vocab_size)
     settings = config.settings([Path(f) for f in files]) | {"layout": LAYOUT}
-    _check_earlier_run(out, settings, tokenizer_sha)
+    tokenizer_info = tokenizer_record(tok, tokenizer_sha)
+    _check_earlier_run(out, settings, tokenizer_info)
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)
     tok.save(out / TOKENIZER_DIR)
-    tokenizer_info = {
-        "name": tok.name,
-        "sha256": tokenizer_sha,
-        "vocab_size": tok.vocab_size,
-        "eot_token": tok.eot_token,
-    }
     atomic_write_text(
         out / TASKS_DIR / "settings.json", json.dumps({"settings": settings, "tokenizer": tokenizer_info})
     )
@@ -194,25 +187,15 @@ def prepare_with_tasks(
     return PrepareResult(manifest, out, len(manifest.groups) - groups_reused, groups_reused, tokens, elapsed, rate)
 
 
-def _check_earlier_run(out: Path, settings: dict, tokenizer_sha: str) -> None:
-    """An output folder is reused only for the same input, settings and tokenizer."""
+def _check_earlier_run(out: Path, settings: dict, tokenizer: dict) -> None:
+    """The earlier run's record (a task run's, or a finished streaming run's manifest) must match this one."""
     earlier = out / TASKS_DIR / "settings.json"
     if earlier.is_file():
         recorded = json.loads(earlier.read_text())
-        before = recorded["settings"]
+        check_same_run(out, recorded["tokenizer"], recorded["settings"], tokenizer, settings)
     elif (out / MANIFEST_NAME).is_file():
-        before = Manifest.load(out).settings
-        recorded = {"tokenizer": {"sha256": tokenizer_sha}}
-    else:
-        return
-    if recorded["tokenizer"].get("sha256") != tokenizer_sha:
-        raise PrepareError(f"{out}: holds shards made with another tokenizer; write to another directory")
-    for key in sorted(set(settings) | set(before)):
-        if settings.get(key) != before.get(key):
-            raise PrepareError(
-                f"{out}: was prepared with {key}={before.get(key)!r}, now {settings.get(key)!r}; "
-                "write to another directory, or use the same settings to resume"
-            )
+        manifest = Manifest.load(out)
+        check_same_run(out, manifest.tokenizer, manifest.settings, tokenizer, settings)
 
 
 def _write_manifest(out: Path, files: list[str], settings: dict, tokenizer_info: dict, dtype: str) -> Manifest:

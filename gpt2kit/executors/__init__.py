@@ -13,13 +13,18 @@ Every path a stage uses must be absolute and on a file system all workers share.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
+import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from gpt2kit.config import Checked
 from gpt2kit.errors import GPT2KitError
+from gpt2kit.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +57,12 @@ class ExecutorConfig(Checked):
     sbatch_args: dict[str, str] = field(default_factory=dict)  # more #SBATCH options, e.g. {"account": "lm"}
     poll_seconds: float = 10.0  # how often the Slurm queue is read while waiting
 
+    def with_local_workers(self, workers: int | None) -> ExecutorConfig:
+        """This config, with `workers` local processes when it runs locally and names no count of its own."""
+        if self.kind == "local" and self.workers is None:
+            return dataclasses.replace(self, workers=workers)
+        return self
+
     def problems(self) -> list[str]:
         bad = []
         if self.kind not in EXECUTORS:
@@ -65,6 +76,30 @@ class ExecutorConfig(Checked):
         if self.poll_seconds <= 0:
             bad.append(f"poll_seconds must be > 0, got {self.poll_seconds}")
         return bad
+
+
+def work_fingerprint(settings: object, inputs: list[str | os.PathLike]) -> str:
+    """What decides a job's work files: its settings and each input file's path, size and modification time."""
+    stamps = []
+    for name in inputs:
+        path = Path(name)
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        stamps.extend((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    return hashlib.sha256(json.dumps([settings, stamps], sort_keys=True, default=str).encode()).hexdigest()
+
+
+def reset_work_folder(work: Path, fingerprint: str, keep: tuple[str, ...] = ()) -> None:
+    """Start a job's work over (all but the entries named in `keep`) when its fingerprint changed since the last
+    run; with the same fingerprint, completed tasks are skipped."""
+    stamp = work / "fingerprint"
+    if stamp.is_file() and stamp.read_text() == fingerprint:
+        return
+    if work.is_dir():
+        for child in work.iterdir():
+            if child.name not in keep:
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+    work.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(stamp, fingerprint)
 
 
 def completed_ranks(stage: Stage) -> set[int]:

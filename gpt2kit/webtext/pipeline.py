@@ -19,7 +19,6 @@ fetched pages are kept in a cache that survives any change of settings, so a re-
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -317,30 +316,12 @@ def _karma_priority(doc) -> int:
 
 
 def _fingerprint(config: WebTextConfig) -> str:
-    """Settings and inputs (with sizes and times) that decide the work files; the fetch cache is independent."""
-    inputs = []
-    for name in config.inputs:
-        path = Path(name)
-        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-        inputs.extend((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    """Settings and inputs that decide the work files; the fetch cache is independent of them."""
     settings = dataclasses.asdict(config)
     settings.pop("out")
     settings.pop("workers")  # how many run at once does not change the work; how many tasks share it does
     settings["tasks"] = config.task_count
-    return hashlib.sha256(json.dumps([settings, inputs], sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _prepare_work(work: Path, fingerprint: str) -> None:
-    """Start the work over (all but the fetch cache) when settings or inputs changed since the last run."""
-    stamp = work / "fingerprint"
-    if stamp.is_file() and stamp.read_text() == fingerprint:
-        return
-    if work.is_dir():
-        for child in work.iterdir():
-            if child.name != "fetch":
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
-    work.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(stamp, fingerprint)
+    return executors.work_fingerprint(settings, config.inputs)
 
 
 def _stage_counts(work: Path, name: str, labels: dict[int, str]) -> list[StageCount]:
@@ -395,7 +376,7 @@ def plan_stages(config: WebTextConfig) -> list[Stage]:
     config.check("webtext config")
     check_inputs(config)
     work = work_folder(config)
-    _prepare_work(work, _fingerprint(config))
+    executors.reset_work_folder(work, _fingerprint(config), keep=("fetch",))
     # The output stage is rewritten whole every time: it is cheap, and its shards are moved out afterwards.
     for name in ("logs/output", "final", "domains"):
         shutil.rmtree(work / name, ignore_errors=True)
@@ -446,9 +427,7 @@ def finish_build(config: WebTextConfig) -> BuildReport:
 def build_webtext(config: WebTextConfig, executor: executors.ExecutorConfig | None = None) -> BuildReport:
     """Run every stage on `executor` (default: `config.workers` local processes); write the shards,
     `stats.json` and `domains.tsv`."""
-    executor = executor or executors.ExecutorConfig()
-    if executor.kind == "local" and executor.workers is None:
-        executor = dataclasses.replace(executor, workers=config.workers)
+    executor = (executor or executors.ExecutorConfig()).with_local_workers(config.workers)
     executors.run_stages(plan_stages(config), executor)
     return finish_build(config)
 
