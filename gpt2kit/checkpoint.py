@@ -24,6 +24,7 @@ from gpt2kit.device import resolve_device
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.io import atomic_directory
 from gpt2kit.model import GPT, GPTConfig
+from gpt2kit.outputs import check_model_target
 from gpt2kit.tokenizer import Tokenizer, TokenizerError, load_tokenizer
 
 # HF's Conv1D stores [in, out]; nn.Linear stores [out, in].
@@ -108,8 +109,12 @@ def config_from_hf(values: dict, where: str) -> GPTConfig:
         raise CheckpointError(str(err)) from None
 
 
-def save(model: GPT, tokenizer: Tokenizer, directory: str | os.PathLike) -> Path:
-    """Write `model` and `tokenizer` to `directory` in the HF GPT-2 layout, atomically."""
+def save(model: GPT, tokenizer: Tokenizer, directory: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write `model` and `tokenizer` to `directory` in the HF GPT-2 layout, atomically.
+
+    `directory` must be new or empty; with `overwrite` it may hold a model, which is replaced whole (see
+    `gpt2kit.outputs`: anything else there is never replaced).
+    """
     directory = Path(directory)
     if model.inference_form is not None:
         raise CheckpointError(
@@ -126,11 +131,11 @@ def save(model: GPT, tokenizer: Tokenizer, directory: str | os.PathLike) -> Path
             tensor = tensor.t()
         tensors[name if name == "lm_head.weight" else f"transformer.{name}"] = tensor.contiguous()
     eot = tokenizer.eot_token
-    if directory.exists() and not directory.is_dir():
-        raise CheckpointError(f"{directory}: exists and is not a directory")
+    target = check_model_target(directory, "hf", overwrite)
     try:
-        with atomic_directory(directory) as tmp:
+        with atomic_directory(target) as tmp:
             save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
+            os.chmod(tmp / "model.safetensors", 0o644)  # safetensors creates it 0600; the rest are 0644
             del tensors
             (tmp / "config.json").write_text(json.dumps(hf_config(model.config, eot), indent=2))
             generation = {"bos_token_id": eot, "eos_token_id": eot}

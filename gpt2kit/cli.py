@@ -15,7 +15,7 @@ from pathlib import Path
 
 from gpt2kit.cli_parser import build_parser
 from gpt2kit.errors import GPT2KitError
-from gpt2kit.io import check_output_path
+from gpt2kit.outputs import OutputExists, check_target
 
 # -- tokenizer ----------------------------------------------------------------------
 
@@ -144,6 +144,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         target_format=args.target_format,
         dtype=args.dtype,
         tokenizer=args.tokenizer,
+        overwrite=args.overwrite,
     )
     for note in notes:
         print(f"note: {note}")
@@ -611,8 +612,11 @@ def main(argv: list[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = globals()[f"cmd_{args.handler}"]
     try:
         if getattr(args, "out", None):
-            check_output_path(args.out, directory=args.out_kind == "dir")
+            check_target(args.out, directory=args.out_kind == "dir", replaced_whole=False)
         return func(args)
+    except OutputExists as err:
+        print(f"gpt2kit {args.command}: error: {err} (pass --overwrite to replace it)", file=sys.stderr)
+        return 2
     except GPT2KitError as err:
         print(f"gpt2kit {args.command}: error: {err}", file=sys.stderr)
         return 2

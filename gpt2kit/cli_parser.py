@@ -78,6 +78,11 @@ def add_model_commands(commands) -> None:
         "--dtype", default="f32", choices=("f32", "bf16", "f16"), help="llm.c: f32 or bf16; GGUF: f32 or f16"
     )
     p.add_argument("--tokenizer", help="the tokenizer (default: the source's own; GPT-2's for nanoGPT and llm.c)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a model already at the target (anything else there is never replaced)",
+    )
     p.set_defaults(handler="convert")
 
 

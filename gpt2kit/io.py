@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bz2
 import contextlib
+import ctypes
 import gzip
 import hashlib
 import io
@@ -69,11 +70,38 @@ def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
     atomic_write_text(path, to_jsonl(rows))
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE); False where the system cannot."""
+    global _RENAMEAT2
+    if _RENAMEAT2 is None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            _RENAMEAT2 = libc.renameat2
+            _RENAMEAT2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+        except (OSError, AttributeError):
+            _RENAMEAT2 = False
+    if _RENAMEAT2 is False:
+        return False
+    at_cwd, rename_exchange = -100, 2
+    return _RENAMEAT2(at_cwd, os.fsencode(a), at_cwd, os.fsencode(b), rename_exchange) == 0
+
+
+_RENAMEAT2 = None
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling directory; on success it replaces `path` whole."""
-    path = Path(path)
+    """Yield a temporary sibling directory; on success it replaces `path` whole.
+
+    The old and new directories are swapped in one step where the system allows it, so a kill at any moment
+    leaves one of them at `path`; elsewhere the old one is moved to `.NAME.old` first, and a later write to
+    `path` (or `remove_stale_temporaries`) puts it back if a kill came between the two renames.
+    """
+    path = Path(os.path.abspath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
+    old = path.with_name(f".{path.name}.old")
+    if old.is_dir() and not path.exists():
+        os.replace(old, path)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield tmp
@@ -81,14 +109,15 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if path.exists():
-        old = path.with_name(f".{path.name}.old")
+    if not path.exists():
+        os.replace(tmp, path)
+    elif _exchange(tmp, path):
+        shutil.rmtree(tmp, ignore_errors=True)  # now the old directory
+    else:
         shutil.rmtree(old, ignore_errors=True)
         os.replace(path, old)
         os.replace(tmp, path)
         shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, path)
 
 
 def remove_stale_temporaries(directory: str | os.PathLike, names: Iterable[str] | None = None) -> int:
@@ -120,24 +149,6 @@ def remove_stale_temporaries(directory: str | os.PathLike, names: Iterable[str] 
             entry.unlink(missing_ok=True)
         removed += 1
     return removed
-
-
-def check_output_path(path: str | os.PathLike, directory: bool) -> None:
-    """Fail early, in one line, when `path` cannot become the output directory (or file) it is meant to be."""
-    path = Path(path)
-    if path.exists():
-        if directory and not path.is_dir():
-            raise GPT2KitError(f"{path}: exists and is not a directory")
-        if not directory and path.is_dir():
-            raise GPT2KitError(f"{path}: is a directory, not a file")
-    # An existing file is replaced by an atomic write in its directory: that directory must be writable.
-    ancestor = path if path.is_dir() else path.parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise GPT2KitError(f"{path}: cannot be created, because {ancestor} is a file")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise GPT2KitError(f"{path}: cannot be created, because {ancestor} is not writable")
 
 
 # -- reading ------------------------------------------------------------------------------------------------------

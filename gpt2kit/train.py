@@ -35,6 +35,7 @@ from gpt2kit.device import resolve_device
 from gpt2kit.io import atomic_directory, atomic_write_text, file_sha256, remove_stale_temporaries
 from gpt2kit.mfu import flops_per_token, peak_flops
 from gpt2kit.model import GPT, preset_config
+from gpt2kit.outputs import TRAINING_RUN, DirectoryClaim, claim_directory
 from gpt2kit.parallelize import DistEnv, gradient_sync, init_distributed, parallelize, shutdown_distributed
 from gpt2kit.tokenizer import Tokenizer
 from gpt2kit.train_config import OptimConfig, TrainConfig
@@ -194,6 +195,19 @@ class Trainer:
     """One training run (or its continuation); `run()` trains to `config.max_steps`."""
 
     def __init__(self, config: TrainConfig, resume: bool = False, env: DistEnv | None = None):
+        self.claim: DirectoryClaim | None = None
+        try:
+            self._init(config, resume, env)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Let another process write the run directory (run() ends with this)."""
+        if self.claim is not None:
+            self.claim.release()
+
+    def _init(self, config: TrainConfig, resume: bool, env: DistEnv | None) -> None:
         config.check()
         self.config = config
         self.env = env or DistEnv.from_environment()
@@ -204,6 +218,8 @@ class Trainer:
         init_distributed(self.env, self.device)
         self.run_dir = Path(config.out)
         if self.env.is_main:
+            # One writer per run directory: the lock is held until close(), and taken before anything is cleared.
+            self.claim = claim_directory(self.run_dir, TRAINING_RUN)
             removed = remove_stale_temporaries(self.run_dir / CHECKPOINT_DIR)
             removed += remove_stale_temporaries(self.run_dir, [FINAL_DIR])
             if removed:
@@ -538,6 +554,12 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------------------------------
     def run(self) -> TrainResult:
+        try:
+            return self._run()
+        finally:
+            self.close()
+
+    def _run(self) -> TrainResult:
         from tqdm.auto import tqdm
         from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -545,7 +567,6 @@ class Trainer:
         main = self.env.is_main
         metrics = None
         if main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / "train_config.json", json.dumps(config.to_dict(), indent=2))
             metrics = MetricsLog(self.run_dir, config, self.step if self.state is not None else None)
             if self.state is not None:

@@ -29,6 +29,7 @@ from pathlib import Path
 from gpt2kit.data.bloom import corpus_files, corpus_is_jsonl, text_blocks
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.io import Utf8Policy, atomic_write_text, iter_jsonl
+from gpt2kit.outputs import DEMONSTRATIONS, claim_directory
 from gpt2kit.webtext.urls import url_domain
 
 KINDS = ("translation", "qa", "summarization", "cloze", "arithmetic")
@@ -312,10 +313,11 @@ def find_demonstrations(
                 result.merge(part)  # in file order: the examples do not depend on the number of workers
     result.seconds = time.perf_counter() - start
     if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "demonstrations.json", json.dumps(result.summary(kinds), indent=2) + "\n")
-        atomic_write_text(out / "examples.md", examples_markdown(result, kinds))
+        with claim_directory(out, DEMONSTRATIONS) as claim:
+            atomic_write_text(
+                claim.directory / "demonstrations.json", json.dumps(result.summary(kinds), indent=2) + "\n"
+            )
+            atomic_write_text(claim.directory / "examples.md", examples_markdown(result, kinds))
     return result, kinds
 
 

@@ -43,6 +43,7 @@ from gpt2kit.data.shards import (
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.executors import ExecutorConfig, default_workers
 from gpt2kit.io import BAD_UTF8_POLICIES, Utf8Policy, parse_json_line, reading, remove_stale_temporaries
+from gpt2kit.outputs import PREPARED_DATA, claim_directory
 from gpt2kit.tokenizer import Tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -456,14 +457,16 @@ def prepare(
     config = config_from_dict(PrepareConfig, options, "prepare options")
     if not inputs and not config.hf_dataset:
         raise PrepareError("nothing to prepare: give input files or a HF dataset")
-    if tasks is not None or (executor is not None and executor.kind != "local"):
-        if importlib.util.find_spec("datatrove") is None:
-            raise PrepareError("tokenizing as tasks needs datatrove (pip install 'gpt2kit[webtext]')")
-        from gpt2kit.data.prepare_tasks import prepare_with_tasks
+    as_tasks = tasks is not None or (executor is not None and executor.kind != "local")
+    if as_tasks and importlib.util.find_spec("datatrove") is None:
+        raise PrepareError("tokenizing as tasks needs datatrove (pip install 'gpt2kit[webtext]')")
+    with claim_directory(out, PREPARED_DATA):  # one writer: two runs with other settings would mix their shards
+        if as_tasks:
+            from gpt2kit.data.prepare_tasks import prepare_with_tasks
 
-        executor = (executor or ExecutorConfig()).with_local_workers(config.workers)
-        return prepare_with_tasks(inputs, tokenizer, Path(out), config, executor, tasks)
-    return _Preparation(inputs, tokenizer, Path(out), config).run()
+            executor = (executor or ExecutorConfig()).with_local_workers(config.workers)
+            return prepare_with_tasks(inputs, tokenizer, Path(out), config, executor, tasks)
+        return _Preparation(inputs, tokenizer, Path(out), config).run()
 
 
 class _Preparation:

@@ -25,6 +25,7 @@ from pathlib import Path
 from gpt2kit.config import Checked
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.io import atomic_write_text
+from gpt2kit.outputs import OWN_HIDDEN, WORK_FOLDER, check_owner
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +92,13 @@ def work_fingerprint(settings: object, inputs: list[str | os.PathLike]) -> str:
 def reset_work_folder(work: Path, fingerprint: str, keep: tuple[str, ...] = ()) -> None:
     """Start a job's work over (all but the entries named in `keep`) when its fingerprint changed since the last
     run; with the same fingerprint, completed tasks are skipped."""
+    check_owner(work, WORK_FOLDER)  # a folder of the user's is never cleared
     stamp = work / "fingerprint"
     if stamp.is_file() and stamp.read_text() == fingerprint:
         return
     if work.is_dir():
         for child in work.iterdir():
-            if child.name not in keep:
+            if child.name not in keep and child.name not in OWN_HIDDEN:
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
     work.mkdir(parents=True, exist_ok=True)
     atomic_write_text(stamp, fingerprint)

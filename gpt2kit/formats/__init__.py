@@ -39,6 +39,22 @@ def is_llmc_file(path: Path) -> bool:
         return False
 
 
+def format_of_file(path: Path) -> str | None:
+    """Which model file format `path` holds, from its first bytes (None: not a model file)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError:
+        return None
+    if head == b"GGUF":
+        return "gguf"
+    if len(head) == 4 and int.from_bytes(head, "little") == LLMC_MAGIC:
+        return "llmc"
+    if head == b"PK\x03\x04":  # torch.save's zip archive, as nanoGPT writes ckpt.pt
+        return "nanogpt"
+    return None
+
+
 def format_of_source(path: str | os.PathLike) -> str:
     """hf for a directory or hub id, llmc for a .bin with llm.c's magic, nanogpt for a .pt/.ckpt file."""
     path = Path(path)
@@ -103,9 +119,15 @@ def convert(
     target_format: str | None = None,
     dtype: str = "f32",
     tokenizer: str | os.PathLike | None = None,
+    overwrite: bool = False,
 ) -> list[str]:
-    """Convert a model between formats; returns notes on what the conversion assumed or changed."""
+    """Convert a model between formats; returns notes on what the conversion assumed or changed.
+
+    `target` must be new (or an empty directory); with `overwrite` it may hold a model of the target format,
+    which is replaced whole. Anything else there is refused (`gpt2kit.outputs`).
+    """
     from gpt2kit.checkpoint import load, save
+    from gpt2kit.outputs import check_model_target
 
     target = Path(target)
     target_format = target_format or format_of_target(target)
@@ -113,16 +135,15 @@ def convert(
         raise CheckpointError(f"source format {source_format!r}: choose one of {', '.join(SOURCE_FORMATS)}")
     if target_format not in TARGET_FORMATS:
         raise CheckpointError(f"target format {target_format!r}: choose one of {', '.join(TARGET_FORMATS)}")
-    if target_format == "hf" and target.exists() and not target.is_dir():
-        raise CheckpointError(f"{target}: exists and is not a directory")
     if target_format != "hf" and target.is_dir():
         raise CheckpointError(f"{target}: is a directory, but {target_format} is written to a file")
     if target_format in ("hf", "nanogpt") and dtype != "f32":
         raise CheckpointError(f"{target}: {target_format} output is written in f32 only, not {dtype!r}")
+    check_model_target(target, target_format, overwrite, format_of_file)  # before the (possibly long) load
     loaded = load(source, tokenizer=tokenizer, source_format=source_format)
     notes = list(loaded.notes)
     if target_format == "hf":
-        save(loaded.model, loaded.tokenizer, target)
+        save(loaded.model, loaded.tokenizer, target, overwrite=overwrite)
     elif target_format == "nanogpt":
         from gpt2kit.formats import nanogpt
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from gpt2kit.evals.translation import read_segments
 from gpt2kit.io import atomic_write_text
+from gpt2kit.outputs import DEMO, claim_directory
 from gpt2kit.study import synth
 from gpt2kit.study.report import ScoreColumn, capacity_table, trend_lines
 from gpt2kit.study.sweep import TIMINGS_FILE, EvalJob, SweepConfig, record_timings, run_sweep
@@ -203,11 +204,15 @@ def _start_fresh_if_changed(out: Path, plan: DemoPlan, seed: int) -> None:
 
 def run_demo(out: Path, quick: bool = False, seed: int = 0) -> list[str]:
     """Run the whole demo under `out`; returns summary lines (the table, the trends, where the report is)."""
+    with claim_directory(out, DEMO) as claim:  # one writer; and a directory of the user's is never cleared
+        return _run_demo(claim.directory, quick, seed)
+
+
+def _run_demo(out: Path, quick: bool, seed: int) -> list[str]:
     from gpt2kit.data.prepare import prepare
     from gpt2kit.tokenizer import Tokenizer, train_tokenizer
 
     plan = QUICK if quick else FULL
-    out = Path(out)
     _start_fresh_if_changed(out, plan, seed)
     timings: dict[str, float] = {}  # the steps this call runs; record_timings adds those of earlier calls
 

@@ -8,6 +8,7 @@ steps are skipped, an interrupted training run continues from its last checkpoin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.io import atomic_write_text
+from gpt2kit.outputs import SWEEP, claim_directory
 from gpt2kit.study.report import ModelReport, ScoreColumn, write_report
 
 if TYPE_CHECKING:
@@ -370,10 +372,42 @@ def run_sweep(
     rank 0 alone evaluates and reports (the other ranks return None and no results).
     """
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
     rank = int(os.environ.get("RANK", "0"))
-    if rank == 0:
-        _check_settings(config, out)
+    with contextlib.ExitStack() as held:
+        if rank == 0:
+            held.enter_context(claim_directory(out, SWEEP))  # one writer; under torchrun, rank 0 writes
+            _check_settings(config, out)
+        else:
+            out.mkdir(parents=True, exist_ok=True)
+        return _train_evaluate_report(
+            config,
+            out,
+            rank,
+            columns=columns,
+            baselines=baselines,
+            baseline_notes=baseline_notes,
+            title=title,
+            intro=intro,
+            timings=timings,
+            extra_sections=extra_sections,
+            on_size=on_size,
+        )
+
+
+def _train_evaluate_report(
+    config: SweepConfig,
+    out: Path,
+    rank: int,
+    *,
+    columns: list[ScoreColumn] | None,
+    baselines: dict[str, float] | None,
+    baseline_notes: dict[str, str] | None,
+    title: str,
+    intro: str,
+    timings: dict[str, float] | None,
+    extra_sections: list[tuple[str, str]] | None,
+    on_size: Callable[[SizeResult], None] | None,
+) -> tuple[Path | None, list[SizeResult]]:
     seconds: dict[str, dict[str, float]] = {}
     model_dirs: dict[str, Path] = {}
     from gpt2kit.parallelize import shutdown_distributed

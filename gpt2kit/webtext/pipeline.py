@@ -30,6 +30,7 @@ from pathlib import Path
 from gpt2kit import executors
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.io import atomic_write_text, reading
+from gpt2kit.outputs import WEBTEXT_BUILD, claim_directory
 from gpt2kit.webtext.config import WebTextConfig
 
 log = logging.getLogger(__name__)
@@ -428,8 +429,9 @@ def build_webtext(config: WebTextConfig, executor: executors.ExecutorConfig | No
     """Run every stage on `executor` (default: `config.workers` local processes); write the shards,
     `stats.json` and `domains.tsv`."""
     executor = (executor or executors.ExecutorConfig()).with_local_workers(config.workers)
-    executors.run_stages(plan_stages(config), executor)
-    return finish_build(config)
+    with claim_directory(config.out, WEBTEXT_BUILD):
+        executors.run_stages(plan_stages(config), executor)
+        return finish_build(config)
 
 
 def format_stage_table(report: BuildReport) -> str:
