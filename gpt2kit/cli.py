@@ -570,6 +570,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     eval_options = load_config(EvalOptions, args.config, section="eval", flags=flags)
     tasks = parse_tasks(args.tasks)
     data = parse_data_assignments(args.data)
+    # Refuse a file of the user's before the evaluation runs, not after.
+    from gpt2kit.outputs import EVAL_RESULTS, EVAL_SAMPLES, check_file_output
+
+    for path, kind in ((args.out, EVAL_RESULTS), (args.log_samples, EVAL_SAMPLES)):
+        if path:
+            check_file_output(path, kind)
 
     from gpt2kit.checkpoint import load
     from gpt2kit.inference import prepare_for_decoding
@@ -612,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = globals()[f"cmd_{args.handler}"]
     try:
         if getattr(args, "out", None):
-            check_target(args.out, directory=args.out_kind == "dir", replaced_whole=False)
+            check_target(args.out, directory=args.out_kind == "dir", replaced_whole=args.out_kind == "file")
         return func(args)
     except OutputExists as err:
         print(f"gpt2kit {args.command}: error: {err} (pass --overwrite to replace it)", file=sys.stderr)

@@ -19,7 +19,7 @@ import os
 import socket
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,7 +64,7 @@ class OutputBusy(OutputError):
 
 def _is_transient(name: str) -> bool:
     """Atomic writes' temporaries (`.NAME.XXXX.tmp`, `.NAME.old`) and the policy's own files."""
-    return name in OWN_HIDDEN or (name.startswith(".") and name.endswith((".tmp", ".old")))
+    return name in OWN_HIDDEN or (name.startswith(".") and name.endswith((".tmp", ".old", ".lock")))
 
 
 def _entries(directory: Path) -> list[str]:
@@ -87,7 +87,7 @@ def check_target(path: str | os.PathLike, directory: bool, replaced_whole: bool)
             raise OutputError(f"{path}: is the current directory or one above it; name a new directory for the output")
     try:
         info = os.lstat(absolute)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # the latter: an ancestor is a file, said below
         info = None
     except OSError as err:
         raise OutputError(f"{path}: cannot be used as the output ({err.strerror or err})") from None
@@ -158,7 +158,7 @@ class DirectoryKind:
 
 
 TRAINING_RUN = DirectoryKind("train", "a training run", ("metrics.jsonl", "train_config.json", "checkpoints"))
-PREPARED_DATA = DirectoryKind("prepare", "prepared token shards", ("manifest.json",))
+PREPARED_DATA = DirectoryKind("prepare", "prepared token shards", ("manifest.json", ".tasks"))
 WEBTEXT_BUILD = DirectoryKind("webtext build", "a corpus build", ("stats.json",))
 WORK_FOLDER = DirectoryKind("work", "a job's work folder", ("fingerprint",))
 DEMONSTRATIONS = DirectoryKind("demonstrations", "a demonstrations report", ("demonstrations.json",))
@@ -252,3 +252,80 @@ def claim_directory(path: str | os.PathLike, kind: DirectoryKind) -> DirectoryCl
     claim = DirectoryClaim(absolute, lock)
     _HELD[absolute] = claim
     return claim
+
+
+# -- files replaced whole -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileKind:
+    what: str  # what such a file is, for messages
+    recognise: Callable[[Path], bool]  # whether an existing file is an earlier output of this kind
+
+
+def _starts_with(*prefixes: bytes) -> Callable[[Path], bool]:
+    def recognise(path: Path) -> bool:
+        with open(path, "rb") as handle:
+            head = handle.read(max(map(len, prefixes)))
+        return head.startswith(prefixes)
+
+    return recognise
+
+
+def _first_json_line_has(*keys: str) -> Callable[[Path], bool]:
+    def recognise(path: Path) -> bool:
+        with open(path, "rb") as handle:
+            line = handle.readline(1 << 20)
+        try:
+            record = json.loads(line)
+        except ValueError:
+            return False
+        return isinstance(record, dict) and all(key in record for key in keys)
+
+    return recognise
+
+
+def _eval_results(path: Path) -> bool:
+    if path.stat().st_size > 1 << 26:
+        return False
+    try:
+        results = json.loads(path.read_bytes())
+    except ValueError:
+        return False
+    return isinstance(results, dict) and all(isinstance(v, dict) and "metrics" in v for v in results.values())
+
+
+PNG = FileKind("a PNG image", _starts_with(b"\x89PNG"))
+EVAL_RESULTS = FileKind("gpt2kit eval results", _eval_results)
+EVAL_SAMPLES = FileKind("gpt2kit eval samples", _first_json_line_has("task"))
+OVERLAP_FLAGS = FileKind("gpt2kit overlap flags", _first_json_line_has("file", "index"))
+
+
+def check_file_output(path: str | os.PathLike, kind: FileKind) -> Path:
+    """A file output `path`: new, empty, or an earlier output of `kind` (which is then replaced atomically)."""
+    absolute = check_target(path, directory=False, replaced_whole=True)
+    if absolute.exists() and absolute.stat().st_size:
+        try:
+            ours = kind.recognise(absolute)
+        except OSError as err:
+            raise OutputError(f"{path}: cannot be read to check what it is ({err.strerror or err})") from None
+        if not ours:
+            raise OutputError(f"{path}: exists and is not {kind.what}; it would be replaced, so name a new file")
+    return absolute
+
+
+@contextlib.contextmanager
+def claimed_file(path: str | os.PathLike, kind: FileKind) -> Iterator[Path]:
+    """`check_file_output`, and the file (with its siblings, such as a sharded filter's shards) locked for one
+    writer through `.NAME.lock` beside it."""
+    absolute = check_file_output(path, kind)
+    absolute.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(absolute.with_name(f".{absolute.name}.lock"), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise OutputBusy(f"{path}: another process is writing it; wait for it to finish") from None
+    try:
+        yield absolute
+    finally:
+        lock.release(force=True)

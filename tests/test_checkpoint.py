@@ -8,6 +8,7 @@ import torch
 import gpt2kit
 from gpt2kit.checkpoint import CheckpointError
 from gpt2kit.model import GPT, GPTConfig
+from gpt2kit.outputs import OutputExists
 
 transformers = pytest.importorskip("transformers")
 
@@ -117,7 +118,10 @@ def test_offline_hub_id_fails_clearly(monkeypatch):
 
 def test_save_is_atomic_and_replaces(saved, tiny_tokenizer):
     model = GPT(GPTConfig(vocab_size=tiny_tokenizer.vocab_size, n_positions=16, n_layer=2, n_head=2, n_embd=16))
-    gpt2kit.save(model, tiny_tokenizer, saved)
+    with pytest.raises(OutputExists, match="already holds a model"):
+        gpt2kit.save(model, tiny_tokenizer, saved)
+    assert gpt2kit.load(saved).model.config.n_layer == 1
+    gpt2kit.save(model, tiny_tokenizer, saved, overwrite=True)
     assert gpt2kit.load(saved).model.config.n_layer == 2
     assert not [p for p in saved.parent.iterdir() if p.name.startswith(".")]
 

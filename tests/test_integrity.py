@@ -167,11 +167,12 @@ def test_out_paths_that_cannot_be_used_are_one_line(tmp_path):
         assert result.returncode == 2, (args, result.stderr)
         assert message in result.stderr and "Errno" not in result.stderr and result.stderr.count("\n") == 1, args
     assert main(["prepare", "--input", str(corpus), "--out", str(a_file)]) == 2
-    # an output file that exists is replaced, as a second `eval --out results.json` does
-    from gpt2kit.io import check_output_path
-
-    check_output_path(a_file, directory=False)
-    assert main(["overlap", "build", "--corpus", str(corpus), "--out", str(a_file)]) == 0
+    # An output file that exists is replaced when it is this command's own earlier output, as a second
+    # `overlap build` does; a file of the user's is not.
+    assert main(["overlap", "build", "--corpus", str(corpus), "--out", str(a_file)]) == 2
+    assert a_file.read_text() == "x"
+    for _ in range(2):
+        assert main(["overlap", "build", "--corpus", str(corpus), "--out", str(tmp_path / "f.bloom")]) == 0
 
 
 def test_a_cut_warc_record_is_counted_as_truncated(tmp_path):

@@ -247,3 +247,46 @@ def test_the_demo_never_clears_a_directory_of_the_users(tmp_path, cli):
     code, _, err = cli("demo", "--quick", "--out", mine)
     assert code == 2 and "is not the demo's output" in err
     assert (mine / "runs" / "important.txt").read_text() == "x"
+
+
+def test_file_outputs_replace_only_their_own_kind(tmp_path):
+    from gpt2kit.evals.runner import write_results, write_samples
+
+    results = {"lambada": {"metrics": {"acc": 0.5}}}
+    write_results(results, tmp_path / "results.json")
+    write_results(results, tmp_path / "results.json")  # an earlier result is replaced
+    essay = tmp_path / "essay.json"
+    essay.write_text('{"title": "mine"}')
+    with pytest.raises(OutputError, match="is not gpt2kit eval results"):
+        write_results(results, essay)
+    with pytest.raises(OutputError, match="is not gpt2kit eval samples"):
+        write_samples([{"task": "x"}], essay)
+    assert essay.read_text() == '{"title": "mine"}'
+
+
+def test_the_overlap_filter_is_never_written_over_a_users_file(tmp_path, cli):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("one two three four five six seven eight nine ten\n" * 20)
+    precious = tmp_path / "filter.bin"
+    precious.write_text("mine")
+    for extra in ((), ("--shards", "2")):
+        code, _, err = cli("overlap", "build", "--corpus", corpus, "--out", precious, *extra)
+        assert code == 2 and "is not a gpt2kit 8-gram filter" in err, err
+    assert precious.read_text() == "mine"
+    assert cli("overlap", "build", "--corpus", corpus, "--out", tmp_path / "new.bloom")[0] == 0
+    assert cli("overlap", "build", "--corpus", corpus, "--out", tmp_path / "new.bloom")[0] == 0
+
+
+def test_a_work_folder_of_the_users_is_never_cleared(tmp_path):
+    from gpt2kit.executors import reset_work_folder
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "data.csv").write_text("x")
+    with pytest.raises(OutputError, match="is not a job's work folder"):
+        reset_work_folder(work, "fingerprint-1")
+    assert (work / "data.csv").read_text() == "x"
+    reset_work_folder(tmp_path / "fresh", "fingerprint-1")
+    (tmp_path / "fresh" / "partial").write_text("x")
+    reset_work_folder(tmp_path / "fresh", "fingerprint-2")  # its own folder is reset
+    assert not (tmp_path / "fresh" / "partial").exists()

@@ -36,6 +36,7 @@ import numpy as np
 
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.io import Utf8Policy, atomic_open, jsonl_texts, reading, remove_stale_temporaries
+from gpt2kit.outputs import FileKind, claimed_file
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,9 @@ NGRAM = 8
 FORMAT_VERSION = 1
 MAGIC = b"GPT2KIT-NGRAM-BLOOM\n"
 SHARDED_MAGIC = b"GPT2KIT-NGRAM-BLOOM-SHARDS\n"  # an index naming one filter file per hash range
+BLOOM_FILTER = FileKind(
+    "a gpt2kit 8-gram filter", lambda path: path.read_bytes()[: len(SHARDED_MAGIC)].startswith((MAGIC, SHARDED_MAGIC))
+)
 HASH_SCHEME = "xxh3_64(word) -> poly8 -> splitmix64; stripe by low 32 bits; double hashing, multiply-shift"
 NORMALISATION = "lower-cased alphanumeric words ([^\\W_]+) joined by single spaces"
 DATA_ALIGN = 4096
@@ -508,64 +512,62 @@ def build_filter(
     if not 0.0 < fpr < 1.0:
         raise GPT2KitError(f"the false-positive rate must be in (0, 1), got {fpr}")
     files = corpus_files(corpus)
-    out_path = Path(out)
-    if out_path.is_dir():
-        raise GPT2KitError(f"{out_path}: is a directory; the filter is written to a file")
-    if removed := remove_stale_temporaries(out_path.parent, [out_path.name]):
-        log.info("%s: removed %d temporary files left by an interrupted build", out_path.parent, removed)
-    context = _fork_context()
-    if context is None and workers > 1:
-        log.warning("no fork start method here; building with one process")
-        workers = 1
-    if workers > len(files):
-        log.info("%d workers asked for, %d input files: one process per file", workers, len(files))
-    workers = min(workers, len(files))
+    with claimed_file(out, BLOOM_FILTER) as out_path:  # one writer: a build clears its own temporaries
+        if removed := remove_stale_temporaries(out_path.parent, [out_path.name]):
+            log.info("%s: removed %d temporary files left by an interrupted build", out_path.parent, removed)
+        context = _fork_context()
+        if context is None and workers > 1:
+            log.warning("no fork start method here; building with one process")
+            workers = 1
+        if workers > len(files):
+            log.info("%d workers asked for, %d input files: one process per file", workers, len(files))
+        workers = min(workers, len(files))
 
-    start = time.perf_counter()
-    if expected_ngrams is None:
-        counted = _map_files(_count_task, [(path, text_field) for path in files], workers, context)
-        expected_ngrams = sum(n for n, _ in counted)
-        if expected_ngrams == 0:
-            raise GPT2KitError(f"no 8-grams in the corpus ({len(files)} files with fewer than 8 words of text)")
-        log.info("counted %d 8-grams in %d files", expected_ngrams, len(files))
-    elif expected_ngrams < 0:
-        raise GPT2KitError(f"expected_ngrams must be >= 0, got {expected_ngrams}")
-    count_seconds = time.perf_counter() - start
-    params = bloom_params(expected_ngrams, fpr)
-    log.info("filter: %d bits (%.1f MB), k=%d, %d stripes", params.m, params.nbytes / 1e6, params.k, params.stripes)
+        start = time.perf_counter()
+        if expected_ngrams is None:
+            counted = _map_files(_count_task, [(path, text_field) for path in files], workers, context)
+            expected_ngrams = sum(n for n, _ in counted)
+            if expected_ngrams == 0:
+                raise GPT2KitError(f"no 8-grams in the corpus ({len(files)} files with fewer than 8 words of text)")
+            log.info("counted %d 8-grams in %d files", expected_ngrams, len(files))
+        elif expected_ngrams < 0:
+            raise GPT2KitError(f"expected_ngrams must be >= 0, got {expected_ngrams}")
+        count_seconds = time.perf_counter() - start
+        params = bloom_params(expected_ngrams, fpr)
+        log.info("filter: %d bits (%.1f MB), k=%d, %d stripes", params.m, params.nbytes / 1e6, params.k, params.stripes)
 
-    start = time.perf_counter()
-    shared = mmap.mmap(-1, params.nbytes)
-    bits = np.frombuffer(shared, dtype=np.uint8)
-    try:
-        if workers == 1:
-            totals = [_insert_file(bits, path, params, text_field, None) for path in files]
-        else:
-            totals = _insert_parallel(shared, files, params, text_field, workers, context)
-        ngrams = sum(n for n, _ in totals)
-        documents = sum(d for _, d in totals)
-        if ngrams > params.n:
-            raise GPT2KitError(
-                f"the corpus has {ngrams} 8-grams but the filter was sized for {params.n}; "
-                "raise expected_ngrams or let the build count them"
-            )
-        seconds = time.perf_counter() - start
-        header = asdict(params) | {
-            "version": FORMAT_VERSION,
-            "ngram": NGRAM,
-            "hash": HASH_SCHEME,
-            "normalisation": NORMALISATION,
-            "items_inserted": ngrams,
-            "documents": documents,
-            "files": len(files),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-        out = Path(out)
-        write_filter(out, header, memoryview(shared))
-    finally:
-        del bits
-        shared.close()
-    return BuildResult(out, params, len(files), documents, ngrams, seconds, count_seconds, workers)
+        start = time.perf_counter()
+        shared = mmap.mmap(-1, params.nbytes)
+        bits = np.frombuffer(shared, dtype=np.uint8)
+        try:
+            if workers == 1:
+                totals = [_insert_file(bits, path, params, text_field, None) for path in files]
+            else:
+                totals = _insert_parallel(shared, files, params, text_field, workers, context)
+            ngrams = sum(n for n, _ in totals)
+            documents = sum(d for _, d in totals)
+            if ngrams > params.n:
+                raise GPT2KitError(
+                    f"the corpus has {ngrams} 8-grams but the filter was sized for {params.n}; "
+                    "raise expected_ngrams or let the build count them"
+                )
+            seconds = time.perf_counter() - start
+            header = asdict(params) | {
+                "version": FORMAT_VERSION,
+                "ngram": NGRAM,
+                "hash": HASH_SCHEME,
+                "normalisation": NORMALISATION,
+                "items_inserted": ngrams,
+                "documents": documents,
+                "files": len(files),
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            }
+            out = Path(out)
+            write_filter(out, header, memoryview(shared))
+        finally:
+            del bits
+            shared.close()
+        return BuildResult(out, params, len(files), documents, ngrams, seconds, count_seconds, workers)
 
 
 def _map_files(func, tasks: list, workers: int, context) -> list[tuple[int, int]]:

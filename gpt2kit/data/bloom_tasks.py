@@ -30,6 +30,7 @@ from datatrove.pipeline.base import PipelineStep
 
 from gpt2kit import executors
 from gpt2kit.data.bloom import (
+    BLOOM_FILTER,
     FORMAT_VERSION,
     HASH_SCHEME,
     INSERT_CHUNK,
@@ -47,6 +48,7 @@ from gpt2kit.data.bloom import (
 )
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.io import atomic_write_text, remove_stale_temporaries
+from gpt2kit.outputs import claimed_file
 
 SHARD_HASH = "splitmix64(fingerprint ^ salt), top 32 bits multiply-shifted onto the shards"
 BUCKET_FLUSH = 1 << 20  # fingerprints held per map task before they are appended to their buckets
@@ -203,20 +205,18 @@ def build_sharded_filter(
     if not 0.0 < fpr < 1.0:
         raise GPT2KitError(f"the false-positive rate must be in (0, 1), got {fpr}")
     start = time.perf_counter()
-    out = Path(out).resolve()
-    if out.is_dir():
-        raise GPT2KitError(f"{out}: is a directory; the filter is written to a file")
-    files = [str(p.resolve()) for p in corpus_files(corpus)]
-    tasks = min(tasks or len(files), len(files))
-    work = out.with_name(out.name + ".work")
-    executors.reset_work_folder(work, executors.work_fingerprint([shards, fpr, text_field], files))
-    remove_stale_temporaries(out.parent, [out.name])
-    stages = [
-        executors.Stage("hash", tasks, [HashCorpus(files, str(work), shards, text_field)], work / "logs" / "hash"),
-        executors.Stage("filter", shards, [BuildShard(str(work), str(out), shards, fpr)], work / "logs" / "filter"),
-    ]
-    executors.run_stages(stages, executor or executors.ExecutorConfig())
-    return _finish(out, work, files, shards, fpr, tasks, time.perf_counter() - start)
+    with claimed_file(out, BLOOM_FILTER) as out:  # one writer: a build clears its own temporaries and shards
+        files = [str(p.resolve()) for p in corpus_files(corpus)]
+        tasks = min(tasks or len(files), len(files))
+        work = out.with_name(out.name + ".work")
+        executors.reset_work_folder(work, executors.work_fingerprint([shards, fpr, text_field], files))
+        remove_stale_temporaries(out.parent, [out.name])
+        stages = [
+            executors.Stage("hash", tasks, [HashCorpus(files, str(work), shards, text_field)], work / "logs" / "hash"),
+            executors.Stage("filter", shards, [BuildShard(str(work), str(out), shards, fpr)], work / "logs" / "filter"),
+        ]
+        executors.run_stages(stages, executor or executors.ExecutorConfig())
+        return _finish(out, work, files, shards, fpr, tasks, time.perf_counter() - start)
 
 
 def _finish(out: Path, work: Path, files: list[str], shards: int, fpr: float, tasks: int, seconds: float):

@@ -14,6 +14,7 @@ import numpy as np
 from gpt2kit.data.bloom import NGRAM, BloomFilter, corpus_is_jsonl, text_blocks
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.io import Utf8Policy, atomic_write_jsonl, iter_jsonl, jsonl_texts
+from gpt2kit.outputs import OVERLAP_FLAGS, check_file_output
 
 _WIKITEXT_TITLE = re.compile(r"^ = [^=].* = $")
 TEST_FIELDS = ("text", "article", "question", "passage", "context", "sentence", "query")
@@ -169,7 +170,7 @@ def check_overlap(
         row.bad_utf8 = utf8.describe("line")
         rows.append(row)
     if flags_out is not None:
-        atomic_write_jsonl(flags_out, (flag for row in rows for flag in row.flags))
+        atomic_write_jsonl(check_file_output(flags_out, OVERLAP_FLAGS), (flag for row in rows for flag in row.flags))
     return rows
 
 

@@ -18,6 +18,7 @@ from gpt2kit.evals.report import format_metrics
 from gpt2kit.evals.scoring import Scorer
 from gpt2kit.evals.task import EvalOptions, TaskContext, TaskSpec
 from gpt2kit.io import atomic_write_jsonl, atomic_write_text
+from gpt2kit.outputs import EVAL_RESULTS, EVAL_SAMPLES, check_file_output
 
 logger = logging.getLogger(__name__)
 
@@ -107,12 +108,12 @@ def evaluate(
 
 
 def write_results(results: Mapping[str, Any], path: str | os.PathLike) -> Path:
-    path = Path(path)
+    path = check_file_output(path, EVAL_RESULTS)
     atomic_write_text(path, json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     return path
 
 
 def write_samples(samples: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
-    path = Path(path)
+    path = check_file_output(path, EVAL_SAMPLES)
     atomic_write_jsonl(path, samples)
     return path

@@ -21,6 +21,7 @@ LLMC_MAGIC = 20240326
 # What each format is called on the command line, and how a path says which one it is.
 SOURCE_FORMATS = ("hf", "nanogpt", "llmc")
 TARGET_FORMATS = ("hf", "nanogpt", "llmc", "gguf")
+TARGET_DTYPES = {"hf": ("f32",), "nanogpt": ("f32",), "llmc": ("f32", "bf16"), "gguf": ("f32", "f16")}
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu_accurate", "gelu_python_tanh")
 
 
@@ -137,8 +138,9 @@ def convert(
         raise CheckpointError(f"target format {target_format!r}: choose one of {', '.join(TARGET_FORMATS)}")
     if target_format != "hf" and target.is_dir():
         raise CheckpointError(f"{target}: is a directory, but {target_format} is written to a file")
-    if target_format in ("hf", "nanogpt") and dtype != "f32":
-        raise CheckpointError(f"{target}: {target_format} output is written in f32 only, not {dtype!r}")
+    if dtype not in TARGET_DTYPES[target_format]:
+        allowed = " or ".join(TARGET_DTYPES[target_format])
+        raise CheckpointError(f"{target}: {target_format} output is written in {allowed}, not {dtype!r}")
     check_model_target(target, target_format, overwrite, format_of_file)  # before the (possibly long) load
     loaded = load(source, tokenizer=tokenizer, source_format=source_format)
     notes = list(loaded.notes)

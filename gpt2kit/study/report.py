@@ -15,6 +15,7 @@ from pathlib import Path
 
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.io import atomic_write_bytes, atomic_write_text, read_jsonl
+from gpt2kit.outputs import PNG, check_file_output
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,7 @@ def plot_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -
     """`gpt2kit plot`: one run's train and validation loss (default RUN_DIR/loss.png); returns the PNG's path."""
     run = Path(run_dir)
     metrics = run / "metrics.jsonl"
-    path = Path(out) if out else run / "loss.png"
+    path = check_file_output(Path(out) if out else run / "loss.png", PNG)
     if not plot_loss([ModelReport(run.resolve().name, 0, metrics_path=metrics)], path):
         raise GPT2KitError(f"{metrics}: no loss values to plot yet")
     return path
