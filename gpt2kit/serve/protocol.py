@@ -168,9 +168,10 @@ ERRORS = {"4XX": {"model": ErrorResponse}, "5XX": {"model": ErrorResponse}}  # e
 
 
 def completion_responses() -> dict:
-    """/v1/completions answers JSON, or server-sent events when streaming."""
-    events = {"text/event-stream": {"schema": {"type": "string"}}}
-    return {200: {"model": CompletionResponse, "content": events}, **ERRORS}
+    """/v1/completions answers JSON, or server-sent events when streaming (the schema describes one event)."""
+    data = {"type": "string", "description": "a chunk shaped as the JSON answer (usage only if asked), or [DONE]"}
+    event = {"type": "object", "required": ["data"], "properties": {"data": data}}
+    return {200: {"model": CompletionResponse, "content": {"text/event-stream": {"schema": event}}}, **ERRORS}
 
 
 # -- validation problems -> one 400 ---------------------------------------------------------
