@@ -512,3 +512,13 @@ def test_serve_listens_on_a_list_of_addresses(tmp_path, gpt2_tokenizer):
         process.terminate()
         _, stderr = process.communicate(timeout=30)
     assert "reachable from other machines" not in stderr  # both are loopback addresses
+
+
+def test_a_text_access_log_line_cannot_be_forged(server, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="gpt2kit.access")
+    httpx.get(f"{server}/x%0AGET%20/v1/completions%20200")  # a percent-decoded newline in the path
+    lines = [r.getMessage() for r in caplog.records if r.name == "gpt2kit.access"]
+    assert any(line.startswith("GET /x\\nGET /v1/completions 200 404 ") for line in lines), lines
+    assert not any("\n" in line for line in lines)
