@@ -203,7 +203,7 @@ def add_demonstrations_command(commands) -> None:
 
 # `gpt2kit serve` flags: (flag, the ServerConfig field it sets, type, help).
 SERVE_FLAGS = (
-    ("--host", "host", str, "default 127.0.0.1 (this machine only)"),
+    ("--host", "host", str, "default 127.0.0.1 (this machine only); several: comma-separated"),
     ("--port", "port", int, "default 8000"),
     ("--model-name", "model_name", str, "the id clients see (default: the directory name)"),
     ("--api-key", "api_key", str, "require 'Authorization: Bearer KEY' on /v1/*, /tokenize, /detokenize"),
@@ -216,6 +216,7 @@ SERVE_FLAGS = (
     ("--max-body-bytes", "max_body_bytes", int, "default 1000000"),
     ("--request-timeout", "request_timeout_s", float, "seconds (default 300)"),
     ("--max-batch-size", "max_batch_size", int, "sequences decoded together (default 16)"),
+    ("--max-queued-requests", "max_queued_requests", int, "requests waiting for the batch; more get a 503 (256)"),
     ("--log-format", "log_format", str, "the access log: text (default) or json lines"),
     ("--share-prefixes", "share_prefixes", str, "true (default): a prompt prefix concurrent requests share runs once"),
 )

@@ -209,7 +209,7 @@ class Tokenizer:
         its ids), as `token id N is ...`; None when every id is a token."""
         for token_id in ids:
             if not 0 <= token_id < self.vocab_size:
-                return f"token id {token_id} is not in the vocabulary (it is outside the vocabulary, 0..{self.vocab_size - 1})"
+                return f"token id {token_id} is out of vocabulary (outside the vocabulary, 0..{self.vocab_size - 1})"
             if token_id in self._missing:
                 return f"token id {token_id} is not in the vocabulary (a gap in its ids)"
         return None

@@ -399,7 +399,7 @@ def test_logit_bias_bans_and_forces_a_token(model, gpt2_tokenizer):
     assert banned not in generate(model, gpt2_tokenizer, ["Hi"], config)[0].token_ids
     forced = GenerationConfig(max_new_tokens=8, logit_bias={995: 100}, temperature=1.0, seed=3)
     assert generate(model, gpt2_tokenizer, ["Hi"], forced)[0].token_ids == [995] * 8
-    with pytest.raises(GPT2KitError, match="logit_bias: token id 50300 is not in the vocabulary"):
+    with pytest.raises(GPT2KitError, match="logit_bias: token id 50300 is out of vocabulary"):
         generate(model, gpt2_tokenizer, ["Hi"], GenerationConfig(logit_bias={50300: 1}))
 
 

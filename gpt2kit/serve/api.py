@@ -26,9 +26,9 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from gpt2kit.config import Checked
 from gpt2kit.errors import GPT2KitError
@@ -43,14 +43,29 @@ from gpt2kit.generate import (
 from gpt2kit.inference import QUANTIZATIONS, prepare_for_decoding
 from gpt2kit.model import GPT
 from gpt2kit.serve.engine import Done, Engine, Failed, Job, Update
-from gpt2kit.serve.observe import ACCESS_KEY, LOG_FORMATS, AccessLog, ServerMetrics
-from gpt2kit.tokenizer import Tokenizer
+from gpt2kit.serve.listen import bind, host_names
+from gpt2kit.serve.observe import ACCESS_KEY, LOG_FORMATS, UNMATCHED, AccessLog, ServerMetrics
+from gpt2kit.serve.protocol import (
+    ERRORS,
+    MAX_STOP_STRINGS,
+    APIError,
+    CompletionRequest,
+    DetokenizeRequest,
+    DetokenizeResponse,
+    Health,
+    ModelCard,
+    ModelList,
+    TokenizeRequest,
+    TokenizeResponse,
+    completion_responses,
+    validation_error,
+)
+from gpt2kit.tokenizer import Tokenizer, token_to_str
 
 logger = logging.getLogger(__name__)
 
-MAX_STOP_STRINGS = 4  # as OpenAI's API
-MAX_LOGPROBS = 5
-PROTECTED_PATHS = ("/v1/", "/tokenize", "/detokenize")  # what --api-key guards; /health and /metrics stay open
+# What api_key guards (every route that reaches the model); /health, /metrics and the playground page stay open.
+PROTECTED_PATHS = ("/v1/", "/completions", "/models", "/tokenize", "/detokenize")
 
 
 @dataclass
@@ -69,6 +84,7 @@ class ServerConfig(Checked):
     max_body_bytes: int = 1_000_000
     request_timeout_s: float = 300.0
     max_batch_size: int = 16
+    max_queued_requests: int = 256  # requests waiting for a place in the batch; more get a 503
     log_format: str = "text"  # the access log: text, or json (one JSON object a line)
     share_prefixes: bool = True  # encode a prompt prefix that joining requests share once, and keep recent ones
 
@@ -78,7 +94,14 @@ class ServerConfig(Checked):
     def problems(self) -> list[str]:
         bad = [
             f"{name} must be >= 1, got {getattr(self, name)}"
-            for name in ("max_tokens_cap", "max_n", "max_choices", "max_body_bytes", "max_batch_size")
+            for name in (
+                "max_tokens_cap",
+                "max_n",
+                "max_choices",
+                "max_body_bytes",
+                "max_batch_size",
+                "max_queued_requests",
+            )
             if getattr(self, name) < 1
         ]
         if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
@@ -91,67 +114,13 @@ class ServerConfig(Checked):
             bad.append(f"quantize must be one of {', '.join(QUANTIZATIONS)}, got {self.quantize!r}")
         if self.api_key == "":
             bad.append("api_key must not be empty (leave it out to turn auth off)")
+        try:
+            host_names(self.host)
+        except GPT2KitError as err:
+            bad.append(str(err))
         if self.log_format not in LOG_FORMATS:
             bad.append(f"log_format must be one of {', '.join(LOG_FORMATS)}, got {self.log_format!r}")
         return bad
-
-
-# -- errors ---------------------------------------------------------------------------------
-
-
-class APIError(Exception):
-    """An error answered as OpenAI does: {"error": {"message", "type", "param", "code"}}."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        param: str | None = None,
-        code: str | None = None,
-        kind: str = "invalid_request_error",
-    ):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
-
-
-# -- request schema -------------------------------------------------------------------------
-
-
-class StreamOptions(BaseModel):
-    include_usage: bool = False
-
-
-class CompletionRequest(BaseModel):
-    """The /v1/completions body, as OpenAI's Completions API defines it (unknown fields are ignored)."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    model: str | None = None
-    prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: int | None = Field(16, ge=0)
-    temperature: float | None = Field(1.0, ge=0, le=2)
-    top_p: float | None = Field(1.0, gt=0, le=1)
-    top_k: int | None = Field(None, ge=0)  # not in OpenAI's schema; vLLM and others accept it
-    n: int | None = Field(1, ge=1)
-    stream: bool | None = False
-    stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)  # what torch's generators take
-    echo: bool | None = False
-    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
-    presence_penalty: float | None = Field(0.0, ge=-2, le=2)
-    frequency_penalty: float | None = Field(0.0, ge=-2, le=2)
-    best_of: int | None = Field(None, ge=1)
-    logit_bias: dict[str, float] | None = None  # token id (as a string) -> bias in [-100, 100]
-    suffix: str | None = None
-    user: str | None = None
-    # vLLM's extensions
-    repetition_penalty: float | None = Field(1.0, gt=0, le=10)
-    min_tokens: int | None = Field(0, ge=0)
-    ignore_eos: bool | None = False
 
 
 # -- the app --------------------------------------------------------------------------------
@@ -169,6 +138,7 @@ class _Prepared:
     logprobs: int | None
     stream: bool
     include_usage: bool
+    continuous_usage: bool  # usage so far on every chunk (vLLM's continuous_usage_stats)
 
 
 def _wrap_int64(value: int) -> int:
@@ -195,6 +165,13 @@ class CompletionsService:
             share_prefixes=config.share_prefixes,
         )
         self.created = int(time.time())
+        named = {**tokenizer.added_tokens, **tokenizer.special_tokens}
+        self._token_names = {token_id: text for text, token_id in named.items()}
+
+    def token_str(self, token_id: int) -> str:
+        """A token as transformers' convert_ids_to_tokens writes it: GPT-2's byte-to-unicode form (`Ġworld`), or
+        a special or added token's text."""
+        return self._token_names.get(token_id) or token_to_str(self.tokenizer.token_bytes(token_id))
 
     def warm_up(self) -> None:
         """One short greedy decode before the first request, so that it does not pay for first-call setup."""
@@ -204,8 +181,8 @@ class CompletionsService:
     # -- validation ---------------------------------------------------------------------
     def prepare(self, request: CompletionRequest) -> _Prepared:
         limits = self.config
-        if request.suffix is not None:
-            raise APIError(400, "suffix is not supported by this server", param="suffix", code="unsupported")
+        if request.stream_options is not None and not request.stream:
+            raise APIError(400, "stream_options is only allowed when stream is true", "stream_options")
         n = request.n or 1
         if n > limits.max_n:
             raise APIError(400, f"n is {n}, above this server's cap of {limits.max_n}", "n")
@@ -260,9 +237,19 @@ class CompletionsService:
                 raise APIError(400, str(err)) from None
         if request.min_tokens and request.min_tokens > max_tokens:
             raise APIError(400, f"min_tokens ({request.min_tokens}) is above max_tokens ({max_tokens})", "min_tokens")
-        include_usage = bool(request.stream_options and request.stream_options.include_usage)
+        options = request.stream_options
+        include_usage = bool(options and options.include_usage)
+        continuous = include_usage and bool(options.continuous_usage_stats)
         return _Prepared(
-            prompts, configs, n, best_of, bool(request.echo), request.logprobs, bool(request.stream), include_usage
+            prompts,
+            configs,
+            n,
+            best_of,
+            bool(request.echo),
+            request.logprobs,
+            bool(request.stream),
+            include_usage,
+            continuous,
         )
 
     def _logit_bias(self, given: dict[str, float]) -> dict[int, float]:
@@ -344,10 +331,11 @@ class CompletionsService:
         start_offset: int,
         prefix: bytes = b"",
     ) -> dict[str, Any]:
+        texts = [token_text(self.tokenizer, t) for t in token_ids]
         return {
-            "tokens": [token_text(self.tokenizer, t) for t in token_ids],
+            "tokens": texts,
             "token_logprobs": token_logprobs,
-            "top_logprobs": top_logprobs,
+            "top_logprobs": _with_chosen(texts, token_logprobs, top_logprobs),
             "text_offset": _text_offsets(self.tokenizer, token_ids, start_offset, prefix),
         }
 
@@ -362,15 +350,12 @@ class CompletionsService:
             prompt_text = self.tokenizer.decode(prompt_ids) if prepared.echo else ""
             logprobs = None
             if prepared.logprobs is not None:
-                top = completion.top_logprobs if prepared.logprobs > 0 else None
+                ids, token_lps, top = completion.token_ids, completion.token_logprobs, completion.top_logprobs
                 if prepared.echo:
                     prompt_lp, prompt_top = job.prompt_scores[index // prepared.n]
-                    ids = prompt_ids + completion.token_ids
-                    token_lps = prompt_lp + completion.token_logprobs
-                    top = (prompt_top or []) + (completion.top_logprobs or []) if prepared.logprobs > 0 else None
-                    logprobs = self._logprobs(ids, token_lps, top, 0)
-                else:
-                    logprobs = self._logprobs(completion.token_ids, completion.token_logprobs, top, 0)
+                    ids, token_lps = prompt_ids + ids, prompt_lp + token_lps
+                    top = None if prompt_top is None or top is None else prompt_top + top
+                logprobs = self._logprobs(ids, token_lps, top, 0)
             choices.append(
                 {
                     "text": prompt_text + completion.text,
@@ -386,9 +371,8 @@ class CompletionsService:
     def chunk(self, request_id: str, prepared: _Prepared, update: Update, offsets: dict[int, bytes]) -> dict:
         logprobs = None
         if prepared.logprobs is not None:
-            top = update.top_logprobs if prepared.logprobs > 0 else None
             done_bytes = offsets.get(update.index, b"")
-            logprobs = self._logprobs(update.token_ids, update.token_logprobs, top, 0, done_bytes)
+            logprobs = self._logprobs(update.token_ids, update.token_logprobs, update.top_logprobs, 0, done_bytes)
             offsets[update.index] = done_bytes + b"".join(self.tokenizer.token_bytes(t) for t in update.token_ids)
         choice = {
             "text": update.text,
@@ -397,6 +381,20 @@ class CompletionsService:
             "finish_reason": update.finish_reason,
         }
         return self._envelope(request_id, [choice])
+
+
+def _with_chosen(texts: list[str], logprobs: list, tops: list | None) -> list[dict[str, float] | None]:
+    """OpenAI's top_logprobs, up to logprobs + 1 entries a token: the top alternatives and the chosen token (so
+    logprobs 0 gives the chosen token alone); None for a token without a logprob (an echoed prompt's first)."""
+    entries: list[dict[str, float] | None] = []
+    for i, (text, logprob) in enumerate(zip(texts, logprobs, strict=True)):
+        if logprob is None:
+            entries.append(None)
+            continue
+        entry = dict(tops[i]) if tops is not None and tops[i] is not None else {}
+        entry.setdefault(text, logprob)
+        entries.append(entry)
+    return entries
 
 
 def _text_offsets(tokenizer: Tokenizer, token_ids: list[int], start: int, prefix: bytes = b"") -> list[int]:
@@ -468,47 +466,19 @@ class _ApiKey:
         if scope["type"] == "http" and scope["path"].startswith(PROTECTED_PATHS):
             given = dict(scope["headers"]).get(b"authorization", b"")
             if not hmac.compare_digest(given, self.expected):
-                error = APIError(
-                    401, "missing or incorrect API key (send 'Authorization: Bearer KEY')", code="invalid_api_key"
-                )
+                message = "missing or incorrect API key (send 'Authorization: Bearer KEY')"
+                error = APIError(401, message, code="invalid_api_key", kind="authentication_error")
                 await _send_error(error, scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
 
 async def _send_error(error: APIError, scope, receive, send) -> None:
-    await JSONResponse(error.body(), status_code=error.status)(scope, receive, send)
+    await _error_response(error)(scope, receive, send)
 
 
-def _validation_error(problems: list[dict]) -> APIError:
-    """One readable message for pydantic's list of problems, naming the first bad field as `param`."""
-    if any(p.get("type") == "json_invalid" for p in problems):
-        return APIError(422, "request body is not valid JSON", code="json_invalid")
-    messages, params = [], []
-    for problem in problems:
-        where = [str(part) for part in problem.get("loc", ()) if part != "body"]
-        params.append(where[0] if where else None)
-        messages.append(f"{'.'.join(where) or 'body'}: {problem.get('msg')}")
-    return APIError(422, "; ".join(messages) or "invalid request", params[0] if params else None)
-
-
-class TokenizeRequest(BaseModel):
-    """vLLM's /tokenize body."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    model: str | None = None
-    prompt: str
-    add_special_tokens: bool = True  # GPT-2 adds none: accepted for vLLM's clients
-
-
-class DetokenizeRequest(BaseModel):
-    """vLLM's /detokenize body."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    model: str | None = None
-    tokens: list[int]
+def _error_response(error: APIError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
 
 def create_app(model: GPT, tokenizer: Tokenizer, config: ServerConfig | None = None, model_name: str = "gpt2kit"):
@@ -564,14 +534,22 @@ def build_app(
     if config.api_key is not None:
         app.add_middleware(_ApiKey, key=config.api_key)  # added after the body limit, so it runs first
     metrics = lambda: state["service"].metrics if state["service"] is not None else None  # noqa: E731
-    app.add_middleware(AccessLog, log_format=config.log_format, metrics=metrics)  # outermost: sees every answer
+    route = lambda scope: _route_template(app, scope)  # noqa: E731
+    app.add_middleware(AccessLog, log_format=config.log_format, metrics=metrics, route=route)  # sees every answer
 
     _add_error_handlers(app)
     _add_info_routes(app, state, model_name)
 
-    @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
         service = ready()
+        if service.engine.queued_requests >= config.max_queued_requests:
+            raise APIError(
+                503,
+                f"{service.engine.queued_requests} requests are waiting, this server's limit; retry shortly",
+                code="server_overloaded",
+                kind="server_error",
+                headers={"Retry-After": "1"},
+            )
         prepared = await asyncio.to_thread(service.prepare, body)  # tokenizing a long prompt takes a while
         loop = asyncio.get_running_loop()
         job = service.make_job(prepared, loop)
@@ -595,13 +573,12 @@ def build_app(
         _count_done(service, prepared, job, done, note)
         return service.response(request_id, prepared, job, done)
 
-    @app.post("/tokenize")
     async def tokenize(body: TokenizeRequest):
         service = ready()
         tokens = await asyncio.to_thread(service.tokenizer.encode, body.prompt)
-        return {"count": len(tokens), "max_model_len": service.context, "tokens": tokens}
+        names = [service.token_str(t) for t in tokens] if body.return_token_strs else None
+        return {"count": len(tokens), "max_model_len": service.context, "tokens": tokens, "token_strs": names}
 
-    @app.post("/detokenize")
     async def detokenize(body: DetokenizeRequest):
         service = ready()
         problem = service.tokenizer.unknown_id(body.tokens)
@@ -609,7 +586,26 @@ def build_app(
             raise APIError(400, problem, "tokens")
         return {"prompt": service.tokenizer.decode(body.tokens)}
 
+    _add_route(app, "POST", ("/v1/completions", "/completions"), completions, responses=completion_responses())
+    _add_route(app, "POST", ("/tokenize",), tokenize, responses={200: {"model": TokenizeResponse}, **ERRORS})
+    _add_route(app, "POST", ("/detokenize",), detokenize, responses={200: {"model": DetokenizeResponse}, **ERRORS})
     return app
+
+
+def _add_route(app: FastAPI, method: str, paths: tuple[str, ...], handler: Callable, **options) -> None:
+    """`handler` at each of `paths`: the first is the one the OpenAPI schema lists, the others its aliases
+    (llama.cpp's clients call `/completions` and `/models` without the `/v1`)."""
+    for i, path in enumerate(paths):
+        app.add_api_route(path, handler, methods=[method], include_in_schema=i == 0, **options)
+
+
+def _route_template(app: FastAPI, scope) -> str:
+    """The route a request is for (`/v1/models/{name:path}`), whether or not it got that far; every path that
+    is no route shares one label, so the metrics' series stay as few as the routes."""
+    for route in app.routes:
+        if route.matches(scope)[0] != Match.NONE:
+            return route.path
+    return UNMATCHED
 
 
 def _count_done(service: CompletionsService, prepared: _Prepared, job: Job, done: Done, note: dict) -> None:
@@ -619,27 +615,27 @@ def _count_done(service: CompletionsService, prepared: _Prepared, job: Job, done
 
 
 def _add_error_handlers(app: FastAPI) -> None:
-    """Every error answers in OpenAI's shape; an unexpected one is logged and answered 500 without details."""
+    """Every error answers in OpenAI's shape, an invalid request with a 400 naming the field; an unexpected
+    error is logged and answered 500 without details."""
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, error: APIError):
-        return JSONResponse(error.body(), status_code=error.status)
+        return _error_response(error)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, error: RequestValidationError):
-        return JSONResponse(_validation_error(error.errors()).body(), status_code=422)
+    async def invalid_request(request: Request, error: RequestValidationError):
+        return _error_response(validation_error(list(error.errors())))
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException):
         kind = "not_found_error" if error.status_code == 404 else "invalid_request_error"
-        return JSONResponse(
-            APIError(error.status_code, str(error.detail), kind=kind).body(), status_code=error.status_code
-        )
+        # The headers carry what the status needs: a 405's Allow.
+        return _error_response(APIError(error.status_code, str(error.detail), kind=kind, headers=error.headers))
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, error: Exception):
         logger.exception("unexpected error")
-        return JSONResponse(APIError(500, "internal server error", kind="server_error").body(), status_code=500)
+        return _error_response(APIError(500, "internal server error", kind="server_error"))
 
 
 def _ready(state: dict) -> CompletionsService:
@@ -651,10 +647,10 @@ def _ready(state: dict) -> CompletionsService:
 
 
 def _add_info_routes(app: FastAPI, state: dict, model_name: str) -> None:
-    """/health, /metrics, /v1/models and the playground page."""
+    """/health, /metrics, /v1/models (and /models) and the playground page."""
     ready = functools.partial(_ready, state)
 
-    @app.get("/health")
+    @app.get("/health", responses={200: {"model": Health}, **ERRORS, 503: {"model": Health}})
     async def health():
         service = state["service"]
         if service is None:
@@ -668,7 +664,7 @@ def _add_info_routes(app: FastAPI, state: dict, model_name: str) -> None:
             "queued_requests": service.engine.queued_requests,
         }
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse, responses=ERRORS)
     async def metrics():
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -678,11 +674,9 @@ def _add_info_routes(app: FastAPI, state: dict, model_name: str) -> None:
     def model_card() -> dict[str, Any]:
         return {"id": model_name, "object": "model", "created": ready().created, "owned_by": "gpt2kit"}
 
-    @app.get("/v1/models")
     async def list_models():
         return {"object": "list", "data": [model_card()]}
 
-    @app.get("/v1/models/{name:path}")
     async def get_model(name: str):
         if name != model_name:
             raise APIError(
@@ -694,7 +688,11 @@ def _add_info_routes(app: FastAPI, state: dict, model_name: str) -> None:
             )
         return model_card()
 
-    @app.get("/", response_class=HTMLResponse)
+    _add_route(app, "GET", ("/v1/models", "/models"), list_models, responses={200: {"model": ModelList}, **ERRORS})
+    models = ("/v1/models/{name:path}", "/models/{name:path}")
+    _add_route(app, "GET", models, get_model, responses={200: {"model": ModelCard}, **ERRORS})
+
+    @app.get("/", response_class=HTMLResponse, responses=ERRORS)
     async def playground():
         return HTMLResponse(resources.files("gpt2kit").joinpath("static", "index.html").read_text(encoding="utf-8"))
 
@@ -729,32 +727,43 @@ async def _wait_for_done(job: Job, request, deadline: float, timeout_s: float) -
 async def _stream_events(
     service: CompletionsService, request_id: str, prepared: _Prepared, job: Job, request, deadline: float
 ) -> AsyncIterator[str]:
-    """Server-sent events: one chunk per choice update, a usage chunk if asked, then [DONE]."""
+    """Server-sent events: one chunk per choice update, a usage chunk if asked, then [DONE].
+
+    With continuous usage, every chunk also carries the usage so far.
+    """
     offsets: dict[int, bytes] = {}
+    generated = 0
+
+    def event(body: dict) -> str:
+        if prepared.continuous_usage:
+            body["usage"] = service.usage(prepared, generated)
+        return _sse(body)
+
     try:
         if prepared.echo:
             for index in range(len(job.rows)):
                 prompt_text = service.tokenizer.decode(prepared.prompts[index // prepared.n])
                 choice = {"text": prompt_text, "index": index, "logprobs": None, "finish_reason": None}
-                yield _sse(service._envelope(request_id, [choice]))
+                yield event(service._envelope(request_id, [choice]))
         while True:
             try:
-                event = await _next_event(job, request, deadline, service.config.request_timeout_s)
+                update = await _next_event(job, request, deadline, service.config.request_timeout_s)
             except APIError as err:
                 yield _sse(err.body())
                 break
-            if event is None:
+            if update is None:
                 return  # the client left; `finally` cancels the work
-            if isinstance(event, Update):
-                yield _sse(service.chunk(request_id, prepared, event, offsets))
-            elif isinstance(event, Failed):
-                yield _sse(APIError(500, event.message, kind="server_error").body())
+            if isinstance(update, Update):
+                generated += len(update.token_ids)
+                yield event(service.chunk(request_id, prepared, update, offsets))
+            elif isinstance(update, Failed):
+                yield _sse(APIError(500, update.message, kind="server_error").body())
                 break
-            elif isinstance(event, Done):
-                _count_done(service, prepared, job, event, request.scope.get(ACCESS_KEY, {}))
+            elif isinstance(update, Done):
+                _count_done(service, prepared, job, update, request.scope.get(ACCESS_KEY, {}))
                 if prepared.include_usage:
                     body = service._envelope(request_id, [])
-                    body["usage"] = service.usage(prepared, sum(len(c.token_ids) for c in event.completions))
+                    body["usage"] = service.usage(prepared, sum(len(c.token_ids) for c in update.completions))
                     yield _sse(body)
                 break
         yield _sse("[DONE]")
@@ -771,13 +780,17 @@ def _default_model_name(spec: str) -> str:
 
 
 def serve(config: ServerConfig) -> None:
-    """Serve until interrupted; the model loads in the background while /health answers 503."""
+    """Serve until interrupted; the model loads in the background while /health answers 503.
+
+    The host is bound first, so an unusable one stops `serve` in one line before anything loads.
+    """
     import uvicorn
 
     from gpt2kit.checkpoint import load
 
-    if config.host not in ("127.0.0.1", "localhost", "::1"):
-        logger.warning("binding %s: the server is reachable from other machines", config.host)
+    sockets = bind(config.host, config.port)
+    for sock in sockets[1:]:  # uvicorn names the first
+        logger.info("also listening on %s", sock.getsockname()[:2])
     failure: list[BaseException] = []
 
     def load_model() -> tuple[GPT, Tokenizer]:
@@ -791,8 +804,9 @@ def serve(config: ServerConfig) -> None:
 
     name = config.model_name or _default_model_name(config.model)
     app = build_app(load_model, config, name, on_load_error=give_up)
-    server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="info", access_log=False))
-    server.run()
+    first = host_names(config.host)[0]
+    server = uvicorn.Server(uvicorn.Config(app, host=first, port=config.port, log_level="info", access_log=False))
+    server.run(sockets=sockets)
     if failure:
         if isinstance(failure[0], GPT2KitError):
             raise failure[0]

@@ -28,7 +28,10 @@ class ServerMetrics:
     def __init__(self, queue_length: Callable[[], int], active_sequences: Callable[[], int]):
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("gpt2kit_requests", "HTTP requests answered, by path and status", ["path", "status"], registry=r)  # fmt: skip
+        self.requests = Counter(
+            "gpt2kit_requests", "HTTP requests answered, by route (`unmatched`: no route) and status", ["path", "status"],
+            registry=r,
+        )  # fmt: skip
         self.prompt_tokens = Counter("gpt2kit_prompt_tokens", "prompt tokens of completed requests", registry=r)
         self.generated_tokens = Counter("gpt2kit_generation_tokens", "tokens generated", registry=r)
         self.first_token = Histogram(
@@ -59,16 +62,24 @@ class ServerMetrics:
 
 
 ACCESS_KEY = "gpt2kit.access"  # the scope entry where a handler notes a request's token counts
+UNMATCHED = "unmatched"  # the metrics' route label of every path that is no route
 
 
 class AccessLog:
     """ASGI middleware: one line per HTTP request (method, path, status, tokens, milliseconds), and the
-    request counter of the metrics."""
+    request counter of the metrics, labelled by `route(scope)`: a route template, never the raw path."""
 
-    def __init__(self, app, log_format: str = "text", metrics: Callable[[], ServerMetrics | None] = lambda: None):
+    def __init__(
+        self,
+        app,
+        log_format: str = "text",
+        metrics: Callable[[], ServerMetrics | None] = lambda: None,
+        route: Callable[[dict], str] = lambda scope: UNMATCHED,
+    ):
         self.app = app
         self.log_format = log_format
         self.metrics = metrics
+        self.route = route
         self.logger = access_logger(log_format)
 
     async def __call__(self, scope, receive, send) -> None:
@@ -93,14 +104,16 @@ class AccessLog:
     def _write(self, scope, status: int, note: dict, ms: float) -> None:
         metrics = self.metrics()
         if metrics is not None:
-            metrics.requests.labels(scope["path"], str(status)).inc()
+            metrics.requests.labels(self.route(scope), str(status)).inc()
         fields = {"method": scope["method"], "path": scope["path"], "status": status, **note, "ms": round(ms, 1)}
         if self.log_format == "json":
             self.logger.info(json.dumps(fields))
         else:
+            # A path is percent-decoded: escaped, a %0A in it cannot start a forged log line.
+            path = scope["path"].encode("unicode_escape").decode("ascii")
             self.logger.info(
                 "%s %s %d prompt_tokens=%d completion_tokens=%d %.1f ms",
-                fields["method"], fields["path"], status, note["prompt_tokens"], note["completion_tokens"], ms,
+                fields["method"], path, status, note["prompt_tokens"], note["completion_tokens"], ms,
             )  # fmt: skip
 
 
