@@ -290,3 +290,27 @@ def test_a_work_folder_of_the_users_is_never_cleared(tmp_path):
     (tmp_path / "fresh" / "partial").write_text("x")
     reset_work_folder(tmp_path / "fresh", "fingerprint-2")  # its own folder is reset
     assert not (tmp_path / "fresh" / "partial").exists()
+
+
+def users_directory(root):
+    mine = root / "mine"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("x")
+    return mine
+
+
+def test_webtext_build_demonstrations_and_sweep_refuse_a_directory_of_the_users(tmp_path):
+    from gpt2kit.data.demonstrations import find_demonstrations
+    from gpt2kit.study.sweep import SweepConfig, run_sweep
+    from gpt2kit.webtext import WebTextConfig, build_webtext
+
+    mine = users_directory(tmp_path)
+    (tmp_path / "links.txt").write_text("http://127.0.0.1:9/a\n")
+    with pytest.raises(OutputError, match="is not a corpus build"):
+        build_webtext(WebTextConfig(inputs=[str(tmp_path / "links.txt")], out=str(mine)))
+    (tmp_path / "corpus.txt").write_text("Q: what is two plus two? A: four\n")
+    with pytest.raises(OutputError, match="is not a demonstrations report"):
+        find_demonstrations([str(tmp_path / "corpus.txt")], out=mine)
+    with pytest.raises(OutputError, match="is not a model-size sweep"):
+        run_sweep(SweepConfig(data=str(tmp_path), out=str(mine), sizes=["cpu-25k"], tokens=1, eval_jobs=[]))
+    assert sorted(p.name for p in mine.iterdir()) == ["keep.txt"]
