@@ -4,10 +4,13 @@ import hashlib
 import json
 import re
 
+import pytest
+
 from gpt2kit.cli import main
 from gpt2kit.study.demo import COLUMNS
 
 
+@pytest.mark.slow  # end to end: run by `make test-slow`, which CI runs too
 def test_quick_demo_end_to_end_then_resumes(tmp_path, capsys):
     out = tmp_path / "demo-out"
     assert main(["demo", "--quick", "--out", str(out)]) == 0

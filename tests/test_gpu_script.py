@@ -4,9 +4,12 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # end to end: run by `make test-slow`, which CI runs too
 def test_gpu_script_smoke_runs_every_step(tmp_path):
     out = tmp_path / "gpu-results.json"
     done = subprocess.run(

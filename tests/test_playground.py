@@ -72,6 +72,7 @@ def set_slider(driver, element_id: str, value: float) -> None:
     )
 
 
+@pytest.mark.slow  # end to end: run by `make test-slow`, which CI runs too
 def test_playground_streams_a_completion(browser, gpt2_tokenizer):
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=gpt2_tokenizer.vocab_size, n_positions=128, n_layer=2, n_head=2, n_embd=32))

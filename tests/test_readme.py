@@ -20,6 +20,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
 import torch
 import zstandard
 from conftest import shared_file
@@ -219,6 +220,7 @@ def serve_until_healthy(command: str, cwd: Path, env: dict, port: int) -> str:
         server.stdout.close()
 
 
+@pytest.mark.slow  # end to end: run by `make test-slow`, which CI runs too
 def test_the_readme_runs_as_written(tmp_path):
     repo = tmp_path / "gpt2kit"
     repo.mkdir()

@@ -159,6 +159,7 @@ def test_a_task_that_dies_is_run_again_and_the_output_is_unchanged(corpus, tmp_p
         assert np.array_equal(a.bits, b.bits)
 
 
+@pytest.mark.slow  # end to end: run by `make test-slow`, which CI runs too
 def test_slurm_runs_the_job_scripts_and_matches_local(corpus, tmp_path, slurm, gpt2_tokenizer):
     site, _ = standard_site()
     site.start()
@@ -191,6 +192,7 @@ def test_slurm_runs_the_job_scripts_and_matches_local(corpus, tmp_path, slurm, g
     assert overlap_table(tmp_path / "slurm.bloom", tests) == overlap_table(tmp_path / "local.bloom", tests)
 
 
+@pytest.mark.slow  # end to end: run by `make test-slow`, which CI runs too
 def test_slurm_failed_task_cancels_its_dependents_and_is_resubmitted(corpus, tmp_path, slurm, monkeypatch):
     monkeypatch.setenv("FAKE_SLURM_FAIL_ONCE", "hash:1")  # array task 1 of the hash job: its node dies once
     reference = build_sharded_filter([corpus], tmp_path / "ref.bloom", shards=2, tasks=2)
@@ -249,6 +251,7 @@ def test_ray_cluster_runs_all_three_jobs_as_local_does(corpus, tmp_path, gpt2_to
         ray.shutdown()
 
 
+@pytest.mark.slow  # end to end: run by `make test-slow`, which CI runs too
 def test_slurm_refuses_to_submit_beside_an_earlier_runs_queued_jobs(corpus, tmp_path, slurm, gpt2_tokenizer):
     script = tmp_path / "busy.sh"
     script.write_text("#!/bin/bash\n#SBATCH --job-name=gpt2kit-tokenize\nsleep 2\n")

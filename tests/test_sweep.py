@@ -193,6 +193,7 @@ def test_sweep_cli_errors(prepared, tmp_path, capsys):
     assert "no-such-size" in err and err.count("\n") == 1
 
 
+@pytest.mark.slow  # end to end: run by `make test-slow`, which CI runs too
 def test_sweep_under_torchrun(prepared, tmp_path):
     """Two gloo ranks train every size together; rank 0 alone evaluates and writes the report."""
     from gpt2kit.study.synth import EVAL_DIR, LAMBADA_FILE

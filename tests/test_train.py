@@ -272,7 +272,8 @@ def test_init_from_with_another_tokenizer_is_refused(data_dir, tmp_path, gpt2_to
         Trainer(tiny_config(data_dir, tmp_path / "run", init_from=str(tmp_path / "m")))
 
 
-@pytest.mark.parametrize("parallelism", ["ddp", pytest.param("fsdp", marks=pytest.mark.slow)])
+@pytest.mark.slow  # torchrun end to end: run by `make test-slow`, which CI runs too
+@pytest.mark.parametrize("parallelism", ["ddp", "fsdp"])
 def test_two_gloo_processes_match_one_process(data_dir, tmp_path, parallelism):
     steps = 8
     single = tmp_path / "single"
