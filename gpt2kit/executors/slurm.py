@@ -20,7 +20,7 @@ from pathlib import Path
 from datatrove.executor.slurm import SlurmPipelineExecutor
 
 from gpt2kit.errors import GPT2KitError
-from gpt2kit.executors import ExecutorConfig, Stage, incomplete_ranks, stage_failure
+from gpt2kit.executors.stages import ExecutorConfig, Stage, incomplete_ranks, stage_failure
 from gpt2kit.io import atomic_write_text
 
 log = logging.getLogger(__name__)
