@@ -612,10 +612,34 @@ def _setup_logging(verbose: bool) -> None:
     logging.getLogger("gpt2kit").setLevel(logging.INFO)
 
 
+# The commands, by the handler name their parser sets.
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "tokenizer_train": cmd_tokenizer_train,
+    "tokenizer_encode": cmd_tokenizer_encode,
+    "tokenizer_decode": cmd_tokenizer_decode,
+    "tokenizer_info": cmd_tokenizer_info,
+    "info": cmd_info,
+    "convert": cmd_convert,
+    "synth": cmd_synth,
+    "demo": cmd_demo,
+    "sweep": cmd_sweep,
+    "webtext_build": cmd_webtext_build,
+    "overlap_build": cmd_overlap_build,
+    "overlap_check": cmd_overlap_check,
+    "demonstrations": cmd_demonstrations,
+    "sample": cmd_sample,
+    "serve": cmd_serve,
+    "prepare": cmd_prepare,
+    "train": cmd_train,
+    "plot": cmd_plot,
+    "eval": cmd_eval,
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
-    func: Callable[[argparse.Namespace], int] = globals()[f"cmd_{args.handler}"]
+    func = COMMANDS[args.handler]
     try:
         if getattr(args, "out", None):
             check_target(args.out, directory=args.out_kind == "dir", replaced_whole=args.out_kind == "file")
