@@ -120,6 +120,21 @@ def test_server_at_the_smallest_temperature_and_top_p_returns_the_greedy_text(sh
             assert got == [greedy[0], greedy[0], greedy[1], greedy[1]], settings_
 
 
+def test_masked_tokens_are_never_sampled_even_with_a_bias(tiny_tokenizer):
+    """Output rows the model masks (-inf: padding, gaps in the ids) stay impossible at any temperature and bias."""
+    torch.manual_seed(1)
+    model = GPT(GPTConfig(vocab_size=tiny_tokenizer.vocab_size + 16, n_positions=32, n_layer=1, n_head=1, n_embd=8))
+    allowed = set(range(0, 200, 7))
+    model.mask_logits(sorted(set(range(model.config.vocab_size)) - allowed))
+    for temperature in (SMALLEST, 1.0, 1e30):
+        for top_k, top_p in ((0, 1.0), (0, 1e-300), (5, 0.5)):
+            config = GenerationConfig(
+                max_new_tokens=6, temperature=temperature, top_k=top_k, top_p=top_p, seed=2, logit_bias={201: 100}
+            )
+            for completion in generate(model.eval(), tiny_tokenizer, ["a", "b c"], config):
+                assert set(completion.token_ids) <= allowed, (temperature, top_k, top_p, completion.token_ids)
+
+
 # -- property: every draw has probability, and the smallest settings are the argmax -----------------------------
 
 finite = st.floats(width=32, allow_nan=False, allow_infinity=False)  # float32 from its smallest to its largest
