@@ -167,6 +167,17 @@ def batches(draw):
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(batches(), st.integers(0, 2**32))
 def test_every_draw_has_probability_and_the_smallest_settings_give_the_argmax(tiny_tokenizer, batch, seed):
+    check_draws(tiny_tokenizer, batch, seed)
+
+
+@pytest.mark.slow
+@settings(max_examples=5000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batches(), st.integers(0, 2**32))
+def test_every_draw_has_probability_many_examples(tiny_tokenizer, batch, seed):
+    check_draws(tiny_tokenizer, batch, seed)
+
+
+def check_draws(tiny_tokenizer, batch, seed: int) -> None:
     logits, settings_ = batch
     vocab = logits.shape[-1]
     rows = [SequenceState([0], GenerationConfig(**s), tiny_tokenizer, seed=seed + i) for i, s in enumerate(settings_)]
