@@ -35,6 +35,18 @@ FALSE_WORDS = ("false", "no", "off", "0")
 INT64_MAX = 2**63 - 1
 
 
+# The most threads or worker processes a setting may ask for, per CPU of this machine. Past one per core they only
+# contend for the cores, so a few per core is generous (room for workers that wait on I/O, or a count tuned on a
+# bigger machine); at tens of thousands torch's OpenMP runtime crashes creating its threads, and processes exhaust
+# memory.
+PER_CPU_LIMIT = 4
+
+
+def cpu_limit() -> int:
+    """The most threads or worker processes a setting may ask for on this machine."""
+    return PER_CPU_LIMIT * (os.cpu_count() or 1)
+
+
 class ConfigError(GPT2KitError):
     """A config file or override is unreadable, names an unknown field, or has a bad value."""
 

@@ -524,6 +524,18 @@ PREFIXES_KEPT = 4
 NUCLEUS_GUESS = 1024  # top-p looks for its nucleus among this many tokens first, avoiding a full sort
 
 
+def _temper(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+    """Each row's logits over its temperature (> 0), up to a constant that softmax ignores; sound at any temperature.
+
+    Subtracting the row's maximum first leaves every scaled logit <= 0: none overflows to +inf (whose softmax is
+    nan), and the top token keeps exp(0) = 1. A temperature below float32's smallest number rounds to 0; the
+    division then gives -inf below the maximum, the limit as the temperature goes to 0, and 0 / 0 = nan at the
+    maximum, whose limit is 0. So the smallest temperatures give the argmax alone, as the limit does.
+    """
+    shifted = logits - logits.amax(-1, keepdim=True)
+    return (shifted / temperature[:, None]).masked_fill(shifted == 0, 0.0)
+
+
 def _sample(logits: torch.Tensor, rows: list[SequenceState]) -> torch.Tensor:
     """Temperature, then top-k, then top-p (renormalised after top-k), then one draw per row by inverse CDF.
 
@@ -532,7 +544,7 @@ def _sample(logits: torch.Tensor, rows: list[SequenceState]) -> torch.Tensor:
     """
     device, vocab = logits.device, logits.shape[-1]
     temperature = torch.tensor([row.config.temperature for row in rows], device=device)
-    scaled = logits / temperature[:, None]
+    scaled = _temper(logits, temperature)
     draws = torch.stack([torch.rand((), generator=row.generator) for row in rows]).to(device)
     tokens = torch.empty(len(rows), dtype=torch.long, device=device)
     top_k = [min(row.config.top_k, vocab) for row in rows]
@@ -546,7 +558,10 @@ def _sample(logits: torch.Tensor, rows: list[SequenceState]) -> torch.Tensor:
 
     def nucleus(probs: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         # Keep the smallest prefix (probs sorted descending) whose mass reaches p: a token stays if the mass before it is below p.
-        return probs * ((probs.cumsum(-1) - probs) < p[:, None])
+        keep = (probs.cumsum(-1) - probs) < p[:, None]
+        # For every p > 0 that prefix holds the top token; so too where p underflows float32 to 0 (then 0 < 0 keeps none).
+        keep[:, 0] = True
+        return probs * keep
 
     with_k = [i for i, k in enumerate(top_k) if k > 0]
     if with_k:

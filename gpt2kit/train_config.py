@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-from gpt2kit.config import Checked, ConfigError, config_from_dict, get_field
-from gpt2kit.model import PRESETS
+from gpt2kit.config import PER_CPU_LIMIT, Checked, ConfigError, config_from_dict, cpu_limit, get_field
+from gpt2kit.model import PRESETS, preset_config
 
 
 @dataclass
@@ -67,7 +67,17 @@ class TrainConfig(Checked):
         need(bool(self.data), "data", "must name a prepared data directory")
         need(bool(self.out), "out", "must name a run directory")
         need(self.init_from is not None or self.preset in PRESETS, "preset", f"must be one of {', '.join(PRESETS)}")
-        need(self.context_length is None or self.context_length > 0, "context_length", "must be positive")
+        if self.context_length is not None and self.init_from is None and self.preset in PRESETS:
+            # A fresh model is built for the context: bound it before anything of that size is allocated.
+            # (A model to start from is checked against its own n_positions once its config is read.)
+            n_positions = preset_config(self.preset).n_positions
+            need(
+                0 < self.context_length <= n_positions,
+                "context_length",
+                f"must be in 1..{n_positions} (the {self.preset} preset's n_positions)",
+            )
+        else:
+            need(self.context_length is None or self.context_length > 0, "context_length", "must be positive")
         need(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
         need(self.vocab_multiple >= 1, "vocab_multiple", "must be at least 1")
         need(self.max_steps >= 1, "max_steps", "must be at least 1")
@@ -102,7 +112,12 @@ class TrainConfig(Checked):
             "must be auto, cpu, cuda, cuda:N or mps",
         )
         need(self.max_bad_steps >= 1, "max_bad_steps", "must be at least 1")
-        need(self.num_threads >= 0, "num_threads", "must be >= 0")
+        limit = cpu_limit()
+        need(
+            0 <= self.num_threads <= limit,
+            "num_threads",
+            f"must be in 0..{limit} (at most {PER_CPU_LIMIT} per CPU of this machine; 0 keeps torch's default)",
+        )
         return bad
 
     def accumulation_steps(self, context: int, world_size: int) -> int:

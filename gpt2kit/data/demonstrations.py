@@ -9,7 +9,9 @@ themselves:
 - summarization: `TL;DR`, "In summary", "Summary:", "To sum up";
 - cloze: fill-in-the-blank prompts and reading-comprehension instructions;
 - arithmetic: correct sums, differences and products written `12 + 7 = 19`;
-- any kind a pattern file adds (YAML: a list of {name, regexes, window}).
+- any kind a pattern file adds (YAML: a list of {name, regexes, window}; regexes in Python's `re` syntax). They
+  run on the `regex` package, whose matching takes a time limit, since one that backtracks without bound would
+  otherwise hang the scan.
 A text file is one document (read in blocks of whole lines); a JSON-lines record is one document, whose `domain`
 (or `url`) field, when present, is counted. Translation demonstrations are tagged with the language that
 py3langid (the WebText build's identifier) guesses for their target side.
@@ -26,6 +28,14 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import regex as user_regex
+
+try:
+    from re import _parser as re_parser  # the parser behind re.compile (sre_parse before Python 3.11)
+except ImportError:  # pragma: no cover - Python 3.10
+    import sre_parse as re_parser
+
+from gpt2kit.config import cpu_limit
 from gpt2kit.data.bloom import corpus_files, corpus_is_jsonl, text_blocks
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.io import Utf8Policy, atomic_write_text, iter_jsonl
@@ -103,13 +113,78 @@ def _cue_spans(text: str, cues: list) -> list[tuple[int, int]]:
     return [m.span() for cue in cues for m in _matches(text, cue)]
 
 
+# A user regex may take this long on a document, and as long again per million characters of it.
+PATTERN_SECONDS = 1.0
+# `regex` unrolls a counted repeat when it compiles (`(?:a{1000}){1000}` is a million positions: seconds and
+# gigabytes, where `re` takes microseconds), so a pattern may unroll to at most this many positions; that many
+# compile in about 0.1 s, and a demonstration's regex needs a few hundred.
+MAX_UNROLLED = 100_000
+_COUNTED = {
+    getattr(re_parser, op) for op in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT") if hasattr(re_parser, op)
+}
+
+
+def _unrolled(items) -> int:
+    """How many positions a parsed pattern unrolls to: a counted repeat copies its body that many times (an
+    unbounded one, its lower bound)."""
+    total = 0
+    for op, value in items:
+        if op in _COUNTED:
+            low, high, body = value
+            total += max(1, low if high == re_parser.MAXREPEAT else high) * _unrolled(body)
+        else:
+            total += max(1, sum(_unrolled(part) for part in _subpatterns(value)))
+    return total
+
+
+def _subpatterns(value) -> Iterator:
+    """The parsed subpatterns inside an item's value (a group's body, an alternation's branches...)."""
+    if isinstance(value, re_parser.SubPattern):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for part in value:
+            yield from _subpatterns(part)
+
+
 @dataclass
 class Pattern:
     """A user-supplied kind: any of its regexes marks a demonstration; `window` characters around it are shown."""
 
     name: str
-    regexes: list[re.Pattern]
+    regexes: list[user_regex.Pattern]
     window: int = 200
+
+    def spans(self, text: str, where: str) -> list[tuple[int, int]]:
+        """Every match of every regex in `text`; a regex that runs out of time is an error naming it."""
+        # A scan in linear time is far faster, so only a regex that backtracks without bound runs out.
+        timeout = PATTERN_SECONDS * (1 + len(text) / 1e6)
+        spans = []
+        for regex in self.regexes:
+            try:
+                spans += [m.span() for m in regex.finditer(text, timeout=timeout)]
+            except TimeoutError:
+                raise GPT2KitError(
+                    f"pattern {self.name!r}: regex {regex.pattern!r} ran out of time ({timeout:.1f} s) on {where}; "
+                    "it backtracks too much (nested repeats such as `(a|aa)+`)"
+                ) from None
+        return spans
+
+
+def compile_pattern(text: str) -> user_regex.Pattern:
+    """A user's regex (`re` syntax, multiline) compiled by `regex`; ValueError says why it is refused."""
+    try:
+        re.compile(text, re.M)  # the syntax stays Python's `re`
+        size = _unrolled(re_parser.parse(text, re.M))
+    except re.error as err:
+        raise ValueError(f"bad regex {text!r} ({err})") from None
+    except RecursionError:
+        raise ValueError(f"regex {text!r} nests too deeply") from None
+    if size > MAX_UNROLLED:
+        raise ValueError(f"regex {text!r} unrolls to {size:,} positions (at most {MAX_UNROLLED:,}): lower its counts")
+    try:
+        return user_regex.compile(text, user_regex.M)
+    except user_regex.error as err:
+        raise ValueError(f"bad regex {text!r} ({err})") from None
 
 
 def load_patterns(path: str | os.PathLike) -> list[Pattern]:
@@ -140,9 +215,9 @@ def load_patterns(path: str | os.PathLike) -> list[Pattern]:
         if not isinstance(window, int) or isinstance(window, bool) or window < 0:
             raise GPT2KitError(f"{where} ({name}): window must be a non-negative integer")
         try:
-            compiled = [re.compile(r, re.M) for r in regexes]
-        except re.error as err:
-            raise GPT2KitError(f"{where} ({name}): bad regex ({err})") from None
+            compiled = [compile_pattern(r) for r in regexes]
+        except ValueError as err:
+            raise GPT2KitError(f"{where} ({name}): {err}") from None
         patterns.append(Pattern(name, compiled, window))
     return patterns
 
@@ -184,8 +259,11 @@ def _faq(text: str) -> list[tuple[int, int]]:
     return []
 
 
-def find_in_text(text: str, patterns: Sequence[Pattern] = ()) -> dict[str, tuple[list[tuple[int, int]], str | None]]:
-    """Per kind found in `text`: the spans of its demonstrations, and the translation target's language (or None)."""
+def find_in_text(
+    text: str, patterns: Sequence[Pattern] = (), where: str = "text"
+) -> dict[str, tuple[list[tuple[int, int]], str | None]]:
+    """Per kind found in `text` (`where`: the document, for errors): the spans of its demonstrations, and the
+    translation target's language (or None)."""
     spans, language = _translation(text)
     found = {"translation": (spans, language)}
     found["qa"] = (_cue_spans(text, _QA_CUES) + _faq(text), None)
@@ -193,7 +271,7 @@ def find_in_text(text: str, patterns: Sequence[Pattern] = ()) -> dict[str, tuple
     found["cloze"] = (_cue_spans(text, _CLOZE_CUES), None)
     found["arithmetic"] = (_arithmetic(text), None)
     for pattern in patterns:
-        found[pattern.name] = ([m.span() for regex in pattern.regexes for m in regex.finditer(text)], None)
+        found[pattern.name] = (pattern.spans(text, where), None)
     return {kind: value for kind, value in found.items() if value[0]}
 
 
@@ -268,7 +346,7 @@ def scan_file(path: Path, text_field: str, patterns: Sequence[Pattern]) -> ScanR
     for where, text, domain in _documents(path, text_field, utf8):
         result.documents += 1
         result.bytes += len(text.encode("utf-8"))
-        for kind, (spans, language) in find_in_text(text, patterns).items():
+        for kind, (spans, language) in find_in_text(text, patterns, where).items():
             count = result.kinds.setdefault(kind, KindCount())
             count.documents += 1
             count.occurrences += len(spans)
@@ -297,8 +375,8 @@ def find_demonstrations(
     """
     import time
 
-    if workers < 1:
-        raise GPT2KitError(f"workers must be >= 1, got {workers}")
+    if not 1 <= workers <= cpu_limit():
+        raise GPT2KitError(f"workers must be in 1..{cpu_limit()} (a few per CPU of this machine), got {workers}")
     extra = load_patterns(patterns) if patterns else []
     kinds = list(KINDS) + [p.name for p in extra]
     files = corpus_files(corpus)
