@@ -108,4 +108,4 @@ def test_the_8_gpu_config_adds_up():
     assert (config.dtype, config.compile, config.parallelism) == ("bfloat16", True, "ddp")
     with pytest.raises(Exception, match="batch_tokens"):
         config.accumulation_steps(config.context_length, 3)  # 3 ranks cannot split 524,288 tokens evenly
-    json.dumps(config.to_dict())  # it round-trips into train_config.json
+    assert type(config).from_dict(json.loads(json.dumps(config.to_dict()))) == config  # as train_config.json

@@ -100,7 +100,7 @@ def test_too_many_completion_logprobs(client):
     with pytest.raises(openai.BadRequestError):
         for _ in client.completions.create(**kwargs, logprobs=30, stream=True):
             pass
-    assert len(client.completions.create(**kwargs).choices[0].text) >= 0  # still serving
+    assert client.completions.create(**kwargs).choices[0].finish_reason in ("stop", "length")  # still serving
 
 
 @pytest.mark.parametrize("prompt_logprobs", [-1, 0, 1])
