@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from gpt2kit.errors import GPT2KitError
-from gpt2kit.io import atomic_write_text, file_sha256
+from gpt2kit.io import atomic_write_text, file_sha256, read_json
 
 MAGIC = b"GPT2KTOK"
 FORMAT_VERSION = 1
@@ -220,12 +220,9 @@ class Manifest:
     @classmethod
     def load(cls, directory: str | os.PathLike) -> Manifest:
         path = Path(directory) / MANIFEST_NAME
-        try:
-            values = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ShardError(f"{path}: missing (prepare the data with `gpt2kit prepare`)") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ShardError(f"{path}: not valid JSON ({err})") from None
+        if not path.exists():
+            raise ShardError(f"{path}: missing (prepare the data with `gpt2kit prepare`)")
+        values = read_json(path, ShardError)
         if not isinstance(values, dict) or values.get("format") != MANIFEST_FORMAT:
             raise ShardError(f"{path}: not a gpt2kit shard manifest")
         if values.get("version") != FORMAT_VERSION:

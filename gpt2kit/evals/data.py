@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from gpt2kit.errors import GPT2KitError
-from gpt2kit.io import file_sha256, iter_jsonl, read_text
+from gpt2kit.io import file_sha256, iter_jsonl
+from gpt2kit.io import read_json as io_read_json
 
 
 class EvalDataError(GPT2KitError):
@@ -178,10 +179,7 @@ def iter_records(source: DataSource, required: Sequence[str] = ()) -> Iterator[t
 
 
 def read_json(path: Path) -> Any:
-    try:
-        return json.loads(read_text(path))
-    except json.JSONDecodeError as err:
-        raise EvalDataError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from None
+    return io_read_json(path, EvalDataError)
 
 
 def require_examples(examples: Sequence, source: DataSource, what: str) -> None:
