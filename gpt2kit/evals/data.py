@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gpt2kit.errors import GPT2KitError
-from gpt2kit.io import file_sha256, iter_jsonl
-from gpt2kit.io import read_json as io_read_json
+from gpt2kit.io import file_sha256, iter_jsonl, parse_json, read_text
 
 
 class EvalDataError(GPT2KitError):
@@ -179,7 +178,7 @@ def iter_records(source: DataSource, required: Sequence[str] = ()) -> Iterator[t
 
 
 def read_json(path: Path) -> Any:
-    return io_read_json(path, EvalDataError)
+    return parse_json(read_text(path), str(path), EvalDataError)
 
 
 def require_examples(examples: Sequence, source: DataSource, what: str) -> None:
