@@ -319,7 +319,7 @@ def assign_tensors(model: GPT, named, where: str, dtype: torch.dtype = torch.flo
             raise CheckpointError(f"{source}: unexpected tensor {raw_name!r}")
         if name in loaded:
             raise CheckpointError(f"{source}: tensor {raw_name!r} is given twice (with and without its prefix)")
-        if conv1d and name.endswith(CONV1D_SUFFIXES):
+        if conv1d and name.endswith(CONV1D_SUFFIXES) and tensor.dim() == 2:  # other shapes fail the check below
             tensor = tensor.t()
         if tuple(tensor.shape) != expected[name]:
             raise CheckpointError(

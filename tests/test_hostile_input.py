@@ -388,3 +388,67 @@ def test_model_config_json_depth_is_bounded(tmp_path, tiny_tokenizer):
     (directory / "config.json").write_text('{"n_layer": ' + DEEP + "}")
     with pytest.raises(CheckpointError, match=r"config.json: JSON nested more than"):
         gpt2kit.load(directory)
+
+
+# -- found by tests/test_fuzz_parsers.py ----------------------------------------------------------------------
+
+
+def test_a_projection_weight_of_the_wrong_rank_is_a_shape_error(tmp_path, tiny_tokenizer):
+    directory = hf_model_dir(tmp_path / "hf", tiny_tokenizer)
+    weights = load_file(directory / "model.safetensors")
+    weights["transformer.h.0.attn.c_attn.weight"] = torch.zeros(2, 2, 2)  # Conv1D weights are transposed: 2-D only
+    save_file(weights, directory / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"'transformer.h.0.attn.c_attn.weight' has shape \[2, 2, 2\]"):
+        gpt2kit.load(directory)
+
+
+def test_a_scalar_weight_in_a_bias_free_nanogpt_file_is_a_shape_error(tmp_path):
+    sd = nanogpt_tensors(bias=False)
+    sd["transformer.h.0.ln_1.weight"] = torch.tensor(1.0)  # zero biases are sized by the weight's rows
+    write_nanogpt_ckpt(tmp_path / "scalar.pt", sd, bias=False)
+    with pytest.raises(CheckpointError, match=r"'h.0.ln_1.weight' has shape \[\], expected \[32\]"):
+        gpt2kit.load(tmp_path / "scalar.pt", tokenizer="gpt2")
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda m: m.update(dtype=None), "dtype must be uint16 or uint32, got None"),
+        (lambda m: m.update(tokenizer="<|endoftext|>"), "tokenizer must be an object, got '<|endoftext|>'"),
+        (lambda m: m["tokenizer"].pop("sha256"), "tokenizer.sha256 must be a string, got None"),
+        (lambda m: m.update(input_stats=[1]), r"input_stats must be an object, got \[1\]"),
+        (lambda m: m["shards"][0].update(num_bytes=None), r"shards\[0\].num_bytes must be a non-negative integer"),
+        (lambda m: m["shards"][0].update(file=None), r"shards\[0\].file must be a string, got None"),
+        (lambda m: m["shards"][0].update(file="../x.bin"), r"shards\[0\].file must name a file in the data directory"),
+        (lambda m: m["groups"].append(5), r"groups\[1\] must be an object, got 5"),
+    ],
+)
+def test_shard_manifest_fields_are_type_checked(tmp_path, change, message):
+    from gpt2kit.data.shards import GroupInfo, Manifest, ShardError, ShardInfo
+
+    tokenizer = {"name": "t", "sha256": "0" * 64, "vocab_size": 400, "eot_token": 399}
+    shards = [ShardInfo("train-000000.bin", "train", 0, 3, 100, 400, "0" * 64)]
+    Manifest(tokenizer, "uint16", {}, shards, [GroupInfo(0, 0, 1, "0" * 64)], complete=True).save(tmp_path)
+    edit_json(tmp_path / "manifest.json", change)
+    with pytest.raises(ShardError, match=rf"manifest.json: malformed manifest \({message}"):
+        Manifest.load(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "story, message",
+    [
+        ({"questions": {}}, r"'questions' must hold an 'input_text' list of strings"),
+        ({"additional_answers": [1]}, r"'additional_answers' must be an object"),
+        ({"questions": [{"turn_id": 1}]}, r"'questions' must be a list of entries with an 'input_text' string"),
+        ({"story": 5}, r"'story' must be a string, got int"),
+    ],
+)
+def test_coqa_stories_are_type_checked(tmp_path, story, message):
+    from gpt2kit.evals.coqa import load_stories
+    from gpt2kit.evals.data import EvalDataError, file_source
+
+    turns = [{"turn_id": 1, "input_text": "Who?"}]
+    record = {"id": "s", "story": "A story.", "questions": turns, "answers": turns, **story}
+    (tmp_path / "coqa.json").write_text(json.dumps({"data": [record]}))
+    with pytest.raises(EvalDataError, match=rf"coqa.json: data\[0\]: {message}"):
+        load_stories(file_source(tmp_path / "coqa.json"))
