@@ -12,6 +12,7 @@ import logging
 import os
 import pickle
 import re
+import warnings
 from pathlib import Path
 from typing import NamedTuple
 
@@ -21,8 +22,8 @@ from safetensors.torch import save_file
 
 from gpt2kit.config import config_from_dict
 from gpt2kit.device import resolve_device
-from gpt2kit.errors import GPT2KitError
-from gpt2kit.io import atomic_directory
+from gpt2kit.errors import GPT2KitError, short_repr
+from gpt2kit.io import atomic_directory, read_json
 from gpt2kit.model import GPT, GPTConfig
 from gpt2kit.outputs import check_model_target
 from gpt2kit.tokenizer import Tokenizer, TokenizerError, load_tokenizer
@@ -36,6 +37,11 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_NAME = re.compile(r"step-(\d+)")
 FINAL_DIR = "final"
+# The floating-point types a weight may be stored in. Integers, bool, complex and fp8 are no GPT-2 weights:
+# casting them to the model's type would load something other than what was trained.
+WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+# A block's tensor name, h.N.*; longer numbers are no layer of any model (and int() refuses huge ones).
+LAYER_NAME = re.compile(r"h\.(\d{1,9})\.")
 
 
 log = logging.getLogger(__name__)
@@ -189,23 +195,57 @@ def _weight_sources(directory: Path) -> list[Path]:
         return [directory / "model.safetensors"]
     index = directory / "model.safetensors.index.json"
     if index.exists():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as err:
-            raise CheckpointError(f"{index}: malformed index ({err})") from None
+        values = read_json(index, CheckpointError)
+        weight_map = values.get("weight_map") if isinstance(values, dict) else None
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{index}: malformed index (no 'weight_map' object)")
+        for name, file in weight_map.items():
+            if not (isinstance(file, str) and file not in ("", ".", "..") and Path(file).name == file):
+                raise CheckpointError(f"{index}: weight_map[{short_repr(name)}] is not a file name in {directory}")
         return [directory / name for name in sorted(set(weight_map.values()))]
     if (directory / "pytorch_model.bin").exists():
         return [directory / "pytorch_model.bin"]
     raise CheckpointError(f"{directory}: no weights found (expected one of {', '.join(WEIGHT_FILES)})")
 
 
+def state_dict_items(state, where: str) -> list[tuple[str, torch.Tensor]]:
+    """The entries of a state dict torch.load gave, refused (naming the key) unless each is a name and a dense
+    tensor: the name and shape checks, tie detection and casts that follow assume no less."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{where}: expected a dict of tensors, got {type(state).__name__}")
+    for name, tensor in state.items():
+        if not isinstance(name, str):
+            raise CheckpointError(f"{where}: key {short_repr(name)} is not a tensor name (a string)")
+        if not isinstance(tensor, torch.Tensor):
+            raise CheckpointError(f"{where}: {short_repr(name)} is not a tensor ({type(tensor).__name__})")
+        if tensor.layout != torch.strided or tensor.is_quantized:
+            kind = "quantized" if tensor.is_quantized else f"not dense ({tensor.layout})"
+            raise CheckpointError(f"{where}: tensor {short_repr(name)} is {kind}; weights are dense tensors")
+    return list(state.items())
+
+
+def check_sizes(config: GPTConfig, shapes: dict[str, tuple[int, ...]], where: str) -> None:
+    """Compare the config's sizes with the shapes of the tensors present (GPT's names) before anything is built:
+    a config that claims 10^12 layers should fail at once, not after building modules without end."""
+    layers = {int(m.group(1)) for name in shapes if (m := LAYER_NAME.match(name))}
+    if len(layers) != config.n_layer:
+        raise CheckpointError(f"{where}: n_layer is {config.n_layer}, but the weights hold {len(layers)} layers")
+    if layers and max(layers) != config.n_layer - 1:
+        raise CheckpointError(
+            f"{where}: the weights' layers are numbered up to {max(layers)}, not 0..{config.n_layer - 1}"
+        )
+    for name, expected, fields in (
+        ("wte.weight", (config.vocab_size, config.n_embd), "vocab_size, n_embd"),
+        ("wpe.weight", (config.n_positions, config.n_embd), "n_positions, n_embd"),
+    ):
+        if name in shapes and shapes[name] != expected:
+            raise CheckpointError(f"{where}: ({fields}) is {expected}, but the weights' {name} is {shapes[name]}")
+
+
 def _iter_tensors(source: Path):
     """Yield (name, tensor) one at a time so only one tensor is materialised beyond the model."""
     if source.suffix == ".bin":
-        state = read_torch_file(source, "PyTorch weights")
-        if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
-            raise CheckpointError(f"{source}: expected a dict of tensors")
-        yield from state.items()
+        yield from state_dict_items(read_torch_file(source, "PyTorch weights"), str(source))
         return
     try:
         with safe_open(source, framework="pt") as handle:
@@ -223,34 +263,29 @@ def _iter_tensors(source: Path):
 
 
 def _check_sizes_against_weights(config: GPTConfig, directory: Path, where: str) -> None:
-    """Compare config.json's sizes with the safetensors headers before building anything: a config that
-    claims 100000 layers should fail at once, not after minutes of building modules."""
+    """`check_sizes` against the weight files' shapes: safetensors headers, or a pytorch_model.bin's tensors
+    (memory-mapped, so nothing is read but the pickle)."""
     shapes: dict[str, tuple[int, ...]] = {}
     for source in _weight_sources(directory):
         if source.suffix != ".safetensors":
-            return
+            for name, tensor in _iter_tensors(source):
+                shapes[name.removeprefix("transformer.")] = tuple(tensor.shape)
+            continue
         try:
             with safe_open(source, framework="pt") as handle:
                 for name in handle.keys():
                     shapes[name.removeprefix("transformer.")] = tuple(handle.get_slice(name).get_shape())
         except (SafetensorError, OSError) as err:
             raise CheckpointError(f"{source}: corrupt or truncated safetensors file ({err})") from None
-    layers = {int(m.group(1)) for name in shapes if (m := re.match(r"h\.(\d+)\.", name))}
-    n_layer = max(layers) + 1 if layers else 0
-    if n_layer != config.n_layer:
-        raise CheckpointError(f"{where}: n_layer is {config.n_layer}, but the weights hold {n_layer} layers")
-    for name, expected, fields in (
-        ("wte.weight", (config.vocab_size, config.n_embd), "vocab_size, n_embd"),
-        ("wpe.weight", (config.n_positions, config.n_embd), "n_positions, n_embd"),
-    ):
-        if name in shapes and shapes[name] != expected:
-            raise CheckpointError(f"{where}: ({fields}) is {expected}, but the weights' {name} is {shapes[name]}")
+    check_sizes(config, shapes, where)
 
 
 def read_torch_file(path: Path, what: str):
     """torch.load with weights_only=True: tensors and plain containers only, so nothing in the file runs."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        with warnings.catch_warnings():  # torch's deprecation notes on what a file holds (quantized tensors, ...)
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as err:
         detail = str(err).splitlines()
         found = next((line.strip() for line in detail if "GLOBAL" in line or "Unsupported" in line), "")
@@ -267,6 +302,12 @@ def load_weights(model: GPT, directory: Path, dtype: torch.dtype = torch.float32
     return assign_tensors(model, named, str(directory), dtype)
 
 
+def all_finite(tensor: torch.Tensor) -> bool:
+    """No NaN or inf: both show in the extremes, found in one pass without a tensor-sized temporary."""
+    low, high = torch.aminmax(tensor)
+    return bool(torch.isfinite(low) and torch.isfinite(high))
+
+
 def assign_tensors(model: GPT, named, where: str, dtype: torch.dtype = torch.float32, conv1d: bool = True) -> GPT:
     """Fill `model` (built on the meta device) from (source, name, tensor) triples, checking every name and shape.
 
@@ -281,12 +322,21 @@ def assign_tensors(model: GPT, named, where: str, dtype: torch.dtype = torch.flo
             continue  # a tied output layer is wte
         if name not in expected:
             raise CheckpointError(f"{source}: unexpected tensor {raw_name!r}")
-        if conv1d and name.endswith(CONV1D_SUFFIXES):
+        if name in loaded:
+            raise CheckpointError(f"{source}: tensor {raw_name!r} is given twice (with and without its prefix)")
+        if conv1d and name.endswith(CONV1D_SUFFIXES) and tensor.dim() == 2:  # other shapes fail the check below
             tensor = tensor.t()
         if tuple(tensor.shape) != expected[name]:
             raise CheckpointError(
                 f"{source}: tensor {raw_name!r} has shape {list(tensor.shape)}, expected {list(expected[name])}"
             )
+        if tensor.dtype not in WEIGHT_DTYPES:
+            raise CheckpointError(
+                f"{source}: tensor {raw_name!r} is {str(tensor.dtype).removeprefix('torch.')}; weights must be "
+                "float16, bfloat16, float32 or float64"
+            )
+        if not all_finite(tensor):  # NaN or inf weights would only show as garbage text and a NaN loss
+            raise CheckpointError(f"{source}: tensor {raw_name!r} holds NaN or infinite values")
         loaded[name] = tensor.to(dtype).contiguous()
     missing = sorted(set(expected) - set(loaded))
     if missing:
@@ -343,13 +393,9 @@ def load(
         elif not (directory / "config.json").exists() and (directory / CHECKPOINT_DIR).is_dir():
             raise CheckpointError(f"{directory}: a training run without a finished checkpoint yet")
         config_path = directory / "config.json"
-        try:
-            values = json.loads(config_path.read_text())
-        except FileNotFoundError:
-            raise CheckpointError(f"{config_path}: missing") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise CheckpointError(f"{config_path}: not valid JSON ({err})") from None
-        config = config_from_hf(values, str(config_path))
+        if not config_path.exists():
+            raise CheckpointError(f"{config_path}: missing")
+        config = config_from_hf(read_json(config_path, CheckpointError), str(config_path))
         _check_sizes_against_weights(config, directory, str(config_path))
         with torch.device("meta"):
             model = GPT(config)

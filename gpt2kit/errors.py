@@ -3,3 +3,9 @@
 
 class GPT2KitError(ValueError):
     """Bad input from the user (a file, an argument, a config value); the message says what and where."""
+
+
+def short_repr(value: object, limit: int = 60) -> str:
+    """`value`'s repr cut to `limit` characters: what a file holds, quoted in an error line without flooding it."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -15,6 +15,7 @@ import io
 import json
 import lzma
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
@@ -25,6 +26,12 @@ from gpt2kit.errors import GPT2KitError
 
 # Pushshift-style Reddit dumps are compressed with long windows: allow the zstd format's maximum.
 ZSTD_MAX_WINDOW = 2**31
+
+# JSON from outside is nested a few levels deep; anything deeper is refused before json's recursive parser (and
+# whatever walks the result) can exhaust the stack.
+MAX_JSON_DEPTH = 100
+# A JSON string (skipped whole, brackets in it do not count) or one bracket.
+_JSON_STRUCTURE = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
 
 # The process's umask, read once (reading it means setting it), for the modes of atomically written results.
 _UMASK = os.umask(0o022)
@@ -257,13 +264,48 @@ def read_text(path: str | os.PathLike) -> str:
         return STRICT_UTF8.decode(handle.read(), str(path))
 
 
+def _too_deep(text: str) -> bool:
+    """Whether `text` opens more than MAX_JSON_DEPTH brackets at once (outside strings)."""
+    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:  # the common case, at C speed
+        return False
+    depth = 0
+    for match in _JSON_STRUCTURE.finditer(text):
+        token = match.group()
+        if token in "[{":
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                return True
+        elif token in "]}":
+            depth -= 1
+    return False
+
+
+def parse_json(text: str, where: str, error: type[GPT2KitError] = GPT2KitError) -> Any:
+    """A JSON document from outside, or `error` with one line naming `where` and what is wrong.
+
+    Every reader of JSON input goes through here, so nesting depth is bounded in one place."""
+    if _too_deep(text):
+        raise error(f"{where}: JSON nested more than {MAX_JSON_DEPTH} levels deep")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        position = f"line {err.lineno} column {err.colno}" if err.lineno > 1 else f"column {err.colno}"
+        raise error(f"{where}: not valid JSON ({err.msg} at {position})") from None
+
+
+def read_json(path: str | os.PathLike, error: type[GPT2KitError] = GPT2KitError) -> Any:
+    """A whole (possibly compressed) UTF-8 JSON file, parsed as `parse_json` does."""
+    try:
+        text = read_text(path)
+    except GPT2KitError as err:
+        raise error(str(err)) from None
+    return parse_json(text, str(path), error)
+
+
 def parse_json_line(raw: bytes | str, where: str) -> dict[str, Any]:
     """One JSON-lines record: a JSON object, or one line naming `where` and what is wrong."""
     line = STRICT_UTF8.decode(raw, where) if isinstance(raw, bytes) else raw
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise GPT2KitError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
+    record = parse_json(line, where)
     if not isinstance(record, dict):
         raise GPT2KitError(f"{where}: expected a JSON object, got {type(record).__name__}")
     return record

@@ -19,12 +19,20 @@ from pathlib import Path
 import numpy as np
 import tiktoken
 
-from gpt2kit.errors import GPT2KitError
+from gpt2kit.errors import GPT2KitError, short_repr
+from gpt2kit.io import parse_json
 
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 ENDOFTEXT = "<|endoftext|>"
 GPT2_HUB_ID = "openai-community/gpt2"
 VOCAB_ENV = "GPT2KIT_GPT2_VOCAB"
+# Ids are embedding rows. A vocabulary may leave some unused (padding, pruned tokens), but no more than this many:
+# the id tables here, and the model's rows, then stay proportional to the vocabulary's own size.
+MAX_ID_GAPS = 2**16
+# Special and added tokens (and unmerged vocabulary entries) become one alternation in tiktoken's matcher, whose
+# memory grows some 300 bytes per character: real ones are a few dozen characters, a few hundred tokens at most.
+MAX_SPECIAL_CHARS = 1024
+MAX_SPECIAL_TOTAL_CHARS = 2**16
 
 
 class TokenizerError(GPT2KitError):
@@ -110,13 +118,16 @@ class Tokenizer:
         added_tokens: dict[str, int] | None = None,
         eot_text: str | None = None,
         merges: list[tuple[bytes, bytes]] | None = None,
+        where: str | None = None,
     ):
+        """`where` names the file the vocabulary came from in errors (default: `name`)."""
+        where = where or name
         if len(mergeable_ranks) < 256 or any(bytes([b]) not in mergeable_ranks for b in range(256)):
             raise TokenizerError(
-                f"{name}: a byte-level vocabulary needs all 256 bytes, got {len(mergeable_ranks)} tokens"
+                f"{where}: a byte-level vocabulary needs all 256 bytes, got {len(mergeable_ranks)} tokens"
             )
         if sorted(mergeable_ranks.values()) != list(range(len(mergeable_ranks))):
-            raise TokenizerError(f"{name}: ranks must be exactly 0..{len(mergeable_ranks) - 1}")
+            raise TokenizerError(f"{where}: ranks must be exactly 0..{len(mergeable_ranks) - 1}")
         if special_tokens is None:
             special_tokens = {ENDOFTEXT: len(mergeable_ranks)}
         self.name = name
@@ -126,7 +137,7 @@ class Tokenizer:
         self.added_tokens = added_tokens or {}
         self._merges = merges
         if any(token not in self.token_ids for token in mergeable_ranks):
-            raise TokenizerError(f"{name}: every ranked token needs an id")
+            raise TokenizerError(f"{where}: every ranked token needs an id")
         # tiktoken's special tokens (text -> rank) follow the mergeable ranks. Besides the special and added
         # tokens they hold the vocabulary's tokens that no merge makes: decodable, never produced by encoding.
         extra = [*self.special_tokens.items(), *self.added_tokens.items()]
@@ -136,19 +147,25 @@ class Tokenizer:
                     extra.append((token.decode("utf-8"), token_id))
                 except UnicodeDecodeError:
                     raise TokenizerError(
-                        f"{name}: token {token_to_str(token)!r} (id {token_id}) is not made by any merge and is not "
+                        f"{where}: token {short_repr(token_to_str(token))} (id {token_id}) is not made by any merge and is not "
                         "UTF-8 text: not supported"
                     ) from None
+        _check_special_texts(extra, where)
         tiktoken_special = {text: len(mergeable_ranks) + i for i, (text, _) in enumerate(extra)}
         rank_to_id = [0] * len(mergeable_ranks) + [token_id for _, token_id in extra]
         for token, rank in mergeable_ranks.items():
             rank_to_id[rank] = self.token_ids[token]
         if len(tiktoken_special) != len(extra):
-            raise TokenizerError(f"{name}: a special or added token is listed twice")
+            raise TokenizerError(f"{where}: a special or added token is listed twice")
         if len(set(rank_to_id)) != len(rank_to_id) or min(rank_to_id) < 0:
             seen: set[int] = set()
             bad = next(i for i in rank_to_id if i < 0 or i in seen or seen.add(i))
-            raise TokenizerError(f"{name}: token id {bad} is negative or given to two tokens")
+            raise TokenizerError(f"{where}: token id {bad} is negative or given to two tokens")
+        if max(rank_to_id) >= len(rank_to_id) + MAX_ID_GAPS:  # before any table is sized by the largest id
+            raise TokenizerError(
+                f"{where}: token id {max(rank_to_id)} is too large for a vocabulary of {len(rank_to_id)} tokens "
+                f"(at most {MAX_ID_GAPS} unused ids are allowed)"
+            )
         self.vocab_size = max(rank_to_id) + 1
         id_to_rank = [-1] * self.vocab_size
         for rank, token_id in enumerate(rank_to_id):
@@ -162,9 +179,12 @@ class Tokenizer:
         self._id_to_rank = None if identity else id_to_rank
         self._split_out = set(self.added_tokens)
         self.eot_text = eot_text or self._default_eot()
-        self._encoding = tiktoken.Encoding(
-            name=name, pat_str=GPT2_PATTERN, mergeable_ranks=mergeable_ranks, special_tokens=tiktoken_special
-        )
+        try:
+            self._encoding = tiktoken.Encoding(
+                name=name, pat_str=GPT2_PATTERN, mergeable_ranks=mergeable_ranks, special_tokens=tiktoken_special
+            )
+        except ValueError as err:  # tiktoken's matcher refused the special tokens (its size limits)
+            raise TokenizerError(f"{where}: tiktoken cannot build this vocabulary ({err})") from None
 
     def _default_eot(self) -> str | None:
         if ENDOFTEXT in self.special_tokens:
@@ -348,7 +368,7 @@ class Tokenizer:
         """
         vocab_path, merges_path = Path(vocab_path), Path(merges_path)
         vocab = _read_json(vocab_path)
-        if not isinstance(vocab, dict) or not all(isinstance(i, int) for i in vocab.values()):
+        if not isinstance(vocab, dict):
             raise TokenizerError(f"{vocab_path}: expected a JSON object mapping tokens to integer ids")
         try:
             merge_lines = merges_path.read_text(encoding="utf-8").splitlines()
@@ -375,22 +395,21 @@ class Tokenizer:
             raise TokenizerError(f"{path}: expected a tokenizers JSON object with a 'model'")
         model = config["model"]
         _check_hf_pipeline(config, path)
-        vocab, raw_merges = model.get("vocab"), model.get("merges") or []
-        if not isinstance(vocab, dict) or not isinstance(raw_merges, list):
-            raise TokenizerError(f"{path}: model.vocab must be an object and model.merges a list")
+        vocab = _typed(model.get("vocab"), dict, path, "model.vocab")
+        raw_merges = _typed(model.get("merges"), (list, None), path, "model.merges") or []
         merges = []
         for number, merge in enumerate(raw_merges):
             pair = merge.split(" ") if isinstance(merge, str) else merge
             if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
-                raise TokenizerError(f"{path}: model.merges[{number}] is not a pair of tokens: {merge!r}")
+                raise TokenizerError(f"{path}: model.merges[{number}] is not a pair of tokens: {short_repr(merge)}")
             merges.append((pair[0], pair[1], f"{path}: model.merges[{number}]"))
         special, added = set(), {}
-        for entry in config.get("added_tokens") or []:
-            try:
-                text, token_id = entry["content"], int(entry["id"])
-            except (KeyError, TypeError, ValueError):
-                raise TokenizerError(f"{path}: malformed added_tokens entry {entry!r}") from None
-            if entry.get("special"):
+        for number, entry in enumerate(_typed(config.get("added_tokens"), (list, None), path, "added_tokens") or []):
+            field = f"added_tokens[{number}]"
+            entry = _typed(entry, dict, path, field)
+            text = _typed(entry.get("content"), str, path, f"{field}.content")
+            token_id = _typed(entry.get("id"), int, path, f"{field}.id")
+            if _typed(entry.get("special"), (bool, None), path, f"{field}.special"):
                 special.add(text)
             added[text] = token_id
         name = path.parent.name or "bpe"
@@ -448,32 +467,104 @@ class Tokenizer:
 
 def _read_json(path: Path):
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise TokenizerError(f"{path}: tokenizer file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError) as err:
         raise TokenizerError(f"{path}: unreadable tokenizer file ({err})") from None
+    return parse_json(text, str(path), TokenizerError)
+
+
+# What a JSON value is called in errors, by the Python type json gives it (None for null).
+_JSON_TYPES = {dict: "an object", list: "a list", str: "a string", int: "an integer", float: "a number",
+               bool: "true or false", None: "null"}  # fmt: skip
+
+
+def _json_type(value) -> str:
+    if isinstance(value, bool):
+        return json.dumps(value)
+    return _JSON_TYPES.get(None if value is None else type(value), type(value).__name__)
+
+
+def _typed(value, types, path: Path, field: str):
+    """`value` when it is one of the JSON `types` (classes, or None for null), else one line naming `field`."""
+    types = types if isinstance(types, tuple) else (types,)
+    for kind in types:
+        if (
+            (value is None)
+            if kind is None
+            else (isinstance(value, kind) and (kind is bool or not isinstance(value, bool)))
+        ):
+            return value
+    wanted = " or ".join(_JSON_TYPES[kind] for kind in types)
+    raise TokenizerError(f"{path}: {field} must be {wanted}, got {_json_type(value)}")
+
+
+def _check_special_texts(entries: list[tuple[str, int]], where: str) -> None:
+    """Refuse special and added tokens that tiktoken cannot match: empty (encoding would never advance), or too
+    long for its matcher's memory."""
+    total = 0
+    for text, token_id in entries:
+        if not text:
+            raise TokenizerError(f"{where}: token id {token_id} is an empty special or added token")
+        if len(text) > MAX_SPECIAL_CHARS:
+            raise TokenizerError(
+                f"{where}: special or added token id {token_id} is {len(text)} characters long "
+                f"(at most {MAX_SPECIAL_CHARS})"
+            )
+        total += len(text)
+    if total > MAX_SPECIAL_TOTAL_CHARS:
+        raise TokenizerError(
+            f"{where}: the special and added tokens hold {total} characters in all (at most {MAX_SPECIAL_TOTAL_CHARS})"
+        )
 
 
 def _check_hf_pipeline(config: dict, path: Path) -> None:
     """Refuse, in one line, what would make HF's encoding differ from GPT-2's byte-level BPE."""
     model = config["model"]
-    if model.get("type", "BPE") != "BPE":
-        raise TokenizerError(f"{path}: model type {model.get('type')!r} is not supported (only byte-level BPE)")
-    for option, neutral in (("continuing_subword_prefix", ""), ("end_of_word_suffix", ""), ("byte_fallback", False)):
-        if (model.get(option) or neutral) != neutral:
-            raise TokenizerError(f"{path}: model.{option}={model[option]!r} is not supported")
+    kind = _typed(model.get("type", "BPE"), str, path, "model.type")
+    if kind != "BPE":
+        raise TokenizerError(f"{path}: model type {short_repr(kind)} is not supported (only byte-level BPE)")
+    for option, types, neutral in (
+        ("continuing_subword_prefix", (str, None), ""),
+        ("end_of_word_suffix", (str, None), ""),
+        ("byte_fallback", (bool, None), False),
+    ):
+        if (_typed(model.get(option), types, path, f"model.{option}") or neutral) != neutral:
+            raise TokenizerError(f"{path}: model.{option}={short_repr(model[option])} is not supported")
     if model.get("dropout") not in (None, 0, 0.0):
-        raise TokenizerError(f"{path}: model.dropout={model['dropout']!r} is not supported (BPE dropout)")
-    if config.get("normalizer") is not None:
-        raise TokenizerError(f"{path}: normalizer {config['normalizer'].get('type')!r} is not supported")
-    pre = config.get("pre_tokenizer") or {}
-    if pre.get("type") == "Sequence" and len(pre.get("pretokenizers") or []) == 1:
-        pre = pre["pretokenizers"][0]
-    if pre.get("type") != "ByteLevel" or not pre.get("use_regex", True):
-        raise TokenizerError(f"{path}: pre_tokenizer {pre.get('type')!r} is not supported (only GPT-2's ByteLevel)")
-    if pre.get("add_prefix_space"):
+        raise TokenizerError(f"{path}: model.dropout={short_repr(model['dropout'])} is not supported (BPE dropout)")
+    normalizer = _typed(config.get("normalizer"), (dict, None), path, "normalizer")
+    if normalizer is not None:
+        raise TokenizerError(f"{path}: normalizer {short_repr(normalizer.get('type'))} is not supported")
+    pre = _typed(config.get("pre_tokenizer"), (dict, None), path, "pre_tokenizer") or {}
+    field = "pre_tokenizer"
+    if pre.get("type") == "Sequence":
+        steps = _typed(pre.get("pretokenizers"), (list, None), path, "pre_tokenizer.pretokenizers") or []
+        if len(steps) == 1:
+            field = "pre_tokenizer.pretokenizers[0]"
+            pre = _typed(steps[0], dict, path, field)
+    use_regex = _typed(pre.get("use_regex", True), bool, path, f"{field}.use_regex")
+    if pre.get("type") != "ByteLevel" or not use_regex:
+        raise TokenizerError(
+            f"{path}: pre_tokenizer {short_repr(pre.get('type'))} is not supported (only GPT-2's ByteLevel)"
+        )
+    if _typed(pre.get("add_prefix_space"), (bool, None), path, f"{field}.add_prefix_space"):
         raise TokenizerError(f"{path}: pre_tokenizer.add_prefix_space=true is not supported")
+
+
+def _token_text(value, path: Path, field: str) -> str | None:
+    """A token as tokenizer_config.json names it: a string, an object with its `content`, or null."""
+    if isinstance(_typed(value, (str, dict, None), path, field), dict):
+        return _typed(value.get("content"), str, path, f"{field}.content")
+    return value
+
+
+def _read_token_config(path: Path) -> dict:
+    config = _read_json(path)
+    if not isinstance(config, dict):
+        raise TokenizerError(f"{path}: expected a JSON object")
+    return config
 
 
 def _declared_special(directory: Path) -> set[str]:
@@ -483,17 +574,18 @@ def _declared_special(directory: Path) -> set[str]:
         path = directory / file
         if not path.exists():
             continue
-        config = _read_json(path)
-        if not isinstance(config, dict):
-            raise TokenizerError(f"{path}: expected a JSON object")
-        for entry in (config.get("added_tokens_decoder") or {}).values():
-            if isinstance(entry, dict) and entry.get("special") and isinstance(entry.get("content"), str):
-                names.add(entry["content"])
+        config = _read_token_config(path)
+        decoder = _typed(config.get("added_tokens_decoder"), (dict, None), path, "added_tokens_decoder") or {}
+        for token_id, entry in decoder.items():
+            field = f"added_tokens_decoder[{short_repr(token_id)}]"
+            entry = _typed(entry, dict, path, field)
+            text = _typed(entry.get("content"), str, path, f"{field}.content")
+            if _typed(entry.get("special"), (bool, None), path, f"{field}.special"):
+                names.add(text)
         for key in ("bos_token", "eos_token", "unk_token", "pad_token"):
-            value = config.get(key)
-            value = value.get("content") if isinstance(value, dict) else value
-            if isinstance(value, str):
-                names.add(value)
+            text = _token_text(config.get(key), path, key)
+            if text is not None:
+                names.add(text)
     return names
 
 
@@ -501,10 +593,7 @@ def _declared_eos(directory: Path) -> str | None:
     path = directory / "tokenizer_config.json"
     if not path.exists():
         return None
-    config = _read_json(path)
-    value = config.get("eos_token") if isinstance(config, dict) else None
-    value = value.get("content") if isinstance(value, dict) else value
-    return value if isinstance(value, str) else None
+    return _token_text(_read_token_config(path).get("eos_token"), path, "eos_token")
 
 
 def _is_special_text(text: str, declared: set[str]) -> bool:
@@ -531,7 +620,7 @@ def _from_hf_vocabulary(
     candidates: dict[str, bytes] = {}
     for text, token_id in {**vocab, **added}.items():
         if not isinstance(token_id, int) or isinstance(token_id, bool):
-            raise TokenizerError(f"{where}: token {text!r} has id {token_id!r}, not an integer")
+            raise TokenizerError(f"{where}: token {short_repr(text)} has id {short_repr(token_id)}, not an integer")
         if _is_special_text(text, special):
             specials[text] = token_id
         elif text in added:
@@ -564,7 +653,7 @@ def _from_hf_vocabulary(
             del plain_added[text]
         else:
             del token_ids[token]
-    return Tokenizer(ranks, specials, name, token_ids=token_ids, added_tokens=plain_added, merges=pairs)
+    return Tokenizer(ranks, specials, name, token_ids=token_ids, added_tokens=plain_added, merges=pairs, where=where)
 
 
 def _hub_files(repo_id: str, filenames: tuple[str, ...]) -> list[str]:

@@ -144,7 +144,7 @@ def test_bad_tokenizer_files_give_clear_errors(tmp_path, monkeypatch):
         load_tokenizer(tmp_path)
     (tmp_path / "vocab.json").write_text("{not json")
     (tmp_path / "merges.txt").write_text("#version: 0.2\n")
-    with pytest.raises(TokenizerError, match="unreadable"):
+    with pytest.raises(TokenizerError, match="vocab.json: not valid JSON"):
         load_tokenizer(tmp_path)
     monkeypatch.setenv("GPT2KIT_GPT2_VOCAB", str(tmp_path / "nowhere.tiktoken"))
     with pytest.raises(TokenizerError, match="GPT2KIT_GPT2_VOCAB"):

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gpt2kit.errors import GPT2KitError
-from gpt2kit.io import atomic_write_text, file_sha256
+from gpt2kit.errors import GPT2KitError, short_repr
+from gpt2kit.io import atomic_write_text, file_sha256, read_json
 
 MAGIC = b"GPT2KTOK"
 FORMAT_VERSION = 1
@@ -57,6 +57,8 @@ def read_header(path: str | os.PathLike) -> ShardHeader:
             size = os.fstat(handle.fileno()).st_size
     except FileNotFoundError:
         raise ShardError(f"{path}: shard is missing") from None
+    except OSError as err:  # a directory, no permission, ...
+        raise ShardError(f"{path}: cannot read the shard ({err.strerror or err})") from None
     if len(raw) < HEADER.size:
         raise ShardError(f"{path}: truncated shard ({size} bytes, shorter than the {HEADER.size}-byte header)")
     magic, version, itemsize, num_tokens, num_docs = HEADER.unpack(raw)
@@ -184,6 +186,48 @@ class SplitStats:
         return self.num_bytes / self.num_tokens if self.num_tokens else 0.0
 
 
+# What each manifest record holds, by field: every one is required, and no other is allowed.
+TOKENIZER_FIELDS = {"name": str, "sha256": str, "vocab_size": int, "eot_token": int}
+SHARD_FIELDS = {"file": str, "split": str, "group": int, "num_docs": int, "num_tokens": int, "num_bytes": int,
+                "sha256": str}  # fmt: skip
+GROUP_FIELDS = {"index": int, "first_batch": int, "end_batch": int, "text_sha256": str}
+_WANTED = {str: "a string", int: "a non-negative integer", dict: "an object", list: "a list", bool: "true or false"}
+
+
+def _typed(value, kind: type, where: str, field: str):
+    """`value` when it is a `kind` (int: a non-negative one, not a bool), else one line naming `field`."""
+    ok = isinstance(value, kind) and (kind is not int or (not isinstance(value, bool) and value >= 0))
+    if not ok:
+        raise ShardError(f"{where}: malformed manifest ({field} must be {_WANTED[kind]}, got {short_repr(value)})")
+    return value
+
+
+def _record(value, kinds: dict[str, type], where: str, field: str) -> dict:
+    value = _typed(value, dict, where, field)
+    unknown = value.keys() - kinds.keys()
+    if unknown:
+        raise ShardError(f"{where}: malformed manifest ({field} has an unknown key {short_repr(min(unknown))})")
+    for name, kind in kinds.items():
+        _typed(value.get(name), kind, where, f"{field}.{name}")
+    return value
+
+
+def _shard(value, where: str, field: str) -> ShardInfo:
+    value = _record(value, SHARD_FIELDS, where, field)
+    file = Path(value["file"])
+    if value["file"] in ("", ".") or file.is_absolute() or ".." in file.parts:  # a shard is a file beside the manifest
+        raise ShardError(f"{where}: malformed manifest ({field}.file must name a file in the data directory)")
+    if value["split"] not in SPLITS:
+        raise ShardError(f"{where}: malformed manifest ({field}.split must be one of {', '.join(SPLITS)})")
+    return ShardInfo(**value)
+
+
+def _dtype_name(value, where: str) -> str:
+    if value not in ("uint16", "uint32"):
+        raise ShardError(f"{where}: malformed manifest (dtype must be uint16 or uint32, got {short_repr(value)})")
+    return value
+
+
 @dataclass
 class Manifest:
     tokenizer: dict  # name, sha256, vocab_size, eot_token
@@ -220,28 +264,29 @@ class Manifest:
     @classmethod
     def load(cls, directory: str | os.PathLike) -> Manifest:
         path = Path(directory) / MANIFEST_NAME
-        try:
-            values = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ShardError(f"{path}: missing (prepare the data with `gpt2kit prepare`)") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ShardError(f"{path}: not valid JSON ({err})") from None
+        if not path.exists():
+            raise ShardError(f"{path}: missing (prepare the data with `gpt2kit prepare`)")
+        values = read_json(path, ShardError)
         if not isinstance(values, dict) or values.get("format") != MANIFEST_FORMAT:
             raise ShardError(f"{path}: not a gpt2kit shard manifest")
         if values.get("version") != FORMAT_VERSION:
             raise ShardError(f"{path}: manifest version {values.get('version')}, expected {FORMAT_VERSION}")
-        try:
-            return cls(
-                tokenizer=dict(values["tokenizer"]),
-                dtype=str(values["dtype"]),
-                settings=dict(values["settings"]),
-                shards=[ShardInfo(**s) for s in values["shards"]],
-                groups=[GroupInfo(**g) for g in values["groups"]],
-                complete=bool(values["complete"]),
-                input_stats=dict(values.get("input_stats", {})),
-            )
-        except (KeyError, TypeError) as err:
-            raise ShardError(f"{path}: malformed manifest ({type(err).__name__}: {err})") from None
+        where = str(path)
+        return cls(
+            tokenizer=_record(values.get("tokenizer"), TOKENIZER_FIELDS, where, "tokenizer"),
+            dtype=_dtype_name(values.get("dtype"), where),
+            settings=_typed(values.get("settings"), dict, where, "settings"),
+            shards=[
+                _shard(s, where, f"shards[{i}]")
+                for i, s in enumerate(_typed(values.get("shards"), list, where, "shards"))
+            ],
+            groups=[
+                GroupInfo(**_record(g, GROUP_FIELDS, where, f"groups[{i}]"))
+                for i, g in enumerate(_typed(values.get("groups"), list, where, "groups"))
+            ],
+            complete=_typed(values.get("complete"), bool, where, "complete"),
+            input_stats=_typed(values.get("input_stats", {}), dict, where, "input_stats"),
+        )
 
     def verify(self, directory: str | os.PathLike, split: str | None = None, checksums: bool = True) -> None:
         """Check the listed shards (of `split`, or all): present, headers as the manifest says, and with

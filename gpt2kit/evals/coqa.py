@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gpt2kit.evals.data import DataSource, EvalDataError, HFDataset, read_json, require_examples
+from gpt2kit.evals.data import DataSource, EvalDataError, HFDataset, expect_str, read_json, require_examples
 from gpt2kit.evals.metrics import coqa_turn_scores
 from gpt2kit.evals.task import Column, TaskContext, TaskOutput, TaskSpec, left_truncate
 
@@ -49,10 +49,19 @@ def turns_of(stories: list[Story]) -> list[Turn]:
 
 
 def _texts(items, where: str, key: str) -> list[str]:
-    try:
-        return [item["input_text"] for item in items]
-    except (TypeError, KeyError):
-        raise EvalDataError(f"{where}: each entry of {key!r} needs an 'input_text'") from None
+    """The `input_text` strings of the official JSON's list of turns."""
+    texts = [item.get("input_text") for item in items if isinstance(item, dict)] if isinstance(items, list) else []
+    if not isinstance(items, list) or len(texts) != len(items) or not all(isinstance(t, str) for t in texts):
+        raise EvalDataError(f"{where}: {key!r} must be a list of entries with an 'input_text' string")
+    return texts
+
+
+def _column(columns, where: str, key: str) -> list[str]:
+    """The `input_text` column of EleutherAI/coqa's {"input_text": [...], "turn_id": [...]}."""
+    texts = columns.get("input_text") if isinstance(columns, dict) else None
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        raise EvalDataError(f"{where}: {key!r} must hold an 'input_text' list of strings")
+    return texts
 
 
 def _official_story(record: dict, where: str) -> Story:
@@ -61,14 +70,14 @@ def _official_story(record: dict, where: str) -> Story:
         story, questions, answers = record["story"], record["questions"], record["answers"]
     except (TypeError, KeyError) as err:
         raise EvalDataError(f"{where}: missing key {err} (expected story, questions, answers)") from None
+    story = expect_str(story, where, "story")
     additional = record.get("additional_answers") or {}
-    if isinstance(questions, dict):  # HF columns: {"input_text": [...], "turn_id": [...]}
-        question_texts = list(questions["input_text"])
-        answer_sets = [list(answers["input_text"])] + [list(v["input_text"]) for v in additional.values()]
-    else:
-        question_texts = _texts(questions, where, "questions")
-        answer_sets = [_texts(answers, where, "answers")]
-        answer_sets += [_texts(v, where, f"additional_answers/{k}") for k, v in additional.items()]
+    if not isinstance(additional, dict):
+        raise EvalDataError(f"{where}: 'additional_answers' must be an object")
+    read = _column if isinstance(questions, dict) else _texts  # HF columns, or the official lists of turns
+    question_texts = read(questions, where, "questions")
+    answer_sets = [read(answers, where, "answers")]
+    answer_sets += [read(v, where, f"additional_answers/{k}") for k, v in additional.items()]
     if any(len(a) != len(question_texts) for a in answer_sets):
         raise EvalDataError(f"{where}: {len(question_texts)} questions but an answer list of another length")
     per_turn = [[answers[k] for answers in answer_sets] for k in range(len(question_texts))]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gpt2kit.errors import GPT2KitError
-from gpt2kit.io import file_sha256, iter_jsonl, read_text
+from gpt2kit.io import file_sha256, iter_jsonl, parse_json, read_text
 
 
 class EvalDataError(GPT2KitError):
@@ -178,10 +178,7 @@ def iter_records(source: DataSource, required: Sequence[str] = ()) -> Iterator[t
 
 
 def read_json(path: Path) -> Any:
-    try:
-        return json.loads(read_text(path))
-    except json.JSONDecodeError as err:
-        raise EvalDataError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from None
+    return parse_json(read_text(path), str(path), EvalDataError)
 
 
 def require_examples(examples: Sequence, source: DataSource, what: str) -> None:

@@ -103,7 +103,7 @@ def zero_missing_biases(config: GPTConfig, tensors: dict[str, torch.Tensor], not
     prefixes = ["ln_f"] + [f"h.{layer}.{part}" for layer in range(config.n_layer) for part in parts]
     for prefix in prefixes:
         weight = tensors.get(f"{prefix}.weight")
-        if weight is not None and f"{prefix}.bias" not in tensors:
+        if weight is not None and weight.dim() > 0 and f"{prefix}.bias" not in tensors:
             tensors[f"{prefix}.bias"] = torch.zeros(weight.shape[0], dtype=weight.dtype)
             added += 1
     if added:

@@ -10,6 +10,7 @@ wide with GPT-2's tanh GELU; LayerNorm's epsilon is 1e-5.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -75,7 +76,7 @@ def read(path: Path) -> ForeignModel:
             raise CheckpointError(f"{path}: header: vocab size {vocab} does not fit the padded size {padded_vocab}")
         dtype = VERSIONS[version]
         layout = _layout(config)
-        numel = sum(int(np.prod(shape)) for _, shape in layout)
+        numel = sum(math.prod(shape) for _, shape in layout)  # Python ints: header sizes can overflow int64
         expected = HEADER_INTS * 4 + numel * dtype.itemsize
         if size != expected:
             raise CheckpointError(
@@ -83,7 +84,7 @@ def read(path: Path) -> ForeignModel:
             )
         tensors: dict[str, torch.Tensor] = {}
         for name, shape in layout:  # one tensor in memory at a time, beyond the result
-            count = int(np.prod(shape))
+            count = math.prod(shape)
             block = torch.frombuffer(bytearray(handle.read(count * dtype.itemsize)), dtype=dtype).view(shape).float()
             if "{}" in name:
                 for layer in range(n_layer):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from gpt2kit.checkpoint import CheckpointError, read_torch_file
+from gpt2kit.checkpoint import CheckpointError, check_sizes, read_torch_file, state_dict_items
 from gpt2kit.config import ConfigError
 from gpt2kit.formats import ForeignModel, zero_missing_biases
 from gpt2kit.io import atomic_open
@@ -51,18 +51,31 @@ def read(path: Path) -> ForeignModel:
     except ConfigError as err:
         raise CheckpointError(f"{path}: {err}") from None
     tensors: dict[str, torch.Tensor] = {}
-    for name, tensor in checkpoint["model"].items():
-        if not isinstance(tensor, torch.Tensor):
-            raise CheckpointError(f"{path}: model entry {name!r} is not a tensor")
-        name = name.removeprefix("_orig_mod.").removeprefix("transformer.")
+    for key, tensor in state_dict_items(checkpoint["model"], f"{path}: model"):
+        name = key.removeprefix("_orig_mod.").removeprefix("transformer.")
+        if name in tensors:
+            raise CheckpointError(f"{path}: model entry {key!r} is given twice (with and without its prefix)")
         tensors[name] = tensor
+    check_sizes(config, {name: tuple(t.shape) for name, t in tensors.items()}, str(path))
     head = tensors.pop("lm_head.weight", None)
-    if head is not None and "wte.weight" in tensors and not torch.equal(head, tensors["wte.weight"]):
+    if head is not None and "wte.weight" in tensors and not tied(head, tensors["wte.weight"]):
         config.tie_word_embeddings = False
         tensors["lm_head.weight"] = head
     if not args.get("bias", True):
         zero_missing_biases(config, tensors, notes)
     return ForeignModel(config, tensors, notes)
+
+
+def tied(head: torch.Tensor, wte: torch.Tensor) -> bool:
+    """Whether lm_head is wte: one storage (as torch.save keeps a tied parameter), or the same values, where NaN
+    equals NaN (value equality would call a tied model with one NaN untied)."""
+    if head.shape != wte.shape or head.dtype != wte.dtype:
+        return False
+    if (head.untyped_storage().data_ptr(), head.storage_offset(), head.stride()) == (
+        wte.untyped_storage().data_ptr(), wte.storage_offset(), wte.stride()
+    ):  # fmt: skip
+        return True
+    return bool(((head == wte) | (head.isnan() & wte.isnan())).all())
 
 
 def write(model: GPT, path: Path) -> list[str]:
