@@ -192,7 +192,7 @@ def main() -> None:
     import torch
 
     from gpt2kit import GPT, Tokenizer, preset_config, save
-    from gpt2kit.formats import convert
+    from gpt2kit.convert import convert
 
     if args.threads:
         torch.set_num_threads(args.threads)

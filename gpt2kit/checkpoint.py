@@ -10,9 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pickle
 import re
-import warnings
 from pathlib import Path
 from typing import NamedTuple
 
@@ -23,6 +21,8 @@ from safetensors.torch import save_file
 from gpt2kit.config import config_from_dict
 from gpt2kit.device import resolve_device
 from gpt2kit.errors import GPT2KitError, short_repr
+from gpt2kit.formats import read_model_file
+from gpt2kit.formats.base import WEIGHT_DTYPES, CheckpointError, check_sizes, read_torch_file, state_dict_items
 from gpt2kit.io import atomic_directory, read_json
 from gpt2kit.model import GPT, GPTConfig
 from gpt2kit.outputs import check_model_target
@@ -37,18 +37,9 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_NAME = re.compile(r"step-(\d+)")
 FINAL_DIR = "final"
-# The floating-point types a weight may be stored in. Integers, bool, complex and fp8 are no GPT-2 weights:
-# casting them to the model's type would load something other than what was trained.
-WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-# A block's tensor name, h.N.*; longer numbers are no layer of any model (and int() refuses huge ones).
-LAYER_NAME = re.compile(r"h\.(\d{1,9})\.")
 
 
 log = logging.getLogger(__name__)
-
-
-class CheckpointError(GPT2KitError):
-    """A model directory is missing, incomplete or corrupt; the message names the file and key."""
 
 
 class LoadedModel(NamedTuple):
@@ -208,40 +199,6 @@ def _weight_sources(directory: Path) -> list[Path]:
     raise CheckpointError(f"{directory}: no weights found (expected one of {', '.join(WEIGHT_FILES)})")
 
 
-def state_dict_items(state, where: str) -> list[tuple[str, torch.Tensor]]:
-    """The entries of a state dict torch.load gave, refused (naming the key) unless each is a name and a dense
-    tensor: the name and shape checks, tie detection and casts that follow assume no less."""
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{where}: expected a dict of tensors, got {type(state).__name__}")
-    for name, tensor in state.items():
-        if not isinstance(name, str):
-            raise CheckpointError(f"{where}: key {short_repr(name)} is not a tensor name (a string)")
-        if not isinstance(tensor, torch.Tensor):
-            raise CheckpointError(f"{where}: {short_repr(name)} is not a tensor ({type(tensor).__name__})")
-        if tensor.layout != torch.strided or tensor.is_quantized:
-            kind = "quantized" if tensor.is_quantized else f"not dense ({tensor.layout})"
-            raise CheckpointError(f"{where}: tensor {short_repr(name)} is {kind}; weights are dense tensors")
-    return list(state.items())
-
-
-def check_sizes(config: GPTConfig, shapes: dict[str, tuple[int, ...]], where: str) -> None:
-    """Compare the config's sizes with the shapes of the tensors present (GPT's names) before anything is built:
-    a config that claims 10^12 layers should fail at once, not after building modules without end."""
-    layers = {int(m.group(1)) for name in shapes if (m := LAYER_NAME.match(name))}
-    if len(layers) != config.n_layer:
-        raise CheckpointError(f"{where}: n_layer is {config.n_layer}, but the weights hold {len(layers)} layers")
-    if layers and max(layers) != config.n_layer - 1:
-        raise CheckpointError(
-            f"{where}: the weights' layers are numbered up to {max(layers)}, not 0..{config.n_layer - 1}"
-        )
-    for name, expected, fields in (
-        ("wte.weight", (config.vocab_size, config.n_embd), "vocab_size, n_embd"),
-        ("wpe.weight", (config.n_positions, config.n_embd), "n_positions, n_embd"),
-    ):
-        if name in shapes and shapes[name] != expected:
-            raise CheckpointError(f"{where}: ({fields}) is {expected}, but the weights' {name} is {shapes[name]}")
-
-
 def _iter_tensors(source: Path):
     """Yield (name, tensor) one at a time so only one tensor is materialised beyond the model."""
     if source.suffix == ".bin":
@@ -278,23 +235,6 @@ def _check_sizes_against_weights(config: GPTConfig, directory: Path, where: str)
         except (SafetensorError, OSError) as err:
             raise CheckpointError(f"{source}: corrupt or truncated safetensors file ({err})") from None
     check_sizes(config, shapes, where)
-
-
-def read_torch_file(path: Path, what: str):
-    """torch.load with weights_only=True: tensors and plain containers only, so nothing in the file runs."""
-    try:
-        with warnings.catch_warnings():  # torch's deprecation notes on what a file holds (quantized tensors, ...)
-            warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError as err:
-        detail = str(err).splitlines()
-        found = next((line.strip() for line in detail if "GLOBAL" in line or "Unsupported" in line), "")
-        raise CheckpointError(
-            f"{path}: refused: a pickle that needs more than tensors ({found or 'not weights-only'}); nothing in it ran"
-        ) from None
-    except Exception as err:  # truncated zip, not a torch file, ...
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise CheckpointError(f"{path}: unreadable {what} ({first})") from None
 
 
 def load_weights(model: GPT, directory: Path, dtype: torch.dtype = torch.float32) -> GPT:
@@ -373,8 +313,6 @@ def load(
     path = Path(path_or_id)
     notes: list[str] = []
     if source_format in ("nanogpt", "llmc") or (source_format is None and path.is_file()):
-        from gpt2kit.formats import read_model_file
-
         foreign = read_model_file(path, source_format)
         config, notes = foreign.config, list(foreign.notes)
         with torch.device("meta"):

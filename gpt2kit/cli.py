@@ -135,7 +135,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from gpt2kit.formats import convert, format_of_target
+    from gpt2kit.convert import convert
+    from gpt2kit.formats import format_of_target
 
     notes = convert(
         args.source,

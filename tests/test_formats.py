@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 import gpt2kit
 from gpt2kit.checkpoint import CheckpointError
-from gpt2kit.formats import convert
+from gpt2kit.convert import convert
 
 GPT2_VOCAB, PADDED_VOCAB = 50257, 50304
 C, L, H, T = 32, 2, 4, 64

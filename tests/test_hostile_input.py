@@ -19,8 +19,9 @@ from test_formats import C, nanogpt_tensors, write_llmc_bin, write_nanogpt_ckpt
 
 import gpt2kit
 from gpt2kit.checkpoint import CheckpointError
+from gpt2kit.convert import convert
 from gpt2kit.errors import GPT2KitError
-from gpt2kit.formats import convert, nanogpt
+from gpt2kit.formats import nanogpt
 from gpt2kit.io import MAX_JSON_DEPTH
 from gpt2kit.model import GPT, GPTConfig
 from gpt2kit.tokenizer import MAX_ID_GAPS, MAX_SPECIAL_CHARS, TokenizerError, load_tokenizer

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gpt2kit.checkpoint import CheckpointError
-from gpt2kit.formats import TANH_GELUS, require
+from gpt2kit.formats.base import TANH_GELUS, CheckpointError, require
 from gpt2kit.model import GPT
 from gpt2kit.tokenizer import Tokenizer, token_to_str
 

@@ -16,9 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gpt2kit.checkpoint import CheckpointError
 from gpt2kit.config import ConfigError
-from gpt2kit.formats import LLMC_MAGIC, TANH_GELUS, ForeignModel, require
+from gpt2kit.formats.base import LLMC_MAGIC, TANH_GELUS, CheckpointError, ForeignModel, require
 from gpt2kit.io import atomic_open
 from gpt2kit.model import GPT, GPTConfig
 

@@ -13,9 +13,15 @@ from pathlib import Path
 
 import torch
 
-from gpt2kit.checkpoint import CheckpointError, check_sizes, read_torch_file, state_dict_items
 from gpt2kit.config import ConfigError
-from gpt2kit.formats import ForeignModel, zero_missing_biases
+from gpt2kit.formats.base import (
+    CheckpointError,
+    ForeignModel,
+    check_sizes,
+    read_torch_file,
+    state_dict_items,
+    zero_missing_biases,
+)
 from gpt2kit.io import atomic_open
 from gpt2kit.model import GPT, GPTConfig
 
