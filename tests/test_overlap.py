@@ -9,6 +9,7 @@ import zstandard
 
 from gpt2kit.cli import main
 from gpt2kit.data import bloom
+from gpt2kit.data import corpus as corpus_module
 from gpt2kit.data.bloom import (
     NGRAM,
     BloomFilter,
@@ -153,7 +154,7 @@ def test_blocks_carry_ngrams_across_boundaries(tmp_path, monkeypatch):
     rng = random.Random(3)
     text = random_text(rng, 4000)
     (tmp_path / "c.txt").write_text(text)
-    monkeypatch.setattr(bloom, "TEXT_BLOCK_BYTES", 100)
+    monkeypatch.setattr(corpus_module, "TEXT_BLOCK_BYTES", 100)
     result = build_filter([tmp_path / "c.txt"], tmp_path / "f.bloom")
     assert result.ngrams == len(normalise_words(text)) - NGRAM + 1
     test = tmp_path / "t.txt"

@@ -34,8 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
+from gpt2kit.data.corpus import TEXT_AND_JSONL, corpus_files, file_kind, largest_first, text_blocks
 from gpt2kit.errors import GPT2KitError
-from gpt2kit.io import Utf8Policy, atomic_open, jsonl_texts, reading, remove_stale_temporaries
+from gpt2kit.io import atomic_open, jsonl_texts, remove_stale_temporaries
 from gpt2kit.outputs import FileKind, claimed_file
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,6 @@ BLOOM_FILTER = FileKind(
 HASH_SCHEME = "xxh3_64(word) -> poly8 -> splitmix64; stripe by low 32 bits; double hashing, multiply-shift"
 NORMALISATION = "lower-cased alphanumeric words ([^\\W_]+) joined by single spaces"
 DATA_ALIGN = 4096
-# Text files are read in blocks of about this many bytes (split at line ends), so memory stays bounded.
-TEXT_BLOCK_BYTES = 4 << 20
 # Fingerprints are pooled and inserted this many at a time, grouped by stripe.
 INSERT_CHUNK = 1 << 20
 # At most this many fingerprints' k bit positions are held at once.
@@ -63,8 +62,6 @@ _POLY = np.uint64(0x9E3779B97F4A7C15)
 _SALT = np.uint64(0xD6E8FEB86659FD93)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
-JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".jsonl.bz2", ".jsonl.xz", ".ndjson")
-TEXT_SUFFIXES = (".txt", ".text", ".md", ".raw", ".tokens", ".txt.gz", ".txt.zst", ".txt.bz2", ".txt.xz")
 
 
 # -- normalisation and hashing ----------------------------------------------------------------------------------
@@ -226,71 +223,13 @@ def _contains(bits: np.ndarray, fingerprints: np.ndarray, params: BloomParams) -
 # -- reading corpora ----------------------------------------------------------------------------------------------
 
 
-def corpus_is_jsonl(path: Path) -> bool:
-    return path.name.endswith(JSONL_SUFFIXES)
-
-
-def corpus_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """Text and JSON-lines files named directly or found under directories, largest first."""
-    files: list[Path] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            found = sorted(
-                p
-                for p in path.rglob("*")
-                if p.is_file()
-                and not any(part.startswith(".") for part in p.relative_to(path).parts)
-                and p.name.endswith(JSONL_SUFFIXES + TEXT_SUFFIXES)
-            )
-            if not found:
-                raise GPT2KitError(f"{path}: no text (.txt, .md) or JSON-lines (.jsonl[.gz|.zst]) files in it")
-            files.extend(found)
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise GPT2KitError(f"{path}: no such file or directory")
-    if not files:
-        raise GPT2KitError("no corpus files given")
-    return sorted(set(files), key=lambda p: (-p.stat().st_size, str(p)))
-
-
-def text_blocks(path: Path, utf8: Utf8Policy | None = None) -> Iterator[str]:
-    """A text file as blocks of whole lines of about TEXT_BLOCK_BYTES (no word is split between blocks).
-
-    A line that is not UTF-8 stops with one line naming it, unless `utf8` repairs or skips it.
-    """
-    line_number = 0
-    buffer: list[bytes] = []
-    size = 0
-    utf8 = utf8 or Utf8Policy()
-    with reading(path) as handle:
-        for raw in handle:
-            buffer.append(raw)
-            size += len(raw)
-            if size >= TEXT_BLOCK_BYTES:
-                yield _decode_block(buffer, path, line_number, utf8)
-                line_number += len(buffer)
-                buffer, size = [], 0
-    if buffer:
-        yield _decode_block(buffer, path, line_number, utf8)
-
-
-def _decode_block(lines: list[bytes], path: Path, first_line: int, utf8: Utf8Policy) -> str:
-    try:
-        return b"".join(lines).decode("utf-8")
-    except UnicodeDecodeError:  # rare: decode line by line to name (or repair, or skip) the bad ones
-        texts = (utf8.decode(raw, f"{path}:{number}") for number, raw in enumerate(lines, first_line + 1))
-        return "".join(text for text in texts if text is not None)
-
-
 def document_fingerprints(path: Path, text_field: str = "text") -> Iterator[tuple[int, np.ndarray]]:
     """(documents started, fingerprints) for each bounded piece of a corpus file.
 
     A JSON-lines file is one document per line; a text file is one document read in blocks, with the last
     seven word hashes carried across blocks so that no 8-gram is lost at a boundary.
     """
-    if corpus_is_jsonl(path):
+    if file_kind(path) == "jsonl":
         for text in jsonl_texts(path, text_field):
             yield 1, text_fingerprints(text)
         return
@@ -305,7 +244,7 @@ def document_fingerprints(path: Path, text_field: str = "text") -> Iterator[tupl
 
 def count_ngrams(path: Path, text_field: str = "text") -> tuple[int, int]:
     """(8-gram occurrences, documents) in one corpus file, without hashing."""
-    if corpus_is_jsonl(path):
+    if file_kind(path) == "jsonl":
         ngrams = docs = 0
         for text in jsonl_texts(path, text_field):
             ngrams += max(0, len(normalise_words(text)) - NGRAM + 1)
@@ -511,7 +450,7 @@ def build_filter(
         raise GPT2KitError(f"workers must be >= 1, got {workers}")
     if not 0.0 < fpr < 1.0:
         raise GPT2KitError(f"the false-positive rate must be in (0, 1), got {fpr}")
-    files = corpus_files(corpus)
+    files = largest_first(corpus_files(corpus, TEXT_AND_JSONL))
     with claimed_file(out, BLOOM_FILTER) as out_path:  # one writer: a build clears its own temporaries
         if removed := remove_stale_temporaries(out_path.parent, [out_path.name]):
             log.info("%s: removed %d temporary files left by an interrupted build", out_path.parent, removed)

@@ -39,13 +39,13 @@ from gpt2kit.data.bloom import (
     BloomFilter,
     BloomParams,
     bloom_params,
-    corpus_files,
     document_fingerprints,
     insert_fingerprints,
     shard_of,
     write_filter,
     write_shard_index,
 )
+from gpt2kit.data.corpus import TEXT_AND_JSONL, corpus_files, largest_first
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.io import atomic_write_text, remove_stale_temporaries
 from gpt2kit.outputs import claimed_file
@@ -206,7 +206,7 @@ def build_sharded_filter(
         raise GPT2KitError(f"the false-positive rate must be in (0, 1), got {fpr}")
     start = time.perf_counter()
     with claimed_file(out, BLOOM_FILTER) as out:  # one writer: a build clears its own temporaries and shards
-        files = [str(p.resolve()) for p in corpus_files(corpus)]
+        files = [str(p.resolve()) for p in largest_first(corpus_files(corpus, TEXT_AND_JSONL))]
         tasks = min(tasks or len(files), len(files))
         work = out.with_name(out.name + ".work")
         executors.reset_work_folder(work, executors.work_fingerprint([shards, fpr, text_field], files))

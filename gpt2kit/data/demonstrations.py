@@ -36,7 +36,7 @@ except ImportError:  # pragma: no cover - Python 3.10
     import sre_parse as re_parser
 
 from gpt2kit.config import cpu_limit
-from gpt2kit.data.bloom import corpus_files, corpus_is_jsonl, text_blocks
+from gpt2kit.data.corpus import TEXT_AND_JSONL, corpus_files, file_kind, largest_first, text_blocks
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.io import Utf8Policy, atomic_write_text, iter_jsonl
 from gpt2kit.outputs import DEMONSTRATIONS, claim_directory
@@ -328,7 +328,7 @@ class ScanResult:
 
 def _documents(path: Path, text_field: str, utf8: Utf8Policy) -> Iterator[tuple[str, str, str | None]]:
     """(where, text, domain) per document: a JSON-lines record, or a whole text file (joined from its blocks)."""
-    if corpus_is_jsonl(path):
+    if file_kind(path) == "jsonl":
         for number, record in iter_jsonl(path, utf8=utf8):
             text = record.get(text_field)
             if not isinstance(text, str):
@@ -379,7 +379,7 @@ def find_demonstrations(
         raise GPT2KitError(f"workers must be in 1..{cpu_limit()} (a few per CPU of this machine), got {workers}")
     extra = load_patterns(patterns) if patterns else []
     kinds = list(KINDS) + [p.name for p in extra]
-    files = corpus_files(corpus)
+    files = largest_first(corpus_files(corpus, TEXT_AND_JSONL))
     start = time.perf_counter()
     result = ScanResult()
     if workers == 1 or len(files) == 1:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gpt2kit.data.bloom import NGRAM, BloomFilter, corpus_is_jsonl, text_blocks
+from gpt2kit.data.bloom import NGRAM, BloomFilter
+from gpt2kit.data.corpus import file_kind, text_blocks
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.io import Utf8Policy, atomic_write_jsonl, iter_jsonl, jsonl_texts
 from gpt2kit.outputs import OVERLAP_FLAGS, check_file_output
@@ -35,7 +36,7 @@ def load_examples(
         raise GPT2KitError(f"unit must be auto, line, wikitext or file, got {unit!r}")
     if not path.is_file():
         raise GPT2KitError(f"{path}: no such test file")
-    if corpus_is_jsonl(path) or path.suffix == ".json":
+    if file_kind(path) == "jsonl" or path.suffix == ".json":
         if field is None:
             first = next((record for _, record in iter_jsonl(path, utf8=Utf8Policy("skip"))), None)
             if first is None:
@@ -185,7 +186,7 @@ def load_samples(path: str | os.PathLike) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise GPT2KitError(f"{path}: no such samples file")
-    if corpus_is_jsonl(path):
+    if file_kind(path) == "jsonl":
         samples = []
         for number, record in iter_jsonl(path):
             name = next((f for f in SAMPLE_FIELDS if isinstance(record.get(f), str)), None)
