@@ -120,7 +120,7 @@ PRESETS: dict[str, dict] = {
 
 def preset_config(name: str, **overrides) -> GPTConfig:
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+        raise GPT2KitError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
     return GPTConfig(**{**PRESETS[name], **overrides})
 
 
@@ -145,7 +145,7 @@ class KVCache:
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         start, end = self.length, self.length + k.shape[2]
         if end > self.max_length:
-            raise ValueError(f"KV cache is full: {end} positions requested, {self.max_length} allocated")
+            raise GPT2KitError(f"KV cache is full: {end} positions requested, {self.max_length} allocated")
         self.keys[layer, :, :, start:end] = k
         self.values[layer, :, :, start:end] = v
         return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
@@ -366,13 +366,13 @@ class GPT(nn.Module):
         if position_ids is None and attention_mask is None:
             # Plain positions past..past+T-1: checked without reading the device (no sync in training).
             if past + T > self.config.n_positions:
-                raise ValueError(f"sequence of {past + T} tokens exceeds the context of {self.config.n_positions}")
+                raise GPT2KitError(f"sequence of {past + T} tokens exceeds the context of {self.config.n_positions}")
             position_ids = torch.arange(past, past + T, device=idx.device).unsqueeze(0)
         else:
             if position_ids is None:
                 position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past : past + T]
             if int(position_ids.max()) >= self.config.n_positions:
-                raise ValueError(f"sequence of {past + T} tokens exceeds the context of {self.config.n_positions}")
+                raise GPT2KitError(f"sequence of {past + T} tokens exceeds the context of {self.config.n_positions}")
         mask = self._attention_mask(T, past, attention_mask, idx.device)
         x = self.drop(self.wte(idx) + self.wpe(position_ids))
         for block in self.h:

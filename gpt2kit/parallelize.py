@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from gpt2kit.errors import GPT2KitError
 from gpt2kit.model import GPT
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ def parallelize(
         from torch.nn.parallel import DistributedDataParallel
 
         return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    raise ValueError(f"unknown parallelism {strategy!r}; choose ddp or fsdp")
+    raise GPT2KitError(f"unknown parallelism {strategy!r}; choose ddp or fsdp")
 
 
 @contextlib.contextmanager

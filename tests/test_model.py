@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from gpt2kit.errors import GPT2KitError
 from gpt2kit.model import GPT, PRESETS, GPTConfig, KVCache, preset_config
 
 SMALL = GPTConfig(vocab_size=97, n_positions=64, n_layer=3, n_head=4, n_embd=32)
@@ -104,9 +105,10 @@ def test_greedy_decoding_with_cache_equals_without(model):
 
 
 def test_context_overflow_and_bad_config_are_clear(model):
-    with pytest.raises(ValueError, match="exceeds the context"):
+    # GPT2KitError: a user's mistake, which the CLI shows as one line rather than a traceback
+    with pytest.raises(GPT2KitError, match="exceeds the context"):
         model(torch.zeros(1, 65, dtype=torch.long))
-    with pytest.raises(ValueError, match="divisible"):
+    with pytest.raises(GPT2KitError, match="divisible"):
         GPTConfig(n_embd=30, n_head=4)
-    with pytest.raises(ValueError, match="unknown preset"):
+    with pytest.raises(GPT2KitError, match="unknown preset"):
         preset_config("gpt5")
