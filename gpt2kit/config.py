@@ -64,6 +64,12 @@ class Checked:
             raise ConfigError("\n".join(f"{source}: {line}" for line in bad))
         return self
 
+    @classmethod
+    def from_dict(cls: type[C], values: dict, source: str = "config") -> C:
+        """The config from a parsed mapping (a saved config, a JSON table), as from a config file: an unknown key,
+        a wrong type or a bad value is an error naming it."""
+        return config_from_dict(cls, values, source)
+
 
 BUNDLED_CONFIGS = Path(__file__).resolve().parent / "configs"
 

@@ -9,13 +9,13 @@ transposes to and from HF's Conv1D ([in, out]) layout.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gpt2kit.config import Checked, config_from_dict
+from gpt2kit.config import Checked
 from gpt2kit.errors import GPT2KitError
 
 
@@ -95,12 +95,6 @@ class GPTConfig(Checked):
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict, source: str = "model config") -> GPTConfig:
-        """The config from a mapping that may hold other keys too (they are ignored); types are checked."""
-        known = {f.name for f in fields(cls)}
-        return config_from_dict(cls, {k: v for k, v in values.items() if k in known}, source)
 
 
 # The four released GPT-2 sizes, plus CPU-sized models that train in minutes on 2 cores.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-from gpt2kit.config import PER_CPU_LIMIT, Checked, ConfigError, config_from_dict, cpu_limit, get_field
+from gpt2kit.config import PER_CPU_LIMIT, Checked, ConfigError, cpu_limit, get_field
 from gpt2kit.model import PRESETS, preset_config
 
 
@@ -129,8 +129,3 @@ class TrainConfig(Checked):
                 f"= {self.micro_batch_size} x {context} x {world_size} = {per_pass}"
             )
         return self.batch_tokens // per_pass
-
-    @classmethod
-    def from_dict(cls, values: dict, source: str = "config") -> TrainConfig:
-        """A config from a parsed mapping (a saved training state); names and types are checked, values not."""
-        return config_from_dict(cls, values, source, check=False)

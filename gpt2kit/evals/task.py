@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from gpt2kit.config import Checked, config_from_dict, is_int64, load_config
+from gpt2kit.config import Checked, is_int64, load_config
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.evals.data import DataSource, HFDataset
 from gpt2kit.evals.scoring import Scorer
@@ -61,10 +61,6 @@ class EvalOptions(Checked):
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], where: str = "eval options") -> EvalOptions:
-        return config_from_dict(cls, values, where)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> EvalOptions:
