@@ -15,7 +15,7 @@ from pathlib import Path
 
 from gpt2kit.cli_parser import build_parser
 from gpt2kit.errors import GPT2KitError
-from gpt2kit.outputs import OutputExists, check_target
+from gpt2kit.outputs import check_target
 
 # -- tokenizer ----------------------------------------------------------------------
 
@@ -177,7 +177,8 @@ def _preset_table(vocab_size: int) -> str:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from gpt2kit.study.synth import DEFAULT_MIX, SynthConfig, parse_mix, synthesize
+    from gpt2kit.cli_values import parse_mix
+    from gpt2kit.study.synth import DEFAULT_MIX, SynthConfig, synthesize
 
     config = SynthConfig(
         size_mb=args.size_mb,
@@ -199,8 +200,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from gpt2kit.cli_values import parse_eval_jobs
     from gpt2kit.study.report import capacity_table, memorisation_table, trend_lines
-    from gpt2kit.study.sweep import SweepConfig, default_columns, parse_eval_jobs, run_sweep
+    from gpt2kit.study.sweep import SweepConfig, default_columns, run_sweep
 
     config = SweepConfig(
         data=args.data,
@@ -548,17 +550,16 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from gpt2kit.cli_values import parse_data_assignments, parse_tasks
     from gpt2kit.config import load_config
     from gpt2kit.evals import (
         EvalOptions,
         evaluate,
         markdown_table,
-        parse_tasks,
         task_listing,
         write_results,
         write_samples,
     )
-    from gpt2kit.evals.data import parse_data_assignments
 
     if args.list:
         print(task_listing())
@@ -613,6 +614,20 @@ def _setup_logging(verbose: bool) -> None:
     logging.getLogger("gpt2kit").setLevel(logging.INFO)
 
 
+# The flag that sets each setting a library error names (`GPT2KitError.setting`, "name" or "name.key").
+FLAG_HINTS = {
+    "overwrite": "pass --overwrite to replace it",
+    "data": "pass --data {key}=PATH",
+    "resume": "pass --resume to continue it",
+}
+
+
+def _flag_hint(err: GPT2KitError) -> str:
+    name, _, key = (err.setting or "").partition(".")
+    hint = FLAG_HINTS.get(name)
+    return f" ({hint.format(key=key)})" if hint else ""
+
+
 # The commands, by the handler name their parser sets.
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "tokenizer_train": cmd_tokenizer_train,
@@ -645,11 +660,8 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "out", None):
             check_target(args.out, directory=args.out_kind == "dir", replaced_whole=args.out_kind == "file")
         return func(args)
-    except OutputExists as err:
-        print(f"gpt2kit {args.command}: error: {err} (pass --overwrite to replace it)", file=sys.stderr)
-        return 2
     except GPT2KitError as err:
-        print(f"gpt2kit {args.command}: error: {err}", file=sys.stderr)
+        print(f"gpt2kit {args.command}: error: {err}{_flag_hint(err)}", file=sys.stderr)
         return 2
     except OSError as err:  # "PATH: No space left on device", not "[Errno 28] ..."
         where = f"{err.filename}: " if err.filename else ""

@@ -2,7 +2,15 @@
 
 
 class GPT2KitError(ValueError):
-    """Bad input from the user (a file, an argument, a config value); the message says what and where."""
+    """Bad input from the user (a file, an argument, a config value); the message says what and where.
+
+    `setting` names the setting that would fix it (`overwrite`, `data.lambada`): the library speaks in settings,
+    and the command line adds the flag that sets it.
+    """
+
+    def __init__(self, message: str = "", *, setting: str | None = None):
+        super().__init__(message)
+        self.setting = setting
 
 
 def short_repr(value: object, limit: int = 60) -> str:

@@ -142,7 +142,7 @@ def check_model_target(
     elif file_format is None or file_format(absolute) != fmt:
         raise OutputError(f"{path}: exists and is not a {fmt} model file; it would be replaced, so name a new file")
     if not overwrite:
-        raise OutputExists(f"{path}: already holds a model; replacing it needs overwrite")
+        raise OutputExists(f"{path}: already holds a model; replacing it needs overwrite", setting="overwrite")
     return absolute
 
 

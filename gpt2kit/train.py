@@ -262,7 +262,7 @@ class Trainer:
             if len(eval_indices(len(self.val_windows), config.eval_windows, 0, self.env.world_size)) == 0:
                 raise TrainingError(
                     f"{config.data}: the validation split has too few windows of {self.context} tokens; "
-                    "prepare with a larger --val-fraction, or set eval_interval=0"
+                    "prepare it with a larger val_fraction, or set eval_interval=0"
                 )
         self.step = 0
         self.tokens = 0
@@ -282,7 +282,8 @@ class Trainer:
             if found:
                 raise TrainingError(
                     f"{self.run_dir}: already holds checkpoints (latest {found[-1].name}); "
-                    "pass --resume to continue that run, or use another --out"
+                    "resume that run, or use another output directory",
+                    setting="resume",
                 )
             self._fit_warmup()
             return
@@ -297,7 +298,7 @@ class Trainer:
         if changed:
             key = changed[0]
             raise TrainingError(
-                f"--resume: {key} differs from the checkpoint's config ({get_field(saved, key)!r} there, "
+                f"resume: {key} differs from the checkpoint's config ({get_field(saved, key)!r} there, "
                 f"{get_field(self.config, key)!r} now); it must stay the same to continue the run exactly"
             )
 
@@ -372,7 +373,7 @@ class Trainer:
                 f"{config.data}: tokenized with {self.manifest.tokenizer['name']!r} "
                 f"(sha256 {self.manifest.tokenizer['sha256'][:12]}...), but the model's tokenizer "
                 f"{tokenizer.name!r} differs (sha256 {tokenizer.sha256[:12]}...); "
-                "prepare the data with --tokenizer set to the model directory"
+                "prepare the data with the model directory as its tokenizer"
             )
         return model, tokenizer
 

@@ -16,8 +16,9 @@ from eval_doubles import byte_tokenizer
 
 from gpt2kit.checkpoint import save
 from gpt2kit.cli import main
+from gpt2kit.cli_values import parse_tasks
 from gpt2kit.errors import GPT2KitError
-from gpt2kit.evals import TASKS, EvalOptions, evaluate, markdown_table, parse_tasks
+from gpt2kit.evals import TASKS, EvalOptions, evaluate, markdown_table
 from gpt2kit.evals.report import format_metrics, format_value, split_of
 from gpt2kit.model import GPT, GPTConfig
 

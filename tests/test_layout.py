@@ -1,4 +1,9 @@
-"""The house rules the README's Layout section states, checked: one meaning for `from_dict` on every config."""
+"""The house rules the README's Layout section states, checked: one meaning for `from_dict` on every config,
+library errors that name settings rather than flags."""
+
+import ast
+import re
+from pathlib import Path
 
 import pytest
 
@@ -19,3 +24,24 @@ def test_from_dict_means_the_same_on_every_config(cls):
         cls.from_dict({**VALID[cls], "n_layr": 3}, "saved")
     with pytest.raises(ConfigError, match=next(iter(BAD_VALUE[cls]))):
         cls.from_dict({**VALID[cls], **BAD_VALUE[cls]}, "saved")
+
+
+PACKAGE = Path(__file__).resolve().parents[1] / "gpt2kit"
+FLAG = re.compile(r"(?<![\w-])--[a-z][a-z-]+")
+
+
+def library_modules():
+    return [p for p in sorted(PACKAGE.rglob("*.py")) if not p.name.startswith("cli")]
+
+
+def test_library_errors_name_settings_not_flags():
+    """A Python caller is told which setting to change; the command line adds the flag (cli.FLAG_HINTS)."""
+    found = []
+    for path in library_modules():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Raise) or node.exc is None:
+                continue
+            for text in (n.value for n in ast.walk(node.exc) if isinstance(n, ast.Constant)):
+                if isinstance(text, str) and FLAG.search(text):
+                    found.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {FLAG.search(text).group()}")
+    assert not found, found

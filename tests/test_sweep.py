@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from gpt2kit.cli_values import parse_eval_jobs
 from gpt2kit.errors import GPT2KitError
-from gpt2kit.study.sweep import EvalJob, SweepConfig, _check_settings, parse_eval_jobs
+from gpt2kit.study.sweep import EvalJob, SweepConfig, _check_settings
 
 
 def test_parse_eval_jobs():
@@ -25,7 +26,7 @@ def test_parse_eval_jobs():
 @pytest.mark.parametrize(
     "tasks, data, message",
     [
-        ("", [], "no eval tasks given"),
+        ("", [], "--eval-tasks: no tasks given"),
         ("lambada,lambada", [], "twice"),
         ("lambada", ["ptb=x"], "not one of the evaluations"),
         ("lambada", ["lambada"], "NAME=PATH"),

@@ -4,6 +4,7 @@ import re
 import pytest
 
 from gpt2kit.cli import main
+from gpt2kit.cli_values import parse_mix
 from gpt2kit.data.bloom import normalise_words
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.evals.translation import read_segments
@@ -21,7 +22,6 @@ from gpt2kit.study.synth import (
     SynthConfig,
     find_key_overlaps,
     iter_documents,
-    parse_mix,
     synthesize,
 )
 from gpt2kit.study.world import ADJECTIVES, STATEMENT_TEMPLATES, World

@@ -5,7 +5,7 @@ returns one result per task: flat metrics, the protocol in words, the number of
 examples, the data file's sha256, the model and the runtime.
 """
 
-from gpt2kit.evals.registry import TASKS, get_task, parse_tasks
+from gpt2kit.evals.registry import TASKS, get_task
 from gpt2kit.evals.report import markdown_table, task_listing
 from gpt2kit.evals.runner import evaluate, write_results, write_samples
 from gpt2kit.evals.scoring import ContinuationScore, Scorer, ScoreRequest
@@ -20,7 +20,6 @@ __all__ = [
     "evaluate",
     "get_task",
     "markdown_table",
-    "parse_tasks",
     "task_listing",
     "write_results",
     "write_samples",

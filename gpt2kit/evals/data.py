@@ -99,7 +99,8 @@ def load_hf(dataset: HFDataset, task: str) -> DataSource:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise EvalDataError(
             f"{task}: cannot load Hugging Face dataset {dataset.describe()} "
-            f"({type(err).__name__}: {first_line[:200]}); offline, pass a local file with --data {task}=PATH"
+            f"({type(err).__name__}: {first_line[:200]}); offline, give {task} a local data file",
+            setting=f"data.{task}",
         ) from None
     rows = tuple(dict(row) for row in loaded)
     if not rows:
@@ -141,8 +142,10 @@ def resolve(
             return file_source(*found)
     if not required:
         return None
-    where = f"under {data_dir}" if data_dir is not None else "(no --data-dir given)"
-    raise EvalDataError(f"{key}: no data: expected {_names(standard_names)} {where}, or pass --data {key}=PATH")
+    where = f"under {data_dir}" if data_dir is not None else "(no data directory given)"
+    raise EvalDataError(
+        f"{key}: no data: expected {_names(standard_names)} {where}, or give {key} a data file", setting=f"data.{key}"
+    )
 
 
 def _find_standard(directory: Path, standard_names: Sequence[str | tuple[str, ...]]) -> tuple[Path, ...] | None:
@@ -198,17 +201,3 @@ def expect_str_list(value: Any, where: str, key: str) -> list[str]:
     if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
         raise EvalDataError(f"{where}: {key!r} must be a non-empty list of strings")
     return value
-
-
-def parse_data_assignments(assignments: Sequence[str]) -> dict[str, str]:
-    """`--data TASK=PATH` values (repeatable) as a dict, rejecting malformed or repeated ones."""
-    data: dict[str, str] = {}
-    for item in assignments:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip() or not value.strip():
-            raise EvalDataError(f"--data {item!r}: expected TASK=PATH (or TASK=hf, TASK:examples=PATH)")
-        key = key.strip()
-        if key in data:
-            raise EvalDataError(f"--data: {key} is given twice")
-        data[key] = value.strip()
-    return data

@@ -26,15 +26,3 @@ def get_task(name: str) -> TaskSpec:
     if name not in TASKS:
         raise GPT2KitError(f"unknown task {name!r}; choose from {', '.join(TASKS)} (or 'all')")
     return TASKS[name]
-
-
-def parse_tasks(text: str) -> list[str]:
-    """A comma-separated list of task names ('all' for every task), validated, without duplicates."""
-    names = [t.strip() for t in text.split(",") if t.strip()]
-    if not names:
-        raise GPT2KitError("no tasks given (name one or more; `gpt2kit eval --list` shows them)")
-    if "all" in names:
-        return list(TASKS)
-    for name in names:
-        get_task(name)
-    return list(dict.fromkeys(names))

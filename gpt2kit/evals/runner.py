@@ -73,9 +73,9 @@ def evaluate(
     names = {spec.name for spec in specs}
     for key in data:
         if key.split(":")[0] not in names:
-            raise GPT2KitError(f"--data {key}=...: {key.split(':')[0]!r} is not one of the tasks being run")
+            raise GPT2KitError(f"data {key!r}: {key.split(':')[0]!r} is not one of the tasks being run")
         if ":" in key and key.split(":", 1)[1] != "examples":
-            raise GPT2KitError(f"--data {key}=...: the only sub-key is TASK:examples")
+            raise GPT2KitError(f"data {key!r}: the only sub-key is TASK:examples")
     sources = {spec.name: _resolve_task_data(spec, data, data_dir) for spec in specs}
     scorer = Scorer(model, options.batch_size, options.context_length)
     parameters = model.num_parameters()

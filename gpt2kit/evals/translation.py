@@ -42,7 +42,7 @@ def partner_path(path: Path, source_lang: str, target_lang: str) -> Path:
     if path.suffix == f".{source_lang}":
         return path.with_suffix(f".{target_lang}")
     raise EvalDataError(
-        f"{path}: cannot tell which file holds the {target_lang} side; pass --data TASK=SOURCE,REFERENCE"
+        f"{path}: cannot tell which file holds the {target_lang} side; give the task both files, SOURCE,REFERENCE"
     )
 
 

@@ -49,27 +49,6 @@ class EvalJob:
     limit: int | None = None  # examples to score; None: the sweep's eval_limit
 
 
-def parse_eval_jobs(tasks: str, data: list[str] | None = None) -> list[EvalJob]:
-    """`lambada,arith=nq_open` plus `--eval-data arith=FILE --eval-data arith:examples=FILE` -> jobs."""
-    paths: dict[str, str] = {}
-    for item in data or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key or not value:
-            raise GPT2KitError(f"eval data expects NAME=PATH or NAME:examples=PATH, got {item!r}")
-        paths[key.strip()] = value.strip()
-    jobs = []
-    for part in filter(None, (p.strip() for p in tasks.split(","))):
-        name, _, task = part.partition("=")
-        jobs.append(EvalJob(name, task or name, paths.pop(name, None), paths.pop(f"{name}:examples", None)))
-    if not jobs:
-        raise GPT2KitError("no eval tasks given")
-    if len({j.name for j in jobs}) != len(jobs):
-        raise GPT2KitError(f"eval tasks name a task twice: {tasks}")
-    if paths:
-        raise GPT2KitError(f"eval data {next(iter(paths))}=...: not one of the evaluations ({tasks})")
-    return jobs
-
-
 @dataclass
 class SweepConfig:
     data: str  # a prepared data directory (`gpt2kit prepare`)
@@ -270,7 +249,7 @@ def _check_settings(config: SweepConfig, out: Path) -> None:
             if saved.get(key) != current[key]:
                 raise GPT2KitError(
                     f"{out}: this sweep was started with {key}={saved.get(key)!r}, not {current[key]!r}; "
-                    "use another --out to compare different settings"
+                    "use another output directory to compare different settings"
                 )
         if saved.get("eval_jobs") != current["eval_jobs"] or saved.get("eval_limit") != current["eval_limit"]:
             logger.info("evaluation settings changed: every size is evaluated again")

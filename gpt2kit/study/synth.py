@@ -101,22 +101,6 @@ class SynthConfig:
             raise GPT2KitError(f"synth: mix weights must be non-negative and not all zero, got {self.mix}")
 
 
-def parse_mix(text: str) -> dict[str, float]:
-    """`story=0.3,forum=0.1` -> weights; kinds left out get weight 0."""
-    mix: dict[str, float] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        kind, sep, value = part.partition("=")
-        try:
-            if not sep:
-                raise ValueError
-            mix[kind.strip()] = float(value)
-        except ValueError:
-            raise GPT2KitError(f"synth: mix expects KIND=WEIGHT[,KIND=WEIGHT...], got {part!r}") from None
-    if not mix:
-        raise GPT2KitError("synth: mix is empty")
-    return mix
-
-
 # -- normalisation and the overlap guard ----------------------------------------------------------------------
 
 
@@ -370,7 +354,7 @@ def iter_documents(synth_dir: str | Path) -> Iterator[str]:
     train_dir = Path(synth_dir) / TRAIN_DIR
     files = sorted(train_dir.glob("synth-*.jsonl"))
     if not files:
-        raise GPT2KitError(f"{train_dir}: no synth-*.jsonl shards (run `gpt2kit synth --out {synth_dir}` first)")
+        raise GPT2KitError(f"{train_dir}: no synth-*.jsonl shards (synthesize a web into {synth_dir} first)")
     for path in files:
         for _, row in iter_jsonl(path, required=("text",)):
             yield row["text"]
