@@ -274,50 +274,21 @@ def cmd_webtext_build(args: argparse.Namespace) -> int:
 
 
 def cmd_overlap_build(args: argparse.Namespace) -> int:
-    if args.shards is not None or args.executor or args.tasks:
-        return _overlap_build_tasks(args)
-    from gpt2kit.data.bloom import build_filter
-    from gpt2kit.executors import default_workers
+    from gpt2kit.data.overlap_build import build_overlap_filter
 
-    result = build_filter(
+    executor = _executor_config(args)  # checks the executor flags even when they go unused
+    result = build_overlap_filter(
         args.corpus,
         args.out,
         fpr=args.fpr,
-        workers=args.workers or default_workers(),
         text_field=args.text_field,
+        workers=args.workers,
         expected_ngrams=args.expected_ngrams,
-    )
-    params = result.params
-    print(f"{result.ngrams:,} 8-grams from {result.documents:,} documents in {result.files} files -> {result.path}")
-    print(
-        f"m={params.m:,} bits ({params.nbytes / 1e6:.1f} MB), k={params.k}, false-positive bound {params.fpr_bound:.2e}"
-    )
-    processes = f"{result.workers} process" + ("es" if result.workers != 1 else "")
-    print(f"insert: {result.seconds:.1f} s, {result.ngrams_per_second:,.0f} 8-grams/s with {processes}")
-    return 0
-
-
-def _overlap_build_tasks(args: argparse.Namespace) -> int:
-    from gpt2kit.data.bloom_tasks import build_sharded_filter, k_range
-
-    if args.expected_ngrams is not None:
-        raise GPT2KitError("--expected-ngrams: a sharded build counts each shard's 8-grams exactly; leave it out")
-    executor = _executor_config(args)
-    result = build_sharded_filter(
-        args.corpus,
-        args.out,
-        shards=1 if args.shards is None else args.shards,
-        fpr=args.fpr,
-        text_field=args.text_field,
-        executor=executor,
+        shards=args.shards,
         tasks=args.tasks,
+        executor=executor if args.executor else None,
     )
-    print(f"{result.ngrams:,} 8-grams from {result.documents:,} documents in {result.files} files -> {result.path}")
-    print(
-        f"{len(result.shards)} shards, {result.nbytes / 1e6:.1f} MB, k={k_range(result.shards)}, "
-        f"false-positive bound {result.fpr_bound:.2e}"
-    )
-    print(f"build: {result.seconds:.1f} s, {result.ngrams_per_second:,.0f} 8-grams/s with {result.tasks} map tasks")
+    print("\n".join(result.summary()))
     return 0
 
 
@@ -619,6 +590,7 @@ FLAG_HINTS = {
     "overwrite": "pass --overwrite to replace it",
     "data": "pass --data {key}=PATH",
     "resume": "pass --resume to continue it",
+    "expected_ngrams": "leave out --expected-ngrams",
 }
 
 

@@ -391,6 +391,16 @@ class BuildResult:
     def ngrams_per_second(self) -> float:
         return self.ngrams / self.seconds if self.seconds > 0 else 0.0
 
+    def summary(self) -> list[str]:
+        """What the build made, for people: the counts, the filter's size and bound, the speed."""
+        processes = f"{self.workers} process" + ("es" if self.workers != 1 else "")
+        return [
+            f"{self.ngrams:,} 8-grams from {self.documents:,} documents in {self.files} files -> {self.path}",
+            f"m={self.params.m:,} bits ({self.params.nbytes / 1e6:.1f} MB), k={self.params.k}, "
+            f"false-positive bound {self.params.fpr_bound:.2e}",
+            f"insert: {self.seconds:.1f} s, {self.ngrams_per_second:,.0f} 8-grams/s with {processes}",
+        ]
+
 
 def _insert_file(bits: np.ndarray, path: Path, params: BloomParams, text_field: str, locks) -> tuple[int, int]:
     """Insert a file's 8-grams in batches of about INSERT_CHUNK (small documents are pooled)."""

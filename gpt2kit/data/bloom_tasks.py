@@ -186,6 +186,15 @@ class ShardedBuildResult:
     def ngrams_per_second(self) -> float:
         return self.ngrams / self.seconds if self.seconds > 0 else 0.0
 
+    def summary(self) -> list[str]:
+        """What the build made, for people: the counts, the shards' size and bound, the speed."""
+        return [
+            f"{self.ngrams:,} 8-grams from {self.documents:,} documents in {self.files} files -> {self.path}",
+            f"{len(self.shards)} shards, {self.nbytes / 1e6:.1f} MB, k={k_range(self.shards)}, "
+            f"false-positive bound {self.fpr_bound:.2e}",
+            f"build: {self.seconds:.1f} s, {self.ngrams_per_second:,.0f} 8-grams/s with {self.tasks} map tasks",
+        ]
+
 
 def build_sharded_filter(
     corpus: list[str | os.PathLike],
