@@ -102,35 +102,12 @@ def cmd_tokenizer_info(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from gpt2kit.model import PRESETS
+    from gpt2kit.info import model_summary, preset_table
 
     if args.list or args.model is None:
-        print(_preset_table(args.vocab_size))
-        return 0
-    if args.model in PRESETS:
-        import torch
-
-        from gpt2kit.model import GPT, preset_config
-
-        config = preset_config(args.model)
-        with torch.device("meta"):
-            model = GPT(config)
-        source = f"preset {args.model}"
+        print(preset_table(args.vocab_size))
     else:
-        from gpt2kit.checkpoint import CheckpointError, load
-
-        try:
-            model = load(args.model).model
-        except CheckpointError as err:
-            if Path(args.model).exists():
-                raise
-            raise GPT2KitError(f"{args.model}: not a preset (`gpt2kit info` lists them), and {err}") from None
-        config = model.config
-        source = str(args.model)
-    print(f"model: {source}")
-    print(f"layers: {config.n_layer}  width: {config.n_embd}  heads: {config.n_head}  context: {config.n_positions}")
-    print(f"vocab: {config.vocab_size}")
-    print(f"parameters: {model.num_parameters():,} ({model.num_parameters(non_embedding=True):,} non-embedding)")
+        print(model_summary(args.model))
     return 0
 
 
@@ -151,29 +128,6 @@ def cmd_convert(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     print(f"wrote {args.target} ({args.target_format or format_of_target(args.target)}, {args.dtype})")
     return 0
-
-
-def _preset_table(vocab_size: int) -> str:
-    """Every preset with its shape and parameter counts (names give the count without embeddings)."""
-    import torch
-
-    from gpt2kit.model import GPT, PRESETS, preset_config
-
-    if vocab_size < 1:
-        raise GPT2KitError(f"--vocab-size must be positive, got {vocab_size}")
-    rows = [("preset", "layers", "width", "heads", "context", f"params (vocab {vocab_size:,})", "without embeddings")]
-    for name in PRESETS:
-        config = preset_config(name, vocab_size=vocab_size)
-        with torch.device("meta"):
-            model = GPT(config)
-        rows.append((name, str(config.n_layer), str(config.n_embd), str(config.n_head), str(config.n_positions),
-                     f"{model.num_parameters():,}", f"{model.num_parameters(non_embedding=True):,}"))  # fmt: skip
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))) for row in rows]  # fmt: skip
-    return (
-        "\n".join(lines)
-        + "\ncpu-* names are roughly the parameter count without embeddings; gpt2* names are the paper's models"
-    )
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -201,8 +155,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from gpt2kit.cli_values import parse_eval_jobs
-    from gpt2kit.study.report import capacity_table, memorisation_table, trend_lines
-    from gpt2kit.study.sweep import SweepConfig, default_columns, run_sweep
+    from gpt2kit.study.sweep import SweepConfig, run_sweep, sweep_summary
 
     config = SweepConfig(
         data=args.data,
@@ -225,13 +178,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     report, results = run_sweep(config)
     if report is None:
         return 0  # a torchrun rank other than 0: it trained, rank 0 reports
-    from gpt2kit.study.report import ModelReport
-
-    models = [ModelReport(r.size, r.params, r.results, memorisation=r.memorisation) for r in results]
-    columns = default_columns(config.eval_jobs)
-    print(capacity_table(models, columns, {}))
-    print("\n".join(trend_lines(models, columns, {})))
-    print(memorisation_table(models))
+    print(sweep_summary(config, results))
     print(f"report: {report}")
     return 0
 

@@ -160,4 +160,4 @@ def test_info_lists_the_presets_and_an_unknown_name_is_one_line(capsys):
     assert "92,133,888" in capsys.readouterr().out  # gpt2 with an 8k vocabulary
     assert main(["info", "no-such-preset"]) == 2
     err = capsys.readouterr().err
-    assert "not a preset (`gpt2kit info` lists them)" in err and err.count("\n") == 1
+    assert "not a preset (the preset table lists them)" in err and err.count("\n") == 1

@@ -22,7 +22,14 @@ from typing import TYPE_CHECKING
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.io import atomic_write_text
 from gpt2kit.outputs import SWEEP, claim_directory
-from gpt2kit.study.report import ModelReport, ScoreColumn, write_report
+from gpt2kit.study.report import (
+    ModelReport,
+    ScoreColumn,
+    capacity_table,
+    memorisation_table,
+    trend_lines,
+    write_report,
+)
 
 if TYPE_CHECKING:
     from gpt2kit.checkpoint import LoadedModel
@@ -428,3 +435,12 @@ def _train_evaluate_report(
         extra_sections=extra_sections,
     )
     return report, results
+
+
+def sweep_summary(config: SweepConfig, results: list[SizeResult]) -> str:
+    """The sweep's tables for the console: scores by size, the trends, and memorisation."""
+    models = [ModelReport(r.size, r.params, r.results, memorisation=r.memorisation) for r in results]
+    columns = default_columns(config.eval_jobs)
+    return "\n".join(
+        [capacity_table(models, columns, {}), *trend_lines(models, columns, {}), memorisation_table(models)]
+    )
