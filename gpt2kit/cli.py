@@ -367,7 +367,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def _executor_config(args: argparse.Namespace):
     """The --executor options as an ExecutorConfig (`--workers` caps the tasks run at once)."""
-    from gpt2kit.config import config_from_dict, given
+    from gpt2kit.cli_parser import EXECUTOR_FLAGS
+    from gpt2kit.config import load_config
     from gpt2kit.executors import ExecutorConfig
 
     sbatch = {}
@@ -376,21 +377,11 @@ def _executor_config(args: argparse.Namespace):
         if not sep or not key.strip():
             raise GPT2KitError(f"--sbatch {item}: expected KEY=VALUE, e.g. account=lm")
         sbatch[key.strip()] = value
-    values = {
-        "kind": args.executor,
-        "workers": args.workers,
-        "retries": args.retries,
-        "ray_address": args.ray_address,
-        "partition": args.partition,
-        "time": args.time,
-        "qos": args.qos,
-        "cpus_per_task": args.cpus_per_task,
-        "mem_per_cpu_gb": args.mem_per_cpu_gb,
-        "job_name": args.job_name,
-        "env_command": args.env_command,
-        "sbatch_args": sbatch or None,
-    }
-    return config_from_dict(ExecutorConfig, given(values), "executor")
+    values = {name: getattr(args, name) for name in EXECUTOR_FLAGS}
+    values |= {"kind": args.executor, "workers": args.workers}
+    config = load_config(ExecutorConfig, flags=values, source="executor")
+    config.sbatch_args = sbatch
+    return config
 
 
 def _config_flags(args: argparse.Namespace, config_class: type) -> dict:

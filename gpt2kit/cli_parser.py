@@ -7,22 +7,41 @@ dataclass are left as None here, so that the file-then-flags merge sees only wha
 from __future__ import annotations
 
 import argparse
+import dataclasses
+
+
+def _default_text(f: dataclasses.Field) -> str:
+    if f.default is not dataclasses.MISSING:
+        return "" if f.default in (None, "", ()) else f" (default {f.default})"
+    return ""
+
+
+def add_config_flags(p, cls: type, names: list[str], flags: dict[str, str] | None = None, section: str = "") -> None:
+    """A flag for each named field of the config dataclass `cls`, its help the comment beside the field and its
+    default the field's own, so each is written once. The value stays None unless typed (the config engine parses
+    and checks it, naming the setting); `dest` is the field's name, under `section.` for a nested section."""
+    from gpt2kit.config import field_help
+
+    helps = field_help(cls)
+    by_name = {f.name: f for f in dataclasses.fields(cls)}
+    for name in names:
+        flag = (flags or {}).get(name, "--" + name.replace("_", "-"))
+        dest = f"{section}.{name}" if section else name
+        p.add_argument(flag, dest=dest, metavar=name.upper(), help=helps.get(name, "") + _default_text(by_name[name]))
+
+
+EXECUTOR_FLAGS = ["retries", "ray_address", "partition", "time", "qos", "cpus_per_task", "mem_per_cpu_gb"]
+EXECUTOR_FLAGS += ["job_name", "env_command"]
 
 
 def add_executor_options(p, tasks_help: str) -> None:
     """Where a data job's tasks run (gpt2kit.executors.ExecutorConfig)."""
+    from gpt2kit.executors.stages import EXECUTORS, ExecutorConfig
+
     group = p.add_argument_group("executor (local processes, Ray or Slurm)")
-    group.add_argument("--executor", choices=("local", "ray", "slurm"), help="where the tasks run (default: local)")
+    group.add_argument("--executor", choices=EXECUTORS, help="where the tasks run (default: local)")
     group.add_argument("--tasks", type=int, help=tasks_help)
-    group.add_argument("--retries", type=int, help="run a failed task again this many times (default 1)")
-    group.add_argument("--ray-address", help="Ray: an existing cluster (auto, ray://HOST:10001); default: start one")
-    group.add_argument("--partition", help="Slurm partition (default cpu)")
-    group.add_argument("--time", help="Slurm time limit per job (default 24:00:00)")
-    group.add_argument("--qos", help="Slurm quality of service")
-    group.add_argument("--cpus-per-task", type=int, help="Ray/Slurm: CPUs per task (default 1)")
-    group.add_argument("--mem-per-cpu-gb", type=float, help="Ray/Slurm: memory per CPU in GB (default 2)")
-    group.add_argument("--job-name", help="Slurm job name prefix (default gpt2kit)")
-    group.add_argument("--env-command", help="Slurm: run before each task (default: activate this Python's venv)")
+    add_config_flags(group, ExecutorConfig, EXECUTOR_FLAGS)
     group.add_argument("--sbatch", action="append", metavar="KEY=VALUE", help="another #SBATCH option, e.g. account=lm")
 
 

@@ -335,6 +335,39 @@ def config_from_dict(cls: type[C], values: dict, source: str = "config", check: 
     return config
 
 
+def field_help(cls: type) -> dict[str, str]:
+    """What each field of a config dataclass means, from the comment beside it (or the comment lines just above
+    it): the one place a setting is described, for generated command-line help."""
+    import inspect
+    import textwrap
+    import tokenize
+
+    try:
+        lines = textwrap.dedent(inspect.getsource(cls)).splitlines(keepends=True)
+    except (OSError, TypeError):
+        return {}
+    names = {f.name for f in fields(cls)}
+    helps: dict[str, str] = {}
+    above: list[str] = []
+    line_start: dict[int, str] = {}  # line number -> the field defined on it
+    for token in tokenize.generate_tokens(iter(lines).__next__):
+        row, col = token.start
+        if token.type == tokenize.COMMENT:
+            text = token.string.lstrip("#").strip()
+            if row in line_start:
+                helps[line_start[row]] = text
+            elif col == 4:
+                above.append(text)
+        elif token.type == tokenize.NAME and col == 4 and token.string in names and row not in line_start:
+            line_start[row] = token.string
+            if above:
+                helps[token.string] = " ".join(above)
+            above = []
+        elif token.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT) and col == 4:
+            above = []
+    return helps
+
+
 def get_field(config: object, dotted: str) -> Any:
     """The value of a dotted field name, e.g. `optim.lr`."""
     for part in dotted.split("."):

@@ -45,3 +45,28 @@ def test_library_errors_name_settings_not_flags():
                 if isinstance(text, str) and FLAG.search(text):
                     found.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {FLAG.search(text).group()}")
     assert not found, found
+
+
+def test_flags_take_their_help_and_default_from_the_config_field():
+    """Each default is written once, beside its field: the flag's help is generated from it."""
+    import argparse
+    from dataclasses import dataclass
+
+    from gpt2kit.cli_parser import add_config_flags
+    from gpt2kit.config import field_help
+
+    @dataclass
+    class Example:
+        # what the widget is called,
+        # over two lines
+        name: str = "widget"
+        count: int = 3  # how many widgets
+        unset: str | None = None
+
+    assert field_help(Example) == {"name": "what the widget is called, over two lines", "count": "how many widgets"}
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser, Example, ["name", "count", "unset"], flags={"unset": "--other"})
+    helps = {a.dest: a.help for a in parser._actions if a.dest in ("name", "count", "unset")}
+    assert helps == {"name": "what the widget is called, over two lines (default widget)",
+                     "count": "how many widgets (default 3)", "unset": ""}  # fmt: skip
+    assert vars(parser.parse_args(["--count", "5"])) == {"name": None, "count": "5", "unset": None}

@@ -32,15 +32,15 @@ class Stage:
 
 @dataclass
 class ExecutorConfig(Checked):
-    kind: str = "local"
+    kind: str = "local"  # where the tasks run: local, ray or slurm
     workers: int | None = None  # tasks at once; None: all local cores, or no limit on Ray and Slurm
     retries: int = 1  # a failed task is run again this many times before the job stops
     ray_address: str | None = None  # an existing Ray cluster ("auto", "ray://host:10001"); None starts one here
-    partition: str = "cpu"  # Slurm
+    partition: str = "cpu"  # the Slurm partition
     time: str = "24:00:00"  # Slurm time limit per array job
-    qos: str | None = None  # Slurm
-    cpus_per_task: int = 1  # Ray and Slurm
-    mem_per_cpu_gb: float = 2.0  # Ray and Slurm
+    qos: str | None = None  # the Slurm quality of service
+    cpus_per_task: int = 1  # CPUs per task (Ray and Slurm)
+    mem_per_cpu_gb: float = 2.0  # memory per CPU in GB (Ray and Slurm)
     job_name: str = "gpt2kit"  # Slurm jobs are named JOB_NAME-STAGE
     env_command: str | None = None  # run in each Slurm job before its task; default: activate this Python's venv
     sbatch_args: dict[str, str] = field(default_factory=dict)  # more #SBATCH options, e.g. {"account": "lm"}
