@@ -205,8 +205,8 @@ def cmd_webtext_build(args: argparse.Namespace) -> int:
         "out": args.out,
         "workers": args.workers,
         "tasks": args.tasks,
-        "reddit": {"min_karma": args.min_karma, "cutoff": args.cutoff, "subreddit_blocklist": args.subreddit_blocklist},
-        "filters": {"domain_blocklist": args.domain_blocklist, "min_words": args.min_words},
+        "reddit": _section_flags(args, "reddit"),
+        "filters": _section_flags(args, "filters"),
     }
     config = load_config(WebTextConfig, args.config, flags=flags, overrides=args.set, check=False)
     report = build_webtext(config, _executor_config(args))
@@ -387,6 +387,12 @@ def _executor_config(args: argparse.Namespace):
 def _config_flags(args: argparse.Namespace, config_class: type) -> dict:
     """The flags named after `config_class`'s fields (None where not given), for the file-then-flags merge."""
     return {f.name: getattr(args, f.name, None) for f in fields(config_class)}
+
+
+def _section_flags(args: argparse.Namespace, section: str) -> dict:
+    """The flags of a config's nested `section` (dests `section.field`), by field name."""
+    prefix = f"{section}."
+    return {dest.removeprefix(prefix): value for dest, value in vars(args).items() if dest.startswith(prefix)}
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -146,6 +146,8 @@ def add_demo_commands(commands) -> None:
 
 def add_webtext_commands(commands) -> None:
     """`webtext build` (the corpus) and `overlap build|check` (its 8-gram overlap with test sets)."""
+    from gpt2kit.webtext.config import FilterConfig, RedditConfig
+
     web = commands.add_parser("webtext", help="build a WebText-style corpus from Reddit links, URLs, WARC or HTML")
     web_commands = web.add_subparsers(dest="webtext_command", required=True, metavar="ACTION")
     p = web_commands.add_parser("build", help="read, fetch, extract, filter, deduplicate and write shards")
@@ -159,11 +161,12 @@ def add_webtext_commands(commands) -> None:
     p.add_argument("--workers", type=int, help="tasks run at once (default 1 locally, no limit on Ray or Slurm)")
     add_executor_options(p, "tasks per stage, each a slice of the domains (default: --workers)")
     p.add_argument("--config", help="TOML or YAML settings (see gpt2kit/webtext/config.py)")
-    p.add_argument("--min-karma", type=int, help="Reddit: minimum score (default 3)")
-    p.add_argument("--cutoff", help="Reddit: drop submissions created on or after this date (default 2018-01-01)")
-    p.add_argument("--subreddit-blocklist", help="Reddit: comma-separated subreddits to skip")
-    p.add_argument("--domain-blocklist", help="comma-separated domains to drop (with their subdomains)")
-    p.add_argument("--min-words", type=int, help="minimum words per document (default 64)")
+    add_config_flags(
+        p.add_argument_group("Reddit"), RedditConfig, ["min_karma", "cutoff", "subreddit_blocklist"], section="reddit"
+    )
+    add_config_flags(
+        p.add_argument_group("filters"), FilterConfig, ["domain_blocklist", "min_words"], section="filters"
+    )
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any setting, e.g. fetch.per_domain_delay=2")
     p.set_defaults(handler="webtext_build")
     _add_overlap_commands(commands)

@@ -15,10 +15,10 @@ INPUT_KINDS = ("reddit", "urls", "warc", "html")
 class RedditConfig:
     """Which Reddit submissions count: WebText took outbound links with at least 3 karma."""
 
-    min_karma: int = 3
+    min_karma: int = 3  # the lowest score a submission needs
     # Submissions created on or after this UTC date are dropped (WebText's links end in December 2017).
     cutoff: str | None = "2018-01-01"
-    subreddit_blocklist: list[str] = field(default_factory=list)
+    subreddit_blocklist: list[str] = field(default_factory=list)  # subreddits to skip (comma-separated)
 
     def cutoff_timestamp(self) -> float | None:
         if self.cutoff is None:
@@ -46,10 +46,10 @@ class FetchConfig:
 class FilterConfig:
     """Document filters after extraction."""
 
-    min_words: int = 64
+    min_words: int = 64  # the fewest words a document may have
     english_threshold: float = 0.5  # minimum probability of English from the offline identifier
     drop_wikipedia: bool = True
-    domain_blocklist: list[str] = field(default_factory=list)
+    domain_blocklist: list[str] = field(default_factory=list)  # domains to drop, with their subdomains
     domain_blocklist_file: str | None = None  # one domain per line, '#' comments
     boilerplate: bool = True  # C4 line rules and Gopher document rules (datatrove)
     extract_timeout: float = 5.0  # seconds per page for trafilatura
