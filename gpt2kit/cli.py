@@ -481,9 +481,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 0
     if not args.model or not args.tasks:
         raise GPT2KitError("--model and --tasks are required (or use --list)")
-    flags = {"limit": args.limit, "batch_size": args.batch_size, "context_length": args.context_length}
-    flags |= {"stride": args.stride, "shots": args.shots, "seed": args.seed, "no_detokenize": args.no_detokenize}
-    flags |= {"lambada_stopword_filter": True if args.lambada_stopword_filter else None}
+    flags = _config_flags(args, EvalOptions)
+    flags["lambada_stopword_filter"] = True if args.lambada_stopword_filter else None
     eval_options = load_config(EvalOptions, args.config, section="eval", flags=flags)
     tasks = parse_tasks(args.tasks)
     data = parse_data_assignments(args.data)

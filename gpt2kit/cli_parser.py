@@ -348,10 +348,9 @@ def add_eval_commands(commands) -> None:
         metavar="TASK=PATH",
         help="a task's data file (repeatable); PATH may be hf or hf:NAME[:CONFIG][@SPLIT]",
     )
-    p.add_argument("--limit", type=int, help="at most N examples per task (lines for corpora)")
-    p.add_argument("--batch-size", type=int, help="rows per forward pass (default 8; never changes a score)")
-    p.add_argument("--context-length", type=int, help="tokens of context (default: the model's)")
-    p.add_argument("--stride", type=int, help="corpus perplexity: window step (default: the context, no overlap)")
+    from gpt2kit.evals.task import EvalOptions
+
+    add_config_flags(p, EvalOptions, ["limit", "batch_size", "context_length", "stride", "shots", "seed"])
     p.add_argument(
         "--no-detokenize",
         nargs="?",
@@ -364,8 +363,6 @@ def add_eval_commands(commands) -> None:
         action="store_true",
         help="also report the paper's stop-word-filtered LAMBADA accuracy",
     )
-    p.add_argument("--shots", type=int, help="example pairs in the context for translation and NQ (default 10)")
-    p.add_argument("--seed", type=int, help="seed for sampling and example draws (default 0)")
     p.add_argument("--config", help="a TOML or YAML file of eval options (flags override it)")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, mps")
     p.add_argument(
