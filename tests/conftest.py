@@ -53,3 +53,11 @@ def prepare_generated(root: Path, tokenizer, files: int, words: int, **options) 
 def data_dir(tmp_path_factory, tiny_tokenizer):
     """Token shards of generated text, tokenized with the tiny BPE: what the training tests train on."""
     return prepare_generated(tmp_path_factory.mktemp("train"), tiny_tokenizer, files=40, words=50)
+
+
+@pytest.fixture
+def run_cli(capsys, monkeypatch):
+    """`run_cli(*args, stdin=None)`: the CLI in this process, as a `helpers.CliResult`."""
+    from helpers import run_cli_in_process
+
+    return lambda *args, stdin=None: run_cli_in_process(capsys, monkeypatch, *args, stdin=stdin)

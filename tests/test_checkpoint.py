@@ -4,6 +4,7 @@ import sys
 
 import pytest
 import torch
+from helpers import hf_reference
 
 import gpt2kit
 from gpt2kit.checkpoint import CheckpointError
@@ -13,19 +14,8 @@ from gpt2kit.outputs import OutputExists
 transformers = pytest.importorskip("transformers")
 
 
-def hf_model(vocab_size=50257, seed=0):
-    torch.manual_seed(seed)
-    config = transformers.GPT2Config(vocab_size=vocab_size, n_positions=64, n_embd=48, n_layer=3, n_head=4)
-    model = transformers.GPT2LMHeadModel(config).eval()
-    with torch.no_grad():  # non-zero biases and LayerNorm params, so the parity test covers them
-        for name, p in model.named_parameters():
-            if "bias" in name or "ln" in name:
-                p.add_(torch.randn_like(p) * 0.1)
-    return model
-
-
 def test_transformers_model_loads_with_identical_logits(tmp_path, gpt2_tokenizer):
-    reference = hf_model()
+    reference = hf_reference()
     reference.save_pretrained(tmp_path)
     gpt2_tokenizer.save(tmp_path)
     loaded = gpt2kit.load(tmp_path)
@@ -60,7 +50,7 @@ def test_saved_model_loads_in_transformers_with_identical_logits(tmp_path, tiny_
 
 
 def test_pytorch_model_bin_loads(tmp_path, gpt2_tokenizer):
-    reference = hf_model(seed=3)
+    reference = hf_reference(seed=3)
     reference.config.save_pretrained(tmp_path)
     torch.save(reference.state_dict(), tmp_path / "pytorch_model.bin")
     gpt2_tokenizer.save(tmp_path)

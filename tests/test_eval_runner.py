@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import shared_file
 from eval_doubles import byte_tokenizer
+from helpers import tiny_model
 
 from gpt2kit.checkpoint import save
 from gpt2kit.cli import main
@@ -20,7 +20,7 @@ from gpt2kit.cli_values import parse_tasks
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.evals import TASKS, EvalOptions, evaluate, markdown_table
 from gpt2kit.evals.report import format_metrics, format_value, split_of
-from gpt2kit.model import GPT, GPTConfig
+from gpt2kit.model import GPTConfig
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = GPTConfig(vocab_size=257, n_positions=48, n_layer=2, n_head=2, n_embd=32)
@@ -32,8 +32,7 @@ CBT = "".join(
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    return GPT(CONFIG).eval()
+    return tiny_model(CONFIG.vocab_size, n_positions=CONFIG.n_positions)
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 from eval_doubles import LOG_OTHER, LOG_SUCCESSOR, BigramLM, chars
+from helpers import tiny_model
 
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.evals.scoring import (
@@ -11,15 +12,14 @@ from gpt2kit.evals.scoring import (
     rolling_windows,
     score_stream,
 )
-from gpt2kit.model import GPT, GPTConfig
+from gpt2kit.model import GPTConfig
 
 CONFIG = GPTConfig(vocab_size=97, n_positions=32, n_layer=2, n_head=2, n_embd=16)
 
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    return GPT(CONFIG).eval()
+    return tiny_model(CONFIG.vocab_size, n_positions=CONFIG.n_positions, n_embd=CONFIG.n_embd)
 
 
 def brute_force(model, request):

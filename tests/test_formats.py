@@ -248,25 +248,6 @@ def test_ctranslate2_reads_our_model_and_agrees_greedily(tmp_path, tiny_tokenize
     assert theirs[: len(ours.token_ids)] == ours.token_ids[: len(theirs)] and len(theirs) >= 10
 
 
-class CliResult:
-    def __init__(self, returncode, stdout, stderr):
-        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
-
-
-@pytest.fixture
-def run_cli(capsys):
-    """The CLI in this process (a subprocess per call would spend most of the test importing torch)."""
-    from gpt2kit.cli import main
-
-    def run(*args):
-        capsys.readouterr()
-        code = main([str(a) for a in args])
-        out = capsys.readouterr()
-        return CliResult(code, out.out, out.err)
-
-    return run
-
-
 def test_cli_convert_and_sample_from_an_llmc_file(tmp_path, gpt2_tokenizer, run_cli):
     write_llmc_bin(tmp_path / "model.bin", nanogpt_tensors())
     result = run_cli("convert", str(tmp_path / "model.bin"), str(tmp_path / "hf"))

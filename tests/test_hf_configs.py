@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+from helpers import hf_reference
 
 import gpt2kit
 from gpt2kit.checkpoint import CheckpointError
@@ -13,17 +14,6 @@ from gpt2kit.generate import GenerationConfig, generate
 from gpt2kit.model import ACTIVATIONS
 
 transformers = pytest.importorskip("transformers")
-
-
-def hf_model(tokenizer, seed=0, **overrides):
-    torch.manual_seed(seed)
-    values = dict(vocab_size=tokenizer.vocab_size, n_positions=64, n_embd=48, n_layer=3, n_head=4) | overrides
-    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**values)).eval()
-    with torch.no_grad():  # non-zero biases and LayerNorm params, so parity covers them
-        for name, p in model.named_parameters():
-            if "bias" in name or "ln" in name:
-                p.add_(torch.randn_like(p) * 0.1)
-    return model
 
 
 def assert_same_logits(reference, loaded, vocab, rows=None):
@@ -51,7 +41,7 @@ def assert_same_logits(reference, loaded, vocab, rows=None):
     ids=lambda overrides: ",".join(f"{k}={v}" for k, v in overrides.items()),
 )
 def test_config_variant_loads_with_transformers_logits(tmp_path, tiny_tokenizer, overrides):
-    reference = hf_model(tiny_tokenizer, **overrides)
+    reference = hf_reference(tiny_tokenizer.vocab_size, **overrides)
     reference.save_pretrained(tmp_path)
     tiny_tokenizer.save(tmp_path)
     loaded = gpt2kit.load(tmp_path)
@@ -68,7 +58,7 @@ def test_config_variant_loads_with_transformers_logits(tmp_path, tiny_tokenizer,
 
 def test_padded_vocabulary_never_yields_a_padding_id(tmp_path, tiny_tokenizer):
     vocab = tiny_tokenizer.vocab_size
-    reference = hf_model(tiny_tokenizer, vocab_size=vocab + 13, tie_word_embeddings=False)
+    reference = hf_reference(vocab_size=vocab + 13, tie_word_embeddings=False)
     with torch.no_grad():  # padding rows that would win every argmax if they were not masked
         reference.lm_head.weight[vocab:] = reference.lm_head.weight[:vocab].abs().max() * 50
     reference.save_pretrained(tmp_path)
@@ -82,7 +72,7 @@ def test_padded_vocabulary_never_yields_a_padding_id(tmp_path, tiny_tokenizer):
 
 
 def test_weights_from_shards_and_pytorch_bin(tmp_path, tiny_tokenizer):
-    reference = hf_model(tiny_tokenizer, tie_word_embeddings=False)
+    reference = hf_reference(tiny_tokenizer.vocab_size, tie_word_embeddings=False)
     reference.save_pretrained(tmp_path / "sharded", max_shard_size="100KB")
     assert (tmp_path / "sharded" / "model.safetensors.index.json").exists()
     tiny_tokenizer.save(tmp_path / "sharded")
@@ -105,7 +95,7 @@ class Exploit:
 
 
 def test_a_pickle_that_runs_code_is_refused_and_nothing_runs(tmp_path, tiny_tokenizer):
-    reference = hf_model(tiny_tokenizer)
+    reference = hf_reference(tiny_tokenizer.vocab_size)
     reference.config.save_pretrained(tmp_path)
     tiny_tokenizer.save(tmp_path)
     marker = tmp_path / "pwned"
@@ -134,7 +124,7 @@ def test_a_pickle_that_runs_code_is_refused_and_nothing_runs(tmp_path, tiny_toke
     ],
 )
 def test_unsupported_or_invalid_config_is_refused_naming_the_field(tmp_path, tiny_tokenizer, change, field):
-    hf_model(tiny_tokenizer).save_pretrained(tmp_path)
+    hf_reference(tiny_tokenizer.vocab_size).save_pretrained(tmp_path)
     tiny_tokenizer.save(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text()) | change
     (tmp_path / "config.json").write_text(json.dumps(config))
@@ -145,7 +135,7 @@ def test_unsupported_or_invalid_config_is_refused_naming_the_field(tmp_path, tin
 
 @pytest.mark.parametrize("payload", ["[1, 2]", "null", '"text"'])
 def test_config_json_that_is_not_an_object(tmp_path, tiny_tokenizer, payload):
-    hf_model(tiny_tokenizer).save_pretrained(tmp_path)
+    hf_reference(tiny_tokenizer.vocab_size).save_pretrained(tmp_path)
     (tmp_path / "config.json").write_text(payload)
     with pytest.raises(CheckpointError, match="expected a JSON object"):
         gpt2kit.load(tmp_path)

@@ -52,18 +52,6 @@ def assert_one_line(stderr: str, *fragments: str) -> None:
         assert fragment in line, line
 
 
-@pytest.fixture
-def run_cli(capsys):
-    from gpt2kit.cli import main
-
-    def run(*args):
-        capsys.readouterr()
-        code = main([str(a) for a in args])
-        return code, capsys.readouterr().err
-
-    return run
-
-
 # -- 5: declared sizes against the tensors present ------------------------------------------------------------
 
 
@@ -210,11 +198,11 @@ def test_sample_and_eval_refuse_a_nan_model_in_one_line(tmp_path, tiny_tokenizer
     weights = load_file(directory / "model.safetensors")
     weights["transformer.ln_f.weight"][0] = float("nan")
     save_file(weights, directory / "model.safetensors")
-    code, err = run_cli("sample", "--model", directory, "--prompt", "a", "--max-new-tokens", "2")
+    code, _, err = run_cli("sample", "--model", directory, "--prompt", "a", "--max-new-tokens", "2")
     assert code == 2
     assert_one_line(err, "tensor 'transformer.ln_f.weight' holds NaN or infinite values")
     (tmp_path / "corpus.txt").write_text("some words here\n")
-    code, err = run_cli(
+    code, _, err = run_cli(
         "eval", "--model", directory, "--tasks", "wikitext2", "--data", f"wikitext2={tmp_path / 'corpus.txt'}"
     )
     assert code == 2
@@ -365,7 +353,7 @@ def test_deep_json_is_refused_in_one_line_by_every_reader(tmp_path, tokenizer_di
         load_samples(jsonl)
     with pytest.raises(GPT2KitError, match=message):
         load_questions(file_source(jsonl))
-    code, err = run_cli("prepare", "--input", jsonl, "--out", tmp_path / "data", "--tokenizer", tokenizer_dir,
+    code, _, err = run_cli("prepare", "--input", jsonl, "--out", tmp_path / "data", "--tokenizer", tokenizer_dir,
                         "--workers", "1", "--quiet")  # fmt: skip
     assert code == 2
     assert_one_line(err, message.replace("\\", ""))

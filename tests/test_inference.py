@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from helpers import small_train_config
 
 import gpt2kit
 from gpt2kit.checkpoint import CheckpointError
@@ -47,15 +48,13 @@ def trained(tmp_path_factory, tiny_tokenizer):
 
     from gpt2kit.data.prepare import prepare
     from gpt2kit.train import Trainer
-    from gpt2kit.train_config import TrainConfig
 
     root = tmp_path_factory.mktemp("quant")
     (root / "corpus.txt").write_text(generated_text(1500, seed=5))
     prepare([str(root / "corpus.txt")], tiny_tokenizer, root / "data", val_fraction=0.05, workers=1, progress=False,
             split_lines=True)  # fmt: skip
-    config = TrainConfig(data=str(root / "data"), out=str(root / "run"), preset="cpu-100k", context_length=64,
-                         max_steps=150, batch_tokens=1024, micro_batch_size=16, log_interval=50, eval_interval=0,
-                         checkpoint_interval=150, device="cpu", progress=False, num_threads=1)  # fmt: skip
+    config = small_train_config(root / "data", root / "run", preset="cpu-100k", context_length=64, max_steps=150,
+                                batch_tokens=1024, micro_batch_size=16, log_interval=50, checkpoint_interval=150)  # fmt: skip
     config.optim.lr, config.optim.min_lr, config.optim.warmup_steps = 1e-2, 1e-3, 10
     result = Trainer(config).run()
     return result.checkpoint

@@ -2,14 +2,13 @@
 oversized configs, seeds past int64, unusable --out paths, cut WARC files."""
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import run_cli_process, small_train_config
 
 import gpt2kit
 from gpt2kit.checkpoint import CHECKPOINT_DIR, CheckpointError
@@ -18,7 +17,6 @@ from gpt2kit.data.prepare import prepare
 from gpt2kit.data.shards import Manifest, ShardError, write_shard
 from gpt2kit.model import GPT, GPTConfig
 from gpt2kit.train import Trainer
-from gpt2kit.train_config import TrainConfig
 from gpt2kit.train_state import TrainingError, checkpoints
 
 
@@ -72,15 +70,6 @@ def test_token_ids_beyond_the_vocabulary_are_caught_when_the_shard_opens(prepare
         TokenWindows(data, info.split, 16)
 
 
-def train_config(data: Path, out: Path, **fields) -> TrainConfig:
-    config = TrainConfig(data=str(data), out=str(out), preset="cpu-25k", context_length=16, max_steps=4,
-                         batch_tokens=64, micro_batch_size=4, log_interval=1, eval_interval=0,
-                         checkpoint_interval=2, keep_checkpoints=3, device="cpu", progress=False, num_threads=1)  # fmt: skip
-    for name, value in fields.items():
-        setattr(config, name, value)
-    return config
-
-
 def test_stale_temporary_checkpoints_are_removed_when_a_run_starts(prepared, tmp_path):
     _, data, _, _ = prepared
     run = tmp_path / "run"
@@ -89,7 +78,7 @@ def test_stale_temporary_checkpoints_are_removed_when_a_run_starts(prepared, tmp
     (stale / "model.safetensors").write_bytes(b"\0" * 1000)
     half_written = run / CHECKPOINT_DIR / ".step-00000020.old"  # killed between the two renames
     half_written.mkdir()
-    Trainer(train_config(data, run)).run()
+    Trainer(small_train_config(data, run)).run()
     leftovers = [p.name for p in (run / CHECKPOINT_DIR).iterdir() if p.name.startswith(".")]
     assert leftovers == [] and [p.name for p in checkpoints(run)] == ["step-00000002", "step-00000004"]
     assert (run / CHECKPOINT_DIR / "step-00000020").exists()  # the .old was the only copy: restored, not deleted
@@ -114,7 +103,7 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_older_checkpo
     monkeypatch.setattr(checkpoint_module, "save_file", save_file)
     run = tmp_path / "run"
     with pytest.raises(TrainingError) as caught:
-        Trainer(train_config(data, run)).run()
+        Trainer(small_train_config(data, run)).run()
     message = str(caught.value)
     assert "\n" not in message and "No space left on device" in message and "older checkpoints are intact" in message
     assert [p.name for p in checkpoints(run)] == ["step-00000002"]
@@ -138,14 +127,10 @@ def test_a_config_far_larger_than_its_weights_fails_at_once(tmp_path, tiny_token
         (tmp_path / "m" / "config.json").write_text(json.dumps(config))
 
 
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "gpt2kit", *map(str, args)], capture_output=True, text=True)
-
-
 def test_sample_seed_beyond_int64_is_one_line(tmp_path, tiny_tokenizer):
     model = GPT(GPTConfig(vocab_size=tiny_tokenizer.vocab_size, n_positions=32, n_layer=1, n_head=2, n_embd=16))
     gpt2kit.save(model, tiny_tokenizer, tmp_path / "m")
-    result = run_cli("sample", "--model", tmp_path / "m", "--prompt", "a", "--seed", "99999999999999999999")
+    result = run_cli_process("sample", "--model", tmp_path / "m", "--prompt", "a", "--seed", "99999999999999999999")
     assert result.returncode == 2 and "seed" in result.stderr and "64-bit" in result.stderr
     assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1
 
@@ -165,7 +150,7 @@ def test_out_paths_that_cannot_be_used_are_one_line(tmp_path):
         (["synth", "--out", a_file / "x" / "y"], f"because {a_file} is a file"),
     ]
     for args, message in cases:
-        result = run_cli(*args)
+        result = run_cli_process(*args)
         assert result.returncode == 2, (args, result.stderr)
         assert message in result.stderr and "Errno" not in result.stderr and result.stderr.count("\n") == 1, args
     assert main(["prepare", "--input", str(corpus), "--out", str(a_file)]) == 2
@@ -223,7 +208,7 @@ def test_a_run_directory_is_a_model_everywhere(prepared, tmp_path, caplog):
 
     _, data, _, _ = prepared
     run = tmp_path / "run"
-    Trainer(train_config(data, run)).run()
+    Trainer(small_train_config(data, run)).run()
     assert (run / "final" / "config.json").exists() and not (run / "final" / "training_state.pt").exists()
     with caplog.at_level(logging.INFO, logger="gpt2kit"):
         loaded = gpt2kit.load(run)

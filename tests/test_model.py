@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from helpers import tiny_model
 
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.model import GPT, PRESETS, GPTConfig, KVCache, preset_config
@@ -11,8 +12,7 @@ SMALL = GPTConfig(vocab_size=97, n_positions=64, n_layer=3, n_head=4, n_embd=32)
 
 @pytest.fixture
 def model():
-    torch.manual_seed(0)
-    return GPT(SMALL).eval()
+    return tiny_model(SMALL.vocab_size, n_layer=SMALL.n_layer, n_head=SMALL.n_head)
 
 
 def test_official_sizes_have_the_published_parameter_counts():

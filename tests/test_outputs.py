@@ -9,12 +9,10 @@ import textwrap
 import time
 
 import pytest
-import torch
+from helpers import saved_model
 
-from gpt2kit.checkpoint import save
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.io import atomic_directory
-from gpt2kit.model import GPT, GPTConfig
 from gpt2kit.outputs import (
     HOLDER_NAME,
     PREPARED_DATA,
@@ -26,29 +24,9 @@ from gpt2kit.outputs import (
 )
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tiny_tokenizer):
-    torch.manual_seed(0)
-    config = GPTConfig(n_layer=1, n_head=2, n_embd=16, n_positions=32, vocab_size=tiny_tokenizer.vocab_size)
-    return GPT(config)
-
-
 @pytest.fixture
-def model_dir(tmp_path, tiny_model, tiny_tokenizer):
-    return save(tiny_model, tiny_tokenizer, tmp_path / "model")
-
-
-@pytest.fixture
-def cli(capsys):
-    from gpt2kit.cli import main
-
-    def run(*args):
-        capsys.readouterr()
-        code = main([str(a) for a in args])
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    return run
+def model_dir(tmp_path, tiny_tokenizer):
+    return saved_model(tmp_path / "model", tiny_tokenizer, n_layer=1, n_embd=16, n_positions=32)
 
 
 def a_run_directory(root):
@@ -65,51 +43,51 @@ def snapshot(root):
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_convert_into_a_run_directory_is_refused_and_nothing_is_lost(tmp_path, model_dir, cli):
+def test_convert_into_a_run_directory_is_refused_and_nothing_is_lost(tmp_path, model_dir, run_cli):
     run = a_run_directory(tmp_path)
     before = snapshot(run)
     for extra in ((), ("--overwrite",)):
-        code, _, err = cli("convert", model_dir, run, *extra)
+        code, _, err = run_cli("convert", model_dir, run, *extra)
         assert code == 2
         assert "is not a model directory" in err and len(err.strip().splitlines()) == 1
     assert snapshot(run) == before
 
 
-def test_convert_into_the_current_directory_is_refused(tmp_path, model_dir, cli, monkeypatch):
+def test_convert_into_the_current_directory_is_refused(tmp_path, model_dir, run_cli, monkeypatch):
     work = tmp_path / "here"
     work.mkdir()
     monkeypatch.chdir(work)
     for target in (".", "..", str(work)):
-        code, _, err = cli("convert", model_dir, target)
+        code, _, err = run_cli("convert", model_dir, target)
         assert code == 2 and "current directory" in err, err
     assert list(work.iterdir()) == [] and not list(tmp_path.glob(".*.tmp"))
 
 
-def test_an_existing_model_is_replaced_only_with_overwrite(tmp_path, model_dir, cli):
+def test_an_existing_model_is_replaced_only_with_overwrite(tmp_path, model_dir, run_cli):
     target = tmp_path / "copy"
-    assert cli("convert", model_dir, target)[0] == 0
-    code, _, err = cli("convert", model_dir, target)
+    assert run_cli("convert", model_dir, target)[0] == 0
+    code, _, err = run_cli("convert", model_dir, target)
     assert code == 2 and "already holds a model" in err and "--overwrite" in err
-    assert cli("convert", model_dir, target, "--overwrite")[0] == 0
+    assert run_cli("convert", model_dir, target, "--overwrite")[0] == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["copy", "model"]  # no temporaries left
 
 
-def test_file_targets_of_another_kind_are_never_replaced(tmp_path, model_dir, cli):
+def test_file_targets_of_another_kind_are_never_replaced(tmp_path, model_dir, run_cli):
     precious = tmp_path / "model.gguf"
     precious.write_text("not a model")
-    code, _, err = cli("convert", model_dir, precious, "--overwrite")
+    code, _, err = run_cli("convert", model_dir, precious, "--overwrite")
     assert code == 2 and "is not a gguf model file" in err
     assert precious.read_text() == "not a model"
 
 
-def test_symlinks_and_devices_are_refused_as_targets(tmp_path, model_dir, cli):
+def test_symlinks_and_devices_are_refused_as_targets(tmp_path, model_dir, run_cli):
     real = tmp_path / "real"
     real.mkdir()
     (tmp_path / "link").symlink_to(real)
-    code, _, err = cli("convert", model_dir, tmp_path / "link")
+    code, _, err = run_cli("convert", model_dir, tmp_path / "link")
     assert code == 2 and "symbolic link" in err
     assert (tmp_path / "link").is_symlink()
-    code, _, err = cli("convert", model_dir, "/dev/null", "--to", "llmc")
+    code, _, err = run_cli("convert", model_dir, "/dev/null", "--to", "llmc")
     assert code == 2 and "not a regular file" in err
 
 
@@ -194,10 +172,10 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
     assert time.monotonic() - start < 5
 
 
-def test_two_trainings_on_one_run_directory(tmp_path, data_dir, cli):
+def test_two_trainings_on_one_run_directory(tmp_path, data_dir, run_cli):
     holder = hold_in_another_process(tmp_path / "run", 60)
     try:
-        code, _, err = cli(
+        code, _, err = run_cli(
             "train", "--config", "cpu-smoke", "--data", data_dir, "--out", tmp_path / "run", "--set", "max_steps=1"
         )
     finally:
@@ -207,7 +185,7 @@ def test_two_trainings_on_one_run_directory(tmp_path, data_dir, cli):
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
-def test_two_prepares_on_one_directory(tmp_path, tiny_tokenizer, cli):
+def test_two_prepares_on_one_directory(tmp_path, tiny_tokenizer, run_cli):
     from gpt2kit.data.prepare import prepare
 
     (tmp_path / "corpus.txt").write_text("some words here\n" * 50)
@@ -226,7 +204,7 @@ def test_two_prepares_on_one_directory(tmp_path, tiny_tokenizer, cli):
     assert not (tmp_path / "data" / "manifest.json").exists()
 
 
-def test_prepare_and_train_refuse_a_directory_of_the_users(tmp_path, tiny_tokenizer, data_dir, cli):
+def test_prepare_and_train_refuse_a_directory_of_the_users(tmp_path, tiny_tokenizer, data_dir, run_cli):
     from gpt2kit.data.prepare import prepare
 
     mine = tmp_path / "mine"
@@ -235,16 +213,16 @@ def test_prepare_and_train_refuse_a_directory_of_the_users(tmp_path, tiny_tokeni
     (tmp_path / "corpus.txt").write_text("some words here\n" * 50)
     with pytest.raises(OutputError, match="is not prepared token shards"):
         prepare([str(tmp_path / "corpus.txt")], tiny_tokenizer, mine, workers=1, progress=False)
-    code, _, err = cli("train", "--config", "cpu-smoke", "--data", data_dir, "--out", mine, "--set", "max_steps=1")
+    code, _, err = run_cli("train", "--config", "cpu-smoke", "--data", data_dir, "--out", mine, "--set", "max_steps=1")
     assert code == 2 and "is not a training run" in err
     assert sorted(p.name for p in mine.iterdir()) == ["keep.txt"]
 
 
-def test_the_demo_never_clears_a_directory_of_the_users(tmp_path, cli):
+def test_the_demo_never_clears_a_directory_of_the_users(tmp_path, run_cli):
     mine = tmp_path / "project"
     (mine / "runs").mkdir(parents=True)
     (mine / "runs" / "important.txt").write_text("x")
-    code, _, err = cli("demo", "--quick", "--out", mine)
+    code, _, err = run_cli("demo", "--quick", "--out", mine)
     assert code == 2 and "is not the demo's output" in err
     assert (mine / "runs" / "important.txt").read_text() == "x"
 
@@ -264,17 +242,17 @@ def test_file_outputs_replace_only_their_own_kind(tmp_path):
     assert essay.read_text() == '{"title": "mine"}'
 
 
-def test_the_overlap_filter_is_never_written_over_a_users_file(tmp_path, cli):
+def test_the_overlap_filter_is_never_written_over_a_users_file(tmp_path, run_cli):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("one two three four five six seven eight nine ten\n" * 20)
     precious = tmp_path / "filter.bin"
     precious.write_text("mine")
     for extra in ((), ("--shards", "2")):
-        code, _, err = cli("overlap", "build", "--corpus", corpus, "--out", precious, *extra)
+        code, _, err = run_cli("overlap", "build", "--corpus", corpus, "--out", precious, *extra)
         assert code == 2 and "is not a gpt2kit 8-gram filter" in err, err
     assert precious.read_text() == "mine"
-    assert cli("overlap", "build", "--corpus", corpus, "--out", tmp_path / "new.bloom")[0] == 0
-    assert cli("overlap", "build", "--corpus", corpus, "--out", tmp_path / "new.bloom")[0] == 0
+    assert run_cli("overlap", "build", "--corpus", corpus, "--out", tmp_path / "new.bloom")[0] == 0
+    assert run_cli("overlap", "build", "--corpus", corpus, "--out", tmp_path / "new.bloom")[0] == 0
 
 
 def test_a_work_folder_of_the_users_is_never_cleared(tmp_path):

@@ -1,4 +1,3 @@
-import io
 import os
 import subprocess
 import sys
@@ -9,7 +8,6 @@ import pytest
 import torch
 
 import gpt2kit
-from gpt2kit.cli import main
 from gpt2kit.generate import GenerationConfig, generate
 from gpt2kit.model import GPT, GPTConfig
 
@@ -41,20 +39,11 @@ def hf_dir(tmp_path_factory, gpt2_tokenizer):
     return directory, model
 
 
-def run_cli(args, capsys, stdin: str | None = None, monkeypatch=None):
-    if stdin is not None:
-        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-    code = main(args)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def test_greedy_sample_prints_prompt_and_the_transformers_greedy_tokens(hf_dir, gpt2_tokenizer, capsys):
+def test_greedy_sample_prints_prompt_and_the_transformers_greedy_tokens(hf_dir, gpt2_tokenizer, capsys, run_cli):
     directory, reference = hf_dir
     prompt = "The history of the"
     code, out, _ = run_cli(
-        ["sample", "--model", str(directory), "--prompt", prompt, "--max-new-tokens", "15", "--temperature", "0"],
-        capsys,
+        *["sample", "--model", str(directory), "--prompt", prompt, "--max-new-tokens", "15", "--temperature", "0"]
     )
     assert code == 0
     ids = torch.tensor([gpt2_tokenizer.encode(prompt)])
@@ -67,56 +56,53 @@ def test_greedy_sample_prints_prompt_and_the_transformers_greedy_tokens(hf_dir, 
     assert out == prompt + gpt2_tokenizer.decode(new) + "\n"
 
 
-def test_samples_with_seed_stream_and_separators(model_dir, capsys):
+def test_samples_with_seed_stream_and_separators(model_dir, capsys, run_cli):
     base = ["sample", "--model", str(model_dir), "--prompt", "Hi", "--max-new-tokens", "6", "--seed", "4"]
-    code, out, _ = run_cli(base + ["--num-samples", "2"], capsys)
+    code, out, _ = run_cli(*base + ["--num-samples", "2"])
     assert code == 0
     assert out.count("SAMPLE 1") == 1 and out.count("SAMPLE 2") == 1
-    again = run_cli(base + ["--num-samples", "2"], capsys)[1]
-    streamed = run_cli(base + ["--num-samples", "2", "--stream"], capsys)[1]
+    again = run_cli(*base + ["--num-samples", "2"])[1]
+    streamed = run_cli(*base + ["--num-samples", "2", "--stream"])[1]
     assert out == again == streamed  # seeded; streaming prints the same samples
 
 
-def test_unconditional_and_stop(model_dir, capsys):
+def test_unconditional_and_stop(model_dir, capsys, run_cli):
     loaded = gpt2kit.load(model_dir)
     config = GenerationConfig(max_new_tokens=8, top_k=40, seed=0)
     expected = generate(loaded.model, loaded.tokenizer, [""], config)[0].text
     code, out, _ = run_cli(
-        ["sample", "--model", str(model_dir), "--unconditional", "--max-new-tokens", "8", "--seed", "0"], capsys
+        *["sample", "--model", str(model_dir), "--unconditional", "--max-new-tokens", "8", "--seed", "0"]
     )
     assert code == 0 and out == expected + "\n"  # starts from <|endoftext|>, which is not printed
     greedy = generate(loaded.model, loaded.tokenizer, ["Go"], GenerationConfig(max_new_tokens=10, temperature=0))
     stop = greedy[0].text[3:6]
     code, out, _ = run_cli(
-        ["sample", "--model", str(model_dir), "--prompt", "Go", "--max-new-tokens", "10", "--temperature", "0"]
-        + ["--stop", stop],
-        capsys,
+        *["sample", "--model", str(model_dir), "--prompt", "Go", "--max-new-tokens", "10", "--temperature", "0"]
+        + ["--stop", stop]
     )
     assert out == "Go" + greedy[0].text[: greedy[0].text.index(stop)] + "\n"
 
 
-def test_interactive_loop(model_dir, capsys, monkeypatch):
+def test_interactive_loop(model_dir, capsys, monkeypatch, run_cli):
     args = ["sample", "--model", str(model_dir), "--interactive", "--max-new-tokens", "4", "--temperature", "0"]
-    code, out, _ = run_cli(args, capsys, stdin="First\n\nSecond\n", monkeypatch=monkeypatch)
+    code, out, _ = run_cli(*args, stdin="First\n\nSecond\n")
     assert code == 0
     assert out.count("Model prompt >>> ") == 4  # First, the empty line, Second, then end of input
     assert out.count("Prompt should not be empty!") == 1
     assert "First" in out and "Second" in out
 
 
-def test_config_file_and_flags_override_it(model_dir, tmp_path, capsys):
+def test_config_file_and_flags_override_it(model_dir, tmp_path, capsys, run_cli):
     config = tmp_path / "sample.toml"
     config.write_text("[generation]\nmax_new_tokens = 3\ntemperature = 0\n")
-    code, with_file, _ = run_cli(
-        ["sample", "--model", str(model_dir), "--prompt", "A", "--config", str(config)], capsys
-    )
+    code, with_file, _ = run_cli(*["sample", "--model", str(model_dir), "--prompt", "A", "--config", str(config)])
     flags = ["sample", "--model", str(model_dir), "--prompt", "A", "--max-new-tokens", "3", "--temperature", "0"]
-    assert code == 0 and with_file == run_cli(flags, capsys)[1]
-    longer = run_cli(flags[:5] + ["--config", str(config), "--max-new-tokens", "12"], capsys)[1]
+    assert code == 0 and with_file == run_cli(*flags)[1]
+    longer = run_cli(*flags[:5] + ["--config", str(config), "--max-new-tokens", "12"])[1]
     assert len(longer) > len(with_file)
     yaml_config = tmp_path / "sample.yaml"
     yaml_config.write_text("max_new_tokens: 3\ntemperature: 0\n")
-    assert run_cli(["sample", "--model", str(model_dir), "--prompt", "A", "--config", str(yaml_config)], capsys)[1] == (
+    assert run_cli(*["sample", "--model", str(model_dir), "--prompt", "A", "--config", str(yaml_config)])[1] == (
         with_file
     )
 
@@ -131,32 +117,30 @@ def test_config_file_and_flags_override_it(model_dir, tmp_path, capsys):
         (["--prompt", "x", "--num-samples", "0"], "num-samples"),
     ],
 )
-def test_bad_arguments_are_one_line_errors(model_dir, capsys, extra, message):
-    code, out, err = run_cli(["sample", "--model", str(model_dir)] + extra, capsys)
+def test_bad_arguments_are_one_line_errors(model_dir, capsys, extra, message, run_cli):
+    code, out, err = run_cli(*["sample", "--model", str(model_dir)] + extra)
     assert code == 2 and message in err and err.count("\n") == 1 and "Traceback" not in err
 
 
-def test_bad_files_are_one_line_errors(model_dir, tmp_path, capsys):
+def test_bad_files_are_one_line_errors(model_dir, tmp_path, capsys, run_cli):
     bad_prompt = tmp_path / "prompt.txt"
     bad_prompt.write_bytes(b"caf\xe9")
-    code, _, err = run_cli(["sample", "--model", str(model_dir), "--prompt-file", str(bad_prompt)], capsys)
+    code, _, err = run_cli(*["sample", "--model", str(model_dir), "--prompt-file", str(bad_prompt)])
     assert code == 2 and "not UTF-8" in err and err.count("\n") == 1
     bad_config = tmp_path / "c.toml"
     bad_config.write_text("topk = 4\n")
-    code, _, err = run_cli(["sample", "--model", str(model_dir), "--prompt", "x", "--config", str(bad_config)], capsys)
+    code, _, err = run_cli(*["sample", "--model", str(model_dir), "--prompt", "x", "--config", str(bad_config)])
     assert code == 2 and "unknown field 'topk'" in err
-    code, _, err = run_cli(["sample", "--model", str(tmp_path / "nothing"), "--prompt", "x"], capsys)
+    code, _, err = run_cli(*["sample", "--model", str(tmp_path / "nothing"), "--prompt", "x"])
     assert code == 2 and "not a model directory" in err and err.count("\n") == 1
 
 
-def test_prompt_file(model_dir, tmp_path, capsys):
+def test_prompt_file(model_dir, tmp_path, capsys, run_cli):
     prompt = tmp_path / "prompt.txt"
     prompt.write_text("Über the river\n")
     flags = ["--max-new-tokens", "3", "--temperature", "0"]
-    from_file = run_cli(["sample", "--model", str(model_dir), "--prompt-file", str(prompt)] + flags, capsys)[1]
-    assert (
-        from_file == run_cli(["sample", "--model", str(model_dir), "--prompt", "Über the river\n"] + flags, capsys)[1]
-    )
+    from_file = run_cli(*["sample", "--model", str(model_dir), "--prompt-file", str(prompt)] + flags)[1]
+    assert from_file == run_cli(*["sample", "--model", str(model_dir), "--prompt", "Über the river\n"] + flags)[1]
     assert from_file.startswith("Über the river\n")
 
 
@@ -206,8 +190,8 @@ def test_serve_command_with_fresh_and_transformers_models(which, model_dir, hf_d
         process.wait(timeout=30)
 
 
-def test_serve_rejects_bad_settings(model_dir, capsys):
-    code, _, err = run_cli(["serve", "--model", str(model_dir), "--max-n", "0"], capsys)
+def test_serve_rejects_bad_settings(model_dir, capsys, run_cli):
+    code, _, err = run_cli(*["serve", "--model", str(model_dir), "--max-n", "0"])
     assert code == 2 and "max_n must be >= 1" in err
-    code, _, err = run_cli(["serve"], capsys)
+    code, _, err = run_cli(*["serve"])
     assert code == 2 and "--model" in err

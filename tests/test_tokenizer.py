@@ -1,9 +1,8 @@
 import base64
-import subprocess
-import sys
 
 import pytest
 import tiktoken
+from helpers import run_cli_process
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -151,29 +150,25 @@ def test_bad_tokenizer_files_give_clear_errors(tmp_path, monkeypatch):
         Tokenizer.gpt2()
 
 
-def run_cli(*args, stdin=None):
-    return subprocess.run([sys.executable, "-m", "gpt2kit", *args], input=stdin, capture_output=True, text=True)
-
-
 def test_cli_encode_decode_round_trip(gpt2_tokenizer, tmp_path):
     text = "Hello world\n\nnaïve 😀 <|endoftext|>\n"
     (tmp_path / "in.txt").write_text(text)
-    encoded = run_cli("tokenizer", "encode", "--tokenizer", "gpt2", str(tmp_path / "in.txt"))
+    encoded = run_cli_process("tokenizer", "encode", "--tokenizer", "gpt2", str(tmp_path / "in.txt"))
     assert encoded.returncode == 0, encoded.stderr
     lines = encoded.stdout.splitlines()
     assert lines[0] == "15496 995" and lines[1] == "" and len(lines) == 3
-    decoded = run_cli("tokenizer", "decode", "--tokenizer", "gpt2", stdin=encoded.stdout)
+    decoded = run_cli_process("tokenizer", "decode", "--tokenizer", "gpt2", stdin=encoded.stdout)
     assert decoded.returncode == 0 and decoded.stdout == text
 
 
 def test_cli_errors_are_one_line(tmp_path):
     (tmp_path / "bad.txt").write_bytes(b"fine\n\xff\n")
-    result = run_cli("tokenizer", "encode", str(tmp_path / "bad.txt"))
+    result = run_cli_process("tokenizer", "encode", str(tmp_path / "bad.txt"))
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "bad.txt:2: not UTF-8" in result.stderr
-    result = run_cli("tokenizer", "decode", stdin="1 2 99999999\n")
+    result = run_cli_process("tokenizer", "decode", stdin="1 2 99999999\n")
     assert result.returncode == 2 and "outside the vocabulary" in result.stderr
-    result = run_cli(
+    result = run_cli_process(
         "tokenizer", "train", "--input", str(tmp_path / "none.txt"), "--vocab-size", "300", "--out", str(tmp_path / "o")
     )
     assert result.returncode == 2 and "no such file" in result.stderr and "Traceback" not in result.stderr
@@ -182,7 +177,7 @@ def test_cli_errors_are_one_line(tmp_path):
 def test_cli_train_says_when_the_corpus_gives_fewer_tokens(tmp_path):
     corpus = tmp_path / "small.txt"
     corpus.write_text("the river sold a blue boat to the miller. " * 200)
-    result = run_cli(
+    result = run_cli_process(
         "tokenizer", "train", "--input", str(corpus), "--vocab-size", "32000", "--out", str(tmp_path / "t")
     )
     assert result.returncode == 0, result.stderr

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import small_train_config
 
 from gpt2kit.data.loader import TokenWindows, WindowLoader
 from gpt2kit.model import GPT, GPTConfig
@@ -24,23 +25,11 @@ CONTEXT = 32
 
 
 def tiny_config(data_dir: Path, out: Path, **fields) -> TrainConfig:
-    config = TrainConfig(
-        data=str(data_dir),
-        out=str(out),
-        preset="cpu-1m",
-        context_length=CONTEXT,
-        max_steps=30,
-        batch_tokens=8 * CONTEXT,
-        micro_batch_size=4,  # two micro-batches per step
-        log_interval=1,
-        eval_interval=10,
-        eval_windows=8,
-        checkpoint_interval=10,
-        keep_checkpoints=2,
-        device="cpu",
-        progress=False,
-        num_threads=1,  # tiny models gain nothing from more threads, and the CPU is shared
-    )
+    """`small_train_config` grown to a cpu-1m model that learns in 30 steps (two micro-batches a step), with
+    validation and checkpoints every 10."""
+    config = small_train_config(data_dir, out, preset="cpu-1m", context_length=CONTEXT, max_steps=30,
+                                batch_tokens=8 * CONTEXT, eval_interval=10, eval_windows=8, checkpoint_interval=10,
+                                keep_checkpoints=2)  # fmt: skip
     config.optim.lr, config.optim.min_lr, config.optim.warmup_steps = 3e-3, 3e-4, 3
     for name, value in fields.items():
         setattr(config, name, value)
