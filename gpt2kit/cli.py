@@ -444,6 +444,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     flags = {"data": args.data, "out": args.out, "preset": args.preset, "init_from": args.init_from}
     flags |= {"max_steps": args.max_steps, "seed": args.seed, "compile": True if args.compile else None}
     config = load_config(TrainConfig, args.config, flags=flags, overrides=args.set, check=False)
+    if args.config is None:
+        print(f"no --config: training on the defaults: {config.describe()}")
     result = train(config, resume=args.resume)
     if result.checkpoint is not None:
         loss = f"{result.loss:.4f}" if result.loss is not None else "n/a"

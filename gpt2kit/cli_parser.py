@@ -307,8 +307,8 @@ def add_train_commands(commands) -> None:
     p = commands.add_parser("train", help="pretrain or fine-tune a model on prepared shards (torchrun for many)")
     p.add_argument(
         "--config",
-        required=True,
-        help="a TOML or YAML training config, or a bundled one by name: cpu-smoke, gutenberg-cpu, gpt2-124m-owt-8gpu",
+        help="a TOML or YAML training config, or a bundled one by name: cpu-smoke, gutenberg-cpu, gpt2-124m-owt-8gpu "
+        "(default: TrainConfig's own defaults, as nanoGPT's train.py runs on its own)",
     )
     p.add_argument("--data", required=True, help="a directory written by `gpt2kit prepare`")
     p.add_argument("--out", required=True, help="the run directory")

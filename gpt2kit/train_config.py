@@ -56,6 +56,15 @@ class TrainConfig(Checked):
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def describe(self) -> str:
+        """The settings that shape a run, in one line: model, context, steps, batch, learning rate, device."""
+        model = f"init_from {self.init_from}" if self.init_from else f"preset {self.preset}"
+        context = self.context_length or "the model's"
+        return (
+            f"{model}, context {context}, {self.max_steps:,} steps of {self.batch_tokens:,} tokens "
+            f"(micro-batch {self.micro_batch_size}), lr {self.optim.lr:g}, device {self.device}, dtype {self.dtype}"
+        )
+
     def problems(self) -> list[str]:
         """One line per bad field (empty when the config is valid)."""
         bad: list[str] = []

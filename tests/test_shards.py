@@ -253,13 +253,15 @@ def test_bad_input_errors(tmp_path, tiny_tokenizer):
     (tmp_path / "broken.jsonl").write_text('{"text": "fine"}\n{"text": \n')
     with pytest.raises(GPT2KitError, match=r"broken.jsonl:2: not valid JSON"):
         prepare([str(tmp_path / "broken.jsonl")], tiny_tokenizer, tmp_path / "o3", workers=1, progress=False)
-    with pytest.raises(PrepareError, match="no such file or directory"):
+    with pytest.raises(GPT2KitError, match="no such file or directory"):
         prepare([str(tmp_path / "missing.txt")], tiny_tokenizer, tmp_path / "o4", workers=1, progress=False)
-    with pytest.raises(PrepareError, match="no files match"):
+    with pytest.raises(GPT2KitError, match="no files match"):
         prepare([str(tmp_path / "*.nothing")], tiny_tokenizer, tmp_path / "o5", workers=1, progress=False)
-    (tmp_path / "one.txt").write_text("a single document")
+    (tmp_path / "one.jsonl").write_text('{"text": "a single document"}\n')
     with pytest.raises(PrepareError, match="no training documents"):
-        prepare([str(tmp_path / "one.txt")], tiny_tokenizer, tmp_path / "o6", workers=1, progress=False)
+        prepare(
+            [str(tmp_path / "one.jsonl")], tiny_tokenizer, tmp_path / "o6", workers=1, progress=False, val_fraction=0.5
+        )
 
 
 def test_cli_prepare_and_its_one_line_error(tmp_path, tiny_tokenizer):

@@ -14,7 +14,6 @@ one when val_fraction > 0.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import importlib.util
 import logging
@@ -31,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from gpt2kit.config import Checked, config_from_dict
+from gpt2kit.data.corpus import corpus_files, file_kind
 from gpt2kit.data.shards import (
     MANIFEST_NAME,
     GroupInfo,
@@ -48,9 +48,8 @@ from gpt2kit.tokenizer import Tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
 
-JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst")
-PARQUET_SUFFIXES = (".parquet",)
-TEXT_SUFFIXES = (".txt",)
+# A corpus that is one document gives validation at least this share of its text, by position (nanoGPT's 90/10).
+SINGLE_DOCUMENT_VAL_SHARE = 0.1
 TOKENIZER_DIR = "tokenizer"
 
 
@@ -79,46 +78,45 @@ class PrepareResult:
 # -- reading documents --------------------------------------------------------------------
 
 
-def _suffix_kind(path: Path) -> str:
-    name = path.name.lower()
-    if name.endswith(JSONL_SUFFIXES):
-        return "jsonl"
-    if name.endswith(PARQUET_SUFFIXES):
-        return "parquet"
-    return "text"
+def input_files(inputs: Iterable[str | os.PathLike]) -> list[Path]:
+    """The files `inputs` name (see `data.corpus.corpus_files`); none for a corpus that is only a HF dataset."""
+    return corpus_files(inputs) if inputs else []
 
 
-def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
-    """Files, directories (searched recursively for .txt, .jsonl[.gz|.zst] and .parquet) and glob patterns."""
-    files: list[Path] = []
-    for spec in inputs:
-        path = Path(spec)
-        if path.is_dir():
-            known = TEXT_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(known))
-            if not found:
-                raise PrepareError(
-                    f"{path}: no .txt, .jsonl, .jsonl.gz, .jsonl.zst or .parquet files in this directory"
-                )
-            files.extend(found)
-        elif path.is_file():
-            files.append(path)
-        elif glob.has_magic(str(spec)):
-            matches = sorted(Path(p) for p in glob.glob(str(spec), recursive=True) if Path(p).is_file())
-            if not matches:
-                raise PrepareError(f"{spec}: no files match this pattern")
-            files.extend(matches)
-        else:
-            raise PrepareError(f"{spec}: no such file or directory")
-    return files
+def single_document_share(files: list[Path], config: PrepareConfig) -> float | None:
+    """The share of the text that goes to validation, by position, when the corpus is one document (one text
+    file read whole, as tiny-shakespeare is used): its documents cannot be shared out. None otherwise."""
+    if config.val_fraction <= 0 or config.split_lines or config.hf_dataset or len(files) != 1:
+        return None
+    if file_kind(files[0]) != "text":
+        return None
+    return max(config.val_fraction, SINGLE_DOCUMENT_VAL_SHARE)
+
+
+def split_by_position(text: str, val_share: float) -> tuple[str, str]:
+    """`text` cut before its last `val_share`, at the line (else the space) nearest the cut."""
+    cut = round(len(text) * (1 - val_share))
+    for separator in ("\n", " "):
+        before, after = text.rfind(separator, 0, cut), text.find(separator, cut)
+        candidates = [i + 1 for i in (before, after) if 0 <= i < len(text) - 1]
+        if candidates:
+            cut = min(candidates, key=lambda i: abs(i - cut))
+            break
+    return text[:cut], text[cut:]
+
+
+def validation_rows_by_position(batch: Batch, docs_before: int) -> list[int]:
+    """With a single-document corpus split in two, the second part is the validation document."""
+    return [1 - docs_before] if docs_before <= 1 < docs_before + len(batch.docs) else []
 
 
 class DocumentReader:
     """Yields documents as text from files and a HF dataset, counting what it skips or repairs."""
 
-    def __init__(self, split_lines: bool, text_field: str, on_bad_utf8: str):
+    def __init__(self, split_lines: bool, text_field: str, on_bad_utf8: str, val_share: float | None = None):
         self.split_lines = split_lines
         self.text_field = text_field
+        self.val_share = val_share  # a single-document corpus: yield it as two parts, train then validation
         self.utf8 = Utf8Policy(on_bad_utf8, PrepareError, hint="; set on_bad_utf8 to replace or skip")
         self.stats = InputStats()
 
@@ -138,7 +136,7 @@ class DocumentReader:
     def files(self, paths: list[Path]) -> Iterator[str]:
         for path in paths:
             self.stats.files += 1
-            kind = _suffix_kind(path)
+            kind = file_kind(path)
             if kind == "jsonl":
                 yield from self._jsonl(path)
             elif kind == "parquet":
@@ -154,7 +152,14 @@ class DocumentReader:
                     text = self.utf8.decode(handle.read(), str(path))
                 if text is not None:
                     text = text.removeprefix("\ufeff")
-                if self._keep(text):
+                if self.val_share is not None and text is not None and text.strip():
+                    parts = split_by_position(text, self.val_share)
+                    log.info(
+                        "%s is one document: split by position, its last %d of %d characters to validation",
+                        path, len(parts[1]), len(text),
+                    )  # fmt: skip
+                    yield from (part for part in parts if self._keep(part))
+                elif self._keep(text):
                     yield text
 
     def _field(self, row: object, where: str) -> str | None:
@@ -477,7 +482,7 @@ class _Preparation:
         self.start = time.perf_counter()
         self.inputs, self.out, self.config = inputs, out, config
         self.workers = config.workers or default_workers()
-        self.files = expand_inputs(inputs)
+        self.files = input_files(inputs)
         self.tok = tokenizer if isinstance(tokenizer, Tokenizer) else load_tokenizer(tokenizer)
         self.dtype = token_dtype(self.tok.vocab_size)
         settings = config.settings(self.files)
@@ -491,7 +496,8 @@ class _Preparation:
         self.tokenizer_dir = out / TOKENIZER_DIR
         self.tok.save(self.tokenizer_dir)
         self.manifest = Manifest(tokenizer_info, self.dtype.name, settings)
-        self.reader = DocumentReader(config.split_lines, config.text_field, config.on_bad_utf8)
+        self.val_share = single_document_share(self.files, config)
+        self.reader = DocumentReader(config.split_lines, config.text_field, config.on_bad_utf8, self.val_share)
         self.group: GroupWriter | None = None
         self.tokens_written = self.groups_written = 0
         self.reuse_queue = deque(self.reusable)
@@ -507,7 +513,7 @@ class _Preparation:
         from tqdm.auto import tqdm
 
         # The bar counts text bytes; file sizes give its total only for plain text input.
-        plain_text = not self.config.hf_dataset and all(_suffix_kind(p) == "text" for p in self.files)
+        plain_text = not self.config.hf_dataset and all(file_kind(p) == "text" for p in self.files)
         known_size = sum(p.stat().st_size for p in self.files) if plain_text else None
         self.bar = tqdm(
             total=known_size, unit="B", unit_scale=True, desc=f"prepare -> {self.out}", disable=not self.config.progress
@@ -534,7 +540,10 @@ class _Preparation:
         reuse_end = self.reusable[-1].end_batch if self.reusable else 0
         docs_seen = 0
         for batch in batches(self.documents(), self.config.batch_bytes):
-            val_rows = validation_rows(batch, docs_seen, self.config.val_fraction, self.config.seed)
+            if self.val_share is None:
+                val_rows = validation_rows(batch, docs_seen, self.config.val_fraction, self.config.seed)
+            else:
+                val_rows = validation_rows_by_position(batch, docs_seen)
             docs_seen += len(batch.docs)
             if batch.index < reuse_end:
                 self._reuse(batch)

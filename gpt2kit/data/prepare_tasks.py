@@ -34,9 +34,11 @@ from gpt2kit.data.prepare import (
     PrepareResult,
     batches,
     check_same_run,
-    expand_inputs,
+    input_files,
+    single_document_share,
     tokenize_batch,
     tokenizer_record,
+    validation_rows_by_position,
 )
 from gpt2kit.data.shards import MANIFEST_NAME, GroupInfo, Manifest, ShardError, ShardInfo, token_dtype
 from gpt2kit.io import atomic_write_text, remove_stale_temporaries
@@ -101,14 +103,20 @@ class TokenizeFiles(PipelineStep):
 
     def tokenize_file(self, out: Path, index: int) -> dict:
         config, path = self.config, Path(self.files[index])
-        reader = DocumentReader(config.split_lines, config.text_field, config.on_bad_utf8)
+        val_share = single_document_share([Path(f) for f in self.files], config)
+        reader = DocumentReader(config.split_lines, config.text_field, config.on_bad_utf8, val_share)
         dtype = np.dtype(self.dtype)
+        docs_seen = 0
         groups: list[GroupInfo] = []
         shards: list[ShardInfo] = []
         group: GroupWriter | None = None
         try:
             for batch in batches(reader.files([path]), config.batch_bytes):
-                val_rows = validation_draw(config.seed, index, batch, config.val_fraction)
+                if val_share is None:
+                    val_rows = validation_draw(config.seed, index, batch, config.val_fraction)
+                else:
+                    val_rows = validation_rows_by_position(batch, docs_seen)
+                docs_seen += len(batch.docs)
                 if group is None:
                     part = len(groups)
                     group = GroupWriter(out, part, batch.index, dtype, stem=f"f{index:06d}-{part:03d}")
@@ -156,7 +164,7 @@ def prepare_with_tasks(
     if config.hf_dataset:
         raise PrepareError("a HF dataset is streamed by one process: prepare it without tasks")
     out = out.resolve()  # tasks may start in another folder, on another machine
-    files = [str(p.resolve()) for p in expand_inputs(inputs)]
+    files = [str(p.resolve()) for p in input_files(inputs)]
     if tasks is not None and tasks < 1:
         raise PrepareError(f"tasks must be at least 1, got {tasks}")
     tasks = min(tasks or len(files), len(files))
