@@ -70,6 +70,14 @@ class GPT2KitLM(TemplateLM):
     def tok_decode(self, tokens: list[int]) -> str:
         return self.gpt2kit_tokenizer.decode(tokens)
 
+    def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """lm-eval's split, except for a context made only of whitespace: 0.4.13's TemplateLM moves that whitespace
+        into the continuation and is left with no context at all (an error). As later lm-eval does, condition on
+        <|endoftext|> and score the whitespace with the continuation."""
+        if context and not context.strip():
+            return [self.prefix_token_id], self.tok_encode(context + continuation)
+        return super()._encode_pair(context, continuation)
+
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
         counts: dict[tuple[int, ...], int] = {}
         for _, context, _ in requests:
