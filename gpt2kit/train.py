@@ -30,7 +30,7 @@ from safetensors import SafetensorError
 from gpt2kit.checkpoint import CHECKPOINT_DIR, FINAL_DIR, CheckpointError, load, save
 from gpt2kit.config import ConfigError, get_field
 from gpt2kit.data.loader import TokenWindows, WindowLoader, eval_indices
-from gpt2kit.data.prepare import TOKENIZER_DIR, load_manifest
+from gpt2kit.data.shards import TOKENIZER_DIR, load_manifest
 from gpt2kit.device import resolve_device
 from gpt2kit.io import atomic_directory, atomic_write_text, file_sha256, remove_stale_temporaries
 from gpt2kit.mfu import flops_per_token, peak_flops

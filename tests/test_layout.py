@@ -70,3 +70,44 @@ def test_flags_take_their_help_and_default_from_the_config_field():
     assert helps == {"name": "what the widget is called, over two lines (default widget)",
                      "count": "how many widgets (default 3)", "unset": ""}  # fmt: skip
     assert vars(parser.parse_args(["--count", "5"])) == {"name": None, "count": "5", "unset": None}
+
+
+def imports_of(path: Path, modules: set[str]) -> set[str]:
+    """The gpt2kit modules `path` imports, at module level or inside functions."""
+    name = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__")
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            subs = [f"{node.module}.{alias.name}" for alias in node.names if f"{node.module}.{alias.name}" in modules]
+            targets = subs + ([node.module] if len(subs) < len(node.names) else [])
+        else:
+            continue
+        for target in targets:
+            while target and target not in modules:
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                found.add(target)
+    return found
+
+
+def test_dependencies_point_one_way():
+    """No import cycle in the package, counting imports inside functions."""
+    paths = {".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__"): p
+             for p in PACKAGE.rglob("*.py")}  # fmt: skip
+    graph = {name: imports_of(path, set(paths)) for name, path in paths.items()}
+    state: dict[str, int] = {}  # 1 on the current path, 2 done
+
+    def visit(node, trail):
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(trail[trail.index(nxt) :] + [nxt]))
+            if nxt not in state:
+                visit(nxt, trail + [nxt])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])

@@ -8,13 +8,14 @@ import pytest
 from conftest import shared_file
 from helpers import small_train_config
 
-from gpt2kit.data.prepare import prepare, split_by_position
+from gpt2kit.data.prepare import prepare
+from gpt2kit.data.prepare_common import split_by_position
 from gpt2kit.data.shards import open_tokens
 from gpt2kit.train import train
 
 
 def split_tokens(data, split):
-    from gpt2kit.data.prepare import load_manifest
+    from gpt2kit.data.shards import load_manifest
 
     manifest = load_manifest(data)
     return np.concatenate([open_tokens(data / s.file) for s in manifest.shards if s.split == split])

@@ -17,8 +17,8 @@ from gpt2kit.data.bloom import BloomFilter, build_filter
 from gpt2kit.data.bloom_tasks import HashCorpus, build_sharded_filter
 from gpt2kit.data.loader import TokenWindows
 from gpt2kit.data.overlap import check_overlap
-from gpt2kit.data.prepare import load_manifest, prepare
-from gpt2kit.data.shards import open_tokens
+from gpt2kit.data.prepare import prepare
+from gpt2kit.data.shards import load_manifest, open_tokens
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.executors import ExecutorConfig
 from gpt2kit.webtext import build_webtext

@@ -8,8 +8,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpt2kit.data.prepare import PrepareError, load_manifest, prepare
-from gpt2kit.data.shards import HEADER, Manifest, ShardError, open_tokens, read_header, token_dtype, write_shard
+from gpt2kit.data.prepare import PrepareError, prepare
+from gpt2kit.data.shards import (
+    HEADER,
+    Manifest,
+    ShardError,
+    load_manifest,
+    open_tokens,
+    read_header,
+    token_dtype,
+    write_shard,
+)
 from gpt2kit.errors import GPT2KitError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,8 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gpt2kit.data.prepare import load_manifest
-from gpt2kit.data.shards import Manifest, ShardError, open_tokens
+from gpt2kit.data.shards import Manifest, ShardError, load_manifest, open_tokens
 
 
 class TokenWindows:

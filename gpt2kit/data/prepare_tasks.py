@@ -24,8 +24,7 @@ import numpy as np
 from datatrove.pipeline.base import PipelineStep
 
 from gpt2kit import executors
-from gpt2kit.data.prepare import (
-    TOKENIZER_DIR,
+from gpt2kit.data.prepare_common import (
     Batch,
     DocumentReader,
     GroupWriter,
@@ -40,7 +39,7 @@ from gpt2kit.data.prepare import (
     tokenizer_record,
     validation_rows_by_position,
 )
-from gpt2kit.data.shards import MANIFEST_NAME, GroupInfo, Manifest, ShardError, ShardInfo, token_dtype
+from gpt2kit.data.shards import MANIFEST_NAME, TOKENIZER_DIR, GroupInfo, Manifest, ShardError, ShardInfo, token_dtype
 from gpt2kit.io import atomic_write_text, remove_stale_temporaries
 from gpt2kit.tokenizer import Tokenizer, load_tokenizer
 

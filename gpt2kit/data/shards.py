@@ -27,6 +27,7 @@ MAGIC = b"GPT2KTOK"
 FORMAT_VERSION = 1
 HEADER = struct.Struct("<8sIIQQ")  # magic, version, itemsize, num_tokens, num_docs
 MANIFEST_NAME = "manifest.json"
+TOKENIZER_DIR = "tokenizer"  # the tokenizer a prepared directory was made with
 MANIFEST_FORMAT = "gpt2kit-shards"
 SPLITS = ("train", "val")
 
@@ -314,3 +315,11 @@ class Manifest:
                 raise ShardError(f"{path}: sha256 differs from the manifest's (the shard is corrupt or was changed)")
             if isinstance(vocab_size, int) and largest >= vocab_size:
                 raise ShardError(f"{path}: token id {largest} is outside the tokenizer's vocabulary of {vocab_size}")
+
+
+def load_manifest(directory: str | os.PathLike) -> Manifest:
+    """The manifest of a finished `prepare` run."""
+    manifest = Manifest.load(directory)
+    if not manifest.complete:
+        raise ShardError(f"{directory}: preparation did not finish (re-run `gpt2kit prepare` to complete it)")
+    return manifest

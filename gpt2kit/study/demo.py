@@ -114,8 +114,7 @@ def trivial_baselines(eval_dir: Path, data_dir: Path, tokenizer, seed: int) -> t
     """Each column's context-free baseline, with a note saying what it is."""
     import numpy as np
 
-    from gpt2kit.data.prepare import load_manifest
-    from gpt2kit.data.shards import open_tokens
+    from gpt2kit.data.shards import load_manifest, open_tokens
     from gpt2kit.study import baselines
 
     label = {c.task: c.label for c in COLUMNS}
