@@ -27,16 +27,13 @@ from gpt2kit.io import atomic_directory, read_json
 from gpt2kit.model import GPT, GPTConfig
 from gpt2kit.outputs import check_model_target
 from gpt2kit.tokenizer import Tokenizer, TokenizerError, load_tokenizer
+from gpt2kit.training_run import CHECKPOINT_DIR, FINAL_DIR, run_model
 
 # HF's Conv1D stores [in, out]; nn.Linear stores [out, in].
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 # Buffers that old GPT-2 checkpoints carry (causal masks), not parameters.
 IGNORED_BUFFER = re.compile(r"h\.\d+\.attn\.(masked_)?bias")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-# A training run directory: RUN/checkpoints/step-NNNNNNNN/ as it goes, RUN/final/ when it finishes.
-CHECKPOINT_DIR = "checkpoints"
-CHECKPOINT_NAME = re.compile(r"step-(\d+)")
-FINAL_DIR = "final"
 
 
 log = logging.getLogger(__name__)
@@ -169,16 +166,6 @@ def resolve(path_or_id: str | os.PathLike) -> Path:
         raise CheckpointError(
             f"{text}: not a local directory, and the hub download failed ({type(err).__name__}: {reason})"
         ) from None
-
-
-def run_model(run_dir: Path) -> Path | None:
-    """The model a training run directory stands for: RUN/final when training finished, else its newest
-    checkpoint; None when `run_dir` is no run directory."""
-    if (run_dir / FINAL_DIR / "config.json").exists():
-        return run_dir / FINAL_DIR
-    root = run_dir / CHECKPOINT_DIR
-    steps = [p for p in root.glob("step-*") if CHECKPOINT_NAME.fullmatch(p.name) and (p / "config.json").exists()]
-    return max(steps, key=lambda p: int(CHECKPOINT_NAME.fullmatch(p.name).group(1))) if steps else None
 
 
 def _weight_sources(directory: Path) -> list[Path]:

@@ -17,8 +17,6 @@ import contextlib
 import json
 import logging
 import math
-import os
-import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,51 +25,37 @@ import torch
 import torch.distributed as dist
 from safetensors import SafetensorError
 
-from gpt2kit.checkpoint import CHECKPOINT_DIR, FINAL_DIR, CheckpointError, load, save
-from gpt2kit.config import ConfigError, get_field
+from gpt2kit.checkpoint import CheckpointError, load, save
+from gpt2kit.config import ConfigError
 from gpt2kit.data.loader import TokenWindows, WindowLoader, eval_indices
 from gpt2kit.data.shards import TOKENIZER_DIR, load_manifest
 from gpt2kit.device import resolve_device
-from gpt2kit.io import atomic_directory, atomic_write_text, file_sha256, remove_stale_temporaries
+from gpt2kit.io import atomic_directory, atomic_write_text, remove_stale_temporaries
 from gpt2kit.mfu import flops_per_token, peak_flops
 from gpt2kit.model import GPT, preset_config
 from gpt2kit.outputs import TRAINING_RUN, DirectoryClaim, claim_directory
 from gpt2kit.parallelize import DistEnv, gradient_sync, init_distributed, parallelize, shutdown_distributed
 from gpt2kit.tokenizer import Tokenizer
 from gpt2kit.train_config import OptimConfig, TrainConfig
-from gpt2kit.train_state import (
+from gpt2kit.training_run import (
+    CHECKPOINT_DIR,
+    FINAL_DIR,
+    METRICS_FILE,
     STATE_FILE,
-    STATE_FORMAT,
-    STATE_VERSION,
     TrainingError,
     capture_rng,
+    check_resumable,
+    checkpoint_path,
     checkpoints,
     load_training_state,
+    prune_checkpoints,
+    publish_final,
     restore_rng,
+    resume_checkpoint,
+    write_training_state,
 )
 
 log = logging.getLogger(__name__)
-
-METRICS_FILE = "metrics.jsonl"
-# Fields a resumed run may change; any other difference would break the continuation. (Changing
-# parallelism or compile, like changing the number of ranks, keeps the math but not every last bit.)
-RESUME_MAY_CHANGE = {
-    "parallelism",
-    "compile",
-    "max_steps",
-    "log_interval",
-    "eval_interval",
-    "eval_windows",
-    "checkpoint_interval",
-    "keep_checkpoints",
-    "progress",
-    "tensorboard",
-    "wandb",
-    "wandb_project",
-    "num_threads",
-    "data",
-    "out",
-}
 
 
 @dataclass
@@ -117,20 +101,6 @@ def select_dtype(spec: str, device: torch.device) -> torch.dtype:
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[spec]
-
-
-def _config_differences(saved: TrainConfig, current: TrainConfig) -> list[str]:
-    def flat(values: dict, prefix: str = "") -> dict:
-        items = {}
-        for key, value in values.items():
-            if isinstance(value, dict):
-                items.update(flat(value, f"{prefix}{key}."))
-            else:
-                items[prefix + key] = value
-        return items
-
-    old, new = flat(saved.to_dict()), flat(current.to_dict())
-    return [key for key in old if key not in RESUME_MAY_CHANGE and old[key] != new.get(key)]
 
 
 # -- metrics -------------------------------------------------------------------------------------
@@ -277,30 +247,15 @@ class Trainer:
 
     # -- setup ------------------------------------------------------------------------------------
     def _load_resume_state(self, resume: bool) -> None:
-        found = checkpoints(self.run_dir)
-        if not resume:
-            if found:
-                raise TrainingError(
-                    f"{self.run_dir}: already holds checkpoints (latest {found[-1].name}); "
-                    "resume that run, or use another output directory",
-                    setting="resume",
-                )
+        self.checkpoint = resume_checkpoint(self.run_dir, resume)
+        if self.checkpoint is not None:
+            self.state = load_training_state(self.checkpoint)
+            saved = TrainConfig.from_dict(self.state["config"], f"{self.checkpoint / STATE_FILE}")
+            self._keep_schedule(saved)
             self._fit_warmup()
-            return
-        if not found:
-            raise TrainingError(f"{self.run_dir}: no checkpoint to resume from")
-        self.checkpoint = found[-1]
-        self.state = load_training_state(self.checkpoint)
-        saved = TrainConfig.from_dict(self.state["config"], f"{self.checkpoint / STATE_FILE}")
-        self._keep_schedule(saved)
-        self._fit_warmup()
-        changed = _config_differences(saved, self.config)
-        if changed:
-            key = changed[0]
-            raise TrainingError(
-                f"resume: {key} differs from the checkpoint's config ({get_field(saved, key)!r} there, "
-                f"{get_field(self.config, key)!r} now); it must stay the same to continue the run exactly"
-            )
+            check_resumable(saved, self.config)
+        else:
+            self._fit_warmup()
 
     def _keep_schedule(self, saved: TrainConfig) -> None:
         """A resumed run with a new max_steps keeps the schedule it was trained with: the cosine still ends
@@ -487,7 +442,7 @@ class Trainer:
                 with torch.device("meta"):
                     model = GPT(self.model.config)
                 model.load_state_dict(weights, assign=True)
-            path = self.run_dir / CHECKPOINT_DIR / f"step-{self.step:08d}"
+            path = checkpoint_path(self.run_dir, self.step)
             try:
                 self._write_checkpoint(path, model, optimizer_state, rng)
             except (OSError, RuntimeError, SafetensorError, CheckpointError) as err:
@@ -496,31 +451,15 @@ class Trainer:
                 raise TrainingError(
                     f"{path}: cannot write the checkpoint ({reason}); older checkpoints are intact"
                 ) from None
-            for old in checkpoints(self.run_dir)[: -self.config.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
+            prune_checkpoints(self.run_dir, self.config.keep_checkpoints)
         if self.env.distributed:
             dist.barrier()
         return path
-
-    def _publish_final(self, checkpoint: Path) -> None:
-        """RUN/final: the finished run's model (the last checkpoint without its training state), so the run
-        directory itself works as a model everywhere. Hard links where the file system allows: no copy."""
-        with atomic_directory(self.run_dir / FINAL_DIR) as tmp:
-            for item in checkpoint.iterdir():
-                if item.name == STATE_FILE or not item.is_file():
-                    continue
-                try:
-                    os.link(item, tmp / item.name)
-                except OSError:
-                    shutil.copy2(item, tmp / item.name)
-        log.info("final model: %s", self.run_dir / FINAL_DIR)
 
     def _write_checkpoint(self, path: Path, model: GPT, optimizer_state: dict, rng: list) -> None:
         with atomic_directory(path) as tmp:
             save(model, self.tokenizer, tmp)
             state = {
-                "format": STATE_FORMAT,
-                "version": STATE_VERSION,
                 "step": self.step,
                 "tokens": self.tokens,
                 "elapsed_s": self.elapsed,
@@ -531,9 +470,8 @@ class Trainer:
                 "rng": rng,
                 "loader": self.loader.state_dict(),
                 "world_size": self.env.world_size,
-                "weights_sha256": file_sha256(tmp / "model.safetensors"),
             }
-            torch.save(state, tmp / STATE_FILE)
+            write_training_state(tmp, state)
 
     def _step_record(self, loss: float, lr: float, grad_norm: float, tokens_per_s: float, applied: bool) -> dict:
         mfu = None
@@ -637,7 +575,7 @@ class Trainer:
                 bar.update(1)
         found = checkpoints(self.run_dir) if main else []
         if main and found and self.step == config.max_steps:
-            self._publish_final(found[-1])
+            log.info("final model: %s", publish_final(self.run_dir, found[-1]))
         return TrainResult(self.run_dir, self.step, self.tokens, last_loss, last_val, found[-1] if found else None)
 
 

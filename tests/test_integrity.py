@@ -11,13 +11,13 @@ import torch
 from helpers import run_cli_process, small_train_config
 
 import gpt2kit
-from gpt2kit.checkpoint import CHECKPOINT_DIR, CheckpointError
+from gpt2kit.checkpoint import CheckpointError
 from gpt2kit.data.loader import TokenWindows
 from gpt2kit.data.prepare import prepare
 from gpt2kit.data.shards import Manifest, ShardError, write_shard
 from gpt2kit.model import GPT, GPTConfig
 from gpt2kit.train import Trainer
-from gpt2kit.train_state import TrainingError, checkpoints
+from gpt2kit.training_run import CHECKPOINT_DIR, TrainingError, checkpoints
 
 
 @pytest.fixture

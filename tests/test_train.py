@@ -18,7 +18,7 @@ from gpt2kit.data.loader import TokenWindows, WindowLoader
 from gpt2kit.model import GPT, GPTConfig
 from gpt2kit.train import Trainer, build_optimizer, learning_rate
 from gpt2kit.train_config import TrainConfig
-from gpt2kit.train_state import STATE_FILE, TrainingError, checkpoints
+from gpt2kit.training_run import STATE_FILE, TrainingError, checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTEXT = 32

@@ -71,9 +71,10 @@ class GPT2KitLM(TemplateLM):
         return self.gpt2kit_tokenizer.decode(tokens)
 
     def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
-        """lm-eval's split, except for a context made only of whitespace: 0.4.13's TemplateLM moves that whitespace
-        into the continuation and is left with no context at all (an error). As later lm-eval does, condition on
-        <|endoftext|> and score the whitespace with the continuation."""
+        """lm-eval's split, except for a context made only of whitespace: TemplateLM moves that whitespace into
+        the continuation and is left with no context at all (an error, in 0.4.13 and lm-eval's newest code alike).
+        Treat it as lm-eval treats an empty context: condition on <|endoftext|>, scoring the whitespace with the
+        continuation."""
         if context and not context.strip():
             return [self.prefix_token_id], self.tok_encode(context + continuation)
         return super()._encode_pair(context, continuation)

@@ -129,13 +129,12 @@ def train_size(config: SweepConfig, size: str, run_dir: Path) -> tuple[Path, boo
 
     Returns the final model directory, and whether any training happened.
     """
-    from gpt2kit.checkpoint import CHECKPOINT_NAME
     from gpt2kit.config import load_config
     from gpt2kit.device import resolve_device
     from gpt2kit.parallelize import DistEnv, init_distributed
     from gpt2kit.train import train
     from gpt2kit.train_config import TrainConfig
-    from gpt2kit.train_state import checkpoints
+    from gpt2kit.training_run import CHECKPOINT_NAME, checkpoints
 
     flags = {"data": config.data, "out": str(run_dir), "preset": size, "seed": config.seed}
     train_config = load_config(TrainConfig, config.config, flags=flags, overrides=config.overrides, check=False)
