@@ -12,7 +12,8 @@ import dataclasses
 
 def _default_text(f: dataclasses.Field) -> str:
     if f.default is not dataclasses.MISSING:
-        return "" if f.default in (None, "", ()) else f" (default {f.default})"
+        unset = f.default is None or f.default is False or f.default == "" or f.default == ()
+        return "" if unset else f" (default {f.default})"
     return ""
 
 
@@ -25,9 +26,19 @@ def add_config_flags(p, cls: type, names: list[str], flags: dict[str, str] | Non
     helps = field_help(cls)
     by_name = {f.name: f for f in dataclasses.fields(cls)}
     for name in names:
+        field = by_name[name]
         flag = (flags or {}).get(name, "--" + name.replace("_", "-"))
         dest = f"{section}.{name}" if section else name
-        p.add_argument(flag, dest=dest, metavar=name.upper(), help=helps.get(name, "") + _default_text(by_name[name]))
+        text = helps.get(name, "") + _default_text(field)
+        kind = str(field.type).replace(" | None", "")
+        if kind == "bool":
+            p.add_argument(flag, dest=dest, action="store_const", const=True, help=text)
+        else:
+            p.add_argument(flag, dest=dest, metavar=name.upper(), type=FLAG_TYPES.get(kind), help=text)
+
+
+# Annotations whose flags argparse converts; the rest reach the config engine as text, which parses and checks them.
+FLAG_TYPES = {"int": int, "float": float}
 
 
 EXECUTOR_FLAGS = ["retries", "ray_address", "partition", "time", "qos", "cpus_per_task", "mem_per_cpu_gb"]
@@ -286,18 +297,13 @@ def add_sampling_commands(commands) -> None:
 def add_data_commands(commands) -> None:
     p = commands.add_parser("prepare", help="tokenize a corpus into token shards for training")
     p.add_argument("--input", nargs="+", help="text/jsonl(.gz|.zst)/parquet files, directories or globs")
-    p.add_argument("--hf-dataset", help="a HF dataset NAME[:CONFIG] (hub id or local directory), streamed")
-    p.add_argument("--split", dest="hf_split", help="split of --hf-dataset (default: train)")
     p.add_argument("--tokenizer", default="gpt2", help="'gpt2', a tokenizer or model directory, or a .tiktoken file")
     p.add_argument("--out", required=True, help="output directory for shards and manifest.json")
     p.set_defaults(out_kind="dir")
-    p.add_argument("--val-fraction", type=float, help="share of documents for validation (default 0.005)")
-    p.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: all cores)")
-    p.add_argument("--seed", type=int, help="seed of the train/validation split (default 0)")
-    p.add_argument("--split-lines", action="store_true", help="one document per line of text files")
-    p.add_argument("--text-field", help="field (jsonl) or column (parquet, HF) with the text (default: text)")
-    p.add_argument("--on-bad-utf8", choices=("error", "replace", "skip"), help="default: replace")
-    p.add_argument("--shard-tokens", type=int, help="train tokens per shard (default 100,000,000)")
+    from gpt2kit.data.prepare_common import PrepareConfig
+
+    names = ["hf_dataset", "hf_split", "val_fraction", "workers", "seed", "split_lines", "text_field", "on_bad_utf8"]
+    add_config_flags(p, PrepareConfig, names + ["shard_tokens"], flags={"hf_split": "--split"})
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_executor_options(p, "tokenize as this many tasks, each a slice of the input files, with shards per file")
     p.set_defaults(handler="prepare")

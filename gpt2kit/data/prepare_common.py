@@ -367,12 +367,12 @@ class PrepareConfig(Checked):
 
     val_fraction: float = 0.005  # share of documents for validation, drawn by a seeded hash
     workers: int | None = None  # tokenizer processes; None: all cores
-    seed: int = 0
+    seed: int = 0  # seed of the train/validation draw
     split_lines: bool = False  # one document per line of text files
     text_field: str = "text"  # field (JSON lines) or column (parquet, HF) holding the text
-    on_bad_utf8: str = "replace"  # error, replace or skip
+    on_bad_utf8: str = "replace"  # what bad UTF-8 gets: error, replace or skip
     hf_dataset: str | None = None  # a HF dataset NAME[:CONFIG], streamed after the files
-    hf_split: str = "train"
+    hf_split: str = "train"  # the split of hf_dataset
     shard_tokens: int = 100_000_000  # train tokens per shard group
     batch_bytes: int = 1 << 20  # text per tokenizer task
     progress: bool = True
