@@ -441,8 +441,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from gpt2kit.train import train
     from gpt2kit.train_config import TrainConfig
 
-    flags = {"data": args.data, "out": args.out, "preset": args.preset, "init_from": args.init_from}
-    flags |= {"max_steps": args.max_steps, "seed": args.seed, "compile": True if args.compile else None}
+    flags = _config_flags(args, TrainConfig)
     config = load_config(TrainConfig, args.config, flags=flags, overrides=args.set, check=False)
     if args.config is None:
         print(f"no --config: training on the defaults: {config.describe()}")

@@ -319,12 +319,10 @@ def add_train_commands(commands) -> None:
     p.add_argument("--data", required=True, help="a directory written by `gpt2kit prepare`")
     p.add_argument("--out", required=True, help="the run directory")
     p.set_defaults(out_kind="dir")
-    p.add_argument("--preset", help="model size preset (gpt2, cpu-6m, ...)")
-    p.add_argument("--init-from", dest="init_from", help="fine-tune this model directory or hub id")
-    p.add_argument("--max-steps", dest="max_steps", type=int)
-    p.add_argument("--seed", type=int)
+    from gpt2kit.train_config import TrainConfig
+
+    add_config_flags(p, TrainConfig, ["preset", "init_from", "max_steps", "seed", "compile"])
     p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
-    p.add_argument("--compile", action="store_true", help="torch.compile each block (same as --set compile=true)")
     p.add_argument(
         "--set",
         action="extend",

@@ -32,8 +32,8 @@ class TrainConfig(Checked):
     context_length: int | None = None  # tokens per window; None means the model's n_positions
     dropout: float = 0.0
     vocab_multiple: int = 1  # pad the embedding to a multiple of this (64 suits GPUs)
-    seed: int = 1337
-    max_steps: int = 1000
+    seed: int = 1337  # the seed of initialisation, dropout and the data order
+    max_steps: int = 1000  # optimizer steps to train for
     batch_tokens: int = 16384  # tokens per optimizer step, over all ranks and micro-batches
     micro_batch_size: int = 8  # sequences per forward pass on each rank
     optim: OptimConfig = field(default_factory=OptimConfig)
