@@ -154,7 +154,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from gpt2kit.cli_parser import SWEEP_FLAGS
     from gpt2kit.cli_values import parse_eval_jobs
+    from gpt2kit.config import given
     from gpt2kit.study.sweep import SweepConfig, run_sweep, sweep_summary
 
     config = SweepConfig(
@@ -165,15 +167,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         eval_jobs=parse_eval_jobs(args.eval_tasks, args.eval_data),
         config=args.config,
         overrides=args.set,
-        eval_data_dir=args.eval_data_dir,
-        eval_limit=args.eval_limit,
-        eval_shots=args.eval_shots,
         no_detokenize=tuple(t for t in (args.no_detokenize or "").split(",") if t),
         prompts=args.prompt or [""],
-        device=args.device,
-        seed=args.seed,
-        train_filter=args.train_filter,
-        memorisation_windows=args.memorisation_windows,
+        **given({name: getattr(args, name) for name in SWEEP_FLAGS}),
     )
     report, results = run_sweep(config)
     if report is None:

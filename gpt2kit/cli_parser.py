@@ -41,6 +41,7 @@ def add_config_flags(p, cls: type, names: list[str], flags: dict[str, str] | Non
 FLAG_TYPES = {"int": int, "float": float}
 
 
+SWEEP_FLAGS = ["eval_data_dir", "eval_limit", "eval_shots", "train_filter", "memorisation_windows", "device", "seed"]
 EXECUTOR_FLAGS = ["retries", "ray_address", "partition", "time", "qos", "cpus_per_task", "mem_per_cpu_gb"]
 EXECUTOR_FLAGS += ["job_name", "env_command"]
 
@@ -139,17 +140,11 @@ def add_demo_commands(commands) -> None:
     p.add_argument("--config", help="a gpt2kit train config (TOML or YAML); its preset and max_steps are set per size")
     p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE", help="train config overrides")
     p.add_argument("--eval-data", action="append", default=[], metavar="NAME[:examples]=PATH")
-    p.add_argument("--eval-data-dir", help="directory with the eval tasks' standard file names")
-    p.add_argument("--eval-limit", type=int, help="examples per eval task")
-    p.add_argument("--eval-shots", type=int, help="example pairs for translation and question answering")
     p.add_argument("--no-detokenize", help="eval tasks whose detokenizer is off, comma-separated")
     p.add_argument("--prompt", action="append", help="a sample prompt (repeatable; default: unconditional)")
-    p.add_argument(
-        "--train-filter", help="the training text's 8-gram filter (overlap build): how much samples repeat it"
-    )
-    p.add_argument("--memorisation-windows", type=int, default=32, help="windows of train and val for their PPL")
-    p.add_argument("--device", default="auto", help="where evaluation and sampling run (default: CUDA if present)")
-    p.add_argument("--seed", type=int, default=0)
+    from gpt2kit.study.sweep import SweepConfig
+
+    add_config_flags(p, SweepConfig, SWEEP_FLAGS)
     p.add_argument("--out", default="sweep-out")
     p.set_defaults(out_kind="dir")
     p.set_defaults(handler="sweep")

@@ -65,19 +65,19 @@ class SweepConfig:
     eval_jobs: list[EvalJob]
     config: str | None = None  # a `gpt2kit train` config file; each size overrides its preset and max_steps
     overrides: list[str] = field(default_factory=list)  # `--set key=value` for every run
-    eval_data_dir: str | None = None
-    eval_limit: int | None = None
-    eval_shots: int | None = None
+    eval_data_dir: str | None = None  # where the eval tasks' standard file names are looked for
+    eval_limit: int | None = None  # examples per eval task; None: all
+    eval_shots: int | None = None  # example pairs for translation and question answering; None: the task's
     eval_batch_size: int = 16
     device: str = "auto"  # where evaluation and sampling run: auto (CUDA when there is one), cpu, cuda, cuda:N
     no_detokenize: tuple[str, ...] = ()
     prompts: list[str] = field(default_factory=lambda: [""])  # "" samples unconditionally
     sample_tokens: int = 80
-    seed: int = 0
+    seed: int = 0  # the seed of sampling and evaluation draws
     # Memorisation (the paper's section 4): training-set against held-out perplexity on as many windows of each,
     # and, given the training text's 8-gram filter (`gpt2kit overlap build`), how much unconditional samples repeat.
-    memorisation_windows: int = 32
-    train_filter: str | None = None
+    memorisation_windows: int = 32  # windows of train and of val whose perplexities are compared
+    train_filter: str | None = None  # the training text's 8-gram filter: how much samples repeat it
     memorisation_samples: int = 8
 
     def __post_init__(self) -> None:
