@@ -21,8 +21,11 @@ from hypothesis import strategies as st  # noqa: E402
 from serving import BackgroundServer  # noqa: E402
 
 from gpt2kit.model import GPT, GPTConfig  # noqa: E402
-from gpt2kit.serve import ServerConfig, create_app  # noqa: E402
-from gpt2kit.serve.api import build_app  # noqa: E402
+from gpt2kit.serve import (  # noqa: E402
+    ServerConfig,
+    build_app,  # noqa: E402
+    create_app,
+)
 from gpt2kit.serve.protocol import CompletionResponse  # noqa: E402
 
 # Small caps keep each generated request quick; the schema does not depend on them or on the model.

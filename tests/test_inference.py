@@ -159,7 +159,7 @@ def test_sample_and_eval_take_quantize(trained, tmp_path, capsys):
 
 def test_serve_with_int8_weights(trained):
     httpx = pytest.importorskip("httpx")
-    from gpt2kit.serve.api import ServerConfig, create_app
+    from gpt2kit.serve import ServerConfig, create_app
     from tests.serving import BackgroundServer
 
     int8 = gpt2kit.load(trained, quantize="int8")

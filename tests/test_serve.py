@@ -430,7 +430,7 @@ def test_tokenize_and_detokenize_as_vllm_shapes_them(server, gpt2_tokenizer):
 
 
 def test_health_is_503_until_the_model_is_loaded_and_warm(model, gpt2_tokenizer):
-    from gpt2kit.serve.api import build_app
+    from gpt2kit.serve import build_app
 
     release = threading.Event()
 

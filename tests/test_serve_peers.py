@@ -519,6 +519,9 @@ def test_a_text_access_log_line_cannot_be_forged(server, caplog):
 
     caplog.set_level(logging.INFO, logger="gpt2kit.access")
     httpx.get(f"{server}/x%0AGET%20/v1/completions%20200")  # a percent-decoded newline in the path
-    lines = [r.getMessage() for r in caplog.records if r.name == "gpt2kit.access"]
+    deadline = time.monotonic() + 5  # the access log is written once the answer has gone out
+    while not (lines := [r.getMessage() for r in caplog.records if r.name == "gpt2kit.access"]):
+        assert time.monotonic() < deadline, "no access log line"
+        time.sleep(0.05)
     assert any(line.startswith("GET /x\\nGET /v1/completions 200 404 ") for line in lines), lines
     assert not any("\n" in line for line in lines)
