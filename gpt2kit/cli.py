@@ -279,7 +279,7 @@ SAMPLE_SEPARATOR = "=" * 40
 def _generation_config(args: argparse.Namespace):
     """Generation settings: the paper's sampling defaults, then --config (TOML/YAML), then the flags given."""
     from gpt2kit.config import load_config
-    from gpt2kit.generate import PAPER_TOP_K, GenerationConfig
+    from gpt2kit.sequences import PAPER_TOP_K, GenerationConfig
 
     flags = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_k": args.top_k}
     flags |= {"top_p": args.top_p, "seed": args.seed, "stop": args.stop}

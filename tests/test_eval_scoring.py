@@ -9,10 +9,10 @@ from gpt2kit.errors import GPT2KitError
 from gpt2kit.evals.scoring import (
     Scorer,
     ScoreRequest,
-    rolling_windows,
     score_stream,
 )
 from gpt2kit.model import GPTConfig
+from gpt2kit.windows import rolling_windows
 
 CONFIG = GPTConfig(vocab_size=97, n_positions=32, n_layer=2, n_head=2, n_embd=16)
 

@@ -6,19 +6,10 @@ from torch import nn
 
 import gpt2kit
 from gpt2kit.errors import GPT2KitError
-from gpt2kit.generate import (
-    Decoder,
-    GenerationConfig,
-    SequenceState,
-    _sample,
-    _shape_logits,
-    _Text,
-    common_prefix_length,
-    generate,
-    make_sequences,
-    stream,
-)
+from gpt2kit.generate import Decoder, GenerationConfig, common_prefix_length, generate, stream
 from gpt2kit.model import GPT, GPTConfig
+from gpt2kit.sampling import _sample, _shape_logits
+from gpt2kit.sequences import SequenceState, _Text, make_sequences
 
 GREEDY = dict(temperature=0.0)
 
@@ -215,7 +206,7 @@ def rows_for(tokenizer, n, **settings):
 
 @pytest.mark.parametrize("nucleus_guess", [1024, 1])  # 1: the nucleus is not in the guess, so a full sort
 def test_sampling_follows_temperature_top_k_and_top_p(tiny_tokenizer, monkeypatch, nucleus_guess):
-    monkeypatch.setattr("gpt2kit.generate.NUCLEUS_GUESS", nucleus_guess)
+    monkeypatch.setattr("gpt2kit.sampling.NUCLEUS_GUESS", nucleus_guess)
     probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
     logits = probs.log().repeat(4000, 1)
 

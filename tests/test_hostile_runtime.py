@@ -18,8 +18,10 @@ from gpt2kit.cli import main
 from gpt2kit.config import PER_CPU_LIMIT, ConfigError
 from gpt2kit.data.demonstrations import find_demonstrations
 from gpt2kit.errors import GPT2KitError
-from gpt2kit.generate import Decoder, GenerationConfig, SequenceState, _sample, _shape_logits, generate
+from gpt2kit.generate import Decoder, GenerationConfig, generate
 from gpt2kit.model import GPT, GPTConfig
+from gpt2kit.sampling import _sample, _shape_logits
+from gpt2kit.sequences import SequenceState
 from gpt2kit.train_config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]

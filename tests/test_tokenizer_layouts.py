@@ -108,7 +108,7 @@ def test_special_and_added_tokens_anywhere_with_gaps(hf_trained_dir, wikitext_li
     with pytest.raises(TokenizerError, match="token id 103 is not in the vocabulary"):
         ours.decode([103])
     from gpt2kit.errors import GPT2KitError
-    from gpt2kit.generate import encode_prompt
+    from gpt2kit.sequences import encode_prompt
 
     with pytest.raises(GPT2KitError, match="token id 103 is not in the vocabulary"):
         encode_prompt(ours, [5, 103], context=64)  # a prompt of ids from a client: refused, not a 500 later

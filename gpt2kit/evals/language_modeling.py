@@ -20,8 +20,9 @@ from dataclasses import dataclass
 
 from gpt2kit.evals.data import EvalDataError, HFDataset, read_text
 from gpt2kit.evals.detokenize import LM1B, PTB, WIKITEXT, Detokenizer
-from gpt2kit.evals.scoring import rolling_windows, score_stream
+from gpt2kit.evals.scoring import score_stream
 from gpt2kit.evals.task import Column, TaskContext, TaskOutput, TaskSpec
+from gpt2kit.windows import rolling_windows
 
 # enwik8 and text8 are 100M-character files; the standard split holds out the last 5M as test.
 CHARACTER_TEST_SIZE = 5_000_000

@@ -31,6 +31,7 @@ import torch
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.generate import common_prefix_length
 from gpt2kit.model import GPT, KVCache
+from gpt2kit.windows import rolling_windows
 
 # Rows of (position, vocab) logits computed at once by the output layer.
 HEAD_CHUNK = 1024
@@ -290,40 +291,7 @@ class Scorer:
             )
 
 
-# -- rolling windows for corpus perplexity --------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Window:
-    """Model input `tokens[start:end]`; its last `n_scored` positions' next tokens are scored."""
-
-    start: int
-    end: int
-    n_scored: int
-
-
-def rolling_windows(n_tokens: int, max_length: int, stride: int | None = None) -> list[Window]:
-    """Windows over a stream of `n_tokens` (the first being a `<|endoftext|>` that is never scored).
-
-    Every token after the first is scored exactly once. With `stride` equal to
-    `max_length` (the default) the scored spans do not overlap and each window
-    sees only its own tokens; a smaller stride slides the window by `stride`
-    tokens and scores only the new ones, so each has at least
-    `max_length - stride` tokens of context.
-    """
-    stride = stride or max_length
-    if not 1 <= stride <= max_length:
-        raise GPT2KitError(f"stride must be in 1..{max_length} (the context length), got {stride}")
-    windows: list[Window] = []
-    scored_until = 1  # tokens[1:scored_until] are scored
-    start = 0
-    while scored_until < n_tokens:
-        end = min(start + max_length, n_tokens - 1)
-        # Input tokens[start:end] predicts tokens[start+1:end+1].
-        windows.append(Window(start, end, end + 1 - scored_until))
-        scored_until = end + 1
-        start += stride
-    return windows
+# -- corpus perplexity: a stream scored in rolling windows ----------------------------------
 
 
 def score_stream(scorer: Scorer, tokens: Sequence[int], stride: int | None = None) -> list[list[float]]:

@@ -181,7 +181,8 @@ def evaluate_size(config: SweepConfig, loaded: LoadedModel) -> dict[str, dict]:
 
 def sample_size(config: SweepConfig, loaded: LoadedModel) -> list[tuple[str, str]]:
     """One top-k 40 sample per prompt (the paper's sampling), seeded; "" samples from <|endoftext|>."""
-    from gpt2kit.generate import PAPER_TOP_K, GenerationConfig, generate
+    from gpt2kit.generate import GenerationConfig, generate
+    from gpt2kit.sequences import PAPER_TOP_K
 
     eot = loaded.tokenizer.eot_token
     prompts = [loaded.tokenizer.encode(p) if p else [eot] for p in config.prompts]
@@ -200,7 +201,8 @@ def memorisation_size(config: SweepConfig, loaded: LoadedModel) -> dict:
 
     from gpt2kit.data.loader import TokenWindows
     from gpt2kit.data.overlap import VERBATIM_WORDS, check_examples
-    from gpt2kit.generate import PAPER_TOP_K, GenerationConfig, generate
+    from gpt2kit.generate import GenerationConfig, generate
+    from gpt2kit.sequences import PAPER_TOP_K
 
     model = loaded.model.eval()
     device = next(model.parameters()).device
