@@ -27,7 +27,6 @@ from gpt2kit.sequences import (
     make_sequences,
     token_text,
 )
-from gpt2kit.sequences import encode_prompt as encode_prompt  # serve/ imports it from here until its split lands
 from gpt2kit.tokenizer import Tokenizer
 from gpt2kit.windows import rolling_windows
 

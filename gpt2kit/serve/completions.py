@@ -16,15 +16,9 @@ from typing import Any
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from gpt2kit.errors import GPT2KitError
-from gpt2kit.generate import (
-    GenerationConfig,
-    SequenceState,
-    best_completions,
-    encode_prompt,
-    generate,
-    token_text,
-)
+from gpt2kit.generate import generate
 from gpt2kit.model import GPT
+from gpt2kit.sequences import GenerationConfig, SequenceState, best_completions, encode_prompt, token_text
 from gpt2kit.serve.config import ServerConfig
 from gpt2kit.serve.engine import Done, Engine, Failed, Job, Update
 from gpt2kit.serve.observe import ACCESS_KEY, ServerMetrics

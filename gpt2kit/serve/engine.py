@@ -17,8 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gpt2kit.generate import Completion, Decoder, SequenceState, prompt_logprobs
+from gpt2kit.generate import Decoder, prompt_logprobs
 from gpt2kit.model import GPT
+from gpt2kit.sequences import Completion, SequenceState
 from gpt2kit.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
