@@ -31,8 +31,10 @@ def add_config_flags(p, cls: type, names: list[str], flags: dict[str, str] | Non
         dest = f"{section}.{name}" if section else name
         text = helps.get(name, "") + _default_text(field)
         kind = str(field.type).replace(" | None", "")
-        if kind == "bool":
+        if kind == "bool" and field.default is not True:
             p.add_argument(flag, dest=dest, action="store_const", const=True, help=text)
+        elif kind == "bool":  # on by default: the flag takes true or false, which the config engine reads
+            p.add_argument(flag, dest=dest, metavar="{true,false}", help=text)
         else:
             p.add_argument(flag, dest=dest, metavar=name.upper(), type=FLAG_TYPES.get(kind), help=text)
 
@@ -229,27 +231,6 @@ def add_demonstrations_command(commands) -> None:
     p.set_defaults(handler="demonstrations")
 
 
-# `gpt2kit serve` flags: (flag, the ServerConfig field it sets, type, help).
-SERVE_FLAGS = (
-    ("--host", "host", str, "default 127.0.0.1 (this machine only); several: comma-separated"),
-    ("--port", "port", int, "default 8000"),
-    ("--model-name", "model_name", str, "the id clients see (default: the directory name)"),
-    ("--api-key", "api_key", str, "require 'Authorization: Bearer KEY' on /v1/*, /tokenize, /detokenize"),
-    ("--device", "device", str, "default cpu"),
-    ("--quantize", "quantize", str, "int8: int8 weights, about 2x faster decoding on CPU (default: fp32)"),
-    ("--max-prompt-tokens", "max_prompt_tokens", int, "default: the model's context"),
-    ("--max-tokens-cap", "max_tokens_cap", int, "largest max_tokens a request may ask for (default 1024)"),
-    ("--max-n", "max_n", int, "largest n a request may ask for (default 8)"),
-    ("--max-choices", "max_choices", int, "largest prompts x n in one request (default 32)"),
-    ("--max-body-bytes", "max_body_bytes", int, "default 1000000"),
-    ("--request-timeout", "request_timeout_s", float, "seconds (default 300)"),
-    ("--max-batch-size", "max_batch_size", int, "sequences decoded together (default 16)"),
-    ("--max-queued-requests", "max_queued_requests", int, "requests waiting for the batch; more get a 503 (256)"),
-    ("--log-format", "log_format", str, "the access log: text (default) or json lines"),
-    ("--share-prefixes", "share_prefixes", str, "true (default): a prompt prefix concurrent requests share runs once"),
-)
-
-
 def add_sampling_commands(commands) -> None:
     p = commands.add_parser("sample", help="sample text from a model (greedy with --temperature 0)")
     p.add_argument("--model", required=True, help="a model directory or hub id")
@@ -282,10 +263,11 @@ def add_sampling_commands(commands) -> None:
     p.set_defaults(handler="sample")
 
     p = commands.add_parser("serve", help="an OpenAI-compatible completions server with a playground page")
-    p.add_argument("--model", help="a model directory or hub id")
     p.add_argument("--config", help="a TOML/YAML file of server settings; flags override it")
-    for flag, dest, kind, text in SERVE_FLAGS:
-        p.add_argument(flag, dest=dest, type=kind, help=text)
+    from gpt2kit.serve.config import ServerConfig
+
+    names = [f.name for f in dataclasses.fields(ServerConfig)]
+    add_config_flags(p, ServerConfig, names, flags={"request_timeout_s": "--request-timeout"})
     p.set_defaults(handler="serve")
 
 

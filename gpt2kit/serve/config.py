@@ -16,20 +16,20 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class ServerConfig(Checked):
-    model: str = ""
-    host: str = "127.0.0.1"
+    model: str = ""  # a model directory or hub id
+    host: str = "127.0.0.1"  # this machine only; several: comma-separated
     port: int = 8000
     model_name: str | None = None  # the id clients see; default: the model directory's name
-    api_key: str | None = None
-    device: str = "cpu"
-    quantize: str | None = None  # int8: fbgemm int8 weights (CPU)
-    max_prompt_tokens: int | None = None  # None: the model's context
-    max_tokens_cap: int = 1024
-    max_n: int = 8
-    max_choices: int = 32  # prompts x n in one request
-    max_body_bytes: int = 1_000_000
-    request_timeout_s: float = 300.0
-    max_batch_size: int = 16
+    api_key: str | None = None  # require 'Authorization: Bearer KEY' on every route that reaches the model
+    device: str = "auto"  # auto (CUDA when there is one), cpu, cuda, cuda:N or mps
+    quantize: str | None = None  # int8: int8 weights, about 2x faster decoding on CPU; default fp32
+    max_prompt_tokens: int | None = None  # the longest prompt; default: the model's context
+    max_tokens_cap: int = 1024  # the largest max_tokens a request may ask for
+    max_n: int = 8  # the largest n a request may ask for
+    max_choices: int = 32  # the most prompts x n in one request
+    max_body_bytes: int = 1_000_000  # the largest request body
+    request_timeout_s: float = 300.0  # seconds a request may take
+    max_batch_size: int = 16  # sequences decoded together
     max_queued_requests: int = 256  # requests waiting for a place in the batch; more get a 503
     log_format: str = "text"  # the access log: text, or json (one JSON object a line)
     share_prefixes: bool = True  # encode a prompt prefix that joining requests share once, and keep recent ones
