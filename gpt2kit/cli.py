@@ -281,10 +281,8 @@ def _generation_config(args: argparse.Namespace):
     from gpt2kit.config import load_config
     from gpt2kit.sequences import PAPER_TOP_K, GenerationConfig
 
-    flags = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_k": args.top_k}
-    flags |= {"top_p": args.top_p, "seed": args.seed, "stop": args.stop}
-    for name in ("presence_penalty", "frequency_penalty", "repetition_penalty", "min_tokens", "ignore_eos", "best_of"):
-        flags[name] = getattr(args, name)
+    flags = _config_flags(args, GenerationConfig)
+    flags["logit_bias"] = None
     if args.logit_bias:
         flags["logit_bias"] = dict(_logit_bias_item(item) for item in args.logit_bias)
     base = GenerationConfig(top_k=PAPER_TOP_K)

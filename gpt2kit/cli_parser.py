@@ -239,21 +239,16 @@ def add_sampling_commands(commands) -> None:
     p.add_argument("--unconditional", action="store_true", help="sample from <|endoftext|>, as the paper did")
     p.add_argument("--interactive", action="store_true", help="a prompt loop on stdin")
     p.add_argument("--config", help="a TOML/YAML file of generation settings; flags override it")
-    p.add_argument("--max-new-tokens", type=int, help="default 64")
-    p.add_argument("--temperature", type=float, help="default 1.0; 0 is greedy (argmax)")
-    p.add_argument("--top-k", type=int, help="default 40, as the paper's samples; 0 turns it off")
-    p.add_argument("--top-p", type=float, help="nucleus sampling; default 1.0 (off)")
-    p.add_argument("--seed", type=int, help="sample i uses seed + i")
+    from gpt2kit.sequences import PAPER_TOP_K, GenerationConfig
+
+    add_config_flags(p, GenerationConfig, ["max_new_tokens", "temperature", "top_p", "seed"])
+    p.add_argument("--top-k", type=int, help=f"default {PAPER_TOP_K}, as the paper's samples; 0 turns it off")
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--stop", action="append", help="stop before this string (repeatable)")
     p.add_argument("--stream", action="store_true", help="print text as it is generated")
-    p.add_argument("--presence-penalty", type=float, help="OpenAI's, -2..2: minus this for a token already generated")
-    p.add_argument("--frequency-penalty", type=float, help="OpenAI's, -2..2: minus this times the token's count")
-    p.add_argument("--repetition-penalty", type=float, help="transformers': > 1 discourages prompt and output tokens")
+    add_config_flags(p, GenerationConfig, ["presence_penalty", "frequency_penalty", "repetition_penalty"])
     p.add_argument("--logit-bias", action="append", metavar="ID=BIAS", help="add BIAS (-100..100) to token ID's logit")
-    p.add_argument("--min-tokens", type=int, help="no <|endoftext|> before this many tokens")
-    p.add_argument("--ignore-eos", action="store_true", default=None, help="keep going past <|endoftext|>")
-    p.add_argument("--best-of", type=int, help="each sample is the best of N by mean logprob")
+    add_config_flags(p, GenerationConfig, ["min_tokens", "ignore_eos", "best_of"])
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, mps")
     p.add_argument(
         "--quantize",

@@ -29,17 +29,17 @@ PAPER_TOP_K = 40
 
 @dataclass
 class GenerationConfig(Checked):
-    max_new_tokens: int = 64
+    max_new_tokens: int = 64  # tokens to generate per sample
     temperature: float = 1.0  # 0 means greedy (argmax)
     top_k: int = 0  # 0 = off
     top_p: float = 1.0  # 1.0 = off
     stop: tuple[str, ...] = ()
-    seed: int | None = None
+    seed: int | None = None  # sample i uses seed + i; None: unseeded
     logprobs: int = 0  # per-token logprobs are always returned; if >0 also that many top alternatives
     ignore_eos: bool = False  # keep going past <|endoftext|> (it adds no text), as vLLM's ignore_eos
     # OpenAI's penalties, on the completion's own tokens: logit -= count * frequency + (count > 0) * presence
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0  # OpenAI's, -2..2: minus this for a token already generated
+    frequency_penalty: float = 0.0  # OpenAI's, -2..2: minus this times the token's count
     repetition_penalty: float = 1.0  # transformers' (CTRL's): over prompt and completion, divide a positive logit
     logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit, in [-100, 100]
     min_tokens: int = 0  # <|endoftext|> cannot end the completion before this many tokens
