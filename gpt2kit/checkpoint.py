@@ -24,7 +24,7 @@ from gpt2kit.errors import GPT2KitError, short_repr
 from gpt2kit.formats import read_model_file
 from gpt2kit.formats.base import WEIGHT_DTYPES, CheckpointError, check_sizes, read_torch_file, state_dict_items
 from gpt2kit.io import atomic_directory, read_json
-from gpt2kit.model import GPT, GPTConfig
+from gpt2kit.model import GPT, GPTConfig, check_output_rows
 from gpt2kit.outputs import check_model_target
 from gpt2kit.tokenizer import Tokenizer, TokenizerError, load_tokenizer
 from gpt2kit.training_run import CHECKPOINT_DIR, FINAL_DIR, run_model
@@ -114,10 +114,7 @@ def save(model: GPT, tokenizer: Tokenizer, directory: str | os.PathLike, overwri
         raise CheckpointError(
             f"{directory}: the model is prepared for inference ({model.inference_form}); save the fp32 model"
         )
-    if tokenizer.vocab_size > model.config.vocab_size:
-        raise CheckpointError(
-            f"tokenizer has {tokenizer.vocab_size} tokens but the model only {model.config.vocab_size}"
-        )
+    check_output_rows(model.config, tokenizer.vocab_size, str(directory))
     tensors = {}
     for name, tensor in model.state_dict().items():
         tensor = tensor.detach().to("cpu")
@@ -348,11 +345,7 @@ def load(
 
 def pair_up(model: GPT, tokenizer: Tokenizer, where: str) -> None:
     """Check that `tokenizer` fits `model`, and mask the output rows that are no token (padding, id gaps)."""
-    if tokenizer.vocab_size > model.config.vocab_size:
-        raise CheckpointError(
-            f"{where}: the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is "
-            f"{model.config.vocab_size}"
-        )
+    check_output_rows(model.config, tokenizer.vocab_size, where)
     unused = [*tokenizer.missing_ids, *range(tokenizer.vocab_size, model.config.vocab_size)]
     if unused:
         model.mask_logits(unused)

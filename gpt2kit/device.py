@@ -9,6 +9,11 @@ from gpt2kit.errors import GPT2KitError
 DEVICE_CHOICES = "auto, cpu, cuda, cuda:N or mps"
 
 
+def is_device_spec(spec: str) -> bool:
+    """Whether `spec` names a device kind gpt2kit runs on (whether this machine has it is `resolve_device`'s)."""
+    return spec in ("auto", "cpu", "mps", "cuda") or (spec.startswith("cuda:") and spec[5:].isdigit())
+
+
 def resolve_device(spec: str | torch.device = "auto", local_rank: int = 0) -> torch.device:
     """`spec` as a torch device; `auto` and a bare `cuda` take this process's GPU (`local_rank` under torchrun)."""
     if isinstance(spec, torch.device):

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from gpt2kit.errors import GPT2KitError
-from gpt2kit.model import GPT, KVCache
+from gpt2kit.model import GPT, KVCache, check_output_rows
 from gpt2kit.sampling import next_tokens
 from gpt2kit.sequences import (
     Completion,
@@ -45,10 +45,7 @@ class Decoder:
     """
 
     def __init__(self, model: GPT, tokenizer: Tokenizer, share_prefixes: bool = True):
-        if tokenizer.vocab_size > model.config.vocab_size:
-            raise GPT2KitError(
-                f"tokenizer has {tokenizer.vocab_size} tokens but the model only {model.config.vocab_size}"
-            )
+        check_output_rows(model.config, tokenizer.vocab_size, "decoding")
         self.model = model
         self.tokenizer = tokenizer
         self.context = model.config.n_positions

@@ -27,10 +27,12 @@ def _laplace(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * (1.0 + torch.erf((x - 0.707107) / (0.282095 * math.sqrt(2.0))))
 
 
+# transformers' names for GELU's tanh approximation, the one GPT-2 (and llm.c and llama.cpp) computes.
+TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu_accurate", "gelu_python_tanh")
 # The MLP activations transformers' GPT2MLP accepts by name (ACT2FN), less the two with weights of their own.
 # GPT-2 itself uses the tanh approximation of GELU; nanoGPT uses the exact one ("gelu").
 ACTIVATIONS = {
-    **dict.fromkeys(("gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu_accurate", "gelu_python_tanh"), _tanh_gelu),
+    **dict.fromkeys(TANH_GELUS, _tanh_gelu),
     **dict.fromkeys(("gelu", "gelu_python"), F.gelu),
     "gelu_10": lambda x: F.gelu(x).clamp(-10, 10),
     "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
@@ -95,6 +97,14 @@ class GPTConfig(Checked):
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def check_output_rows(config: GPTConfig, tokenizer_size: int, where: str) -> None:
+    """A tokenizer must have no more tokens than the model has output rows (it may have fewer: padding)."""
+    if tokenizer_size > config.vocab_size:
+        raise GPT2KitError(
+            f"{where}: the tokenizer has {tokenizer_size} tokens but the model's vocab_size is {config.vocab_size}"
+        )
 
 
 # The four released GPT-2 sizes, plus CPU-sized models that train in minutes on 2 cores.

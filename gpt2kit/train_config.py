@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from gpt2kit.config import PER_CPU_LIMIT, Checked, ConfigError, cpu_limit, get_field
+from gpt2kit.device import DEVICE_CHOICES, is_device_spec
 from gpt2kit.model import PRESETS, preset_config
 
 
@@ -115,11 +116,7 @@ class TrainConfig(Checked):
         need(self.eval_windows >= 1, "eval_windows", "must be at least 1")
         need(self.checkpoint_interval >= 0, "checkpoint_interval", "must be >= 0 (0: only at the end)")
         need(self.keep_checkpoints >= 1, "keep_checkpoints", "must be at least 1")
-        need(
-            self.device in ("auto", "cpu", "mps", "cuda") or self.device.startswith("cuda:"),
-            "device",
-            "must be auto, cpu, cuda, cuda:N or mps",
-        )
+        need(is_device_spec(self.device), "device", f"must be {DEVICE_CHOICES}")
         need(self.max_bad_steps >= 1, "max_bad_steps", "must be at least 1")
         limit = cpu_limit()
         need(

@@ -23,7 +23,6 @@ LLMC_MAGIC = 20240326
 SOURCE_FORMATS = ("hf", "nanogpt", "llmc")
 TARGET_FORMATS = ("hf", "nanogpt", "llmc", "gguf")
 TARGET_DTYPES = {"hf": ("f32",), "nanogpt": ("f32",), "llmc": ("f32", "bf16"), "gguf": ("f32", "f16")}
-TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu_accurate", "gelu_python_tanh")
 
 
 @dataclass

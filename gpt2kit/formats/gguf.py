@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gpt2kit.formats.base import TANH_GELUS, CheckpointError, require
-from gpt2kit.model import GPT
+from gpt2kit.formats.base import CheckpointError, require
+from gpt2kit.model import GPT, TANH_GELUS, check_output_rows
 from gpt2kit.tokenizer import Tokenizer, token_to_str
 
 # gpt2kit's name -> llama.cpp's, per block and outside the blocks.
@@ -65,8 +65,7 @@ def write(model: GPT, tokenizer: Tokenizer, path: Path, dtype: str = "f32") -> l
             scale_attn_by_inverse_layer_idx=False)  # fmt: skip
     if dtype not in ("f32", "f16"):
         raise CheckpointError(f"{path}: GGUF is written as f32 or f16, not {dtype!r}")
-    if tokenizer.vocab_size > config.vocab_size:
-        raise CheckpointError(f"{path}: the tokenizer has more tokens than the model has output rows")
+    check_output_rows(config, tokenizer.vocab_size, str(path))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from gpt2kit.config import ConfigError
-from gpt2kit.formats.base import LLMC_MAGIC, TANH_GELUS, CheckpointError, ForeignModel, require
+from gpt2kit.formats.base import LLMC_MAGIC, CheckpointError, ForeignModel, require
 from gpt2kit.io import atomic_open
-from gpt2kit.model import GPT, GPTConfig
+from gpt2kit.model import GPT, TANH_GELUS, GPTConfig
 
 HEADER_INTS = 256
 VERSIONS = {3: torch.float32, 5: torch.bfloat16}
