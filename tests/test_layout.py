@@ -111,3 +111,19 @@ def test_dependencies_point_one_way():
     for node in sorted(graph):
         if node not in state:
             visit(node, [node])
+
+
+def test_the_readme_layout_table_names_every_module_and_nothing_else():
+    readme = (PACKAGE.parent / "README.md").read_text()
+    table = readme[readme.index("## Layout") : readme.index("## Tests and benchmarks")]
+    named = set(re.findall(r"`(gpt2kit/[\w/.]+)`", table))
+    for path in named:
+        assert (PACKAGE.parent / path).exists(), f"README's Layout names {path}, which does not exist"
+    folders = {name for name in named if name.endswith("/")}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        relative = path.relative_to(PACKAGE.parent).as_posix()
+        if path.name == "__main__.py" or (path.name == "__init__.py" and path.parent != PACKAGE):
+            continue
+        assert relative in named or any(relative.startswith(folder) for folder in folders), (
+            f"{relative} is missing from the README's Layout table"
+        )
