@@ -23,6 +23,9 @@ from gpt2kit.errors import GPT2KitError, short_repr
 from gpt2kit.io import parse_json
 
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+# GPT-2's pre-tokenization regex as tiktoken writes it (GPT2_PATTERN) and as OpenAI's encoder.py and HF's ByteLevel do:
+# the same matches, so a tokenizer.json that splits on either before a regex-free ByteLevel encodes as GPT-2 does.
+GPT2_PATTERNS = (GPT2_PATTERN, r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
 ENDOFTEXT = "<|endoftext|>"
 GPT2_HUB_ID = "openai-community/gpt2"
 VOCAB_ENV = "GPT2KIT_GPT2_VOCAB"
@@ -106,6 +109,9 @@ class Tokenizer:
     `special_tokens` (text -> id) are matched only where the caller allows them.
     `added_tokens` (text -> id) are split out of any text first, as HF does with
     its non-special added tokens. Ids may have gaps; `missing_ids` lists them.
+
+    A vocabulary may lack some of the 256 bytes (`missing_bytes`), as toy HF vocabularies do: text needing one
+    encodes it as the unknown token `unk_text` (HF's behaviour when it has one), else is refused naming the byte.
     """
 
     def __init__(
@@ -118,14 +124,11 @@ class Tokenizer:
         added_tokens: dict[str, int] | None = None,
         eot_text: str | None = None,
         merges: list[tuple[bytes, bytes]] | None = None,
+        unk_text: str | None = None,
         where: str | None = None,
     ):
         """`where` names the file the vocabulary came from in errors (default: `name`)."""
         where = where or name
-        if len(mergeable_ranks) < 256 or any(bytes([b]) not in mergeable_ranks for b in range(256)):
-            raise TokenizerError(
-                f"{where}: a byte-level vocabulary needs all 256 bytes, got {len(mergeable_ranks)} tokens"
-            )
         if sorted(mergeable_ranks.values()) != list(range(len(mergeable_ranks))):
             raise TokenizerError(f"{where}: ranks must be exactly 0..{len(mergeable_ranks) - 1}")
         if special_tokens is None:
@@ -138,6 +141,8 @@ class Tokenizer:
         self._merges = merges
         if any(token not in self.token_ids for token in mergeable_ranks):
             raise TokenizerError(f"{where}: every ranked token needs an id")
+        self.unk_text = unk_text if unk_text is not None and self._text_id(unk_text) is not None else None
+        self.missing_bytes = tuple(b for b in range(256) if bytes([b]) not in mergeable_ranks)
         # tiktoken's special tokens (text -> rank) follow the mergeable ranks. Besides the special and added
         # tokens they hold the vocabulary's tokens that no merge makes: decodable, never produced by encoding.
         extra = [*self.special_tokens.items(), *self.added_tokens.items()]
@@ -151,11 +156,10 @@ class Tokenizer:
                         "UTF-8 text: not supported"
                     ) from None
         _check_special_texts(extra, where)
-        tiktoken_special = {text: len(mergeable_ranks) + i for i, (text, _) in enumerate(extra)}
         rank_to_id = [0] * len(mergeable_ranks) + [token_id for _, token_id in extra]
         for token, rank in mergeable_ranks.items():
             rank_to_id[rank] = self.token_ids[token]
-        if len(tiktoken_special) != len(extra):
+        if len({text for text, _ in extra}) != len(extra):
             raise TokenizerError(f"{where}: a special or added token is listed twice")
         if len(set(rank_to_id)) != len(rank_to_id) or min(rank_to_id) < 0:
             seen: set[int] = set()
@@ -167,9 +171,17 @@ class Tokenizer:
                 f"(at most {MAX_ID_GAPS} unused ids are allowed)"
             )
         self.vocab_size = max(rank_to_id) + 1
+        # tiktoken needs every byte: the missing ones take the ranks after the mergeable ones (no merge makes a
+        # token with them, so they stay single) and encode as the unknown token.
+        ranks = len(mergeable_ranks)
+        self._byte_ranks = range(ranks, ranks + len(self.missing_bytes))
+        unk_id = self._text_id(self.unk_text) if self.unk_text is not None else None
+        rank_to_id[ranks:ranks] = [unk_id or 0] * len(self.missing_bytes)
+        self._refuse_missing_bytes = bool(self.missing_bytes) and unk_id is None
         id_to_rank = [-1] * self.vocab_size
         for rank, token_id in enumerate(rank_to_id):
-            id_to_rank[token_id] = rank
+            if rank not in self._byte_ranks:
+                id_to_rank[token_id] = rank
         self.missing_ids = tuple(i for i, rank in enumerate(id_to_rank) if rank < 0)
         self._missing = frozenset(self.missing_ids)
         identity = rank_to_id == list(range(len(rank_to_id)))
@@ -179,12 +191,25 @@ class Tokenizer:
         self._id_to_rank = None if identity else id_to_rank
         self._split_out = set(self.added_tokens)
         self.eot_text = eot_text or self._default_eot()
+        tiktoken_ranks = dict(mergeable_ranks)
+        tiktoken_ranks.update((bytes([b]), r) for b, r in zip(self.missing_bytes, self._byte_ranks, strict=True))
+        tiktoken_special = {text: len(tiktoken_ranks) + i for i, (text, _) in enumerate(extra)}
         try:
             self._encoding = tiktoken.Encoding(
-                name=name, pat_str=GPT2_PATTERN, mergeable_ranks=mergeable_ranks, special_tokens=tiktoken_special
+                name=name, pat_str=GPT2_PATTERN, mergeable_ranks=tiktoken_ranks, special_tokens=tiktoken_special
             )
         except ValueError as err:  # tiktoken's matcher refused the special tokens (its size limits)
             raise TokenizerError(f"{where}: tiktoken cannot build this vocabulary ({err})") from None
+
+    def _text_id(self, text: str) -> int | None:
+        """The id of a token given as text (special, added, or vocabulary text in GPT-2's byte-to-unicode form)."""
+        for table in (self.special_tokens, self.added_tokens):
+            if text in table:
+                return table[text]
+        try:
+            return self.token_ids.get(str_to_token(text))
+        except TokenizerError:
+            return None
 
     def _default_eot(self) -> str | None:
         if ENDOFTEXT in self.special_tokens:
@@ -212,6 +237,8 @@ class Tokenizer:
             digest.update(text.encode() + b" %d\n" % token_id)
         for text, token_id in sorted(self.added_tokens.items(), key=lambda item: item[1]):
             digest.update(b"added " + text.encode() + b" %d\n" % token_id)
+        if self.missing_bytes:  # what text with a missing byte encodes to
+            digest.update(b"unknown " + (self.unk_text or "").encode() + b"\n")
         return digest.hexdigest()
 
     def __repr__(self) -> str:
@@ -221,8 +248,21 @@ class Tokenizer:
     def _ids(self, ranks: list[int]) -> list[int]:
         if self._rank_to_id is None:
             return ranks
+        if self._refuse_missing_bytes:
+            self._check_bytes(ranks)
         table = self._rank_to_id
         return [table[r] for r in ranks]
+
+    def _check_bytes(self, ranks: Iterable[int]) -> None:
+        """Refuse text that needs a byte this vocabulary lacks, when it has no unknown token to stand for it."""
+        missing = self._byte_ranks
+        rank = next((r for r in ranks if missing.start <= r < missing.stop), None)
+        if rank is not None:
+            byte = self.missing_bytes[rank - missing.start]
+            raise TokenizerError(
+                f"{self.name}: the text needs byte 0x{byte:02x} ({token_to_str(bytes([byte]))!r} in vocab.json), "
+                "which this vocabulary lacks, and it has no unknown token to stand for it"
+            )
 
     def unknown_id(self, ids: Iterable[int]) -> str | None:
         """What is wrong with the first of `ids` that is no token of this vocabulary (beyond it, or a gap in
@@ -264,6 +304,8 @@ class Tokenizer:
     def encode_to_numpy(self, text: str) -> np.ndarray:
         """`encode(text)` as a uint32 array, built in Rust without a Python list (for bulk tokenizing)."""
         ranks = self._encoding.encode_to_numpy(text, allowed_special=self._split_out, disallowed_special=())
+        if self._refuse_missing_bytes and ((ranks >= self._byte_ranks.start) & (ranks < self._byte_ranks.stop)).any():
+            self._check_bytes(ranks.tolist())
         return ranks if self._rank_to_id_array is None else self._rank_to_id_array[ranks]
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
@@ -304,6 +346,8 @@ class Tokenizer:
         special = {}
         if self.eot_text is not None:
             special = {"bos_token": self.eot_text, "eos_token": self.eot_text, "unk_token": self.eot_text}
+        if self.unk_text is not None:
+            special["unk_token"] = self.unk_text
         added = {
             **{t: (i, True) for t, i in self.special_tokens.items()},
             **{t: (i, False) for t, i in self.added_tokens.items()},
@@ -329,7 +373,9 @@ class Tokenizer:
         from tokenizers import Tokenizer as HFTokenizer
 
         merges = [(token_to_str(a), token_to_str(b)) for a, b in self.merges()]
-        hf = HFTokenizer(models.BPE(self.vocab(), merges))
+        # HF gives a byte the vocabulary lacks the model's unknown token (else drops it).
+        unk = self.unk_text if self.missing_bytes else None
+        hf = HFTokenizer(models.BPE(self.vocab(), merges, unk_token=unk))
         hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
         hf.decoder = decoders.ByteLevel()
         hf.post_processor = processors.ByteLevel(trim_offsets=False)
@@ -360,11 +406,16 @@ class Tokenizer:
 
     @classmethod
     def from_vocab_merges(
-        cls, vocab_path: str | os.PathLike, merges_path: str | os.PathLike, special: Iterable[str] = ()
+        cls,
+        vocab_path: str | os.PathLike,
+        merges_path: str | os.PathLike,
+        special: Iterable[str] = (),
+        unk_text: str | None = None,
     ) -> Tokenizer:
         """Load GPT-2's vocab.json (encoder.json) and merges.txt (vocab.bpe), whatever their id layout.
 
         `special` names the tokens that are special (from tokenizer_config.json); `<|...|>` tokens always are.
+        `unk_text` (tokenizer_config.json's unknown token) stands for bytes the vocabulary lacks.
         """
         vocab_path, merges_path = Path(vocab_path), Path(merges_path)
         vocab = _read_json(vocab_path)
@@ -384,11 +435,15 @@ class Tokenizer:
             if len(pair) != 2:
                 raise TokenizerError(f"{merges_path}:{number}: expected two tokens, got {line!r}")
             merges.append((pair[0], pair[1], f"{merges_path}:{number}"))
-        return _from_hf_vocabulary(vocab, merges, set(special), {}, str(vocab_path), vocab_path.parent.name or "bpe")
+        name = vocab_path.parent.name or "bpe"
+        return _from_hf_vocabulary(vocab, merges, set(special), {}, str(vocab_path), name, unk_text)
 
     @classmethod
-    def from_tokenizer_json(cls, path: str | os.PathLike) -> Tokenizer:
-        """Load an HF `tokenizer.json` holding a byte-level BPE with GPT-2's pre-tokenizer."""
+    def from_tokenizer_json(cls, path: str | os.PathLike, unk_text: str | None = None) -> Tokenizer:
+        """Load an HF `tokenizer.json` holding a byte-level BPE with GPT-2's pre-tokenizer.
+
+        Its model's unknown token, else `unk_text` (tokenizer_config.json's), stands for bytes the vocabulary lacks.
+        """
         path = Path(path)
         config = _read_json(path)
         if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
@@ -413,18 +468,24 @@ class Tokenizer:
                 special.add(text)
             added[text] = token_id
         name = path.parent.name or "bpe"
-        return _from_hf_vocabulary(vocab, merges, special, added, str(path), name)
+        unk_text = _typed(model.get("unk_token"), (str, None), path, "model.unk_token") or unk_text
+        tokenizer = _from_hf_vocabulary(vocab, merges, special, added, str(path), name, unk_text)
+        # HF fuses a run of unknown bytes into one unknown token; tiktoken gives each its own.
+        if tokenizer.missing_bytes and _typed(model.get("fuse_unk"), (bool, None), path, "model.fuse_unk"):
+            raise TokenizerError(f"{path}: model.fuse_unk=true is not supported for a vocabulary that lacks bytes")
+        return tokenizer
 
     @classmethod
     def from_dir(cls, directory: str | os.PathLike) -> Tokenizer:
         """A tokenizer directory: tokenizer.json, or vocab.json + merges.txt, or a .tiktoken file."""
         directory = Path(directory)
         tokenizer_json = directory / "tokenizer.json"
+        unk = _declared_token(directory, "unk_token")
         if tokenizer_json.exists():
-            tokenizer = cls.from_tokenizer_json(tokenizer_json)
+            tokenizer = cls.from_tokenizer_json(tokenizer_json, unk)
         elif (directory / "vocab.json").exists() or (directory / "merges.txt").exists():
             tokenizer = cls.from_vocab_merges(
-                directory / "vocab.json", directory / "merges.txt", _declared_special(directory)
+                directory / "vocab.json", directory / "merges.txt", _declared_special(directory), unk
             )
         else:
             tiktoken_files = sorted(directory.glob("*.tiktoken"))
@@ -434,7 +495,7 @@ class Tokenizer:
                     "or a .tiktoken file)"
                 )
             return cls.from_tiktoken_file(tiktoken_files[0])
-        eos = _declared_eos(directory)
+        eos = _declared_token(directory, "eos_token")
         if eos is not None and eos in tokenizer.special_tokens:
             tokenizer.eot_text = eos
         return tokenizer
@@ -537,20 +598,46 @@ def _check_hf_pipeline(config: dict, path: Path) -> None:
     normalizer = _typed(config.get("normalizer"), (dict, None), path, "normalizer")
     if normalizer is not None:
         raise TokenizerError(f"{path}: normalizer {short_repr(normalizer.get('type'))} is not supported")
+    _check_pre_tokenizer(config, path)
+
+
+def _check_pre_tokenizer(config: dict, path: Path) -> None:
+    """GPT-2's pre-tokenization, as HF writes it: ByteLevel with its regex (alone, or a Sequence's one step), or a
+    Sequence of a Split on GPT-2's regex then a ByteLevel without one (transformers' TikTokenConverter)."""
     pre = _typed(config.get("pre_tokenizer"), (dict, None), path, "pre_tokenizer") or {}
-    field = "pre_tokenizer"
+    steps = [("pre_tokenizer", pre)]
     if pre.get("type") == "Sequence":
-        steps = _typed(pre.get("pretokenizers"), (list, None), path, "pre_tokenizer.pretokenizers") or []
-        if len(steps) == 1:
-            field = "pre_tokenizer.pretokenizers[0]"
-            pre = _typed(steps[0], dict, path, field)
-    use_regex = _typed(pre.get("use_regex", True), bool, path, f"{field}.use_regex")
-    if pre.get("type") != "ByteLevel" or not use_regex:
+        listed = _typed(pre.get("pretokenizers"), (list, None), path, "pre_tokenizer.pretokenizers") or []
+        fields = [f"pre_tokenizer.pretokenizers[{i}]" for i in range(len(listed))]
+        steps = [(field, _typed(step, dict, path, field)) for field, step in zip(fields, listed, strict=True)]
+    split = len(steps) == 2 and steps[0][1].get("type") == "Split"
+    field, byte_level = steps[-1]
+    use_regex = _typed(byte_level.get("use_regex", True), bool, path, f"{field}.use_regex")
+    if len(steps) != 1 + split or byte_level.get("type") != "ByteLevel" or use_regex == split:
+        kinds = "Sequence[" + ", ".join(str(step.get("type")) for _, step in steps) + "]"
+        shown = kinds if pre.get("type") == "Sequence" and pre.get("pretokenizers") else pre.get("type")
         raise TokenizerError(
-            f"{path}: pre_tokenizer {short_repr(pre.get('type'))} is not supported (only GPT-2's ByteLevel)"
+            f"{path}: pre_tokenizer {short_repr(shown)} is not supported (only GPT-2's: ByteLevel, or a Split on "
+            "GPT-2's regex then ByteLevel without one)"
         )
-    if _typed(pre.get("add_prefix_space"), (bool, None), path, f"{field}.add_prefix_space"):
-        raise TokenizerError(f"{path}: pre_tokenizer.add_prefix_space=true is not supported")
+    if split:
+        _check_gpt2_split(*steps[0], path)
+    if _typed(byte_level.get("add_prefix_space"), (bool, None), path, f"{field}.add_prefix_space"):
+        raise TokenizerError(f"{path}: {field}.add_prefix_space=true is not supported")
+
+
+def _check_gpt2_split(field: str, split: dict, path: Path) -> None:
+    """A Split that cuts text into GPT-2's pre-tokens: GPT-2's regex, each match a piece of its own."""
+    pattern = _typed(split.get("pattern"), dict, path, f"{field}.pattern")
+    regex = _typed(pattern.get("Regex"), (str, None), path, f"{field}.pattern.Regex")
+    behavior = split.get("behavior")
+    invert = _typed(split.get("invert", False), bool, path, f"{field}.invert")
+    if regex not in GPT2_PATTERNS or behavior != "Isolated" or invert:
+        shown = short_repr(regex if regex is not None else pattern)
+        raise TokenizerError(
+            f"{path}: {field}: a Split on {shown} (behavior {short_repr(behavior)}, invert={json.dumps(invert)}) "
+            "is not supported (only on GPT-2's regex, isolated)"
+        )
 
 
 def _token_text(value, path: Path, field: str) -> str | None:
@@ -589,11 +676,15 @@ def _declared_special(directory: Path) -> set[str]:
     return names
 
 
-def _declared_eos(directory: Path) -> str | None:
-    path = directory / "tokenizer_config.json"
-    if not path.exists():
-        return None
-    return _token_text(_read_token_config(path).get("eos_token"), path, "eos_token")
+def _declared_token(directory: Path, key: str) -> str | None:
+    """The token that tokenizer_config.json (else special_tokens_map.json) gives as `key` (eos_token, unk_token)."""
+    for file in ("tokenizer_config.json", "special_tokens_map.json"):
+        path = directory / file
+        if path.exists():
+            text = _token_text(_read_token_config(path).get(key), path, key)
+            if text is not None:
+                return text
+    return None
 
 
 def _is_special_text(text: str, declared: set[str]) -> bool:
@@ -607,12 +698,14 @@ def _from_hf_vocabulary(
     added: dict[str, int],
     where: str,
     name: str,
+    unk_text: str | None = None,
 ) -> Tokenizer:
     """Ranks from merge order, ids from the vocabulary.
 
-    The 256 byte tokens take ranks 0..255 in id order and merge i takes rank 256 + i. Special tokens are
-    those declared special or written `<|...|>`; added tokens (from tokenizer.json) not in the vocabulary
-    are split out of text. `merges` holds (left, right, where) with `where` naming the line for errors.
+    The vocabulary's byte tokens (all 256, or fewer in toy vocabularies) take the first ranks in id order, then
+    each token made by a merge takes the next rank where its first merge stands. Special tokens are those
+    declared special or written `<|...|>`; added tokens (from tokenizer.json) not in the vocabulary are split
+    out of text. `merges` holds (left, right, where) with `where` naming the line for errors.
     """
     specials: dict[str, int] = {}
     plain_added: dict[str, int] = {}
@@ -633,27 +726,53 @@ def _from_hf_vocabulary(
         else:
             token_ids[str_to_token(text, where)] = token_id
     byte_ids = sorted((token_id, token) for token, token_id in token_ids.items() if len(token) == 1)
-    if len(byte_ids) != 256:
-        raise TokenizerError(f"{where}: a byte-level vocabulary needs all 256 bytes, it has {len(byte_ids)}")
     ranks = {token: rank for rank, (_, token) in enumerate(byte_ids)}
-    pairs = []
-    for left, right, line in merges:
-        parts = str_to_token(left, line), str_to_token(right, line)
-        merged = parts[0] + parts[1]
-        if parts[0] not in ranks or parts[1] not in ranks:
-            raise TokenizerError(f"{line}: merge {left!r} {right!r} uses a token that no earlier merge makes")
-        if merged not in token_ids:
-            raise TokenizerError(f"{line}: merge {left!r} {right!r} makes {left + right!r}, which has no id")
-        if merged not in ranks:  # a token made twice keeps its first (higher-priority) merge
-            ranks[merged] = len(ranks)
-            pairs.append(parts)
+    pairs = _merge_pairs(merges, token_ids, ranks)
     # HF splits added tokens out of text before BPE; one that BPE makes anyway stays an ordinary token.
     for text, token in candidates.items():
         if token in ranks:
             del plain_added[text]
         else:
             del token_ids[token]
-    return Tokenizer(ranks, specials, name, token_ids=token_ids, added_tokens=plain_added, merges=pairs, where=where)
+    return Tokenizer(
+        ranks,
+        specials,
+        name,
+        token_ids=token_ids,
+        added_tokens=plain_added,
+        merges=pairs,
+        unk_text=unk_text,
+        where=where,
+    )
+
+
+def _merge_pairs(
+    merges: list[tuple[str, str, str]], token_ids: dict[bytes, int], ranks: dict[bytes, int]
+) -> list[tuple[bytes, bytes]]:
+    """Rank each token that `merges` make (into `ranks`, after the bytes) where its first merge stands; the merges.
+
+    A merge may use a token that a later merge makes, and several merges may make one token, as transformers'
+    TikTokenConverter writes them (every split of each tiktoken token, in rank order): tiktoken's BPE, which
+    merges by the rank of the token made, then merges exactly as HF's does by the position of the merge.
+    """
+    pairs = []
+    for left, right, line in merges:
+        parts = str_to_token(left, line), str_to_token(right, line)
+        if not (left and right):
+            raise TokenizerError(f"{line}: merge {left!r} {right!r} has an empty side")
+        for text, part in zip((left, right), parts, strict=True):
+            if part not in token_ids:
+                raise TokenizerError(f"{line}: merge {left!r} {right!r} uses {text!r}, which is not in the vocabulary")
+        merged = parts[0] + parts[1]
+        if merged not in token_ids:
+            raise TokenizerError(f"{line}: merge {left!r} {right!r} makes {left + right!r}, which has no id")
+        ranks.setdefault(merged, len(ranks))
+        pairs.append(parts)
+    for (left, right, line), parts in zip(merges, pairs, strict=True):
+        for text, part in zip((left, right), parts, strict=True):
+            if part not in ranks:
+                raise TokenizerError(f"{line}: merge {left!r} {right!r} uses {text!r}, which no merge makes")
+    return pairs
 
 
 def _hub_files(repo_id: str, filenames: tuple[str, ...]) -> list[str]:
