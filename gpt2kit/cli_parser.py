@@ -63,7 +63,9 @@ def add_tokenizer_commands(commands) -> None:
     tok = commands.add_parser("tokenizer", help="train, inspect and run byte-level BPE tokenizers")
     tok_commands = tok.add_subparsers(dest="tokenizer_command", required=True, metavar="ACTION")
     p = tok_commands.add_parser("train", help="train a GPT-2-style BPE on text files")
-    p.add_argument("--input", nargs="+", required=True, help="text files or directories")
+    p.add_argument(
+        "--input", nargs="+", required=True, help="text or JSON-lines files (compressed too), directories or globs"
+    )
     p.add_argument("--vocab-size", type=int, required=True)
     p.add_argument("--min-frequency", type=int, default=2)
     p.add_argument("--out", required=True, help="directory for vocab.json + merges.txt")

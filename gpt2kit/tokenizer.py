@@ -1,9 +1,12 @@
-"""GPT-2's byte-level BPE.
+"""GPT-2's byte-level BPE: the `Tokenizer` (merge ranks, token ids, encoding and decoding, saving HF's files).
 
 Ranks are the single source of truth: rank r is both a token's id and its
 merge priority, exactly as in GPT-2 (and tiktoken). Encoding runs in
 tiktoken's Rust core built from those ranks; training uses HF `tokenizers`.
 The GPT-2 file pair `vocab.json` + `merges.txt` is derived from the ranks.
+
+Reading tokenizer files is `tokenizer_files`, training `tokenizer_train`; this module is the tokenizer's public face
+(`load_tokenizer`, `train_tokenizer`, and the byte-level names of `tokenizer_bytes`).
 """
 
 from __future__ import annotations
@@ -13,19 +16,41 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable, Iterator
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import tiktoken
 
-from gpt2kit.errors import GPT2KitError, short_repr
-from gpt2kit.io import parse_json
+from gpt2kit import tokenizer_files
+from gpt2kit.errors import short_repr
+from gpt2kit.tokenizer_bytes import (
+    ENDOFTEXT,
+    GPT2_PATTERN,
+    GPT2_PATTERNS,
+    TokenizerError,
+    bytes_to_unicode,
+    str_to_token,
+    token_to_str,
+)
+from gpt2kit.tokenizer_files import VOCAB_ENV, Vocabulary
 
-GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-ENDOFTEXT = "<|endoftext|>"
-GPT2_HUB_ID = "openai-community/gpt2"
-VOCAB_ENV = "GPT2KIT_GPT2_VOCAB"
+__all__ = [
+    "ENDOFTEXT",
+    "GPT2_PATTERN",
+    "GPT2_PATTERNS",
+    "MAX_ID_GAPS",
+    "MAX_SPECIAL_CHARS",
+    "MAX_SPECIAL_TOTAL_CHARS",
+    "VOCAB_ENV",
+    "Tokenizer",
+    "TokenizerError",
+    "bytes_to_unicode",
+    "load_tokenizer",
+    "str_to_token",
+    "token_to_str",
+    "train_tokenizer",
+]
+
 # Ids are embedding rows. A vocabulary may leave some unused (padding, pruned tokens), but no more than this many:
 # the id tables here, and the model's rows, then stay proportional to the vocabulary's own size.
 MAX_ID_GAPS = 2**16
@@ -33,47 +58,6 @@ MAX_ID_GAPS = 2**16
 # memory grows some 300 bytes per character: real ones are a few dozen characters, a few hundred tokens at most.
 MAX_SPECIAL_CHARS = 1024
 MAX_SPECIAL_TOTAL_CHARS = 2**16
-
-
-class TokenizerError(GPT2KitError):
-    """A tokenizer file or argument is missing or malformed; the message says which."""
-
-
-@lru_cache(maxsize=1)
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible map from bytes to printable unicode characters.
-
-    Printable Latin-1 bytes map to themselves; the rest are shifted past 255 so
-    that no token string contains whitespace or control characters.
-    """
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    printable += list(range(ord("®"), ord("ÿ") + 1))
-    byte_values, code_points = printable[:], printable[:]
-    shift = 0
-    for b in range(256):
-        if b not in printable:
-            byte_values.append(b)
-            code_points.append(256 + shift)
-            shift += 1
-    return dict(zip(byte_values, map(chr, code_points), strict=True))
-
-
-@lru_cache(maxsize=1)
-def _unicode_to_bytes() -> dict[str, int]:
-    return {c: b for b, c in bytes_to_unicode().items()}
-
-
-def token_to_str(token: bytes) -> str:
-    table = bytes_to_unicode()
-    return "".join(table[b] for b in token)
-
-
-def str_to_token(text: str, where: str = "vocab") -> bytes:
-    table = _unicode_to_bytes()
-    try:
-        return bytes(table[c] for c in text)
-    except KeyError as err:
-        raise TokenizerError(f"{where}: {text!r} is not a byte-level BPE token (character {err})") from None
 
 
 def _merge_pair(token: bytes, ranks: dict[bytes, int]) -> tuple[bytes, bytes]:
@@ -106,6 +90,9 @@ class Tokenizer:
     `special_tokens` (text -> id) are matched only where the caller allows them.
     `added_tokens` (text -> id) are split out of any text first, as HF does with
     its non-special added tokens. Ids may have gaps; `missing_ids` lists them.
+
+    A vocabulary may lack some of the 256 bytes (`missing_bytes`), as toy HF vocabularies do: text needing one
+    encodes it as the unknown token `unk_text` (HF's behaviour when it has one), else is refused naming the byte.
     """
 
     def __init__(
@@ -118,14 +105,11 @@ class Tokenizer:
         added_tokens: dict[str, int] | None = None,
         eot_text: str | None = None,
         merges: list[tuple[bytes, bytes]] | None = None,
+        unk_text: str | None = None,
         where: str | None = None,
     ):
         """`where` names the file the vocabulary came from in errors (default: `name`)."""
         where = where or name
-        if len(mergeable_ranks) < 256 or any(bytes([b]) not in mergeable_ranks for b in range(256)):
-            raise TokenizerError(
-                f"{where}: a byte-level vocabulary needs all 256 bytes, got {len(mergeable_ranks)} tokens"
-            )
         if sorted(mergeable_ranks.values()) != list(range(len(mergeable_ranks))):
             raise TokenizerError(f"{where}: ranks must be exactly 0..{len(mergeable_ranks) - 1}")
         if special_tokens is None:
@@ -138,38 +122,27 @@ class Tokenizer:
         self._merges = merges
         if any(token not in self.token_ids for token in mergeable_ranks):
             raise TokenizerError(f"{where}: every ranked token needs an id")
-        # tiktoken's special tokens (text -> rank) follow the mergeable ranks. Besides the special and added
-        # tokens they hold the vocabulary's tokens that no merge makes: decodable, never produced by encoding.
-        extra = [*self.special_tokens.items(), *self.added_tokens.items()]
-        for token, token_id in self.token_ids.items():
-            if token not in mergeable_ranks:
-                try:
-                    extra.append((token.decode("utf-8"), token_id))
-                except UnicodeDecodeError:
-                    raise TokenizerError(
-                        f"{where}: token {short_repr(token_to_str(token))} (id {token_id}) is not made by any merge and is not "
-                        "UTF-8 text: not supported"
-                    ) from None
-        _check_special_texts(extra, where)
-        tiktoken_special = {text: len(mergeable_ranks) + i for i, (text, _) in enumerate(extra)}
+        self.unk_text = unk_text if unk_text is not None and self._text_id(unk_text) is not None else None
+        self.missing_bytes = tuple(b for b in range(256) if bytes([b]) not in mergeable_ranks)
+        extra = self._unranked_tokens(where)
         rank_to_id = [0] * len(mergeable_ranks) + [token_id for _, token_id in extra]
         for token, rank in mergeable_ranks.items():
             rank_to_id[rank] = self.token_ids[token]
-        if len(tiktoken_special) != len(extra):
+        if len({text for text, _ in extra}) != len(extra):
             raise TokenizerError(f"{where}: a special or added token is listed twice")
-        if len(set(rank_to_id)) != len(rank_to_id) or min(rank_to_id) < 0:
-            seen: set[int] = set()
-            bad = next(i for i in rank_to_id if i < 0 or i in seen or seen.add(i))
-            raise TokenizerError(f"{where}: token id {bad} is negative or given to two tokens")
-        if max(rank_to_id) >= len(rank_to_id) + MAX_ID_GAPS:  # before any table is sized by the largest id
-            raise TokenizerError(
-                f"{where}: token id {max(rank_to_id)} is too large for a vocabulary of {len(rank_to_id)} tokens "
-                f"(at most {MAX_ID_GAPS} unused ids are allowed)"
-            )
+        _check_ids(rank_to_id, where)
         self.vocab_size = max(rank_to_id) + 1
+        # tiktoken needs every byte: the missing ones take the ranks after the mergeable ones (no merge makes a
+        # token with them, so they stay single) and encode as the unknown token.
+        ranks = len(mergeable_ranks)
+        self._byte_ranks = range(ranks, ranks + len(self.missing_bytes))
+        unk_id = self._text_id(self.unk_text) if self.unk_text is not None else None
+        rank_to_id[ranks:ranks] = [unk_id or 0] * len(self.missing_bytes)
+        self._refuse_missing_bytes = bool(self.missing_bytes) and unk_id is None
         id_to_rank = [-1] * self.vocab_size
         for rank, token_id in enumerate(rank_to_id):
-            id_to_rank[token_id] = rank
+            if rank not in self._byte_ranks:
+                id_to_rank[token_id] = rank
         self.missing_ids = tuple(i for i, rank in enumerate(id_to_rank) if rank < 0)
         self._missing = frozenset(self.missing_ids)
         identity = rank_to_id == list(range(len(rank_to_id)))
@@ -179,12 +152,41 @@ class Tokenizer:
         self._id_to_rank = None if identity else id_to_rank
         self._split_out = set(self.added_tokens)
         self.eot_text = eot_text or self._default_eot()
+        tiktoken_ranks = dict(mergeable_ranks)
+        tiktoken_ranks.update((bytes([b]), r) for b, r in zip(self.missing_bytes, self._byte_ranks, strict=True))
+        tiktoken_special = {text: len(tiktoken_ranks) + i for i, (text, _) in enumerate(extra)}
         try:
             self._encoding = tiktoken.Encoding(
-                name=name, pat_str=GPT2_PATTERN, mergeable_ranks=mergeable_ranks, special_tokens=tiktoken_special
+                name=name, pat_str=GPT2_PATTERN, mergeable_ranks=tiktoken_ranks, special_tokens=tiktoken_special
             )
         except ValueError as err:  # tiktoken's matcher refused the special tokens (its size limits)
             raise TokenizerError(f"{where}: tiktoken cannot build this vocabulary ({err})") from None
+
+    def _unranked_tokens(self, where: str) -> list[tuple[str, int]]:
+        """(text, id) of tiktoken's special tokens, which follow the mergeable ranks. Besides the special and added
+        tokens they hold the vocabulary's tokens that no merge makes: decodable, never produced by encoding."""
+        extra = [*self.special_tokens.items(), *self.added_tokens.items()]
+        for token, token_id in self.token_ids.items():
+            if token not in self.mergeable_ranks:
+                try:
+                    extra.append((token.decode("utf-8"), token_id))
+                except UnicodeDecodeError:
+                    raise TokenizerError(
+                        f"{where}: token {short_repr(token_to_str(token))} (id {token_id}) is not made by any merge and is not "
+                        "UTF-8 text: not supported"
+                    ) from None
+        _check_special_texts(extra, where)
+        return extra
+
+    def _text_id(self, text: str) -> int | None:
+        """The id of a token given as text (special, added, or vocabulary text in GPT-2's byte-to-unicode form)."""
+        for table in (self.special_tokens, self.added_tokens):
+            if text in table:
+                return table[text]
+        try:
+            return self.token_ids.get(str_to_token(text))
+        except TokenizerError:
+            return None
 
     def _default_eot(self) -> str | None:
         if ENDOFTEXT in self.special_tokens:
@@ -212,6 +214,8 @@ class Tokenizer:
             digest.update(text.encode() + b" %d\n" % token_id)
         for text, token_id in sorted(self.added_tokens.items(), key=lambda item: item[1]):
             digest.update(b"added " + text.encode() + b" %d\n" % token_id)
+        if self.missing_bytes:  # what text with a missing byte encodes to
+            digest.update(b"unknown " + (self.unk_text or "").encode() + b"\n")
         return digest.hexdigest()
 
     def __repr__(self) -> str:
@@ -221,8 +225,21 @@ class Tokenizer:
     def _ids(self, ranks: list[int]) -> list[int]:
         if self._rank_to_id is None:
             return ranks
+        if self._refuse_missing_bytes:
+            self._check_bytes(ranks)
         table = self._rank_to_id
         return [table[r] for r in ranks]
+
+    def _check_bytes(self, ranks: Iterable[int]) -> None:
+        """Refuse text that needs a byte this vocabulary lacks, when it has no unknown token to stand for it."""
+        missing = self._byte_ranks
+        rank = next((r for r in ranks if missing.start <= r < missing.stop), None)
+        if rank is not None:
+            byte = self.missing_bytes[rank - missing.start]
+            raise TokenizerError(
+                f"{self.name}: the text needs byte 0x{byte:02x} ({token_to_str(bytes([byte]))!r} in vocab.json), "
+                "which this vocabulary lacks, and it has no unknown token to stand for it"
+            )
 
     def unknown_id(self, ids: Iterable[int]) -> str | None:
         """What is wrong with the first of `ids` that is no token of this vocabulary (beyond it, or a gap in
@@ -264,6 +281,8 @@ class Tokenizer:
     def encode_to_numpy(self, text: str) -> np.ndarray:
         """`encode(text)` as a uint32 array, built in Rust without a Python list (for bulk tokenizing)."""
         ranks = self._encoding.encode_to_numpy(text, allowed_special=self._split_out, disallowed_special=())
+        if self._refuse_missing_bytes and ((ranks >= self._byte_ranks.start) & (ranks < self._byte_ranks.stop)).any():
+            self._check_bytes(ranks.tolist())
         return ranks if self._rank_to_id_array is None else self._rank_to_id_array[ranks]
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
@@ -304,6 +323,8 @@ class Tokenizer:
         special = {}
         if self.eot_text is not None:
             special = {"bos_token": self.eot_text, "eos_token": self.eot_text, "unk_token": self.eot_text}
+        if self.unk_text is not None:
+            special["unk_token"] = self.unk_text
         added = {
             **{t: (i, True) for t, i in self.special_tokens.items()},
             **{t: (i, False) for t, i in self.added_tokens.items()},
@@ -329,7 +350,9 @@ class Tokenizer:
         from tokenizers import Tokenizer as HFTokenizer
 
         merges = [(token_to_str(a), token_to_str(b)) for a, b in self.merges()]
-        hf = HFTokenizer(models.BPE(self.vocab(), merges))
+        # HF gives a byte the vocabulary lacks the model's unknown token (else drops it).
+        unk = self.unk_text if self.missing_bytes else None
+        hf = HFTokenizer(models.BPE(self.vocab(), merges, unk_token=unk))
         hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
         hf.decoder = decoders.ByteLevel()
         hf.post_processor = processors.ByteLevel(trim_offsets=False)
@@ -338,166 +361,67 @@ class Tokenizer:
         hf.add_tokens([AddedToken(t, special=False, normalized=False) for t in self.added_tokens])
         return hf
 
-    # -- loading ----------------------------------------------------------------------
+    # -- loading (the files are read by tokenizer_files) ---------------------------------
+    @classmethod
+    def from_vocabulary(cls, vocabulary: Vocabulary) -> Tokenizer:
+        return cls(
+            vocabulary.mergeable_ranks,
+            vocabulary.special_tokens,
+            vocabulary.name,
+            token_ids=vocabulary.token_ids,
+            added_tokens=vocabulary.added_tokens,
+            eot_text=vocabulary.eot_text,
+            merges=vocabulary.merges,
+            unk_text=vocabulary.unk_text,
+            where=vocabulary.where,
+        )
+
     @classmethod
     def from_tiktoken_file(cls, path: str | os.PathLike) -> Tokenizer:
         """Load a `.tiktoken` rank file (base64 token, rank per line); `<|endoftext|>` follows the last rank."""
-        path = Path(path)
-        ranks: dict[bytes, int] = {}
-        try:
-            lines = path.read_bytes().splitlines()
-        except OSError as err:
-            raise TokenizerError(f"{path}: cannot read tokenizer ranks ({err.strerror or err})") from None
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                token, rank = line.split()
-                ranks[base64.b64decode(token, validate=True)] = int(rank)
-            except ValueError:
-                raise TokenizerError(f"{path}:{number}: expected 'base64token rank', got {line[:60]!r}") from None
-        return cls(ranks, name=path.stem)
+        return cls.from_vocabulary(tokenizer_files.read_tiktoken_file(path))
 
     @classmethod
     def from_vocab_merges(
-        cls, vocab_path: str | os.PathLike, merges_path: str | os.PathLike, special: Iterable[str] = ()
+        cls,
+        vocab_path: str | os.PathLike,
+        merges_path: str | os.PathLike,
+        special: Iterable[str] = (),
+        unk_text: str | None = None,
     ) -> Tokenizer:
-        """Load GPT-2's vocab.json (encoder.json) and merges.txt (vocab.bpe), whatever their id layout.
-
-        `special` names the tokens that are special (from tokenizer_config.json); `<|...|>` tokens always are.
-        """
-        vocab_path, merges_path = Path(vocab_path), Path(merges_path)
-        vocab = _read_json(vocab_path)
-        if not isinstance(vocab, dict):
-            raise TokenizerError(f"{vocab_path}: expected a JSON object mapping tokens to integer ids")
-        try:
-            merge_lines = merges_path.read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError:
-            raise TokenizerError(f"{merges_path}: tokenizer file not found") from None
-        except (OSError, UnicodeDecodeError) as err:
-            raise TokenizerError(f"{merges_path}: unreadable tokenizer file ({err})") from None
-        merges = []
-        for number, line in enumerate(merge_lines, 1):
-            if not line or (number == 1 and line.startswith("#version")):
-                continue
-            pair = line.split(" ")
-            if len(pair) != 2:
-                raise TokenizerError(f"{merges_path}:{number}: expected two tokens, got {line!r}")
-            merges.append((pair[0], pair[1], f"{merges_path}:{number}"))
-        return _from_hf_vocabulary(vocab, merges, set(special), {}, str(vocab_path), vocab_path.parent.name or "bpe")
+        """Load GPT-2's vocab.json (encoder.json) and merges.txt (vocab.bpe), whatever their id layout."""
+        return cls.from_vocabulary(tokenizer_files.read_vocab_merges(vocab_path, merges_path, special, unk_text))
 
     @classmethod
-    def from_tokenizer_json(cls, path: str | os.PathLike) -> Tokenizer:
+    def from_tokenizer_json(cls, path: str | os.PathLike, unk_text: str | None = None) -> Tokenizer:
         """Load an HF `tokenizer.json` holding a byte-level BPE with GPT-2's pre-tokenizer."""
-        path = Path(path)
-        config = _read_json(path)
-        if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
-            raise TokenizerError(f"{path}: expected a tokenizers JSON object with a 'model'")
-        model = config["model"]
-        _check_hf_pipeline(config, path)
-        vocab = _typed(model.get("vocab"), dict, path, "model.vocab")
-        raw_merges = _typed(model.get("merges"), (list, None), path, "model.merges") or []
-        merges = []
-        for number, merge in enumerate(raw_merges):
-            pair = merge.split(" ") if isinstance(merge, str) else merge
-            if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
-                raise TokenizerError(f"{path}: model.merges[{number}] is not a pair of tokens: {short_repr(merge)}")
-            merges.append((pair[0], pair[1], f"{path}: model.merges[{number}]"))
-        special, added = set(), {}
-        for number, entry in enumerate(_typed(config.get("added_tokens"), (list, None), path, "added_tokens") or []):
-            field = f"added_tokens[{number}]"
-            entry = _typed(entry, dict, path, field)
-            text = _typed(entry.get("content"), str, path, f"{field}.content")
-            token_id = _typed(entry.get("id"), int, path, f"{field}.id")
-            if _typed(entry.get("special"), (bool, None), path, f"{field}.special"):
-                special.add(text)
-            added[text] = token_id
-        name = path.parent.name or "bpe"
-        return _from_hf_vocabulary(vocab, merges, special, added, str(path), name)
+        return cls.from_vocabulary(tokenizer_files.read_tokenizer_json(path, unk_text))
 
     @classmethod
     def from_dir(cls, directory: str | os.PathLike) -> Tokenizer:
         """A tokenizer directory: tokenizer.json, or vocab.json + merges.txt, or a .tiktoken file."""
-        directory = Path(directory)
-        tokenizer_json = directory / "tokenizer.json"
-        if tokenizer_json.exists():
-            tokenizer = cls.from_tokenizer_json(tokenizer_json)
-        elif (directory / "vocab.json").exists() or (directory / "merges.txt").exists():
-            tokenizer = cls.from_vocab_merges(
-                directory / "vocab.json", directory / "merges.txt", _declared_special(directory)
-            )
-        else:
-            tiktoken_files = sorted(directory.glob("*.tiktoken"))
-            if not tiktoken_files:
-                raise TokenizerError(
-                    f"{directory}: no tokenizer here (expected tokenizer.json, vocab.json + merges.txt, "
-                    "or a .tiktoken file)"
-                )
-            return cls.from_tiktoken_file(tiktoken_files[0])
-        eos = _declared_eos(directory)
-        if eos is not None and eos in tokenizer.special_tokens:
-            tokenizer.eot_text = eos
-        return tokenizer
+        return cls.from_vocabulary(tokenizer_files.read_dir(directory))
 
     @classmethod
     def gpt2(cls) -> Tokenizer:
         """The official GPT-2 vocabulary: $GPT2KIT_GPT2_VOCAB, else the HF cache or hub, else a clear error."""
-        configured = os.environ.get(VOCAB_ENV)
-        if configured:
-            path = Path(configured)
-            if path.is_dir():
-                tokenizer = cls.from_dir(path)
-            elif path.is_file():
-                tokenizer = cls.from_tiktoken_file(path)
-            else:
-                raise TokenizerError(f"{VOCAB_ENV}={configured}: no such file or directory")
-            tokenizer.name = "gpt2"
-            return tokenizer
-        try:
-            vocab, merges = _hub_files(GPT2_HUB_ID, ("vocab.json", "merges.txt"))
-        except Exception as err:  # offline, no cache, or hub error: all mean "not available here"
-            raise TokenizerError(
-                f"the GPT-2 vocabulary was not found: set {VOCAB_ENV} to a gpt2.tiktoken file or a directory "
-                f"with vocab.json + merges.txt ({type(err).__name__})"
-            ) from None
-        tokenizer = cls.from_vocab_merges(vocab, merges)
+        tokenizer = cls.from_vocabulary(tokenizer_files.read_gpt2())
         tokenizer.name = "gpt2"
         return tokenizer
 
 
-def _read_json(path: Path):
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise TokenizerError(f"{path}: tokenizer file not found") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise TokenizerError(f"{path}: unreadable tokenizer file ({err})") from None
-    return parse_json(text, str(path), TokenizerError)
-
-
-# What a JSON value is called in errors, by the Python type json gives it (None for null).
-_JSON_TYPES = {dict: "an object", list: "a list", str: "a string", int: "an integer", float: "a number",
-               bool: "true or false", None: "null"}  # fmt: skip
-
-
-def _json_type(value) -> str:
-    if isinstance(value, bool):
-        return json.dumps(value)
-    return _JSON_TYPES.get(None if value is None else type(value), type(value).__name__)
-
-
-def _typed(value, types, path: Path, field: str):
-    """`value` when it is one of the JSON `types` (classes, or None for null), else one line naming `field`."""
-    types = types if isinstance(types, tuple) else (types,)
-    for kind in types:
-        if (
-            (value is None)
-            if kind is None
-            else (isinstance(value, kind) and (kind is bool or not isinstance(value, bool)))
-        ):
-            return value
-    wanted = " or ".join(_JSON_TYPES[kind] for kind in types)
-    raise TokenizerError(f"{path}: {field} must be {wanted}, got {_json_type(value)}")
+def _check_ids(rank_to_id: list[int], where: str) -> None:
+    """Refuse ids given twice or negative, and ids so large that tables sized by them would dwarf the vocabulary
+    (checked before any table is sized by the largest id)."""
+    if len(set(rank_to_id)) != len(rank_to_id) or min(rank_to_id) < 0:
+        seen: set[int] = set()
+        bad = next(i for i in rank_to_id if i < 0 or i in seen or seen.add(i))
+        raise TokenizerError(f"{where}: token id {bad} is negative or given to two tokens")
+    if max(rank_to_id) >= len(rank_to_id) + MAX_ID_GAPS:
+        raise TokenizerError(
+            f"{where}: token id {max(rank_to_id)} is too large for a vocabulary of {len(rank_to_id)} tokens "
+            f"(at most {MAX_ID_GAPS} unused ids are allowed)"
+        )
 
 
 def _check_special_texts(entries: list[tuple[str, int]], where: str) -> None:
@@ -519,153 +443,6 @@ def _check_special_texts(entries: list[tuple[str, int]], where: str) -> None:
         )
 
 
-def _check_hf_pipeline(config: dict, path: Path) -> None:
-    """Refuse, in one line, what would make HF's encoding differ from GPT-2's byte-level BPE."""
-    model = config["model"]
-    kind = _typed(model.get("type", "BPE"), str, path, "model.type")
-    if kind != "BPE":
-        raise TokenizerError(f"{path}: model type {short_repr(kind)} is not supported (only byte-level BPE)")
-    for option, types, neutral in (
-        ("continuing_subword_prefix", (str, None), ""),
-        ("end_of_word_suffix", (str, None), ""),
-        ("byte_fallback", (bool, None), False),
-    ):
-        if (_typed(model.get(option), types, path, f"model.{option}") or neutral) != neutral:
-            raise TokenizerError(f"{path}: model.{option}={short_repr(model[option])} is not supported")
-    if model.get("dropout") not in (None, 0, 0.0):
-        raise TokenizerError(f"{path}: model.dropout={short_repr(model['dropout'])} is not supported (BPE dropout)")
-    normalizer = _typed(config.get("normalizer"), (dict, None), path, "normalizer")
-    if normalizer is not None:
-        raise TokenizerError(f"{path}: normalizer {short_repr(normalizer.get('type'))} is not supported")
-    pre = _typed(config.get("pre_tokenizer"), (dict, None), path, "pre_tokenizer") or {}
-    field = "pre_tokenizer"
-    if pre.get("type") == "Sequence":
-        steps = _typed(pre.get("pretokenizers"), (list, None), path, "pre_tokenizer.pretokenizers") or []
-        if len(steps) == 1:
-            field = "pre_tokenizer.pretokenizers[0]"
-            pre = _typed(steps[0], dict, path, field)
-    use_regex = _typed(pre.get("use_regex", True), bool, path, f"{field}.use_regex")
-    if pre.get("type") != "ByteLevel" or not use_regex:
-        raise TokenizerError(
-            f"{path}: pre_tokenizer {short_repr(pre.get('type'))} is not supported (only GPT-2's ByteLevel)"
-        )
-    if _typed(pre.get("add_prefix_space"), (bool, None), path, f"{field}.add_prefix_space"):
-        raise TokenizerError(f"{path}: pre_tokenizer.add_prefix_space=true is not supported")
-
-
-def _token_text(value, path: Path, field: str) -> str | None:
-    """A token as tokenizer_config.json names it: a string, an object with its `content`, or null."""
-    if isinstance(_typed(value, (str, dict, None), path, field), dict):
-        return _typed(value.get("content"), str, path, f"{field}.content")
-    return value
-
-
-def _read_token_config(path: Path) -> dict:
-    config = _read_json(path)
-    if not isinstance(config, dict):
-        raise TokenizerError(f"{path}: expected a JSON object")
-    return config
-
-
-def _declared_special(directory: Path) -> set[str]:
-    """Special tokens that tokenizer_config.json and special_tokens_map.json name."""
-    names: set[str] = set()
-    for file in ("tokenizer_config.json", "special_tokens_map.json"):
-        path = directory / file
-        if not path.exists():
-            continue
-        config = _read_token_config(path)
-        decoder = _typed(config.get("added_tokens_decoder"), (dict, None), path, "added_tokens_decoder") or {}
-        for token_id, entry in decoder.items():
-            field = f"added_tokens_decoder[{short_repr(token_id)}]"
-            entry = _typed(entry, dict, path, field)
-            text = _typed(entry.get("content"), str, path, f"{field}.content")
-            if _typed(entry.get("special"), (bool, None), path, f"{field}.special"):
-                names.add(text)
-        for key in ("bos_token", "eos_token", "unk_token", "pad_token"):
-            text = _token_text(config.get(key), path, key)
-            if text is not None:
-                names.add(text)
-    return names
-
-
-def _declared_eos(directory: Path) -> str | None:
-    path = directory / "tokenizer_config.json"
-    if not path.exists():
-        return None
-    return _token_text(_read_token_config(path).get("eos_token"), path, "eos_token")
-
-
-def _is_special_text(text: str, declared: set[str]) -> bool:
-    return text in declared or (text.startswith("<|") and text.endswith("|>"))
-
-
-def _from_hf_vocabulary(
-    vocab: dict[str, int],
-    merges: list[tuple[str, str, str]],
-    special: set[str],
-    added: dict[str, int],
-    where: str,
-    name: str,
-) -> Tokenizer:
-    """Ranks from merge order, ids from the vocabulary.
-
-    The 256 byte tokens take ranks 0..255 in id order and merge i takes rank 256 + i. Special tokens are
-    those declared special or written `<|...|>`; added tokens (from tokenizer.json) not in the vocabulary
-    are split out of text. `merges` holds (left, right, where) with `where` naming the line for errors.
-    """
-    specials: dict[str, int] = {}
-    plain_added: dict[str, int] = {}
-    token_ids: dict[bytes, int] = {}
-    candidates: dict[str, bytes] = {}
-    for text, token_id in {**vocab, **added}.items():
-        if not isinstance(token_id, int) or isinstance(token_id, bool):
-            raise TokenizerError(f"{where}: token {short_repr(text)} has id {short_repr(token_id)}, not an integer")
-        if _is_special_text(text, special):
-            specials[text] = token_id
-        elif text in added:
-            plain_added[text] = token_id
-            try:  # also a candidate for BPE, in case a merge makes it
-                candidates[text] = str_to_token(text)
-                token_ids[candidates[text]] = token_id
-            except TokenizerError:
-                pass
-        else:
-            token_ids[str_to_token(text, where)] = token_id
-    byte_ids = sorted((token_id, token) for token, token_id in token_ids.items() if len(token) == 1)
-    if len(byte_ids) != 256:
-        raise TokenizerError(f"{where}: a byte-level vocabulary needs all 256 bytes, it has {len(byte_ids)}")
-    ranks = {token: rank for rank, (_, token) in enumerate(byte_ids)}
-    pairs = []
-    for left, right, line in merges:
-        parts = str_to_token(left, line), str_to_token(right, line)
-        merged = parts[0] + parts[1]
-        if parts[0] not in ranks or parts[1] not in ranks:
-            raise TokenizerError(f"{line}: merge {left!r} {right!r} uses a token that no earlier merge makes")
-        if merged not in token_ids:
-            raise TokenizerError(f"{line}: merge {left!r} {right!r} makes {left + right!r}, which has no id")
-        if merged not in ranks:  # a token made twice keeps its first (higher-priority) merge
-            ranks[merged] = len(ranks)
-            pairs.append(parts)
-    # HF splits added tokens out of text before BPE; one that BPE makes anyway stays an ordinary token.
-    for text, token in candidates.items():
-        if token in ranks:
-            del plain_added[text]
-        else:
-            del token_ids[token]
-    return Tokenizer(ranks, specials, name, token_ids=token_ids, added_tokens=plain_added, merges=pairs, where=where)
-
-
-def _hub_files(repo_id: str, filenames: tuple[str, ...]) -> list[str]:
-    """Paths of hub files: the local HF cache first (no network), then a download."""
-    from huggingface_hub import hf_hub_download
-
-    try:
-        return [hf_hub_download(repo_id, name, local_files_only=True) for name in filenames]
-    except Exception:
-        return [hf_hub_download(repo_id, name) for name in filenames]
-
-
 def load_tokenizer(spec: str | os.PathLike) -> Tokenizer:
     """`gpt2` for the official vocabulary, a directory, or a `.tiktoken` file."""
     if str(spec) == "gpt2":
@@ -680,20 +457,6 @@ def load_tokenizer(spec: str | os.PathLike) -> Tokenizer:
     )
 
 
-def _iter_files(paths: Iterable[str | os.PathLike]) -> Iterator[str]:
-    for path in paths:
-        path = Path(path)
-        if not path.exists():
-            raise TokenizerError(f"{path}: no such file or directory")
-        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-        for file in files:
-            try:
-                with open(file, encoding="utf-8") as handle:
-                    yield from handle
-            except UnicodeDecodeError as err:
-                raise TokenizerError(f"{file}: not UTF-8 text (byte offset {err.start})") from None
-
-
 def train_tokenizer(
     texts: Iterable[str | os.PathLike] | Iterator[str],
     vocab_size: int,
@@ -704,45 +467,10 @@ def train_tokenizer(
 ) -> Tokenizer:
     """Train a GPT-2-style byte-level BPE of `vocab_size` tokens (including `<|endoftext|>`).
 
-    `texts` is a list of file or directory paths (`files=True`, the default for a
-    list of paths) or an iterator of strings.
+    `texts` is a list of corpus inputs (`files=True`, the default for a list of paths: files, directories, glob
+    patterns; text and JSON lines, compressed or not) or an iterator of strings.
     """
-    from tokenizers import Tokenizer as HFTokenizer
-    from tokenizers import models, pre_tokenizers, trainers
+    from gpt2kit.tokenizer_train import train_ranks  # HF tokenizers and the corpus reader: only when training
 
-    if vocab_size < 257:
-        raise TokenizerError(f"vocab_size must be at least 257 (256 bytes + <|endoftext|>), got {vocab_size}")
-    if files is None:
-        files = isinstance(texts, (list, tuple)) and all(isinstance(t, (str, os.PathLike)) for t in texts)
-    lines = _iter_files(texts) if files else iter(texts)
-    seen_text = False
-
-    def nonempty(stream: Iterator[str]) -> Iterator[str]:
-        nonlocal seen_text
-        for line in stream:
-            if line.strip():
-                seen_text = True
-            yield line
-
-    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    hf = HFTokenizer(models.BPE())
-    hf.pre_tokenizer = byte_level
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size - 1,
-        min_frequency=min_frequency,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=show_progress,
-    )
-    hf.train_from_iterator(nonempty(lines), trainer=trainer)
-    if not seen_text:
-        raise TokenizerError("cannot train a tokenizer on an empty corpus")
-    return _from_hf_bpe(json.loads(hf.to_str())["model"])
-
-
-def _from_hf_bpe(model: dict) -> Tokenizer:
-    """Convert a trained HF BPE model to ranks: bytes in GPT-2's order, then merges in training order."""
-    ranks = {bytes([b]): rank for rank, b in enumerate(bytes_to_unicode())}
-    for merge in model["merges"]:
-        left, right = merge if isinstance(merge, list) else merge.split(" ")
-        ranks[str_to_token(left) + str_to_token(right)] = len(ranks)
+    ranks = train_ranks(texts, vocab_size, files=files, min_frequency=min_frequency, show_progress=show_progress)
     return Tokenizer(ranks, name="trained")

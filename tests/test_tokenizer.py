@@ -6,6 +6,7 @@ from helpers import run_cli_process
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gpt2kit.errors import GPT2KitError
 from gpt2kit.tokenizer import (
     ENDOFTEXT,
     GPT2_PATTERN,
@@ -124,7 +125,7 @@ def test_train_from_iterator(tiny_tokenizer):
 
 
 def test_bad_training_input_gives_clear_errors(tmp_path):
-    with pytest.raises(TokenizerError, match="no such file"):
+    with pytest.raises(GPT2KitError, match="no such file"):  # the corpus reader's errors
         train_tokenizer([tmp_path / "missing.txt"], vocab_size=300)
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
@@ -134,7 +135,7 @@ def test_bad_training_input_gives_clear_errors(tmp_path):
         train_tokenizer(["some text"], vocab_size=256, files=False)
     binary = tmp_path / "binary.txt"
     binary.write_bytes(b"ok\n\xff\xfe bad\n")
-    with pytest.raises(TokenizerError, match="not UTF-8"):
+    with pytest.raises(GPT2KitError, match="binary.txt:2: not UTF-8"):
         train_tokenizer([binary], vocab_size=300)
 
 
