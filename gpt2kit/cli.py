@@ -36,10 +36,13 @@ def _read_lines(file: str | None) -> Iterator[str]:
 
 
 def cmd_tokenizer_train(args: argparse.Namespace) -> int:
+    from gpt2kit.outputs import TRAINED_TOKENIZER, check_owner, claim_directory
     from gpt2kit.tokenizer import train_tokenizer
 
+    check_owner(args.out, TRAINED_TOKENIZER)  # before training: a model's or the user's directory is refused
     tokenizer = train_tokenizer(args.input, args.vocab_size, min_frequency=args.min_frequency, show_progress=False)
-    tokenizer.save(args.out)
+    with claim_directory(args.out, TRAINED_TOKENIZER):
+        tokenizer.save(args.out)
     print(f"trained {tokenizer.vocab_size:,} tokens -> {args.out}")
     if tokenizer.vocab_size < args.vocab_size:
         print(

@@ -161,6 +161,8 @@ TRAINING_RUN = DirectoryKind("train", "a training run", ("metrics.jsonl", "train
 PREPARED_DATA = DirectoryKind("prepare", "prepared token shards", ("manifest.json", ".tasks"))
 WEBTEXT_BUILD = DirectoryKind("webtext build", "a corpus build", ("stats.json",))
 WORK_FOLDER = DirectoryKind("work", "a job's work folder", ("fingerprint",))
+# No signature: a model directory holds the same vocab.json, and writing a new one there would break the model.
+TRAINED_TOKENIZER = DirectoryKind("tokenizer train", "a trained tokenizer")
 DEMONSTRATIONS = DirectoryKind("demonstrations", "a demonstrations report", ("demonstrations.json",))
 DEMO = DirectoryKind("demo", "the demo's output", ("demo.json",))
 SWEEP = DirectoryKind("sweep", "a model-size sweep", ("sweep.json",), inside=("demo",))

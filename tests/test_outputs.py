@@ -292,3 +292,16 @@ def test_webtext_build_demonstrations_and_sweep_refuse_a_directory_of_the_users(
     with pytest.raises(OutputError, match="is not a model-size sweep"):
         run_sweep(SweepConfig(data=str(tmp_path), out=str(mine), sizes=["cpu-25k"], tokens=1, eval_jobs=[]))
     assert sorted(p.name for p in mine.iterdir()) == ["keep.txt"]
+
+
+def test_tokenizer_train_never_writes_into_a_model_or_a_users_directory(tmp_path, model_dir, run_cli):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the cat sat on the mat and the dog sat on the log\n" * 40)
+    before = snapshot(model_dir)
+    code, _, err = run_cli("tokenizer", "train", "--input", corpus, "--vocab-size", "300", "--out", model_dir)
+    assert code == 2 and "is not a trained tokenizer" in err
+    assert snapshot(model_dir) == before  # its vocabulary still matches its weights
+    for _ in range(2):  # its own earlier output is replaced
+        assert (
+            run_cli("tokenizer", "train", "--input", corpus, "--vocab-size", "300", "--out", tmp_path / "bpe")[0] == 0
+        )
