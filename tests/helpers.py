@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -20,6 +21,19 @@ def tiny_model(vocab_size: int, seed: int = 0, **shape) -> GPT:
     torch.manual_seed(seed)
     config = GPTConfig(vocab_size=vocab_size, **({"n_positions": 64, "n_layer": 2, "n_head": 2, "n_embd": 32} | shape))
     return GPT(config).eval()
+
+
+class PacedModel(torch.nn.Module):
+    """A GPT whose every forward pass also sleeps: requests wait for the batch long enough to count, and a stream
+    is visible as it happens."""
+
+    def __init__(self, model: GPT, delay: float):
+        super().__init__()
+        self.inner, self.delay, self.config, self.wte = model, delay, model.config, model.wte
+
+    def forward(self, idx, **kwargs):
+        time.sleep(self.delay)
+        return self.inner(idx, **kwargs)
 
 
 def hf_reference(vocab_size: int = 50257, seed: int = 0, **overrides):

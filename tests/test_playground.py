@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import PacedModel
 
 from gpt2kit.generate import GenerationConfig, generate
 from gpt2kit.model import GPT, GPTConfig
@@ -51,18 +52,6 @@ def browser():
     driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver_path), options=options)
     yield driver
     driver.quit()
-
-
-class PacedModel(torch.nn.Module):
-    """Sleeps a little per forward pass, so that streaming is visible as it happens."""
-
-    def __init__(self, model: GPT, delay: float):
-        super().__init__()
-        self.inner, self.delay, self.config, self.wte = model, delay, model.config, model.wte
-
-    def forward(self, idx, **kwargs):
-        time.sleep(self.delay)
-        return self.inner(idx, **kwargs)
 
 
 def set_slider(driver, element_id: str, value: float) -> None:

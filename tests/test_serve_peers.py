@@ -17,6 +17,7 @@ import uuid
 
 import pytest
 import torch
+from helpers import PacedModel
 
 from gpt2kit.model import GPT, GPTConfig
 
@@ -402,21 +403,9 @@ def test_metrics_label_routes_not_raw_paths(server):
     assert not any("no/such" in line for line in after)
 
 
-class _Slow(torch.nn.Module):
-    """A GPT whose every forward pass also sleeps, so that requests wait for the batch long enough to count."""
-
-    def __init__(self, model: GPT, delay: float):
-        super().__init__()
-        self.inner, self.delay, self.config, self.wte = model, delay, model.config, model.wte
-
-    def forward(self, idx, **kwargs):
-        time.sleep(self.delay)
-        return self.inner(idx, **kwargs)
-
-
 def test_a_full_queue_answers_503(peer_model, gpt2_tokenizer):
     config = ServerConfig(max_batch_size=1, max_queued_requests=1, request_timeout_s=30)
-    app = create_app(_Slow(peer_model, 0.01), gpt2_tokenizer, config, model_name=MODEL)
+    app = create_app(PacedModel(peer_model, 0.01), gpt2_tokenizer, config, model_name=MODEL)
     body = {"prompt": "x", "max_tokens": 100, "ignore_eos": True}
     with BackgroundServer(app) as url:
 
