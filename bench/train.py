@@ -111,85 +111,97 @@ def case_dtypes(device: torch.device) -> tuple[torch.dtype, list[torch.dtype]]:
     return auto, [torch.float32, torch.bfloat16] if device.type == "cpu" else [auto]
 
 
-def prepare_case(preset, context, batch_size, device, only=None, dtypes=None, compile=False):
-    """The models (compiled on CUDA or when asked), a random batch, and a step function per (library, dtype)."""
+def prepare_case(preset, context, batch_size, device, only, dtypes, compile=False):
+    """One library's model (compiled on CUDA or when asked), a random batch, and a step function per dtype."""
     from gpt2kit.train import build_optimizer
     from gpt2kit.train_config import OptimConfig
 
-    auto, timed = case_dtypes(device)
     config, ours, theirs = build_models(preset, context, device, only)
+    model = ours if only == "gpt2kit" else theirs
     if device.type == "cuda" or compile:
         from gpt2kit.parallelize import DistEnv, parallelize
 
-        ours = parallelize(ours, DistEnv(), device, compile=True) if ours is not None else None
-        theirs = torch.compile(theirs) if theirs is not None else None
+        model = parallelize(model, DistEnv(), device, compile=True) if only == "gpt2kit" else torch.compile(model)
     tokens = torch.randint(0, config.vocab_size, (batch_size, context + 1), device=device)
     batch, targets = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
-    steps = {}
-    for name, model in (("gpt2kit", ours), ("transformers", theirs)):
-        if model is None:
-            continue
-        # Both get the same fused AdamW with decay on matrices: the comparison is the model, not the optimizer.
-        optimizer = build_optimizer(model, OptimConfig(), device)
-        for dtype in dtypes or timed:
-            steps[name, dtype] = make_step(name, model, optimizer, batch, targets, device, dtype)
-    return config, auto, steps
+    # Both get the same fused AdamW with decay on matrices: the comparison is the model, not the optimizer.
+    optimizer = build_optimizer(model, OptimConfig(), device)
+    return {dtype: make_step(only, model, optimizer, batch, targets, device, dtype) for dtype in dtypes}
 
 
-def child_peak_rss(preset: str, context: int, batch_size: int, name: str, dtype: torch.dtype) -> float:
-    """In a fresh process: build one model, run a warm-up step and a step; the peak RSS in MB.
-
-    VmHWM belongs to this process's own address space (ru_maxrss would carry the parent's over exec).
-    """
-    _, _, steps = prepare_case(preset, context, batch_size, torch.device("cpu"), only=name, dtypes=[dtype])
-    steps[name, dtype]()
-    steps[name, dtype]()
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+# The columns, each timed in a process of its own: (library, whether gpt2kit's allocator setting is on). gpt2kit
+# trains with it (`gpt2kit train` sets it); transformers runs as shipped, and once more with the setting, so the
+# table shows what the setting alone is worth.
+ENGINES = (("gpt2kit", True), ("transformers", False), ("transformers", True))
 
 
-def median_ratio(slow: list[float], fast: list[float]) -> float:
-    """Median over rounds of slow-time / fast-time: the speed of `fast` relative to `slow`."""
-    return statistics.median(a / b for a, b in zip(slow, fast, strict=True))
+def engine_label(name: str, reuse_pages: bool) -> str:
+    return f"{name}+pages" if name == "transformers" and reuse_pages else name
 
 
-def run_case(preset: str, context: int, batch_size: int, args, device: torch.device) -> dict:
-    """Time every (library, dtype) in turn; print the comparison and return it (tokens/s, MFU, ratios).
+def child_times(preset, context, batch_size, device_name, name, reuse_pages, dtypes, steps, warmup, compile):
+    """In a fresh process: one library's step times per dtype (dtypes alternate step by step), and its peak RSS."""
+    from gpt2kit.device import reuse_freed_cpu_memory
 
-    `tokens_per_s`, `mfu` and `ratio_gpt2kit_over_transformers` are for the auto dtype; `columns` has them all.
-    """
-    from gpt2kit.mfu import cpu_peak_flops, flops_per_token, gpu_peak_flops
-
-    config, auto, steps = prepare_case(preset, context, batch_size, device, compile=getattr(args, "compile", False))
-    for step in steps.values():  # warm-up (and compilation)
-        for _ in range(args.warmup):
+    if args_threads := os.environ.get("GPT2KIT_BENCH_THREADS"):
+        torch.set_num_threads(int(args_threads))
+    if reuse_pages:
+        reuse_freed_cpu_memory()
+    device = torch.device(device_name)
+    step_of = prepare_case(preset, context, batch_size, device, name, dtypes, compile)
+    for step in step_of.values():  # warm-up (and compilation)
+        for _ in range(warmup):
             step()
-    times: dict[tuple, list[float]] = {key: [] for key in steps}
-    gpu_memory: dict[str, float] = {}
-    for _ in range(args.steps):
-        for key, step in steps.items():
+    times = {dtype: [] for dtype in dtypes}
+    for _ in range(steps):
+        for dtype, step in step_of.items():
             if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
                 torch.cuda.synchronize(device)
             start = time.perf_counter()
             step()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-                gpu_memory[key[0]] = torch.cuda.max_memory_allocated(device) / 2**20
-            times[key].append(time.perf_counter() - start)
-    del steps
-    memory = dict(gpu_memory)
-    if device.type == "cpu" and args.rss:
-        import multiprocessing
+            times[dtype].append(time.perf_counter() - start)
+    if device.type == "cuda":
+        memory = torch.cuda.max_memory_allocated(device) / 2**20
+    else:  # VmHWM is this process's own high-water mark (ru_maxrss would carry the parent's over exec)
+        status = Path("/proc/self/status").read_text().splitlines()
+        memory = next((int(line.split()[1]) / 1024 for line in status if line.startswith("VmHWM:")), float("nan"))
+    return {str(dtype): seconds for dtype, seconds in times.items()}, memory
 
-        with multiprocessing.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
-            for name in ("gpt2kit", "transformers"):
-                memory[name] = pool.apply(child_peak_rss, (preset, context, batch_size, name, auto))
+
+def run_case(preset: str, context: int, batch_size: int, args, device: torch.device) -> dict:
+    """Time every (library, dtype); print the comparison and return it (tokens/s, MFU, ratios).
+
+    Each library runs in a fresh process per round, rounds interleaved (gpt2kit, transformers, ... again), so no
+    library's memory, threads or allocator state touches another's. `tokens_per_s` and `mfu` are for the auto
+    dtype; `columns` has them all.
+    """
+    import multiprocessing
+
+    from gpt2kit.mfu import cpu_peak_flops, flops_per_token, gpu_peak_flops
+    from gpt2kit.model import preset_config
+
+    auto, dtypes = case_dtypes(device)
+    config = preset_config(preset, n_positions=max(context, 1024 if preset == "gpt2" else context))
+    times: dict[tuple, list[float]] = {}
+    memory: dict[str, float] = {}
+    os.environ["GPT2KIT_BENCH_THREADS"] = str(torch.get_num_threads())
+    context_of = multiprocessing.get_context("spawn")
+    for _ in range(args.rounds):
+        for name, reuse_pages in ENGINES:
+            label = engine_label(name, reuse_pages)
+            with context_of.Pool(1, maxtasksperchild=1) as pool:
+                got, peak = pool.apply(
+                    child_times,
+                    (preset, context, batch_size, str(device), name, reuse_pages, dtypes, args.steps, args.warmup,
+                     getattr(args, "compile", False)),
+                )  # fmt: skip
+            for dtype in dtypes:
+                times.setdefault((label, dtype), []).extend(got[str(dtype)])
+            memory[label] = max(memory.get(label, 0.0), peak)
     n_tokens = batch_size * context
     per_token = flops_per_token(config, context)
-    dtypes = sorted({dtype for _, dtype in times}, key=str, reverse=True)
     peaks = {}
     for dtype in dtypes:
         # Re-measured here (the cache keeps the best figure seen), as the CPU's load changes over time.
@@ -198,31 +210,27 @@ def run_case(preset: str, context: int, batch_size: int, args, device: torch.dev
     label = f"{preset} context {context} batch {batch_size} ({device.type}, auto = {DTYPE_NAMES[auto]}"
     label += f", {torch.get_num_threads()} threads)" if device.type == "cpu" else ", compiled)"
     print(label)
-    columns = {}
+    columns, median = {}, {}
     for (name, dtype), seconds in times.items():
-        rate = n_tokens / statistics.median(seconds)
+        median[name, dtype] = statistics.median(seconds)
+        rate = n_tokens / median[name, dtype]
         mfu = rate * per_token / peaks[dtype] if peaks[dtype] else None
         column = f"{name} {DTYPE_NAMES[dtype]}"
         columns[column] = {"tokens_per_s": rate, "mfu": mfu}
         shown = f"{mfu:6.1%}" if mfu is not None else "   n/a"
-        print(f"  {column:17s} {rate:9.0f} tokens/s (best {n_tokens / min(seconds):7.0f})  MFU {shown}")
-    # Each round times every column back to back: the median of per-round ratios shrugs off load that
-    # comes and goes between rounds.
+        print(f"  {column:24s} {rate:9.0f} tokens/s (best {n_tokens / min(seconds):7.0f})  MFU {shown}")
     ratios = {}
     for dtype in dtypes:
-        ratios[f"gpt2kit / transformers, {DTYPE_NAMES[dtype]}"] = median_ratio(
-            times["transformers", dtype], times["gpt2kit", dtype]
-        )
+        for peer in ("transformers", "transformers+pages"):
+            key = f"gpt2kit / {peer}, {DTYPE_NAMES[dtype]}"
+            ratios[key] = median[peer, dtype] / median["gpt2kit", dtype]
     if torch.float32 in dtypes and auto != torch.float32:
-        ratios["gpt2kit auto / gpt2kit fp32"] = median_ratio(times["gpt2kit", torch.float32], times["gpt2kit", auto])
-        ratios["gpt2kit auto / transformers fp32"] = median_ratio(
-            times["transformers", torch.float32], times["gpt2kit", auto]
-        )
+        ratios["gpt2kit auto / gpt2kit fp32"] = median["gpt2kit", torch.float32] / median["gpt2kit", auto]
+        ratios["gpt2kit auto / transformers fp32"] = median["transformers", torch.float32] / median["gpt2kit", auto]
     for what, ratio in ratios.items():
-        print(f"  ratio {what}: {ratio:.2f}x tokens/s")
-    if len(memory) == 2:
-        print(f"  memory ({DTYPE_NAMES[auto]}): gpt2kit {memory['gpt2kit']:.0f} MB, transformers "
-              f"{memory['transformers']:.0f} MB ({memory['gpt2kit'] / memory['transformers']:.2f}x)")  # fmt: skip
+        print(f"  ratio {what}: {ratio:.2f}x tokens/s (median step times)")
+    unit = "MB peak RSS" if device.type == "cpu" else "MB peak CUDA memory"
+    print("  memory: " + ", ".join(f"{name} {mb:.0f}" for name, mb in memory.items()) + f" ({unit}, both dtypes)")
     for dtype, peak in peaks.items():
         if peak:
             kind = (
@@ -235,10 +243,6 @@ def run_case(preset: str, context: int, batch_size: int, args, device: torch.dev
         "dtype": auto_name,
         "columns": columns,
         "tokens_per_s": {name: columns[f"{name} {auto_name}"]["tokens_per_s"] for name in ("gpt2kit", "transformers")},
-        "mfu": {name: columns[f"{name} {auto_name}"]["mfu"] for name in ("gpt2kit", "transformers")}
-        if peaks[auto]
-        else None,
-        "ratio_gpt2kit_over_transformers": ratios[f"gpt2kit / transformers, {auto_name}"],
         "ratios": ratios,
         "memory_mb": memory,
     }
@@ -339,7 +343,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--batch", type=int, default=None, help="override the batch size")
     parser.add_argument("--context", type=int, default=None, help="override the context length")
-    parser.add_argument("--no-rss", dest="rss", action="store_false", help="skip the peak-RSS child processes")
+    parser.add_argument("--rounds", type=int, default=2, help="fresh processes per library, interleaved")
     parser.add_argument("--compile", action="store_true", help="torch.compile on CPU too")
     parser.add_argument("--llmc", default=None, help="an llm.c source tree to build the C peer from")
     parser.add_argument("--no-llmc", dest="with_llmc", action="store_false", help="skip the llm.c peer")
@@ -353,7 +357,7 @@ def main() -> None:
         default_cases = {"gpt2": (1024, 16)}
     elif args.quick:
         default_cases = QUICK_CASES
-        args.steps, args.warmup, args.rss = min(args.steps, 2), 1, False
+        args.steps, args.warmup, args.rounds = min(args.steps, 2), 1, 1
     else:
         default_cases = CPU_CASES
     names = args.cases.split(",") if args.cases else list(default_cases)

@@ -82,3 +82,30 @@ def select_dtype(spec: str, device: torch.device) -> tuple[torch.dtype, str]:
             return torch.bfloat16, f"auto, this CPU computes bf16 natively ({flag})"
         return torch.float32, f"auto, this CPU has no native bf16 (none of {', '.join(NATIVE_BF16_FLAGS)})"
     return torch.float32, f"auto, fp32 on {device.type}"
+
+
+# glibc mallopt parameters (malloc.h).
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+
+
+def reuse_freed_cpu_memory() -> bool:
+    """Have glibc's malloc keep freed memory for the next allocation instead of giving it back to the OS.
+
+    glibc serves every block over 32 MB (logits, the embedding's gradient, casts of the output layer) with a fresh
+    mmap and unmaps it on free, so each training step faults its large tensors in again, page by page: on this
+    project's 2-core VM, zeroing a fresh 154 MB gradient took 254 ms against 8 ms for a reused one, and the faults
+    cost gpt2 124M (context 1024, bf16) 30% of its step. Served from the heap and never trimmed, the memory of one
+    step is reused by the next, as a caching allocator would. Process-wide; for training processes. Returns whether
+    it applied (glibc only).
+    """
+    import ctypes
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))

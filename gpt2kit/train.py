@@ -29,7 +29,7 @@ from gpt2kit.checkpoint import CheckpointError, load, save
 from gpt2kit.config import ConfigError
 from gpt2kit.data.loader import TokenWindows, WindowLoader, eval_indices
 from gpt2kit.data.shards import TOKENIZER_DIR, load_manifest
-from gpt2kit.device import resolve_device, select_dtype
+from gpt2kit.device import resolve_device, reuse_freed_cpu_memory, select_dtype
 from gpt2kit.io import atomic_directory, atomic_write_text, remove_stale_temporaries
 from gpt2kit.mfu import Utilisation, flops_per_token
 from gpt2kit.model import GPT, preset_config
@@ -176,6 +176,8 @@ class Trainer:
             log.info("dtype %s: %s", name if self.dtype == torch.float32 else f"{name} autocast", why)
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
+        if self.device.type == "cpu":
+            reuse_freed_cpu_memory()  # a step's large tensors reuse the last step's pages (see its notes)
         init_distributed(self.env, self.device)
         self.run_dir = Path(config.out)
         if self.env.is_main:
