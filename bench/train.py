@@ -1,16 +1,17 @@
 """Training step throughput: gpt2kit vs transformers' GPT2LMHeadModel in fp32 and bf16, and llm.c's C trainer.
 
-A step is forward + backward + fused AdamW on random token ids. Every (library, dtype)
-column is timed in turn within each round (so all see the same background load):
-tokens/s is the median step, a ratio the median of the per-round ratios. transformers computes its loss on T-1
-positions (it shifts the labels), gpt2kit on T; the difference is under 0.4% of the work at T=256. Each library
-keeps one model and optimizer for both dtypes (bf16 is autocast over fp32 weights, as in training).
+A step is forward + backward + fused AdamW on random token ids. Each library runs in a fresh process per round,
+rounds interleaved, timing fp32 and bf16 autocast steps alternately (one model and optimizer for both: bf16 is
+autocast over fp32 weights, as in training); tokens/s is the median step, a ratio the ratio of medians.
+transformers computes its loss on T-1 positions (it shifts the labels), gpt2kit on T. gpt2kit runs with the
+allocator setting `gpt2kit train` applies on CPU (gpt2kit.device.reuse_freed_cpu_memory); transformers runs as
+shipped, and once more with that setting (`transformers+pages`), so the table shows what the setting is worth alone.
+Peak RSS is each process's own high-water mark over both dtypes.
 
-CPU: gpt2 (124M) at context 1024, one window a step (the issue's target), and cpu-25m at context 256 batch 8, each
-in fp32 and in bf16 autocast. `auto` is the dtype `gpt2kit train` picks here (bf16 where the CPU computes it
-natively: AVX-512 BF16 or AMX). MFU is against the measured matmul peak of this CPU in the column's dtype
-(gpt2kit.mfu, cached; re-measured here, the cache keeping the best figure). Peak RSS comes from a separate child
-process per model in the auto dtype (build, warm-up step, one step), so neither model's memory counts for the other.
+CPU: gpt2 (124M) at context 1024, one window a step (issue 28's target), and cpu-25m at context 256 batch 8. `auto`
+is the dtype `gpt2kit train` picks here (bf16 where the CPU computes it natively: AVX-512 BF16 or AMX). MFU is
+against the measured matmul peak of this CPU in the column's dtype (gpt2kit.mfu, cached; re-measured here, the
+cache keeping the best figure).
 
 llm.c (--llmc DIR, an llm.c source tree, e.g. `git archive` of karpathy/llm.c; else the one in
 ~/.cache/gpt2kit-bench/llm.c): `make train_gpt2` (gcc -Ofast -march=native, OpenMP) is built there, outside
@@ -22,15 +23,20 @@ C compiler the peer is skipped with a note.
 CUDA (--device cuda): gpt2 at context 1024, bf16 autocast, torch.compile for both, batch 16 by default; MFU
 against the GPU's published bf16 peak. --compile compiles on CPU too (each gpt2kit block; transformers whole).
 
-Findings on this machine (AMD EPYC Zen 5, 2 cores shared with other jobs while measured, so indicative only;
-gpt2 124M, context 1024, batch 1, forward + backward only where noted):
-- bf16 matmul peak 2.4-4x fp32's (2048x2048: 187 against 79 GFLOP/s under load; 826 against 199 idle).
-- Under autocast the output layer used to leave the fused chunked loss for F.linear + cross_entropy on the full
-  (1024 x 50257) logits; the fused loss now runs its three matmuls in bf16 with the softmax in fp32: the head's
-  forward + backward 2.34 s against 2.61 s for the plain path (fp32 fused: 2.13 s, under load), same losses and
-  gradients (bf16-level error, as autocast's own).
-- Profile of a bf16 step (forward + backward): matmuls ~50%, dtype casts (autocast's fp32 -> bf16 weight and
-  activation copies) ~15-19%, CPU flash attention forward + backward ~15%, layer norms ~5%.
+Findings on this machine (AMD EPYC Zen 5, 2 cores, AVX-512 BF16; gpt2 124M, context 1024, one window a step):
+- bf16 matmul peak 2.8x fp32's (2048x2048: 394 against 142 GFLOP/s in the same run; 4.1x on a quieter day).
+- Page faults were the largest loss in bf16. glibc serves blocks over 32 MB with fresh mmaps and unmaps them on
+  free, so each step faulted in its logit chunks, the casts of the output layer and the 154 MB embedding gradient
+  afresh (zeroing that gradient: 254 ms against 8 ms reused; in all ~1.3 s of a 4.5 s bf16 step). With the heap
+  kept (mallopt: no mmap, no trim) a bf16 step went from ~230 to ~310 tokens/s; fp32 gained little (~150-160).
+- Autocast coverage: after that, a bf16 step is matmuls at the bf16 peak (~1.9 s of blocks and output layer),
+  CPU flash attention (0.6 s forward + backward, ~90 GFLOP/s: its 64-wide heads are far from the matmul peak;
+  the math backend was slower, 248 against 306 tokens/s), fused AdamW (63 ms), and casts and elementwise work
+  (~0.3 s). The fused output loss runs its three matmuls in bf16 with the softmax in fp32.
+- torch.compile of each block: +6% in bf16 (323 against 306 tokens/s) after a ~15 s first step; not the default.
+- transformers with bf16 autocast lands at the same speed (its head builds full logits, but it faults fewer pages):
+  gpt2kit's bf16 lead over transformers bf16 is 1.0x here, short of issue 28's 1.3x; the remaining gap is
+  attention, which both run through the same SDPA kernel.
 
 Usage: python bench/train.py [--device cpu|cuda] [--cases gpt2,cpu-25m] [--steps 5] [--llmc DIR] [--quick]
 """
