@@ -1,8 +1,9 @@
 """Model FLOPs utilisation: training FLOPs per token, and the peak FLOP/s of the device.
 
 GPUs use a table of published dense peaks (bf16/fp16 tensor cores, and TF32
-for fp32 training). CPUs have no such table: the peak is an fp32 matmul measured
-once per CPU model, thread count and torch version, and cached on disk.
+for fp32 training). CPUs have no such table: the peak is a matmul in the training
+dtype (bf16 runs ~4x faster than fp32 on AVX-512 BF16), measured once per CPU
+model, thread count, dtype and torch version, and cached on disk.
 """
 
 from __future__ import annotations
@@ -74,34 +75,49 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def measure_cpu_peak_flops(size: int = 2048, repeats: int = 6) -> float:
-    """The best fp32 matmul rate over `repeats` runs with torch's current thread count."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b  # warm up the BLAS
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2.0 * size**3 / best
+def measure_cpu_peak_flops(dtype: torch.dtype = torch.float32, size: int = 2048, repeats: int = 6) -> float:
+    """The best `dtype` matmul rate over `repeats` runs with torch's current thread count.
+
+    The matrices start small and grow to `size` while one product takes under 50 ms: a dtype the CPU only
+    emulates (fp16 on most CPUs, ~100x slower) is measured in seconds, not minutes.
+    """
+    side = 256
+    while True:
+        a, b = torch.randn(side, side, dtype=dtype), torch.randn(side, side, dtype=dtype)
+        a @ b  # warm up the BLAS
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - start)
+        if side >= size or best > 0.05:
+            return 2.0 * side**3 / best
+        side *= 2
 
 
-def cpu_peak_flops(refresh: bool = False) -> float:
-    """The measured CPU matmul peak, cached per CPU model, thread count and torch version.
+def _cache_key(dtype: torch.dtype) -> str:
+    name = str(dtype).removeprefix("torch.")
+    return f"{_cpu_name()} | threads={torch.get_num_threads()} | dtype={name} | torch={torch.__version__}"
+
+
+def cpu_peak_flops(dtype: torch.dtype = torch.float32, refresh: bool = False) -> float:
+    """The measured CPU matmul peak in `dtype`, cached per CPU model, thread count, dtype and torch version.
 
     `refresh=True` measures again and keeps the higher of the two figures: a
     measurement taken while other work shares the CPU reads low, never high.
     """
-    key = f"{_cpu_name()} | threads={torch.get_num_threads()} | torch={torch.__version__}"
+    key = _cache_key(dtype)
     path = _cache_file()
     try:
         cache = json.loads(path.read_text())
     except (OSError, ValueError):
         cache = {}
+    if not isinstance(cache, dict):
+        cache = {}
     cached = cache.get(key) if isinstance(cache.get(key), (int, float)) else None
     if cached is not None and not refresh:
         return float(cached)
-    peak = max(measure_cpu_peak_flops(), cached or 0.0)
+    peak = max(measure_cpu_peak_flops(dtype), cached or 0.0)
     cache[key] = peak
     try:
         atomic_write_text(path, json.dumps(cache, indent=2))
@@ -111,9 +127,33 @@ def cpu_peak_flops(refresh: bool = False) -> float:
 
 
 def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
-    """Peak FLOP/s of one device for training in `dtype`, or None when unknown."""
+    """Peak FLOP/s of one device for training in `dtype` (the autocast dtype), or None when unknown."""
     if device.type == "cuda":
         return gpu_peak_flops(torch.cuda.get_device_name(device), dtype)
     if device.type == "cpu":
-        return cpu_peak_flops()
+        return cpu_peak_flops(dtype)
     return None
+
+
+class Utilisation:
+    """MFU of one device training in `dtype`: achieved model FLOP/s over the device's peak.
+
+    A CPU peak measured while other work shared the cores reads low; a training rate above it proves that,
+    so the peak is measured again (the cache keeps the higher figure) and, should the rate still exceed it,
+    raised to the rate itself: MFU never passes 1.
+    """
+
+    def __init__(self, device: torch.device, dtype: torch.dtype):
+        self.device, self.dtype = device, dtype
+        self.peak = peak_flops(device, dtype)
+        self._remeasured = False
+
+    def __call__(self, flops_per_s: float) -> float | None:
+        if not self.peak:
+            return None
+        if flops_per_s > self.peak and self.device.type == "cpu":
+            if not self._remeasured:
+                self._remeasured = True
+                self.peak = cpu_peak_flops(self.dtype, refresh=True)
+            self.peak = max(self.peak, flops_per_s)
+        return flops_per_s / self.peak

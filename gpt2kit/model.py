@@ -185,14 +185,22 @@ class OutputLoss(torch.autograd.Function):
     matrix right away (softmax minus one-hot, the 1/sum folded into small
     per-row scales), so backward only scales them. That saves the memory
     passes, and on CPU the page faults, of fresh logit-sized tensors.
+
+    With `dtype` (the autocast dtype, bf16 or fp16) the three matmuls run in it, as autocast would run them,
+    and the softmax in fp32 in a second buffer; the embedding gradient accumulates in fp32.
     """
 
     @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, with_grads: bool):
+    def forward(ctx, hidden, weight, targets, with_grads: bool, dtype: torch.dtype | None = None):
+        hidden_dtype, weight_dtype = hidden.dtype, weight.dtype
+        if dtype is not None:
+            hidden, weight = hidden.to(dtype), weight.to(dtype)
+        low = hidden.dtype != torch.float32
         rows, vocab = hidden.shape[0], weight.shape[0]
         chunks = -(-rows * vocab // LOSS_CHUNK_LOGITS)  # equal chunks, none of them a small remainder
         chunk = -(-rows // chunks)
         buffer = hidden.new_empty(chunk, vocab)
+        fp32_buffer = hidden.new_empty(chunk, vocab, dtype=torch.float32) if low else buffer
         total = hidden.new_zeros((), dtype=torch.float32)
         grad_hidden = torch.empty_like(hidden) if with_grads else None
         grad_weight = None
@@ -200,29 +208,39 @@ class OutputLoss(torch.autograd.Function):
             h, t = hidden[start : start + chunk], targets[start : start + chunk]
             n = len(t)
             exps = torch.mm(h, weight.t(), out=buffer[:n])
+            if low:
+                exps = fp32_buffer[:n].copy_(exps)
             row_max = exps.amax(dim=1, keepdim=True)
             picked = exps.gather(1, t[:, None])
             exps.sub_(row_max).exp_()
             row_sum = exps.sum(dim=1, keepdim=True)
             total += (row_max + row_sum.log() - picked).sum()
-            if with_grads:
-                # d(mean loss)/d(logits) = (exps / row_sum - one_hot) / rows = (exps - row_sum * one_hot) * scale
-                exps[torch.arange(n, device=t.device), t] -= row_sum.squeeze(1)
-                scale = 1.0 / (row_sum * rows)
+            if not with_grads:
+                continue
+            # d(mean loss)/d(logits) = (exps / row_sum - one_hot) / rows = (exps - row_sum * one_hot) * scale
+            exps[torch.arange(n, device=t.device), t] -= row_sum.squeeze(1)
+            scale = 1.0 / (row_sum * rows)
+            if low:
+                grad_logits = torch.mul(exps, scale, out=buffer[:n])  # back to the matmul dtype in the same pass
+                torch.mm(grad_logits, weight, out=grad_hidden[start : start + n])
+                part = torch.mm(grad_logits.t(), h)
+                grad_weight = part.float() if grad_weight is None else grad_weight.add_(part)
+            else:
                 torch.mm(exps, weight, out=grad_hidden[start : start + n]).mul_(scale)
                 if grad_weight is None:
                     grad_weight = torch.mm(exps.t(), h * scale)
                 else:
                     grad_weight.addmm_(exps.t(), h * scale)
         # Kept on ctx (not saved tensors) so backward can hand them to autograd without a copy.
-        ctx.grads = (grad_hidden, grad_weight)
+        if with_grads:
+            ctx.grads = (grad_hidden.to(hidden_dtype), grad_weight.to(weight_dtype))
         return total / rows
 
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor):
         grad_hidden, grad_weight = ctx.grads
         del ctx.grads  # once: the graph cannot be run backward twice
-        return grad_hidden.mul_(grad_loss), grad_weight.mul_(grad_loss), None, None
+        return grad_hidden.mul_(grad_loss), grad_weight.mul_(grad_loss), None, None, None
 
 
 class CausalSelfAttention(nn.Module):
@@ -397,12 +415,12 @@ class GPT(nn.Module):
         if self.inference_form is not None:
             raise GPT2KitError(f"this model is prepared for inference ({self.inference_form}); train the fp32 model")
         weight = self.output_weight
-        if torch.is_autocast_enabled(h.device.type):
-            # Under autocast the plain path keeps autocast's dtype rules (and torch.compile fuses it).
-            logits = F.linear(h, weight).float()
-            return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+        device_type = h.device.type
+        # Under autocast the matmuls run in its dtype, as F.linear's would; the softmax stays fp32.
+        dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
         with_grads = torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)
-        return OutputLoss.apply(h.reshape(-1, h.size(-1)), weight, targets.reshape(-1), with_grads)
+        with torch.autocast(device_type, enabled=False):
+            return OutputLoss.apply(h.reshape(-1, h.size(-1)), weight, targets.reshape(-1), with_grads, dtype)
 
     @staticmethod
     def _attention_mask(T: int, past: int, attention_mask: torch.Tensor | None, device) -> torch.Tensor | None:

@@ -29,9 +29,9 @@ from gpt2kit.checkpoint import CheckpointError, load, save
 from gpt2kit.config import ConfigError
 from gpt2kit.data.loader import TokenWindows, WindowLoader, eval_indices
 from gpt2kit.data.shards import TOKENIZER_DIR, load_manifest
-from gpt2kit.device import resolve_device
+from gpt2kit.device import resolve_device, reuse_freed_cpu_memory, select_dtype
 from gpt2kit.io import atomic_directory, atomic_write_text, remove_stale_temporaries
-from gpt2kit.mfu import flops_per_token, peak_flops
+from gpt2kit.mfu import Utilisation, flops_per_token
 from gpt2kit.model import GPT, preset_config
 from gpt2kit.outputs import TRAINING_RUN, DirectoryClaim, claim_directory
 from gpt2kit.parallelize import DistEnv, gradient_sync, init_distributed, parallelize, shutdown_distributed
@@ -89,18 +89,6 @@ def build_optimizer(model: torch.nn.Module, optim: OptimConfig, device: torch.de
     ]
     fused = optim.fused and device.type in ("cpu", "cuda")
     return torch.optim.AdamW(groups, lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps, fused=fused or None)
-
-
-# -- devices and random state --------------------------------------------------------------
-
-
-def select_dtype(spec: str, device: torch.device) -> torch.dtype:
-    """The autocast dtype: bf16 on CUDA by default (fp16 where bf16 is missing), fp32 elsewhere."""
-    if spec == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[spec]
 
 
 # -- metrics -------------------------------------------------------------------------------------
@@ -182,9 +170,14 @@ class Trainer:
         self.config = config
         self.env = env or DistEnv.from_environment()
         self.device = resolve_device(config.device, self.env.local_rank)
-        self.dtype = select_dtype(config.dtype, self.device)
+        self.dtype, why = select_dtype(config.dtype, self.device)
+        if self.env.is_main:
+            name = str(self.dtype).removeprefix("torch.")
+            log.info("dtype %s: %s", name if self.dtype == torch.float32 else f"{name} autocast", why)
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
+        if self.device.type == "cpu":
+            reuse_freed_cpu_memory()  # a step's large tensors reuse the last step's pages (see its notes)
         init_distributed(self.env, self.device)
         self.run_dir = Path(config.out)
         if self.env.is_main:
@@ -243,7 +236,7 @@ class Trainer:
         else:
             torch.manual_seed(config.seed + self.env.rank)  # dropout masks differ between ranks
         self.flops_per_token = flops_per_token(self.model.config, self.context)
-        self.peak_flops = peak_flops(self.device, self.dtype) if self.env.is_main else None
+        self.utilisation = Utilisation(self.device, self.dtype) if self.env.is_main else None
 
     # -- setup ------------------------------------------------------------------------------------
     def _load_resume_state(self, resume: bool) -> None:
@@ -475,8 +468,8 @@ class Trainer:
 
     def _step_record(self, loss: float, lr: float, grad_norm: float, tokens_per_s: float, applied: bool) -> dict:
         mfu = None
-        if self.peak_flops:
-            mfu = tokens_per_s * self.flops_per_token / (self.peak_flops * self.env.world_size)
+        if self.utilisation is not None:
+            mfu = self.utilisation(tokens_per_s * self.flops_per_token / self.env.world_size)
         record = {
             "step": self.step,
             "tokens": self.tokens,

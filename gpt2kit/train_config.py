@@ -44,7 +44,7 @@ class TrainConfig(Checked):
     checkpoint_interval: int = 500  # steps between checkpoints; one is always written at the end
     keep_checkpoints: int = 3  # the newest K checkpoints are kept
     device: str = "auto"  # auto, cpu, cuda, cuda:N or mps
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 where computed natively, else fp32
     compile: bool = False  # torch.compile each block, applied from outside the model
     parallelism: Literal["ddp", "fsdp"] = "ddp"  # how several ranks share the work (torchrun)
     max_bad_steps: int = 5  # non-finite steps in a row before the run stops

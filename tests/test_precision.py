@@ -22,16 +22,6 @@ from gpt2kit.train_config import TrainConfig
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_bf16_autocast_trains_and_tracks_fp32(data_dir, tmp_path):
-    steps = 20
-    fp32 = losses(Trainer(tiny_config(data_dir, tmp_path / "fp32", max_steps=steps)).run().run_dir)
-    bf16 = losses(Trainer(tiny_config(data_dir, tmp_path / "bf16", max_steps=steps, dtype="bfloat16")).run().run_dir)
-    assert bf16[steps] < bf16[1] - 1.0  # it learns
-    # bf16 keeps 8 bits of mantissa: the losses of the same run stay within 2% of fp32's at every step
-    for step in range(1, steps + 1):
-        assert bf16[step] == pytest.approx(fp32[step], rel=0.02), step
-
-
 def test_fp16_grad_scaler_skips_an_overflowing_step_and_recovers(data_dir, tmp_path, caplog):
     trainer = Trainer(tiny_config(data_dir, tmp_path / "fp16", max_steps=12, dtype="float16"))
     assert trainer.scaler.is_enabled()
