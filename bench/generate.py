@@ -1,53 +1,62 @@
-"""Greedy decoding on CPU: gpt2kit (fp32, int8) against transformers, CTranslate2 (float32, int8) and llama.cpp
-(f32, q8_0, when llama_cpp is importable), in one process, in interleaved rounds, one engine alive at a time.
+"""Greedy decoding on CPU: gpt2kit (fp32, int8, int4 where gpt2kit has it) against transformers, CTranslate2
+(float32, int8) and llama.cpp's native build (f32, q8_0, q4_0, timed by its own `llama-bench`).
 
 Random weights of a preset (default `gpt2`, 124M) in the HF layout, a 32-token prompt, 256 new tokens, batch 1
-and 8. CTranslate2's model comes from its own converter; llama.cpp's from `gpt2kit convert --to gguf` (q8_0 by
-llama.cpp's own quantizer). Every engine runs all new tokens (end-of-text does not stop it). Prints tokens/s,
-each ratio to gpt2kit fp32, and the weight bandwidth each reaches (weight bytes read per decoding step x steps/s)
-against a measured streaming-read bandwidth. fp32 engines must produce transformers' tokens; int8 ones report
-how many of them they share.
+and 8. CTranslate2's model comes from its own converter; llama.cpp's f32 GGUF from `gpt2kit convert`, its q8_0
+and q4_0 from llama.cpp's `llama-quantize --pure` (bench/llamacpp.py finds or builds the tools, see there).
+Every engine runs all new tokens (end-of-text does not stop it).
 
-Each engine is built, warmed up, timed and freed in turn, round after round: on 2 cores an idle CTranslate2
-generator left alive in the process slowed gpt2kit's batch-1 decoding by 15% (32.0 against 37.6 tokens/s, gone
-once the generator was deleted), so engines that merely coexist would not be measured fairly.
+Every engine runs in a fresh process of its own for every round (`generate.py --child ENGINE`, which loads it,
+warms it up, times one run and writes its tokens as JSON), and rounds are interleaved; each engine's best round
+is kept. On 2 cores an idle CTranslate2 generator left alive beside gpt2kit slowed gpt2kit's batch-1 decoding by
+15%, so engines that merely coexist would not be measured fairly. llama.cpp is timed by `llama-bench -p 0 -n NEW
+-d PROMPT -r 1 -o json` (NEW tokens decoded after PROMPT tokens of context, batch 1 only: llama-bench decodes one
+sequence), its `samples_ts`.
+
+Prints tokens/s; the ratio of each engine to llama.cpp at its precision (fp32 engines to f32, int8 ones to q8_0,
+int4 to q4_0); and the weight bandwidth each reaches (weight bytes streamed per decoding step x steps/s: 4 bytes
+a weight for fp32/f32, 1.0625 for int8/q8_0, 0.5625 for int4/q4_0) as a share of a measured streaming-read
+bandwidth. gpt2kit, transformers and CTranslate2 report how many of transformers' tokens they produce (fp32 ones
+should produce them all); llama-bench returns no tokens. A precision gpt2kit refuses is left out with a note.
 
 Usage: python bench/generate.py [--preset gpt2] [--new-tokens 256] [--batch-sizes 1 8] [--rounds 2] [--threads N]
-llama.cpp: pip install llama-cpp-python (builds llama.cpp from source, about 15 minutes on 2 cores).
+       [--precisions fp32 int8 int4] [--skip transformers CTranslate2 llama.cpp ...] [--llama-cpp BIN_DIR]
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
-import gc
-import importlib.metadata
+import importlib.util
+import json
+import os
+import random
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402,F401  (sets GPT2KIT_GPT2_VOCAB)
+import llamacpp  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+EOT = 50256  # GPT-2's end of text: prompts are drawn below it
+# engine name -> its precision (what it is compared with and how many bytes a weight it streams)
+PRECISION = {"transformers fp32": "fp32", "CTranslate2 float32": "fp32", "CTranslate2 int8": "int8"}
 
 
 class Engine:
     """One decoder: `run(prompts, new_tokens)` returns the new token ids of every prompt."""
 
-    name = ""
-    weight_bytes = 0  # bytes of weights read per decoding step
-    batched = True  # False: prompts run one after another
-
     def run(self, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
         raise NotImplementedError
 
 
-def streamed_bytes(config, bytes_per_weight: float) -> int:
-    """Weight bytes one decoding step streams: the block matrices and the output layer (biases, norms and the
-    one embedding row gathered per token are negligible)."""
-    return int(bytes_per_weight * (12 * config.n_layer * config.n_embd**2 + config.vocab_size * config.n_embd))
+def streamed_weights(config) -> int:
+    """Weights one decoding step streams: the block matrices and the output layer (biases, norms and the one
+    embedding row gathered per token are negligible)."""
+    return 12 * config.n_layer * config.n_embd**2 + config.vocab_size * config.n_embd
 
 
 class Gpt2kit(Engine):
@@ -57,8 +66,6 @@ class Gpt2kit(Engine):
 
         self.loaded = load(directory, quantize=quantize)
         prepare_for_decoding(self.loaded.model, batch_size)  # as `sample`, `serve` and `eval` do for their batches
-        self.name = f"gpt2kit {quantize or 'fp32'}"
-        self.weight_bytes = streamed_bytes(self.loaded.model.config, 1 if quantize else 4)
 
     def run(self, prompts, new_tokens):
         from gpt2kit.generate import GenerationConfig, generate
@@ -68,8 +75,6 @@ class Gpt2kit(Engine):
 
 
 class Transformers(Engine):
-    name = "transformers fp32"
-
     def __init__(self, directory: str):
         import torch
         import transformers
@@ -77,7 +82,6 @@ class Transformers(Engine):
         self.model = transformers.GPT2LMHeadModel.from_pretrained(directory).eval()
         self.model.generation_config.eos_token_id = None
         self.model.generation_config.pad_token_id = 0
-        self.weight_bytes = streamed_bytes(self.model.config, 4)
         self.torch = torch
 
     def run(self, prompts, new_tokens):
@@ -99,15 +103,13 @@ class CTranslate2(Engine):
         ctranslate2.converters.TransformersConverter(directory).convert(str(out), quantization=quantization)
         return out
 
-    def __init__(self, converted: Path, quantization: str, threads: int, weight_bytes: int):
+    def __init__(self, converted: Path, threads: int):
         import ctranslate2
 
-        self.generator = ctranslate2.Generator(str(converted), device="cpu", intra_threads=threads, inter_threads=1)
-        self.name = f"CTranslate2 {quantization}"
-        self.weight_bytes = weight_bytes
         from gpt2kit.tokenizer import Tokenizer
 
-        self.tokenizer = Tokenizer.gpt2()  # once, outside the timed runs
+        self.generator = ctranslate2.Generator(str(converted), device="cpu", intra_threads=threads, inter_threads=1)
+        self.tokenizer = Tokenizer.gpt2()  # once, outside the timed run
 
     def run(self, prompts, new_tokens):
         from gpt2kit.tokenizer import token_to_str
@@ -124,31 +126,6 @@ class CTranslate2(Engine):
         return [r.sequences_ids[0] for r in results]
 
 
-class LlamaCpp(Engine):
-    batched = False
-
-    def __init__(self, gguf_path: Path, kind: str, threads: int, context: int, weight_bytes: int):
-        import llama_cpp
-
-        self.llm = llama_cpp.Llama(
-            model_path=str(gguf_path), n_ctx=context, n_threads=threads, n_batch=512, verbose=False
-        )
-        self.name = f"llama.cpp {kind}"
-        self.weight_bytes = weight_bytes
-
-    def run(self, prompts, new_tokens):
-        outputs = []
-        for prompt in prompts:
-            self.llm.reset()
-            tokens = []
-            for token in self.llm.generate(prompt, temp=0.0, top_k=1, reset=True):
-                tokens.append(token)
-                if len(tokens) == new_tokens:
-                    break
-            outputs.append(tokens)
-        return outputs
-
-
 def streaming_bandwidth() -> float:
     """GB/s of a streaming read of 400 MB (torch sum), best of 5: the memory bandwidth decoding can reach."""
     import torch
@@ -162,18 +139,80 @@ def streaming_bandwidth() -> float:
     return big.numel() * 4 / best / 1e9
 
 
-def llama_cpp_problem(gguf: Path) -> str:
-    """What goes wrong when llama.cpp loads `gguf` and decodes a few tokens, tried in a child process (a crash
-    there must not end the benchmark; llama-cpp-python 0.3.36 segfaults decoding its own q8_0 GPT-2 here)."""
-    probe = (
-        "import sys, llama_cpp\n"
-        "llm = llama_cpp.Llama(model_path=sys.argv[1], n_ctx=32, n_threads=1, verbose=False)\n"
-        "next(iter(llm.generate([1, 2, 3], temp=0.0, top_k=1, reset=True)))\n"
+# ---- child processes: each does one thing and writes its result as JSON to --out ----
+
+
+def child_prepare(args) -> dict:
+    """Random weights of the preset in the HF layout, CTranslate2's conversions and llama.cpp's GGUF files."""
+    import torch
+
+    from gpt2kit import GPT, Tokenizer, preset_config, save
+
+    torch.manual_seed(0)
+    config = preset_config(args.preset)
+    save(GPT(config).eval(), Tokenizer.gpt2(), args.work / "hf")
+    for kind in args.ct2:
+        CTranslate2.convert(str(args.work / "hf"), args.work, kind)
+    gguf = {}
+    if args.gguf:
+        models = llamacpp.make_models(Path(args.llama_cpp), args.work / "hf", args.work, args.gguf)
+        gguf = {kind: str(path) for kind, path in models.items()}
+    return {"weights": streamed_weights(config), "gguf": gguf}
+
+
+def child_bandwidth(args) -> dict:
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return {"gbps": streaming_bandwidth(), "threads": torch.get_num_threads()}
+
+
+def child_engine(args) -> dict:
+    """Load one engine, warm it up, time one run of the batch's prompts."""
+    import torch
+
+    from gpt2kit.errors import GPT2KitError
+
+    torch.set_num_threads(args.threads)
+    directory = str(args.work / "hf")
+    name = args.child
+    try:
+        if name.startswith("gpt2kit "):
+            precision = name.split()[1]
+            engine: Engine = Gpt2kit(directory, None if precision == "fp32" else precision, args.batch)
+        elif name == "transformers fp32":
+            engine = Transformers(directory)
+        else:
+            engine = CTranslate2(args.work / f"ct2-{name.split()[1]}", args.threads)
+    except GPT2KitError as err:
+        return {"refused": str(err)}
+    prompts = json.loads((args.work / f"prompts-{args.batch}.json").read_text())
+    engine.run([[1, 2, 3]], 4)  # warm-up: first calls pay one-off allocation and setup
+    start = time.perf_counter()
+    tokens = engine.run(prompts, args.new_tokens)
+    return {"seconds": time.perf_counter() - start, "tokens": tokens}
+
+
+def child(what: str, work: Path, *extra: str) -> dict:
+    """Run `generate.py --child WHAT` in a fresh process; its JSON result, or {"error": ...}."""
+    out = work / "child.json"
+    out.unlink(missing_ok=True)
+    command = [sys.executable, __file__, "--child", what, "--work", str(work), "--out", str(out), *extra]
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run(command, env=env, stderr=subprocess.PIPE, text=True)
+    if done.returncode != 0 or not out.exists():
+        lines = done.stderr.strip().splitlines() or [f"exit {done.returncode}"]
+        return {"error": lines[-1]}
+    return json.loads(out.read_text())
+
+
+def identical_prefix(got: list[list[int]], want: list[list[int]]) -> int:
+    """How many leading tokens of each sequence match, summed."""
+    return sum(
+        next((i for i, (a, b) in enumerate(zip(g, w, strict=False)) if a != b), min(len(g), len(w)))
+        for g, w in zip(got, want, strict=True)
     )
-    done = subprocess.run([sys.executable, "-c", probe, str(gguf)], capture_output=True, text=True, timeout=300)
-    if done.returncode == 0:
-        return ""
-    return f"its decoding crashed (exit {done.returncode}) in llama-cpp-python {importlib.metadata.version('llama_cpp_python')}"
 
 
 def main() -> None:
@@ -184,113 +223,105 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds; each engine's best is kept")
     parser.add_argument("--threads", type=int, help="threads for every engine (default: torch's choice)")
-    parser.add_argument("--skip", nargs="*", default=[], help="engine names to leave out, e.g. transformers")
+    parser.add_argument("--precisions", nargs="+", default=[p for p, _ in llamacpp.PAIRS], help="of gpt2kit")
+    parser.add_argument("--skip", nargs="*", default=[], help="engines to leave out, e.g. transformers llama.cpp")
+    parser.add_argument("--llama-cpp", metavar="DIR", help="bin directory of a native llama.cpp build")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--ct2", nargs="*", default=[], help=argparse.SUPPRESS)
+    parser.add_argument("--gguf", nargs="*", default=[], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        run = {"prepare": child_prepare, "bandwidth": child_bandwidth}.get(args.child, child_engine)
+        args.out.write_text(json.dumps(run(args)))
+        return
 
-    import importlib.util
+    def wanted(name: str) -> bool:
+        return name.split()[0] not in args.skip and name not in args.skip
 
-    import torch
+    unknown = [p for p in args.precisions if p not in llamacpp.PEER]
+    if unknown:
+        parser.error(f"--precisions: {unknown} not among {list(llamacpp.PEER)}")
+    engines = [f"gpt2kit {p}" for p in args.precisions] + ["transformers fp32"]
+    ct2 = []
+    if importlib.util.find_spec("ctranslate2"):
+        ct2 = [kind for kind in ("float32", "int8") if wanted(f"CTranslate2 {kind}")]
+    elif wanted("CTranslate2"):
+        print("CTranslate2: left out, ctranslate2 is not installed (pip install 'gpt2kit[bench]')")
+    engines += [f"CTranslate2 {kind}" for kind in ct2]
+    engines = [name for name in engines if wanted(name)]
+    kinds = [llamacpp.PEER[p] for p in args.precisions if wanted(f"llama.cpp {llamacpp.PEER[p]}")]
+    tools = llamacpp.find_tools(args.llama_cpp) if kinds else None
 
-    from gpt2kit import GPT, Tokenizer, preset_config, save
-    from gpt2kit.convert import convert
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    threads = torch.get_num_threads()
-    torch.manual_seed(0)
-    tokenizer = Tokenizer.gpt2()
-    model = GPT(preset_config(args.preset)).eval()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        save(model, tokenizer, work / "hf")
-        directory = str(work / "hf")
-        del model
-        from gpt2kit.model import preset_config as config_of
-
-        fp32_bytes = streamed_bytes(config_of(args.preset), 4)
-        int8_bytes = streamed_bytes(config_of(args.preset), 1)
-        factories: dict[str, Callable[[int], Engine]] = {  # each takes the batch size it will decode
-            "gpt2kit fp32": lambda batch: Gpt2kit(directory, None, batch),
-            "gpt2kit int8": lambda batch: Gpt2kit(directory, "int8", batch),
-            "transformers fp32": lambda batch: Transformers(directory),
-        }
-        if importlib.util.find_spec("ctranslate2"):
-            for kind, weight_bytes in (("float32", fp32_bytes), ("int8", int8_bytes)):
-                converted = CTranslate2.convert(directory, work, kind)
-                build = functools.partial(CTranslate2, converted, kind, threads, weight_bytes)
-                factories[f"CTranslate2 {kind}"] = lambda batch, build=build: build()
-        else:
-            print("ctranslate2 is not installed: pip install 'gpt2kit[bench]'")
-        if importlib.util.find_spec("llama_cpp"):
-            import llama_cpp
-
-            convert(directory, work / "f32.gguf")
-            params = llama_cpp.llama_model_quantize_default_params()
-            params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0
-            with common.quiet_stderr():  # llama.cpp's quantizer prints every tensor
-                llama_cpp.llama_model_quantize(
-                    str(work / "f32.gguf").encode(), str(work / "q8_0.gguf").encode(), params
-                )
-            context = args.prompt_tokens + args.new_tokens + 8
-            # q8_0: blocks of 32 int8 weights with one fp16 scale, 8.5 bits a weight
-            for kind, weight_bytes in (("f32", fp32_bytes), ("q8_0", int8_bytes * 17 // 16)):
-                problem = llama_cpp_problem(work / f"{kind}.gguf")
-                if problem:
-                    print(f"llama.cpp {kind}: left out, {problem}")
-                else:
-                    gguf = work / f"{kind}.gguf"
-                    build = functools.partial(LlamaCpp, gguf, kind, threads, context, weight_bytes)
-                    factories[f"llama.cpp {kind}"] = lambda batch, build=build: build()
-        else:
-            print("llama_cpp is not installed: pip install llama-cpp-python (builds from source, ~15 min)")
-        factories = {n: f for n, f in factories.items() if n.split()[0] not in args.skip and n not in args.skip}
-        bandwidth = streaming_bandwidth()
+        extra = ["--preset", args.preset, "--ct2", *ct2]
+        if tools:
+            extra += ["--llama-cpp", str(tools), "--gguf", *kinds]
+        prepared = child("prepare", work, *extra)
+        if "error" in prepared:
+            sys.exit(f"preparing the models failed: {prepared['error']}")
+        gguf = {kind: Path(path) for kind, path in prepared["gguf"].items()}
+        measured = child("bandwidth", work, *(["--threads", str(args.threads)] if args.threads else []))
+        bandwidth, threads = measured["gbps"], measured["threads"]
         print(
             f"preset {args.preset}, random weights, greedy, {args.prompt_tokens}-token prompt, {args.new_tokens} "
-            f"new tokens, {threads} threads, {args.rounds} interleaved rounds; streaming read {bandwidth:.1f} GB/s"
+            f"new tokens, {threads} threads, {args.rounds} interleaved rounds, a fresh process per engine and "
+            f"round; streaming read {bandwidth:.1f} GB/s"
         )
-        described: dict[str, tuple[int, bool]] = {}  # name -> (weight bytes per step, whether it batches)
-        generator = torch.Generator().manual_seed(1)
+        left_out: set[str] = set()
+        rng = random.Random(1)
         for batch in args.batch_sizes:
-            prompts = torch.randint(0, tokenizer.eot_token, (batch, args.prompt_tokens), generator=generator).tolist()
-            best: dict[str, float] = {}
+            prompts = [[rng.randrange(EOT) for _ in range(args.prompt_tokens)] for _ in range(batch)]
+            (work / f"prompts-{batch}.json").write_text(json.dumps(prompts))
+            best: dict[str, float] = {}  # name -> seconds of its fastest round
             outputs: dict[str, list[list[int]]] = {}
             for _ in range(args.rounds):
-                for name, make in factories.items():
-                    if batch > 1 and name in described and not described[name][1]:
+                for name in engines:
+                    if name in left_out:
                         continue
-                    engine = make(batch)
-                    described[name] = (engine.weight_bytes, engine.batched)
-                    if batch == 1 or engine.batched:
-                        engine.run([[1, 2, 3]], 4)  # warm-up: first calls pay one-off allocation and setup
-                        start = time.perf_counter()
-                        outputs[name] = engine.run(prompts, args.new_tokens)
-                        best[name] = min(best.get(name, float("inf")), time.perf_counter() - start)
-                    del engine  # only one engine alive at a time
-                    gc.collect()
-            reference = outputs.get("transformers fp32") or outputs["gpt2kit fp32"]
-            base = batch * args.new_tokens / best["gpt2kit fp32"]
-            print(f"batch {batch}:")
+                    common_args = ["--threads", str(threads), "--batch", str(batch)]
+                    result = child(name, work, *common_args, "--new-tokens", str(args.new_tokens))
+                    if "seconds" not in result:
+                        print(f"{name}: left out, {result.get('refused') or result['error']}")
+                        left_out.add(name)
+                        continue
+                    best[name] = min(best.get(name, float("inf")), result["seconds"])
+                    outputs[name] = result["tokens"]
+                if batch == 1:
+                    for kind, model in gguf.items():
+                        name = f"llama.cpp {kind}"
+                        try:
+                            rate = llamacpp.bench_decode(tools, model, args.new_tokens, args.prompt_tokens, threads)
+                        except (RuntimeError, subprocess.TimeoutExpired, ValueError, KeyError, IndexError) as err:
+                            print(f"{name}: left out, {err}")
+                            gguf = {k: v for k, v in gguf.items() if k != kind}
+                            continue
+                        best[name] = min(best.get(name, float("inf")), args.new_tokens / rate)
+            print(f"batch {batch}:" + ("" if batch == 1 or not gguf else " (llama-bench decodes batch 1 only)"))
             print(
-                f"  {'engine':20s} {'tokens/s':>9s} {'vs gpt2kit':>10s} {'GB/s':>6s} {'of peak':>7s}  tokens as transformers"
+                f"  {'engine':20s} {'tokens/s':>9s} {'vs llama.cpp':>13s} {'GB/s':>6s} {'of peak':>7s}  "
+                "tokens as transformers"
             )
-            for name, (weight_bytes, batched) in described.items():
-                if name not in best:
-                    continue
-                rate = batch * args.new_tokens / best[name]
-                steps = args.new_tokens / best[name]
-                gbps = weight_bytes * steps / 1e9
-                same = sum(
-                    next(
-                        (i for i, (a, b) in enumerate(zip(got, want, strict=False)) if a != b), min(len(got), len(want))
-                    )
-                    for got, want in zip(outputs[name], reference, strict=True)
-                )
-                total = sum(map(len, reference))
-                print(
-                    f"  {name:20s} {rate:9.1f} {rate / base:9.2f}x {gbps:6.1f} {gbps / bandwidth:6.0%}  "
-                    f"{same}/{total}" + ("" if batched or batch == 1 else " (sequential)")
-                )
+            reference = outputs.get("transformers fp32") or outputs.get("gpt2kit fp32")
+            total = sum(map(len, reference)) if reference else 0
+            for name, seconds in best.items():
+                precision = PRECISION.get(name, name.split()[1])
+                tokens_per_s = batch * args.new_tokens / seconds  # llama.cpp runs at batch 1 only
+                peer_kind = llamacpp.PEER.get(precision, precision)
+                peer = best.get(f"llama.cpp {peer_kind}")
+                ratio = "-"
+                if peer is not None and not name.startswith("llama.cpp"):
+                    ratio = f"{tokens_per_s / (args.new_tokens / peer):.2f}x {peer_kind}"
+                gbps = llamacpp.BYTES_PER_WEIGHT[precision] * prepared["weights"] * args.new_tokens / seconds / 1e9
+                same = "-"
+                if name in outputs and reference:
+                    same = f"{identical_prefix(outputs[name], reference)}/{total}"
+                elif name.startswith("llama.cpp"):
+                    same = "- (llama-bench)"
+                print(f"  {name:20s} {tokens_per_s:9.1f} {ratio:>13s} {gbps:6.1f} {gbps / bandwidth:6.0%}  {same}")
 
 
 if __name__ == "__main__":

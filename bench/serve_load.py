@@ -4,15 +4,20 @@
    `gpt2kit serve` in its own process over a random-weight preset (or --model DIR). Reports p50/p95 latency,
    throughput and status codes, and the batching speed-up against the same requests sent one at a time.
    Passes when every valid request gets 200, every malformed one a 4xx, nothing a 5xx, and /health still answers.
-2. The race (when `llama_cpp` is importable: pip install 'llama-cpp-python[server]', built from source): the
-   same valid load (--race-requests, concurrency 16, half streaming, --race-tokens new tokens, end-of-text
-   banned with logit_bias so both generate every token) against `gpt2kit serve` and then
-   `python -m llama_cpp.server` on the same weights as GGUF (`gpt2kit convert --to gguf`, f32). Generated
-   tokens are what each server reports (usage, or one streamed chunk per token where it sends no usage).
+2. The race against llama.cpp's native `llama-server` (bench/llamacpp.py finds the build, or builds it from the
+   llama-cpp-python sdist's vendored llama.cpp into ~/.cache/gpt2kit-bench, ~15 min on 2 cores; --llama-cpp DIR
+   names an existing bin directory): the same valid load (--race-requests, concurrency 16, half streaming,
+   --race-tokens new tokens, end-of-text banned with logit_bias so every server generates every token) against
+   `gpt2kit serve` at each of --precisions (fp32, int8, int4; one gpt2kit refuses is left out with a note) and
+   `llama-server -m MODEL.gguf -np 16 -c <context x 16> --host 127.0.0.1 -t THREADS` at f32 (`gpt2kit convert`),
+   q8_0 and q4_0 (`llama-quantize --pure`), each on its /v1/completions. Generated tokens are what each server
+   reports in its usage. Prints each server's row and the generated-tokens/s ratio within each precision pair:
+   gpt2kit fp32 / llama.cpp f32, int8 / q8_0, int4 / q4_0.
 3. Shared prefixes: 16 concurrent requests that share a 200-token prompt prefix, with --share-prefixes
    true and false.
 Usage: python bench/serve_load.py [--preset cpu-6m] [--requests 200] [--concurrency 16] [--max-tokens 32]
-       [--race-requests 48 --race-tokens 64] [--skip-robustness]
+       [--race-requests 48 --race-tokens 64] [--precisions fp32 int8 int4] [--threads N] [--llama-cpp BIN_DIR]
+       [--skip-robustness] [--skip-race] [--skip-prefix]
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402,F401  (sets GPT2KIT_GPT2_VOCAB)
+import llamacpp  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = "the river merchant sold forty lanterns to every sailor in the old town before winter came".split()
@@ -98,7 +104,7 @@ async def send(client, url: str, kind: str, kwargs: dict) -> dict:
                         chunks = [json.loads(e) for e in events[:-1]]
                         usage = [c["usage"] for c in chunks if c.get("usage")]
                         choices = [c["choices"][0] for c in chunks if c.get("choices")]
-                        # without a usage chunk (llama-cpp-python sends none): a chunk per token, then a final one
+                        # without a usage chunk: a chunk per token, then a final one
                         per_token = sum(bool(c["text"]) or c.get("finish_reason") is None for c in choices)
                         result["tokens"] = usage[-1]["completion_tokens"] if usage else per_token
                         result["text"] = "".join(c["text"] for c in choices)
@@ -136,12 +142,14 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
 
-def start_server(command: list[str], ready_url: str, name: str) -> subprocess.Popen:
-    """Start a server process and wait until `ready_url` answers 200."""
+def start_server(command: list[str], ready_url: str, name: str, env: dict | None = None) -> subprocess.Popen:
+    """Start a server process and wait until `ready_url` answers 200. Its log goes to a file (a pipe nobody
+    reads would fill up and stall a chatty server); RuntimeError, with the log's end, when it does not start."""
     import httpx
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env or {})}
+    log = tempfile.TemporaryFile("w+")
+    server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 300
     while True:
         try:
@@ -151,7 +159,9 @@ def start_server(command: list[str], ready_url: str, name: str) -> subprocess.Po
             pass
         if server.poll() is not None or time.monotonic() > deadline:
             server.kill()
-            raise RuntimeError(f"{name} did not start: {server.stderr.read()[-2000:]}")
+            server.wait()
+            log.seek(0)
+            raise RuntimeError(f"{name} did not start: {log.read()[-2000:]}")
         time.sleep(0.2)
 
 
@@ -163,10 +173,13 @@ def stop_server(server: subprocess.Popen) -> None:
         server.kill()
 
 
-def gpt2kit_server(model: Path, port: int, concurrency: int, max_tokens: int, *extra: str) -> subprocess.Popen:
+def gpt2kit_server(
+    model: Path, port: int, concurrency: int, max_tokens: int, *extra: str, threads: int | None = None
+) -> subprocess.Popen:
     command = [sys.executable, "-m", "gpt2kit", "serve", "--model", str(model), "--port", str(port)]
     command += ["--max-tokens-cap", str(max(64, max_tokens)), "--max-batch-size", str(concurrency), *extra]
-    return start_server(command, f"http://127.0.0.1:{port}/health", "gpt2kit serve")
+    env = {"OMP_NUM_THREADS": str(threads)} if threads else None  # torch's intra-op threads
+    return start_server(command, f"http://127.0.0.1:{port}/health", "gpt2kit serve", env)
 
 
 def summary(results: list[dict], elapsed: float) -> dict:
@@ -192,9 +205,8 @@ def print_rows(rows: dict[str, dict]) -> None:
 
 
 def race(model: Path, work: Path, args) -> None:
-    """The same valid load against gpt2kit serve and, where installed, llama-cpp-python's server."""
-    import importlib.util
-
+    """The same valid load against gpt2kit serve at each precision and llama.cpp's native llama-server at each
+    peer type."""
     rng = random.Random(1)
     plan = []
     for i in range(args.race_requests):
@@ -205,43 +217,54 @@ def race(model: Path, work: Path, args) -> None:
         if stream:
             body["stream_options"] = {"include_usage": True}
         plan.append(("stream" if stream else "plain", {"json": body | {"stream": stream}}))
+    threads = args.threads or os.cpu_count() or 2
     rows = {}
-    for quantize in [None, *args.quantize]:
+    for precision in args.precisions:
         port = free_port()
-        extra = ["--quantize", quantize] if quantize else []
-        server = gpt2kit_server(model, port, args.concurrency, args.race_tokens, *extra)
+        extra = ["--quantize", precision] if precision != "fp32" else []
+        try:
+            server = gpt2kit_server(model, port, args.concurrency, args.race_tokens, *extra, threads=args.threads)
+        except RuntimeError as err:
+            reason = [line for line in str(err).splitlines() if line.strip()][-1:] or ["it did not start"]
+            print(
+                f"  gpt2kit serve ({precision}): left out, {reason[0].strip().removeprefix('gpt2kit serve did not start: ')}"
+            )
+            continue
         try:
             results, elapsed = asyncio.run(run_load(f"http://127.0.0.1:{port}", plan, args.concurrency))
-            rows[f"gpt2kit serve ({quantize or 'fp32'})"] = summary(results, elapsed)
+            rows[f"gpt2kit serve ({precision})"] = summary(results, elapsed)
         finally:
             stop_server(server)
-    if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("sse_starlette") is None:
-        print("  llama.cpp: not installed (pip install 'llama-cpp-python[server]', builds from source in ~15 min)")
-    else:
-        gguf = work / "model-f32.gguf"
-        subprocess.run(
-            [sys.executable, "-m", "gpt2kit", "convert", str(model), str(gguf), "--dtype", "f32"],
-            check=True, capture_output=True,
-        )  # fmt: skip
-        port = free_port()
-        command = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--port", str(port)]
-        command += ["--n_ctx", "1024", "--n_threads", str(os.cpu_count() or 2), "--verbose", "false"]
-        command += ["--interrupt_requests", "false"]  # by default a new request cuts a running stream short
-        server = start_server(command, f"http://127.0.0.1:{port}/v1/models", "llama_cpp.server")
-        try:
-            results, elapsed = asyncio.run(run_load(f"http://127.0.0.1:{port}", plan, args.concurrency))
-            rows["llama-cpp-python server (f32)"] = summary(results, elapsed)
-        finally:
-            stop_server(server)
+    tools = llamacpp.find_tools(args.llama_cpp)
+    if tools:
+        context = json.loads((model / "config.json").read_text())["n_positions"]  # per slot
+        kinds = [llamacpp.PEER[p] for p in args.precisions]
+        for kind, gguf in llamacpp.make_models(tools, model, work, kinds).items():
+            port = free_port()
+            command = llamacpp.server_command(tools, gguf, port, args.concurrency, context, threads)
+            try:
+                server = start_server(command, f"http://127.0.0.1:{port}/health", "llama-server")
+            except RuntimeError as err:
+                print(f"  llama-server ({kind}): left out, {str(err)[-300:]}")
+                continue
+            try:
+                results, elapsed = asyncio.run(run_load(f"http://127.0.0.1:{port}", plan, args.concurrency))
+                rows[f"llama-server ({kind})"] = summary(results, elapsed)
+            finally:
+                stop_server(server)
     print(
-        f"race: {len(plan)} requests at concurrency {args.concurrency}, {args.race_tokens} new tokens, half streaming"
+        f"race: {len(plan)} requests at concurrency {args.concurrency}, {args.race_tokens} new tokens, half "
+        f"streaming, llama-server on {threads} threads"
     )
+    if not rows:
+        return
     print_rows(rows)
-    peer = rows.get("llama-cpp-python server (f32)")
-    if peer:
-        for name, row in rows.items():
-            if name.startswith("gpt2kit"):
-                print(f"  generated tokens/s, {name} / llama.cpp: {row['tokens/s'] / peer['tokens/s']:.2f}x")
+    for precision, kind in llamacpp.PAIRS:
+        ours, peer = rows.get(f"gpt2kit serve ({precision})"), rows.get(f"llama-server ({kind})")
+        if ours and peer:
+            print(
+                f"  generated tokens/s, gpt2kit {precision} / llama.cpp {kind}: {ours['tokens/s'] / peer['tokens/s']:.2f}x"
+            )
 
 
 def shared_prefixes(model: Path, args, tokenizer) -> None:
@@ -286,7 +309,15 @@ def main() -> int:
     parser.add_argument("--baseline-requests", type=int, default=16, help="sent one at a time, then all at once")
     parser.add_argument("--race-requests", type=int, default=200)
     parser.add_argument("--race-tokens", type=int, default=64)
-    parser.add_argument("--quantize", nargs="*", default=[], help="race gpt2kit serve --quantize too, e.g. int8")
+    parser.add_argument(
+        "--precisions",
+        nargs="+",
+        default=[p for p, _ in llamacpp.PAIRS],
+        choices=list(llamacpp.PEER),
+        help="gpt2kit serve precisions to race, each against its llama.cpp peer",
+    )
+    parser.add_argument("--threads", type=int, help="threads of every server (default: all cores)")
+    parser.add_argument("--llama-cpp", metavar="DIR", help="bin directory of a native llama.cpp build")
     parser.add_argument("--skip-robustness", action="store_true")
     parser.add_argument("--skip-race", action="store_true")
     parser.add_argument("--skip-prefix", action="store_true")
