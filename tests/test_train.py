@@ -371,7 +371,9 @@ def test_a_cpu_training_step_reuses_the_last_steps_pages(data_dir, tmp_path, mon
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     results = {}
     for setting in ("0", "1"):
-        out = subprocess.run([sys.executable, "-c", probe, setting], env=env, capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", probe, setting], env=env, capture_output=True, text=True, check=True
+        )
         applied, faults = out.stdout.split()
         results[setting] = (applied == "True", int(faults))
     if results["1"][0]:  # glibc: without the setting, 39,063 pages of 4 KiB fault in again
