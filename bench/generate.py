@@ -65,7 +65,7 @@ class Gpt2kit(Engine):
         from gpt2kit.inference import prepare_for_decoding
 
         self.loaded = load(directory, quantize=quantize)
-        prepare_for_decoding(self.loaded.model, batch_size)  # as `sample`, `serve` and `eval` do for their batches
+        prepare_for_decoding(self.loaded.model)  # as `sample`, `serve` and `eval` do
 
     def run(self, prompts, new_tokens):
         from gpt2kit.generate import GenerationConfig, generate

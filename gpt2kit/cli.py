@@ -343,8 +343,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     else:
         prompt = args.prompt or ""  # --unconditional: an empty prompt starts from <|endoftext|>
     loaded = load(args.model, device=args.device, quantize=args.quantize)
-    # streamed and interactive samples run one at a time; otherwise all of them in one batch
-    prepare_for_decoding(loaded.model, 1 if args.stream or args.interactive else args.num_samples)
+    prepare_for_decoding(loaded.model)
     if not args.interactive:
         _print_samples(loaded, prompt, config, args)
         return 0
@@ -495,7 +494,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from gpt2kit.inference import prepare_for_decoding
 
     loaded = load(args.model, device=args.device, quantize=args.quantize)
-    prepare_for_decoding(loaded.model, eval_options.batch_size)
+    prepare_for_decoding(loaded.model)
     name = args.model.rstrip("/")  # as the user named it: a run, a model directory or a hub id
     samples: list[dict] | None = [] if args.log_samples else None
     results = evaluate(

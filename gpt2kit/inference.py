@@ -3,14 +3,16 @@
 Decoding one token reads every weight once, so on CPU decoding speed is memory bandwidth, and at small
 batches it is also how well the matmul kernel handles a handful of rows. Both transforms swap every block
 linear and the output layer for a kernel PyTorch ships:
-- `prepare_for_decoding(model, batch_size)` (fp32, for batches of 2 or more): oneDNN's linear with its weight
-  reordered once into oneDNN's own blocked layout (`torch.ops.mkldnn`). Measured on gpt2 (124M), 2 threads,
-  against nn.Linear (MKL): batch 8 1.34x (140 -> 188 tokens/s), where MKL handles few-row products poorly on
-  this CPU; at batch 1 MKL's matrix-vector product is faster (45 against 39 tokens/s), so a model that decodes
-  one sequence at a time keeps nn.Linear;
+- `prepare_for_decoding(model)` (fp32): oneDNN's linear with its weight reordered once into oneDNN's own blocked
+  layout (`torch.ops.mkldnn`). MKL's matrix-vector product behind nn.Linear streams weights at a fraction of the
+  memory bandwidth on the AMD CPUs this project runs on. Measured on gpt2 (124M), 2 threads, Zen 5, greedy batch 1:
+  the 768 x 50257 output layer alone 7.1 ms packed against 14.2 ms (21.7 against 10.9 GB/s), whole decoding
+  31.5-39.4 against 16.2-20.4 tokens/s (two runs each); batch 8 1.34x (an older machine). Candidates measured
+  and set aside: PyTorch's built-in weight-only kernels `torch._weight_int8pack_mm` and
+  `_weight_int4pack_mm_for_cpu` read at 2.2 and 0.6 GB/s here (slower than fp32);
 - `quantize(model, "int8")`: fbgemm's dynamic int8 linear (PyTorch's `torch.ao` dynamic quantization):
   weights int8, symmetric, one scale per output channel; activations fp32 between layers, quantized per
-  call inside the kernel. A quarter of the bytes: 2.7x fp32 at batch 1.
+  call inside the kernel. A quarter of the bytes: 81.5 tokens/s at batch 1 in the run above, 2-4x fp32.
 Either way the model is for inference only: it refuses a training loss and `save`. The tied embedding
 stays an fp32 table for lookups.
 """
@@ -53,14 +55,10 @@ def _packable(model: GPT) -> bool:
     )
 
 
-def prepare_for_decoding(model: GPT, batch_size: int = 8) -> GPT:
-    """Give an fp32 CPU model oneDNN-packed linears (in place; see the module notes) when it will decode batches.
-
-    `batch_size` is how many sequences the caller decodes at once. At 1, MKL's matrix-vector product behind
-    nn.Linear is the faster kernel (gpt2 124M, 2 cores: 45 against 39 tokens/s packed), so the model stays as it
-    is; from 2 sequences up the packed weights win (188 against 140 tokens/s at 8). Other models are left as they
-    are: int8 ones already have their kernels, and on GPUs nn.Linear is what cuBLAS wants."""
-    if batch_size <= 1 or not _packable(model):
+def prepare_for_decoding(model: GPT) -> GPT:
+    """Give an fp32 CPU model oneDNN-packed linears, in place (see the module notes); returns it. Other models are
+    left as they are: int8 ones already have their kernels, and on GPUs nn.Linear is what cuBLAS wants."""
+    if not _packable(model):
         return model
     with torch.no_grad():
         for block in model.h:

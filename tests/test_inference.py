@@ -22,8 +22,6 @@ def test_packed_fp32_gives_the_same_logits_and_is_for_inference_only(gpt2_tokeni
     with torch.no_grad():
         reference = model(idx)
     model.mask_logits(range(gpt2_tokenizer.vocab_size, config.vocab_size))
-    prepare_for_decoding(model, batch_size=1)  # one sequence at a time: MKL's nn.Linear is faster, kept as it is
-    assert model.inference_form is None and type(model.h[0].attn.c_attn) is torch.nn.Linear
     prepare_for_decoding(model)
     prepare_for_decoding(model)  # a no-op the second time
     assert model.inference_form == "fp32-packed"

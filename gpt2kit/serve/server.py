@@ -37,7 +37,7 @@ def serve(config: ServerConfig) -> None:
 
     def load_model() -> tuple[GPT, Tokenizer]:
         loaded = load(config.model, device=config.device, quantize=config.quantize)
-        prepare_for_decoding(loaded.model, config.max_batch_size)
+        prepare_for_decoding(loaded.model)
         return loaded.model, loaded.tokenizer
 
     def give_up(err: BaseException) -> None:
