@@ -60,7 +60,7 @@ def streamed_weights(config) -> int:
 
 
 class Gpt2kit(Engine):
-    def __init__(self, directory: str, quantize: str | None, batch_size: int):
+    def __init__(self, directory: str, quantize: str | None):
         from gpt2kit import load
         from gpt2kit.inference import prepare_for_decoding
 
@@ -180,7 +180,7 @@ def child_engine(args) -> dict:
     try:
         if name.startswith("gpt2kit "):
             precision = name.split()[1]
-            engine: Engine = Gpt2kit(directory, None if precision == "fp32" else precision, args.batch)
+            engine: Engine = Gpt2kit(directory, None if precision == "fp32" else precision)
         elif name == "transformers fp32":
             engine = Transformers(directory)
         else:

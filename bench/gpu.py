@@ -51,7 +51,7 @@ def step_train(plan: dict, device) -> dict:
     import train as train_bench
 
     settings = plan["train"]
-    args = argparse.Namespace(steps=settings["steps"], warmup=settings["warmup"], rss=False)
+    args = argparse.Namespace(steps=settings["steps"], warmup=settings["warmup"], rounds=1)
     result = train_bench.run_case(settings["preset"], settings["context"], settings["batch"], args, device)
     mfu = (result["mfu"] or {}).get("gpt2kit")
     result["targets"] = {

@@ -195,7 +195,7 @@ def run_case(preset: str, context: int, batch_size: int, args, device: torch.dev
     os.environ["GPT2KIT_BENCH_THREADS"] = str(torch.get_num_threads())
     context_of = multiprocessing.get_context("spawn")
     for _ in range(args.rounds):
-        for name, reuse_pages in ENGINES:
+        for name, reuse_pages in ENGINES if device.type == "cpu" else ENGINES[:2]:
             label = engine_label(name, reuse_pages)
             with context_of.Pool(1, maxtasksperchild=1) as pool:
                 got, peak = pool.apply(
@@ -228,6 +228,8 @@ def run_case(preset: str, context: int, batch_size: int, args, device: torch.dev
     ratios = {}
     for dtype in dtypes:
         for peer in ("transformers", "transformers+pages"):
+            if (peer, dtype) not in median:
+                continue
             key = f"gpt2kit / {peer}, {DTYPE_NAMES[dtype]}"
             ratios[key] = median[peer, dtype] / median["gpt2kit", dtype]
     if torch.float32 in dtypes and auto != torch.float32:
@@ -249,6 +251,10 @@ def run_case(preset: str, context: int, batch_size: int, args, device: torch.dev
         "dtype": auto_name,
         "columns": columns,
         "tokens_per_s": {name: columns[f"{name} {auto_name}"]["tokens_per_s"] for name in ("gpt2kit", "transformers")},
+        "mfu": {name: columns[f"{name} {auto_name}"]["mfu"] for name in ("gpt2kit", "transformers")}
+        if peaks[auto]
+        else None,
+        "ratio_gpt2kit_over_transformers": ratios[f"gpt2kit / transformers, {auto_name}"],
         "ratios": ratios,
         "memory_mb": memory,
     }

@@ -73,7 +73,7 @@ def select_dtype(spec: str, device: torch.device) -> tuple[torch.dtype, str]:
     if spec != "auto":
         return DTYPES[spec], "set by the dtype setting"
     if device.type == "cuda":
-        if torch.cuda.is_bf16_supported():
+        if torch.cuda.is_bf16_supported(including_emulation=False):
             return torch.bfloat16, "auto, this GPU computes bf16"
         return torch.float16, "auto, this GPU has no bf16, fp16 with a grad scaler"
     if device.type == "cpu":

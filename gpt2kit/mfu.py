@@ -82,8 +82,10 @@ def measure_cpu_peak_flops(dtype: torch.dtype = torch.float32, size: int = 2048,
     emulates (fp16 on most CPUs, ~100x slower) is measured in seconds, not minutes.
     """
     side = 256
+    generator = torch.Generator().manual_seed(0)  # never the global RNG: a mid-run measurement must not move it
     while True:
-        a, b = torch.randn(side, side, dtype=dtype), torch.randn(side, side, dtype=dtype)
+        a = torch.randn(side, side, dtype=dtype, generator=generator)
+        b = torch.randn(side, side, dtype=dtype, generator=generator)
         a @ b  # warm up the BLAS
         best = float("inf")
         for _ in range(repeats):

@@ -195,7 +195,7 @@ class OutputLoss(torch.autograd.Function):
         hidden_dtype, weight_dtype = hidden.dtype, weight.dtype
         if dtype is not None:
             hidden, weight = hidden.to(dtype), weight.to(dtype)
-        low = hidden.dtype != torch.float32
+        low = hidden.dtype in (torch.bfloat16, torch.float16)
         rows, vocab = hidden.shape[0], weight.shape[0]
         chunks = -(-rows * vocab // LOSS_CHUNK_LOGITS)  # equal chunks, none of them a small remainder
         chunk = -(-rows // chunks)
@@ -416,8 +416,13 @@ class GPT(nn.Module):
             raise GPT2KitError(f"this model is prepared for inference ({self.inference_form}); train the fp32 model")
         weight = self.output_weight
         device_type = h.device.type
-        # Under autocast the matmuls run in its dtype, as F.linear's would; the softmax stays fp32.
+        # Under bf16 autocast the matmuls run in bf16, as F.linear's would; the softmax stays fp32. fp16 keeps
+        # autocast's own path: the fused loss forms the 1/rows-scaled logit gradients before the grad scaler's
+        # factor arrives, and in fp16 most of them (~p/rows, 1e-9) would flush to zero.
         dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+        if dtype == torch.float16:
+            logits = F.linear(h, weight).float()
+            return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
         with_grads = torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)
         with torch.autocast(device_type, enabled=False):
             return OutputLoss.apply(h.reshape(-1, h.size(-1)), weight, targets.reshape(-1), with_grads, dtype)

@@ -58,10 +58,12 @@ def saved_model(directory: Path, tokenizer, seed: int = 0, **shape) -> Path:
 
 
 def small_train_config(data: Path, out: Path, **fields) -> TrainConfig:
-    """A run of a cpu-25k model over 16-token windows, 4 steps, a checkpoint every 2, one thread on the CPU."""
+    """A run of a cpu-25k model over 16-token windows, 4 steps, a checkpoint every 2, one thread on the CPU, in fp32
+    (tolerances against transformers assume it; bf16 tests ask for it, or for `auto`, themselves)."""
     config = TrainConfig(data=str(data), out=str(out), preset="cpu-25k", context_length=16, max_steps=4,
                          batch_tokens=64, micro_batch_size=4, log_interval=1, eval_interval=0,
-                         checkpoint_interval=2, keep_checkpoints=3, device="cpu", progress=False, num_threads=1)  # fmt: skip
+                         checkpoint_interval=2, keep_checkpoints=3, device="cpu", dtype="float32", progress=False,
+                         num_threads=1)  # fmt: skip
     for name, value in fields.items():
         setattr(config, name, value)
     return config

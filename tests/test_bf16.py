@@ -68,7 +68,7 @@ def test_auto_picks_bf16_exactly_when_the_cpu_computes_it(monkeypatch, flags, ex
 def test_the_run_log_says_which_dtype_and_why(data_dir, tmp_path, monkeypatch, caplog, peak_cache, native):
     stub_flags(monkeypatch, {"avx512f", "avx512_bf16"} if native else {"avx512f"})
     caplog.set_level(logging.INFO, logger="gpt2kit.train")
-    trainer = Trainer(tiny_config(data_dir, tmp_path / "run", max_steps=1))
+    trainer = Trainer(tiny_config(data_dir, tmp_path / "run", max_steps=1, dtype="auto"))
     assert trainer.dtype == (torch.bfloat16 if native else torch.float32)
     expected = (
         "dtype bfloat16 autocast: auto, this CPU computes bf16 natively (avx512_bf16)"
@@ -91,7 +91,7 @@ def test_bf16_loss_tracks_fp32_over_30_steps(data_dir, tmp_path, monkeypatch, pe
         return config
 
     fp32_run = Trainer(config("fp32", dtype="float32")).run().run_dir
-    auto = Trainer(config("auto"))
+    auto = Trainer(config("auto", dtype="auto"))
     assert auto.dtype == torch.bfloat16
     bf16_run = auto.run().run_dir
     fp32, bf16 = losses(fp32_run), losses(bf16_run)
@@ -198,3 +198,30 @@ def test_ten_bf16_adamw_steps_follow_the_golden_losses(tmp_path, gpt2_tokenizer)
         assert abs(ours_ - stored) < 2e-3 * stored, f"step {step}: gpt2kit {ours_} vs golden {stored}"
         assert abs(theirs - stored) < 1e-2 * stored, f"step {step}: transformers {theirs} vs golden {stored}"
         assert abs(stored - full) < 2e-2 * full, f"step {step}: bf16 golden {stored} vs fp32 golden {full}"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_the_fused_loss_under_autocast_matches_autocasts_own_path(monkeypatch, dtype):
+    from gpt2kit import model as model_module
+
+    monkeypatch.setattr(model_module, "LOSS_CHUNK_LOGITS", 3 * 97)  # chunks of 3 rows: 14 rows make 5, one short
+    torch.manual_seed(0)
+    model = model_module.GPT(model_module.GPTConfig(vocab_size=97, n_positions=8, n_layer=1, n_head=2, n_embd=16))
+    hidden = torch.randn(2, 7, 16)
+    targets = torch.randint(0, 97, (2, 7))
+
+    def loss_and_grads(fused: bool):
+        model.zero_grad(set_to_none=True)
+        h = hidden.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=dtype):
+            if fused:
+                loss = model.head(h, targets)
+            else:
+                logits = torch.nn.functional.linear(h, model.output_weight).float()
+                loss = torch.nn.functional.cross_entropy(logits.view(-1, 97), targets.reshape(-1))
+        (loss * 3.0).backward()  # a gradient scale, as a grad scaler would apply
+        return loss.detach(), h.grad, model.output_weight.grad
+
+    for got, want in zip(loss_and_grads(True), loss_and_grads(False), strict=True):
+        assert got.dtype == want.dtype
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-3)

@@ -381,9 +381,9 @@ def test_a_cpu_training_step_reuses_the_last_steps_pages(data_dir, tmp_path, mon
 
     without = [faults("0") for _ in range(2)]
     with_setting = [faults("1") for _ in range(5)]
-    if all(applied for applied, _ in with_setting):  # glibc: without it, 39,063 pages of 4 KiB fault in again
-        assert all(count > 30_000 for _, count in without)
-        assert min(count for _, count in with_setting) < 1_000
+    if all(applied for applied, _ in with_setting):  # glibc: without it, here 39,063 pages of 4 KiB fault in again
+        # relative: huge pages or 64 KiB pages change the counts, not the gap
+        assert min(count for _, count in with_setting) * 10 < min(count for _, count in without)
     calls = []
     monkeypatch.setattr("gpt2kit.train.reuse_freed_cpu_memory", lambda: calls.append(True))
     Trainer(tiny_config(data_dir, tmp_path / "run", max_steps=1)).close()
