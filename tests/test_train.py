@@ -268,7 +268,7 @@ def test_two_gloo_processes_match_one_process(data_dir, tmp_path, parallelism):
     single = tmp_path / "single"
     Trainer(tiny_config(data_dir, single, max_steps=steps, eval_interval=steps, checkpoint_interval=0)).run()
     config = tmp_path / "c.toml"
-    config.write_text('preset = "cpu-1m"\ndevice = "cpu"\nprogress = false\n')
+    config.write_text('preset = "cpu-1m"\ndevice = "cpu"\ndtype = "float32"\nprogress = false\n')  # as tiny_config
     overrides = [
         f"context_length={CONTEXT}",
         f"batch_tokens={8 * CONTEXT}",
