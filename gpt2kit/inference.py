@@ -8,8 +8,10 @@ linear and the output layer for a kernel PyTorch ships:
   memory bandwidth on the AMD CPUs this project runs on. Measured on gpt2 (124M), 2 threads, Zen 5, greedy batch 1:
   the 768 x 50257 output layer alone 7.1 ms packed against 14.2 ms (21.7 against 10.9 GB/s), whole decoding
   31.5-39.4 against 16.2-20.4 tokens/s (two runs each); batch 8 1.34x (an older machine). Candidates measured
-  and set aside: PyTorch's built-in weight-only kernels `torch._weight_int8pack_mm` and
-  `_weight_int4pack_mm_for_cpu` read at 2.2 and 0.6 GB/s here (slower than fp32);
+  so far: PyTorch's built-in weight-only kernels `torch._weight_int8pack_mm` and `_weight_int4pack_mm_for_cpu`
+  read the output layer at 1.8 and 0.5 GB/s with fp32 activations, but 9.0 and 9.6 GB/s with bf16 ones (a 4-bit
+  prototype on the latter decoded gpt2 at 106 tokens/s at batch 1; not built yet); Inductor's compiled fp32
+  `(w * x).sum(1)` read it at 19.2 GB/s, no better than oneDNN;
 - `quantize(model, "int8")`: fbgemm's dynamic int8 linear (PyTorch's `torch.ao` dynamic quantization):
   weights int8, symmetric, one scale per output channel; activations fp32 between layers, quantized per
   call inside the kernel. A quarter of the bytes: 81.5 tokens/s at batch 1 in the run above, 2-4x fp32.
