@@ -85,6 +85,35 @@ def test_int8_agrees_with_fp32_on_a_trained_model(trained, tiny_tokenizer):
     assert x[:4] == y[:4]
 
 
+def test_int4_agrees_with_fp32_on_a_trained_model(trained, tiny_tokenizer):
+    from gpt2kit.inference import INT4_GROUP, Int4Linear
+
+    fp32 = gpt2kit.load(trained)
+    int4 = gpt2kit.load(trained, quantize="int4")
+    assert int4.model.inference_form == "int4" and isinstance(int4.model.h[0].attn.c_attn, Int4Linear)
+    from textgen import generated_text
+
+    held_out = torch.tensor(tiny_tokenizer.encode(generated_text(60, seed=99))[:128]).view(2, 64)
+    with torch.no_grad():
+        a, b = fp32.model(held_out), int4.model(held_out)
+    # Stated tolerance: 4-bit logits within 10% of the fp32 logits' spread, the same greedy choice at 80% of
+    # positions, and perplexity on the held-out text within 5%.
+    assert (a - b).abs().max().item() < 0.10 * (a.max() - a.min()).item()
+    assert (a.argmax(-1) == b.argmax(-1)).float().mean().item() >= 0.8
+    nll = lambda logits: torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), held_out[:, 1:].flatten())  # noqa: E731
+    assert nll(b).exp().item() == pytest.approx(nll(a).exp().item(), rel=0.05)
+    # One layer against its dequantized weights: the kernel computes what the format stores.
+    linear = fp32.model.h[0].mlp.c_fc
+    packed = Int4Linear(linear.weight, linear.bias)
+    groups = linear.weight.detach().reshape(-1, INT4_GROUP)
+    low, high = groups.amin(1, keepdim=True), groups.amax(1, keepdim=True)
+    step = (high - low).clamp(min=1e-6) / 15
+    dequantized = (groups.sub(low).div(step).round().clamp(0, 15) * step + low).reshape_as(linear.weight)
+    x = torch.randn(3, linear.in_features)
+    want = x @ dequantized.t() + linear.bias
+    assert (packed(x) - want).abs().max().item() < 0.02 * want.abs().max().item()  # bf16 activations and scales
+
+
 def test_int8_quantizes_the_right_matrices_of_untied_and_padded_models(tmp_path, tiny_tokenizer):
     transformers = pytest.importorskip("transformers")
     vocab = tiny_tokenizer.vocab_size
@@ -108,6 +137,19 @@ def test_int8_quantizes_the_right_matrices_of_untied_and_padded_models(tmp_path,
         want = reference(idx).logits
     assert torch.isneginf(logits[..., vocab:]).all()  # padding rows stay masked
     assert (logits[..., :vocab] - want[..., :vocab]).abs().max().item() < 0.05 * (want.max() - want.min()).item()
+    with pytest.raises(GPT2KitError, match="int4 quantization needs a width \\(n_embd\\) divisible by 32"):
+        gpt2kit.load(tmp_path, quantize="int4")  # 48 wide
+    config.n_embd = 64
+    reference = transformers.GPT2LMHeadModel(config).eval()
+    reference.save_pretrained(tmp_path / "wide")
+    tiny_tokenizer.save(tmp_path / "wide")
+    want = reference(idx).logits.detach()
+    int4 = gpt2kit.load(tmp_path / "wide", quantize="int4").model  # vocab + 13 rows: padded to 16s inside
+    assert not hasattr(int4, "lm_head")
+    with torch.no_grad():
+        logits = int4(idx)
+    assert logits.shape == want.shape and torch.isneginf(logits[..., vocab:]).all()
+    assert (logits[..., :vocab] - want[..., :vocab]).abs().max().item() < 0.15 * (want.max() - want.min()).item()
 
 
 def test_a_quantized_model_refuses_training_and_saving(trained, tmp_path):
@@ -119,8 +161,15 @@ def test_a_quantized_model_refuses_training_and_saving(trained, tmp_path):
         gpt2kit.save(int8.model, int8.tokenizer, tmp_path / "x")
     with pytest.raises(GPT2KitError, match="already prepared for inference"):
         quantize(int8.model, "int8")
-    with pytest.raises(GPT2KitError, match="'int4' is not supported"):
-        quantize(gpt2kit.load(trained).model, "int4")
+    with pytest.raises(GPT2KitError, match="'int2' is not supported"):
+        quantize(gpt2kit.load(trained).model, "int2")
+    int4 = gpt2kit.load(trained, quantize="int4")
+    with pytest.raises(GPT2KitError, match="prepared for inference \\(int4\\); train the fp32 model"):
+        int4.model(idx, targets=idx)
+    with pytest.raises(CheckpointError, match="prepared for inference"):
+        gpt2kit.save(int4.model, int4.tokenizer, tmp_path / "y")
+    with pytest.raises(GPT2KitError, match="already prepared for inference"):
+        quantize(int4.model, "int8")
 
 
 def test_sample_and_eval_take_quantize(trained, tmp_path, capsys):
@@ -129,8 +178,10 @@ def test_sample_and_eval_take_quantize(trained, tmp_path, capsys):
     args = ["sample", "--model", str(trained), "--prompt", "the river", "--max-new-tokens", "8", "--temperature", "0"]
     assert main(args + ["--quantize", "int8", "--device", "cpu"]) == 0
     assert capsys.readouterr().out.strip()
+    assert main(args + ["--quantize", "int4", "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.strip()
     with pytest.raises(SystemExit):  # argparse: not one of the choices
-        main(args + ["--quantize", "int4"])
+        main(args + ["--quantize", "int2"])
     text = tmp_path / "held_out.txt"
     text.write_text("the river sold forty blue lanterns to the old miller.\n" * 20)
     results = tmp_path / "results.json"
@@ -150,9 +201,11 @@ def test_sample_and_eval_take_quantize(trained, tmp_path, capsys):
 
     ppl = json.loads(results.read_text())["wikitext2"]["metrics"]["ppl"]
     assert main(evaluate + ["--out", str(tmp_path / "fp32.json")]) == 0
-    assert ppl == pytest.approx(
-        json.loads((tmp_path / "fp32.json").read_text())["wikitext2"]["metrics"]["ppl"], rel=0.02
-    )
+    fp32_ppl = json.loads((tmp_path / "fp32.json").read_text())["wikitext2"]["metrics"]["ppl"]
+    assert ppl == pytest.approx(fp32_ppl, rel=0.02)
+    assert main(evaluate + ["--quantize", "int4", "--out", str(tmp_path / "int4.json")]) == 0
+    int4_ppl = json.loads((tmp_path / "int4.json").read_text())["wikitext2"]["metrics"]["ppl"]
+    assert int4_ppl == pytest.approx(fp32_ppl, rel=0.05)  # issue 27's bound for 4 bits on a trained model
 
 
 def test_serve_with_int8_weights(trained):
