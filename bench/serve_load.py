@@ -197,6 +197,15 @@ def summary(results: list[dict], elapsed: float) -> dict:
     }
 
 
+def race_one(server: subprocess.Popen, port: int, plan: list[tuple[str, dict]], concurrency: int) -> dict:
+    """Run the race's load against one started server, stop it, and summarise."""
+    try:
+        results, elapsed = asyncio.run(run_load(f"http://127.0.0.1:{port}", plan, concurrency))
+        return summary(results, elapsed)
+    finally:
+        stop_server(server)
+
+
 def print_rows(rows: dict[str, dict]) -> None:
     keys = list(next(iter(rows.values())))
     print(f"  {'server':34s}" + "".join(f"{k:>17s}" for k in keys))
@@ -230,11 +239,7 @@ def race(model: Path, work: Path, args) -> None:
                 f"  gpt2kit serve ({precision}): left out, {reason[0].strip().removeprefix('gpt2kit serve did not start: ')}"
             )
             continue
-        try:
-            results, elapsed = asyncio.run(run_load(f"http://127.0.0.1:{port}", plan, args.concurrency))
-            rows[f"gpt2kit serve ({precision})"] = summary(results, elapsed)
-        finally:
-            stop_server(server)
+        rows[f"gpt2kit serve ({precision})"] = race_one(server, port, plan, args.concurrency)
     tools = llamacpp.find_tools(args.llama_cpp)
     if tools:
         context = json.loads((model / "config.json").read_text())["n_positions"]  # per slot
@@ -247,11 +252,7 @@ def race(model: Path, work: Path, args) -> None:
             except RuntimeError as err:
                 print(f"  llama-server ({kind}): left out, {str(err)[-300:]}")
                 continue
-            try:
-                results, elapsed = asyncio.run(run_load(f"http://127.0.0.1:{port}", plan, args.concurrency))
-                rows[f"llama-server ({kind})"] = summary(results, elapsed)
-            finally:
-                stop_server(server)
+            rows[f"llama-server ({kind})"] = race_one(server, port, plan, args.concurrency)
     print(
         f"race: {len(plan)} requests at concurrency {args.concurrency}, {args.race_tokens} new tokens, half "
         f"streaming, llama-server on {threads} threads"

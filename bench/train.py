@@ -145,12 +145,11 @@ def engine_label(name: str, reuse_pages: bool) -> str:
     return f"{name}+pages" if name == "transformers" and reuse_pages else name
 
 
-def child_times(preset, context, batch_size, device_name, name, reuse_pages, dtypes, steps, warmup, compile):
+def child_times(preset, context, batch_size, device_name, name, reuse_pages, dtypes, steps, warmup, compile, threads):
     """In a fresh process: one library's step times per dtype (dtypes alternate step by step), and its peak RSS."""
     from gpt2kit.device import reuse_freed_cpu_memory
 
-    if args_threads := os.environ.get("GPT2KIT_BENCH_THREADS"):
-        torch.set_num_threads(int(args_threads))
+    torch.set_num_threads(threads)
     if reuse_pages:
         reuse_freed_cpu_memory()
     device = torch.device(device_name)
@@ -192,7 +191,6 @@ def run_case(preset: str, context: int, batch_size: int, args, device: torch.dev
     config = preset_config(preset, n_positions=max(context, 1024 if preset == "gpt2" else context))
     times: dict[tuple, list[float]] = {}
     memory: dict[str, float] = {}
-    os.environ["GPT2KIT_BENCH_THREADS"] = str(torch.get_num_threads())
     context_of = multiprocessing.get_context("spawn")
     for _ in range(args.rounds):
         for name, reuse_pages in ENGINES if device.type == "cpu" else ENGINES[:2]:
@@ -201,7 +199,7 @@ def run_case(preset: str, context: int, batch_size: int, args, device: torch.dev
                 got, peak = pool.apply(
                     child_times,
                     (preset, context, batch_size, str(device), name, reuse_pages, dtypes, args.steps, args.warmup,
-                     getattr(args, "compile", False)),
+                     getattr(args, "compile", False), torch.get_num_threads()),
                 )  # fmt: skip
             for dtype in dtypes:
                 times.setdefault((label, dtype), []).extend(got[str(dtype)])

@@ -152,24 +152,18 @@ def test_int8_quantizes_the_right_matrices_of_untied_and_padded_models(tmp_path,
     assert (logits[..., :vocab] - want[..., :vocab]).abs().max().item() < 0.15 * (want.max() - want.min()).item()
 
 
-def test_a_quantized_model_refuses_training_and_saving(trained, tmp_path):
-    int8 = gpt2kit.load(trained, quantize="int8")
+@pytest.mark.parametrize("kind", ["int8", "int4"])
+def test_a_quantized_model_refuses_training_and_saving(trained, tmp_path, kind):
+    quantized = gpt2kit.load(trained, quantize=kind)
     idx = torch.zeros((1, 8), dtype=torch.long)
-    with pytest.raises(GPT2KitError, match="prepared for inference \\(int8\\); train the fp32 model"):
-        int8.model(idx, targets=idx)
+    with pytest.raises(GPT2KitError, match=f"prepared for inference \\({kind}\\); train the fp32 model"):
+        quantized.model(idx, targets=idx)
     with pytest.raises(CheckpointError, match="prepared for inference"):
-        gpt2kit.save(int8.model, int8.tokenizer, tmp_path / "x")
+        gpt2kit.save(quantized.model, quantized.tokenizer, tmp_path / "x")
     with pytest.raises(GPT2KitError, match="already prepared for inference"):
-        quantize(int8.model, "int8")
+        quantize(quantized.model, "int8")
     with pytest.raises(GPT2KitError, match="'int2' is not supported"):
         quantize(gpt2kit.load(trained).model, "int2")
-    int4 = gpt2kit.load(trained, quantize="int4")
-    with pytest.raises(GPT2KitError, match="prepared for inference \\(int4\\); train the fp32 model"):
-        int4.model(idx, targets=idx)
-    with pytest.raises(CheckpointError, match="prepared for inference"):
-        gpt2kit.save(int4.model, int4.tokenizer, tmp_path / "y")
-    with pytest.raises(GPT2KitError, match="already prepared for inference"):
-        quantize(int4.model, "int8")
 
 
 def test_sample_and_eval_take_quantize(trained, tmp_path, capsys):
