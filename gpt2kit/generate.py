@@ -200,7 +200,11 @@ class Decoder:
             return rows
         self.mask = torch.cat([self.mask, torch.ones((len(self.rows), 1), dtype=torch.long, device=self.device)], 1)
         attention_mask = self.mask if self.padded else None
-        self.logits = self.model(tokens[:, None], kv_cache=self.cache, attention_mask=attention_mask)[:, -1].float()
+        if self.model.decode_step is not None:  # the inference kernels' single-token step (gpt2kit.inference)
+            self.logits = self.model.decode_step(tokens, self.cache, attention_mask)
+        else:
+            logits = self.model(tokens[:, None], kv_cache=self.cache, attention_mask=attention_mask)
+            self.logits = logits[:, -1].float()
         return rows
 
 

@@ -1,43 +1,63 @@
-"""Inference-only transforms, applied from outside the model: packed fp32 weights, int8 and int4 weights.
+"""Inference-only transforms, applied from outside the model: a C decoding step, int8 and int4 weights.
 
-Decoding one token reads every weight once, so on CPU decoding speed is memory bandwidth, and at small
-batches it is also how well the matmul kernel handles a handful of rows. Both transforms swap every block
-linear and the output layer for a kernel PyTorch ships:
-- `prepare_for_decoding(model)` (fp32): oneDNN's linear with its weight reordered once into oneDNN's own blocked
-  layout (`torch.ops.mkldnn`). MKL's matrix-vector product behind nn.Linear streams weights at a fraction of the
-  memory bandwidth on the AMD CPUs this project runs on. Measured on gpt2 (124M), 2 threads, Zen 5, greedy batch 1:
-  the 768 x 50257 output layer alone 7.1 ms packed against 14.2 ms (21.7 against 10.9 GB/s), whole decoding
-  31.5-39.4 against 16.2-20.4 tokens/s (two runs each); batch 8 1.34x (an older machine). Candidates measured
-  so far: PyTorch's built-in weight-only kernels `torch._weight_int8pack_mm` and `_weight_int4pack_mm_for_cpu`
-  read the output layer at 1.8 and 0.5 GB/s with fp32 activations, but 9.0 and 9.6 GB/s with bf16 ones (a 4-bit
-  prototype on the latter decoded gpt2 at 106 tokens/s at batch 1; not built yet); Inductor's compiled fp32
-  `(w * x).sum(1)` read it at 19.2 GB/s, no better than oneDNN;
-- `quantize(model, "int8")`: fbgemm's dynamic int8 linear (PyTorch's `torch.ao` dynamic quantization):
-  weights int8, symmetric, one scale per output channel; activations fp32 between layers, quantized per
-  call inside the kernel. A quarter of the bytes: 81.5 tokens/s at batch 1 in the run above, 2-4x fp32;
-- `quantize(model, "int4")`: PyTorch's tinygemm CPU kernel (`_weight_int4pack_mm_for_cpu`, what torchao's CPU
-  int4 layout calls, without torchao's tensor-subclass dispatch): 4-bit weights in groups of 32 with a bf16 scale
-  and zero each, bf16 activations into the kernel. 91.7 tokens/s at batch 1 on gpt2 (int8 77.0 in the same run).
-Either way the model is for inference only: it refuses a training loss and `save`. The tied embedding
-stays an fp32 table for lookups.
+Decoding one token reads every weight once, so on CPU its speed is memory bandwidth plus whatever else runs per
+token. What was measured on gpt2 (124M), 2 threads, Zen 5, batch 1, before writing kernels of our own:
+- fp32: MKL's matrix-vector product behind nn.Linear streams the 768 x 50257 output layer at 10.9 GB/s, oneDNN's
+  linear with its weight reordered once (`torch.ops.mkldnn`) at 21.7, Inductor's compiled `(w * x).sum(1)` at 19.2,
+  while two threads stream memory at 25-40 GB/s (it varies by the hour on this shared host). Even at oneDNN's rate,
+  the operators between the matmuls cost 8 ms of a 30 ms step in eager PyTorch (the flash-attention kernel alone
+  1.9 ms for one query), where llama.cpp's whole step is 15-20 ms;
+- int8 and int4: PyTorch's weight-only kernels `torch._weight_int8pack_mm` and `_weight_int4pack_mm_for_cpu`
+  (what torchao's CPU layouts call) read the output layer at 1.8 and 0.5 GB/s with fp32 activations and 9.0 and
+  9.6 with bf16 ones; fbgemm's dynamic int8 linear (torch.ao) decoded at 77-87 tokens/s, tinygemm's int4 at 92-95,
+  against llama.cpp's q8_0 at 123-143 and q4_0 at 163-215 in the same runs.
+None reaches the bandwidth, and the per-operator cost alone rules out llama.cpp's speed, so gpt2kit/kernels holds
+C kernels: linears that stream each weight row once for every row of the batch (fp32, int8, int4), and a whole
+single-token step (`gpt2_decode_step`) called once per token. A row-streaming fp32 kernel read the output layer at
+24-27 GB/s, level with a plain C sum over memory in the same run.
+
+- `prepare_for_decoding(model)` gives a CPU model its `decode_step` (`DecodeStep`), which `gpt2kit.generate` uses
+  for every single-token step; prompts and scoring keep PyTorch's batched matmuls. Without a C compiler the fp32
+  linears fall back to oneDNN-packed weights (`PackedLinear`), and decoding stays in PyTorch;
+- `quantize(model, "int8")`: int8 weights, symmetric, one fp32 scale per output row; activations stay fp32;
+- `quantize(model, "int4")`: 4-bit weights in groups of 32 with a bf16 scale and offset each (w = q x scale +
+  offset, q in 0..15), 0.625 bytes a weight against q4_0's 0.5625.
+Quantized linears run the C kernels for a few rows and, for a prompt or a scored window, dequantize their weight
+and use PyTorch's matmul. Either way the model is for inference only: it refuses a training loss and `save`. The
+tied embedding stays an fp32 table for lookups.
 """
 
 from __future__ import annotations
 
-import warnings
+import ctypes
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from gpt2kit import kernels
 from gpt2kit.errors import GPT2KitError
-from gpt2kit.model import GPT
+from gpt2kit.model import GPT, TANH_GELUS, KVCache
 
 QUANTIZATIONS = ("int8", "int4")
-INT4_GROUP = 32  # weights per scale and zero: 32 as llama.cpp's q4_0; 128 measured 5% slower here, not faster
+INT4_GROUP = 32  # weights per scale and offset, as llama.cpp's q4_0
+# Up to this many rows a quantized linear streams its weights through the C kernel; more rows (a prompt, a scored
+# window) dequantize the weight once and take PyTorch's matmul.
+KERNEL_ROWS = 16
+STEP_ACTIVATIONS = {
+    **dict.fromkeys(TANH_GELUS, "gelu_tanh"),
+    **dict.fromkeys(("gelu", "gelu_python"), "gelu_erf"),
+    "relu": "relu",
+}
+
+
+def _address(tensor: torch.Tensor | None) -> int | None:
+    return None if tensor is None else tensor.data_ptr()
 
 
 class PackedLinear(nn.Module):
-    """An fp32 linear for inference whose weight oneDNN reordered into its own layout, once."""
+    """An fp32 linear for inference whose weight oneDNN reordered into its own layout, once (the fallback when
+    the C kernels cannot be built)."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
         super().__init__()
@@ -52,72 +72,217 @@ class PackedLinear(nn.Module):
         return y.view(*x.shape[:-1], self.out_features)
 
 
-class Int4Linear(nn.Module):
-    """A linear with 4-bit weights for inference: PyTorch's tinygemm CPU kernel (`_weight_int4pack_mm_for_cpu`).
+def _bf16_bits(values: torch.Tensor) -> torch.Tensor:
+    return values.to(torch.bfloat16).view(torch.int16)
 
-    Weights are quantized per group of INT4_GROUP inputs, asymmetric (a bf16 scale and zero per group:
-    w = (q - 8) x scale + zero), with the output rows padded to the kernel's multiple of 16. Activations enter the
-    kernel in bf16, which it needs to be fast (9.6 GB/s of 4-bit weights against 0.5 with fp32 here), and leave
-    it in fp32.
+
+class QuantizedLinear(nn.Module):
+    """A linear with int8 or int4 weights in the C kernels' formats (gpt2kit/kernels/cpu_decode.c), for inference.
+
+    int8: `weight` int8 (out, in), `scale` fp32 (out,): w = q x scale, symmetric per output row.
+    int4: `weight` uint8 (out, in / 2), `scale` and `offset` bf16 bits (out, in / 32): w = q x scale + offset per
+    group of 32 inputs, asymmetric; byte j of a group holds weight j (low nibble) and weight j + 16 (high).
     """
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, kind: str):
         super().__init__()
+        self.kind = kind
         self.out_features, self.in_features = weight.shape
-        rows = -(-self.out_features // 16) * 16
         w = weight.detach().float()
-        if rows != self.out_features:
-            w = torch.cat([w, w.new_zeros(rows - self.out_features, self.in_features)])
-        groups = w.reshape(-1, INT4_GROUP)
-        low, high = groups.amin(1, keepdim=True), groups.amax(1, keepdim=True)
-        scales = (high - low).clamp(min=1e-6) / 15
-        zeros = low + 8 * scales
-        q = groups.sub(low).div(scales).round().clamp(0, 15).to(torch.int32).reshape(rows, self.in_features)
-        self.packed = torch._convert_weight_to_int4pack_for_cpu(q, 1)
-        scales_and_zeros = torch.stack([scales.reshape(rows, -1), zeros.reshape(rows, -1)], 2)
-        self.scales_and_zeros = scales_and_zeros.transpose(0, 1).contiguous().to(torch.bfloat16)
-        self.bias = None if bias is None else bias.detach().float()
+        self.offset = None
+        if kind == "int8":
+            self.scale = (w.abs().amax(1) / 127).clamp(min=1e-12)
+            self.weight = (w / self.scale[:, None]).round().clamp(-127, 127).to(torch.int8)
+            code = kernels.KIND_INT8
+        else:
+            groups = w.reshape(self.out_features, -1, INT4_GROUP)
+            low, high = groups.amin(2), groups.amax(2)
+            # q is computed against the stored (bf16-rounded) scale and offset, so that dequantizing is exact
+            scale = _bf16_bits((high - low).clamp(min=1e-6) / 15)
+            offset = _bf16_bits(low)
+            scale_f, offset_f = scale.view(torch.bfloat16).float(), offset.view(torch.bfloat16).float()
+            q = groups.sub(offset_f[..., None]).div(scale_f[..., None]).round().clamp(0, 15).to(torch.uint8)
+            self.weight = (q[..., :16] | (q[..., 16:] << 4)).reshape(self.out_features, -1).contiguous()
+            self.scale, self.offset = scale, offset
+            code = kernels.KIND_INT4
+        self.bias = None if bias is None else bias.detach().float().contiguous()
+        self.spec = kernels.Linear(
+            code,
+            self.in_features,
+            self.out_features,
+            _address(self.weight),
+            _address(self.scale),
+            _address(self.offset),
+            _address(self.bias),
+        )
+
+    def dequantized(self) -> torch.Tensor:
+        """The weight in fp32 (out, in)."""
+        lib = kernels.library()
+        if lib is not None:
+            out = torch.empty(self.out_features, self.in_features)
+            lib.gpt2_dequantize(ctypes.byref(self.spec), out.data_ptr())
+            return out
+        if self.kind == "int8":
+            return self.weight.float() * self.scale[:, None]
+        q = torch.stack([self.weight & 15, self.weight >> 4], 2)  # (out, in/2 per group of 16, low/high)
+        q = q.reshape(self.out_features, -1, 16, 2).transpose(2, 3).reshape(self.out_features, -1, INT4_GROUP)
+        scale = self.scale.view(torch.bfloat16).float()[..., None]
+        offset = self.offset.view(torch.bfloat16).float()[..., None]
+        return (q.float() * scale + offset).reshape(self.out_features, self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, self.in_features).to(torch.bfloat16)
-        y = torch._weight_int4pack_mm_for_cpu(rows, self.packed, INT4_GROUP, self.scales_and_zeros)
-        y = y[:, : self.out_features].float()
-        if self.bias is not None:
-            y += self.bias
+        rows = x.reshape(-1, self.in_features).float().contiguous()
+        lib = kernels.library()
+        if lib is None or rows.shape[0] > KERNEL_ROWS:
+            y = F.linear(rows, self.dequantized(), self.bias)
+        else:
+            y = torch.empty(rows.shape[0], self.out_features)
+            lib.gpt2_linear(ctypes.byref(self.spec), rows.data_ptr(), rows.shape[0], y.data_ptr())
         return y.view(*x.shape[:-1], self.out_features)
 
 
-def _replace_linears(model: GPT, linear_kind, form: str) -> GPT:
-    """Swap every block linear and the output layer for `linear_kind(weight, bias)`; the model becomes `form`."""
+def _linear_spec(linear: nn.Module) -> kernels.Linear:
+    if isinstance(linear, QuantizedLinear):
+        return linear.spec
+    weight = linear.weight.detach()
+    bias = None if linear.bias is None else linear.bias.detach()
+    return kernels.Linear(
+        kernels.KIND_F32, weight.shape[1], weight.shape[0], _address(weight), None, None, _address(bias)
+    )
+
+
+class DecodeStep:
+    """One new token for every row of a batch, through the whole model in one C call (`gpt2_decode_step`).
+
+    Called as `step(tokens, cache, attention_mask)` in place of `model(tokens[:, None], kv_cache=cache,
+    attention_mask=attention_mask)[:, -1]`: the same keys and values go into the cache, and it returns the
+    (rows, vocab_size) logits. It reads the model's own weight tensors, so it costs no memory of its own.
+    """
+
+    def __init__(self, model: GPT, lib: ctypes.CDLL):
+        config = model.config
+        self.model, self.lib = model, lib
+        head = model.output_layer
+        if head is None:  # fp32: the output weight itself (wte's when tied)
+            head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+            head.weight = model.wte.weight if config.tie_word_embeddings else model.lm_head.weight
+        self._head = head  # kept alive: the C structure below holds its addresses
+        layers = (kernels.Layer * config.n_layer)()
+        for i, block in enumerate(model.h):
+            layers[i] = kernels.Layer(
+                _address(block.ln_1.weight),
+                _address(block.ln_1.bias),
+                _linear_spec(block.attn.c_attn),
+                _linear_spec(block.attn.c_proj),
+                _address(block.ln_2.weight),
+                _address(block.ln_2.bias),
+                _linear_spec(block.mlp.c_fc),
+                _linear_spec(block.mlp.c_proj),
+                block.attn.scale,
+            )
+        self._layers = layers
+        self.spec = kernels.Model(
+            config.n_layer,
+            config.n_head,
+            config.n_embd,
+            config.mlp_width,
+            kernels.ACTIVATIONS[STEP_ACTIVATIONS[config.activation_function]],
+            config.layer_norm_epsilon,
+            _address(model.wte.weight),
+            _address(model.wpe.weight),
+            _address(model.ln_f.weight),
+            _address(model.ln_f.bias),
+            _linear_spec(head),
+            layers,
+        )
+        self.vocab_rows = head.out_features
+
+    @staticmethod
+    def supports(model: GPT) -> bool:
+        weights = [model.wte.weight, model.wpe.weight] + [p for p in model.h.parameters()]
+        return (
+            model.config.activation_function in STEP_ACTIVATIONS
+            and model.config.n_embd % model.config.n_head == 0
+            and all(w.device.type == "cpu" and w.dtype == torch.float32 and w.is_contiguous() for w in weights)
+        )
+
+    def __call__(self, tokens: torch.Tensor, cache: KVCache, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        rows, length = tokens.shape[0], cache.length
+        keys, values = cache.keys, cache.values
+        if not (
+            keys.dtype == values.dtype == torch.float32
+            and keys.stride() == values.stride()
+            and keys.stride(4) == 1
+            and keys.shape[1] == rows
+        ):
+            return self.model(tokens[:, None], kv_cache=cache, attention_mask=attention_mask)[:, -1]
+        if length + 1 > cache.max_length:
+            raise GPT2KitError(f"KV cache is full: {length + 1} positions requested, {cache.max_length} allocated")
+        if attention_mask is None:
+            positions = torch.full((rows,), length, dtype=torch.long)
+            mask_address, mask_stride = None, 0
+        else:
+            attention_mask = attention_mask.to(torch.long)
+            if attention_mask.stride(1) != 1:
+                attention_mask = attention_mask.contiguous()
+            positions = attention_mask[:, : length + 1].sum(1) - 1
+            mask_address, mask_stride = attention_mask.data_ptr(), attention_mask.stride(0)
+        if int(positions.max()) >= self.model.config.n_positions:
+            raise GPT2KitError(
+                f"sequence of {int(positions.max()) + 1} tokens exceeds the context of {self.model.config.n_positions}"
+            )
+        tokens = tokens.to(torch.long).contiguous()
+        strides = torch.tensor(keys.stride()[:4], dtype=torch.long)
+        logits = torch.empty(rows, self.vocab_rows)
+        self.lib.gpt2_decode_step(
+            ctypes.byref(self.spec),
+            rows,
+            tokens.data_ptr(),
+            positions.data_ptr(),
+            mask_address,
+            mask_stride,
+            keys.data_ptr(),
+            values.data_ptr(),
+            strides.data_ptr(),
+            length,
+            logits.data_ptr(),
+        )
+        cache.advance(1)
+        if self.model.masked_token_ids is not None:
+            logits.index_fill_(-1, self.model.masked_token_ids, float("-inf"))
+        return logits
+
+
+def _replace_linears(model: GPT, make_linear, form: str) -> GPT:
+    """Swap every block linear and the output layer for `make_linear(weight, bias)`; the model becomes `form`."""
     with torch.no_grad():
         for block in model.h:
             for parent in (block.attn, block.mlp):
                 for name in ("c_attn", "c_fc", "c_proj"):
                     linear = getattr(parent, name, None)
                     if isinstance(linear, nn.Linear):
-                        setattr(parent, name, linear_kind(linear.weight, linear.bias))
-        model.output_layer = linear_kind(model.output_weight, None)
+                        setattr(parent, name, make_linear(linear.weight, linear.bias))
+        model.output_layer = make_linear(model.output_weight, None)
     if not model.config.tie_word_embeddings:
         del model.lm_head  # its copy is the output layer now
     model.inference_form = form
     return model
 
 
-def _packable(model: GPT) -> bool:
-    return (
-        model.inference_form is None
-        and model.wte.weight.device.type == "cpu"
-        and model.wte.weight.dtype == torch.float32
-        and torch.backends.mkldnn.is_available()
-    )
-
-
 def prepare_for_decoding(model: GPT) -> GPT:
-    """Give an fp32 CPU model oneDNN-packed linears, in place (see the module notes); returns it. Other models are
-    left as they are: int8 ones already have their kernels, and on GPUs nn.Linear is what cuBLAS wants."""
-    if not _packable(model):
+    """Make a CPU model fast at decoding, in place (see the module notes); returns it. GPU models are left as
+    they are: there nn.Linear is what cuBLAS wants."""
+    if model.wte.weight.device.type != "cpu" or model.decode_step is not None:
         return model
-    return _replace_linears(model, PackedLinear, "fp32-packed")
+    lib = kernels.library()
+    if lib is not None and DecodeStep.supports(model):
+        model.inference_form = model.inference_form or "fp32-decoding"
+        model.decode_step = DecodeStep(model, lib)
+        return model
+    if model.inference_form is None and model.wte.weight.dtype == torch.float32 and torch.backends.mkldnn.is_available():
+        return _replace_linears(model, PackedLinear, "fp32-packed")
+    return model
 
 
 def quantize(model: GPT, kind: str) -> GPT:
@@ -128,21 +293,6 @@ def quantize(model: GPT, kind: str) -> GPT:
         raise GPT2KitError(f"the model is already prepared for inference ({model.inference_form})")
     if model.wte.weight.device.type != "cpu":
         raise GPT2KitError(f"{kind} quantization runs on CPU; load the model with device cpu")
-    if kind == "int4":
-        if model.config.n_embd % INT4_GROUP:
-            raise GPT2KitError(f"int4 quantization needs a width (n_embd) divisible by {INT4_GROUP}")
-        return _replace_linears(model, Int4Linear, kind)
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-    head = nn.Linear(model.config.n_embd, model.config.vocab_size, bias=False)
-    head.weight = nn.Parameter(model.output_weight.detach(), requires_grad=False)
-    with warnings.catch_warnings():  # torch.ao's notice that torchao is its successor; fbgemm's kernel stays
-        warnings.simplefilter("ignore")
-        quantize_dynamic(model.h, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
-        holder = nn.Sequential(head)
-        quantize_dynamic(holder, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
-    model.output_layer = holder[0]
-    if not model.config.tie_word_embeddings:
-        del model.lm_head  # its int8 copy is the output layer now
-    model.inference_form = kind
-    return model
+    if kind == "int4" and (model.config.n_embd % INT4_GROUP or model.config.mlp_width % INT4_GROUP):
+        raise GPT2KitError(f"int4 quantization needs widths (n_embd, the MLP's) divisible by {INT4_GROUP}")
+    return _replace_linears(model, lambda weight, bias: QuantizedLinear(weight, bias, kind), kind)

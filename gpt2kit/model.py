@@ -311,10 +311,12 @@ class GPT(nn.Module):
         # Output rows that are no token (a vocabulary padded past its tokenizer, gaps in its ids): their
         # logits are -inf, so nothing samples, scores or ranks them. Set by `mask_logits`, not saved.
         self.masked_token_ids: torch.Tensor | None = None
-        # Set by `gpt2kit.inference`: what the model was turned into for inference only ("int8", "fp32-packed"),
-        # and the output layer that replaces the matmul with output_weight.
+        # Set by `gpt2kit.inference`: what the model was turned into for inference only ("int8", "fp32-decoding"),
+        # the output layer that replaces the matmul with output_weight, and a faster single-token step that
+        # generation uses in place of forward (same cache, same logits).
         self.inference_form: str | None = None
         self.output_layer: nn.Module | None = None
+        self.decode_step = None
         self.apply(self._init_weights)
         # GPT-2 scales residual projections by 1/sqrt(2 * n_layer): two residual adds per block.
         residual_std = 0.02 / math.sqrt(2 * config.n_layer)

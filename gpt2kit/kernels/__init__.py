@@ -1,0 +1,163 @@
+"""gpt2kit's CPU decoding kernels (cpu_decode.c), compiled on first use and loaded with ctypes.
+
+The C file is built with the system's C compiler (`$CC`, else cc) for this machine (`-march=native`) into the user
+cache (`$GPT2KIT_CACHE_DIR`, else ~/.cache/gpt2kit), named by a hash of the source, the flags, the compiler and the
+CPU, so a change to any of them builds afresh. One process compiles at a time (a file lock) and the library appears
+under its name only when complete (an atomic rename). It links the OpenMP runtime PyTorch already loaded (both
+name libgomp.so.1), so the kernels share PyTorch's thread pool and thread count.
+
+`library()` is the loaded library, or None when it cannot be built (no compiler, not Linux); `unavailable()` then
+says why in one line, and callers keep PyTorch's kernels.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+from filelock import FileLock
+
+SOURCE = Path(__file__).with_name("cpu_decode.c")
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-shared", "-fPIC")
+KIND_F32, KIND_INT8, KIND_INT4 = 0, 1, 2
+ACTIVATIONS = {"gelu_tanh": 0, "gelu_erf": 1, "relu": 2}
+
+_reason: str | None = None
+
+
+class Linear(ctypes.Structure):
+    _fields_ = [
+        ("kind", ctypes.c_int64),
+        ("in_features", ctypes.c_int64),
+        ("out_features", ctypes.c_int64),
+        ("weight", ctypes.c_void_p),
+        ("scale", ctypes.c_void_p),
+        ("offset", ctypes.c_void_p),
+        ("bias", ctypes.c_void_p),
+    ]
+
+
+class Layer(ctypes.Structure):
+    _fields_ = [
+        ("ln_1_weight", ctypes.c_void_p),
+        ("ln_1_bias", ctypes.c_void_p),
+        ("c_attn", Linear),
+        ("attn_c_proj", Linear),
+        ("ln_2_weight", ctypes.c_void_p),
+        ("ln_2_bias", ctypes.c_void_p),
+        ("c_fc", Linear),
+        ("mlp_c_proj", Linear),
+        ("attn_scale", ctypes.c_float),
+    ]
+
+
+class Model(ctypes.Structure):
+    _fields_ = [
+        ("n_layer", ctypes.c_int64),
+        ("n_head", ctypes.c_int64),
+        ("n_embd", ctypes.c_int64),
+        ("mlp_width", ctypes.c_int64),
+        ("activation", ctypes.c_int64),
+        ("eps", ctypes.c_float),
+        ("wte", ctypes.c_void_p),
+        ("wpe", ctypes.c_void_p),
+        ("ln_f_weight", ctypes.c_void_p),
+        ("ln_f_bias", ctypes.c_void_p),
+        ("head", Linear),
+        ("layers", ctypes.POINTER(Layer)),
+    ]
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("GPT2KIT_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "gpt2kit"
+    )
+    return Path(root) / "kernels"
+
+
+def _compiler() -> str | None:
+    return shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc") or shutil.which("clang")
+
+
+def _build(compiler: str) -> Path:
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+    key = hashlib.sha256(
+        "\0".join([SOURCE.read_text(), " ".join(FLAGS), version, platform.machine(), _cpu_flags()]).encode()
+    ).hexdigest()[:16]
+    directory = _cache_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / f"cpu_decode-{key}.so"
+    with FileLock(str(target) + ".lock", timeout=300):
+        if target.exists():
+            return target
+        with tempfile.TemporaryDirectory(dir=directory) as tmp:
+            built = Path(tmp) / target.name
+            done = subprocess.run(
+                [compiler, *FLAGS, str(SOURCE), "-o", str(built), "-lm"], capture_output=True, text=True, timeout=300
+            )
+            if done.returncode != 0:
+                first = (done.stderr.strip().splitlines() or ["no message"])[0]
+                raise RuntimeError(f"{Path(compiler).name} failed on {SOURCE.name}: {first}")
+            os.replace(built, target)
+    return target
+
+
+def _cpu_flags() -> str:
+    from gpt2kit.device import cpu_flags
+
+    return " ".join(sorted(cpu_flags()))
+
+
+@lru_cache(maxsize=1)
+def library() -> ctypes.CDLL | None:
+    """The compiled kernels, or None (see `unavailable`)."""
+    global _reason
+    if os.environ.get("GPT2KIT_CPU_KERNELS", "1") == "0":
+        _reason = "turned off by GPT2KIT_CPU_KERNELS=0"
+        return None
+    if platform.system() != "Linux":
+        _reason = f"built on Linux only, this is {platform.system()}"
+        return None
+    compiler = _compiler()
+    if compiler is None:
+        _reason = "no C compiler found (set CC)"
+        return None
+    import torch  # noqa: F401  (its OpenMP runtime must be loaded first, so that the kernels share it)
+
+    try:
+        lib = ctypes.CDLL(str(_build(compiler)))
+    except (OSError, RuntimeError, subprocess.SubprocessError) as error:
+        _reason = f"could not build the CPU kernels: {error}"
+        return None
+    lib.gpt2_linear.argtypes = [ctypes.POINTER(Linear), ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
+    lib.gpt2_linear.restype = None
+    lib.gpt2_dequantize.argtypes = [ctypes.POINTER(Linear), ctypes.c_void_p]
+    lib.gpt2_dequantize.restype = None
+    lib.gpt2_decode_step.argtypes = [
+        ctypes.POINTER(Model),
+        ctypes.c_int64,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_int64,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_int64,
+        ctypes.c_void_p,
+    ]
+    lib.gpt2_decode_step.restype = None
+    return lib
+
+
+def unavailable() -> str | None:
+    """Why `library()` is None, in one line; None when the kernels are loaded."""
+    library()
+    return _reason
