@@ -76,12 +76,31 @@ def _bf16_bits(values: torch.Tensor) -> torch.Tensor:
     return values.to(torch.bfloat16).view(torch.int16)
 
 
+def _pack_int4(q: torch.Tensor) -> torch.Tensor:
+    """(out, groups, 32) values 0..15 -> the kernels' bytes: a pair of groups in 32 bytes (the first group's weight
+    j in byte j's low nibble, the second's in its high nibble), an odd last group alone in the low nibbles."""
+    pairs = q.shape[1] // 2
+    paired = q[:, : 2 * pairs].reshape(q.shape[0], pairs, 2, INT4_GROUP)
+    packed = paired[:, :, 0] | (paired[:, :, 1] << 4)
+    if q.shape[1] % 2:
+        packed = torch.cat([packed, q[:, -1:]], 1)
+    return packed.reshape(q.shape[0], -1).contiguous()
+
+
+def _unpack_int4(packed: torch.Tensor, groups: int) -> torch.Tensor:
+    """`_pack_int4` undone: (out, groups, 32) values 0..15."""
+    chunks = packed.reshape(packed.shape[0], -1, INT4_GROUP)
+    pairs = torch.stack([chunks[:, : groups // 2] & 15, chunks[:, : groups // 2] >> 4], 2)
+    q = pairs.reshape(packed.shape[0], -1, INT4_GROUP)
+    return torch.cat([q, chunks[:, groups // 2 :]], 1) if groups % 2 else q
+
+
 class QuantizedLinear(nn.Module):
     """A linear with int8 or int4 weights in the C kernels' formats (gpt2kit/kernels/cpu_decode.c), for inference.
 
     int8: `weight` int8 (out, in), `scale` fp32 (out,): w = q x scale, symmetric per output row.
-    int4: `weight` uint8 (out, in / 2), `scale` and `offset` bf16 bits (out, in / 32): w = q x scale + offset per
-    group of 32 inputs, asymmetric; byte j of a group holds weight j (low nibble) and weight j + 16 (high).
+    int4: `weight` uint8 (see `_pack_int4`), `scale` and `offset` bf16 bits (out, in / 32): w = q x scale + offset
+    per group of 32 inputs, asymmetric.
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, kind: str):
@@ -89,10 +108,11 @@ class QuantizedLinear(nn.Module):
         self.kind = kind
         self.out_features, self.in_features = weight.shape
         w = weight.detach().float()
-        self.offset = None
+        self.offset = self.row_sums = None
         if kind == "int8":
             self.scale = (w.abs().amax(1) / 127).clamp(min=1e-12)
             self.weight = (w / self.scale[:, None]).round().clamp(-127, 127).to(torch.int8)
+            self.row_sums = self.weight.sum(1, dtype=torch.int32)
             code = kernels.KIND_INT8
         else:
             groups = w.reshape(self.out_features, -1, INT4_GROUP)
@@ -102,7 +122,7 @@ class QuantizedLinear(nn.Module):
             offset = _bf16_bits(low)
             scale_f, offset_f = scale.view(torch.bfloat16).float(), offset.view(torch.bfloat16).float()
             q = groups.sub(offset_f[..., None]).div(scale_f[..., None]).round().clamp(0, 15).to(torch.uint8)
-            self.weight = (q[..., :16] | (q[..., 16:] << 4)).reshape(self.out_features, -1).contiguous()
+            self.weight = _pack_int4(q)
             self.scale, self.offset = scale, offset
             code = kernels.KIND_INT4
         self.bias = None if bias is None else bias.detach().float().contiguous()
@@ -114,6 +134,7 @@ class QuantizedLinear(nn.Module):
             _address(self.scale),
             _address(self.offset),
             _address(self.bias),
+            _address(self.row_sums),
         )
 
     def dequantized(self) -> torch.Tensor:
@@ -125,8 +146,7 @@ class QuantizedLinear(nn.Module):
             return out
         if self.kind == "int8":
             return self.weight.float() * self.scale[:, None]
-        q = torch.stack([self.weight & 15, self.weight >> 4], 2)  # (out, in/2 per group of 16, low/high)
-        q = q.reshape(self.out_features, -1, 16, 2).transpose(2, 3).reshape(self.out_features, -1, INT4_GROUP)
+        q = _unpack_int4(self.weight, self.in_features // INT4_GROUP)
         scale = self.scale.view(torch.bfloat16).float()[..., None]
         offset = self.offset.view(torch.bfloat16).float()[..., None]
         return (q.float() * scale + offset).reshape(self.out_features, self.in_features)
@@ -277,10 +297,17 @@ def prepare_for_decoding(model: GPT) -> GPT:
         return model
     lib = kernels.library()
     if lib is not None and DecodeStep.supports(model):
-        model.inference_form = model.inference_form or "fp32-decoding"
+        if model.inference_form is None:
+            if not model.config.tie_word_embeddings:
+                model.output_layer = model.lm_head  # what `head` calls once the model is for inference only
+            model.inference_form = "fp32-decoding"
         model.decode_step = DecodeStep(model, lib)
         return model
-    if model.inference_form is None and model.wte.weight.dtype == torch.float32 and torch.backends.mkldnn.is_available():
+    if (
+        model.inference_form is None
+        and model.wte.weight.dtype == torch.float32
+        and torch.backends.mkldnn.is_available()
+    ):
         return _replace_linears(model, PackedLinear, "fp32-packed")
     return model
 

@@ -8,10 +8,12 @@
    Weight formats, row-major (out, in) as nn.Linear's:
      KIND_F32   weight float[out][in]
      KIND_INT8  weight int8[out][in], scale float[out]:                 w = q * scale[o]
-     KIND_INT4  weight uint8[out][in/2], scale and offset bf16[out][in/32]: w = q * scale + offset, q in 0..15;
-                within a group of 32 weights, byte j holds weight j (low nibble) and weight j + 16 (high nibble).
+     KIND_INT4  weight uint8[out][row bytes], scale and offset bf16[out][in/32]: w = q * scale + offset, q in
+                0..15 per group of 32 weights; two groups share 32 bytes, byte j holding weight j of the first
+                (low nibble) and of the second (high nibble); an odd last group has 32 bytes of its own.
    Activations stay fp32 throughout. */
 
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -30,6 +32,7 @@ typedef struct {
     const void *scale;
     const void *offset;
     const float *bias;
+    const int32_t *row_sums; /* int8: sum of each row's q, for the integer dot products' unsigned shift */
 } Linear;
 
 typedef struct {
@@ -51,6 +54,27 @@ typedef struct {
 static inline float bf16_to_float(uint16_t v) {
     union { uint32_t u; float f; } c = { (uint32_t)v << 16 };
     return c.f;
+}
+
+/* bytes of one int4 row: pairs of groups in 32 bytes, an odd last group in 32 of its own */
+static inline int64_t int4_row_bytes(int64_t in) { return (in / GROUP + 1) / 2 * 32; }
+
+static inline int int4_weight(const uint8_t *restrict q, int64_t groups, int64_t g, int j) {
+    const uint8_t *pair = q + (g & ~(int64_t)1) * 16;
+    if ((g | 1) < groups) return g & 1 ? pair[j] >> 4 : pair[j] & 15;
+    return pair[j] & 15;
+}
+
+static float dot_int4(const uint8_t *restrict q, const uint16_t *restrict scale, const uint16_t *restrict offset,
+                      const float *restrict x, const float *restrict xsum, int64_t n) {
+    float acc = 0.f;
+    for (int64_t g = 0; g < n / GROUP; g++) {
+        float s = 0.f;
+        #pragma omp simd reduction(+:s)
+        for (int j = 0; j < GROUP; j++) s += (float)int4_weight(q, n / GROUP, g, j) * x[g * GROUP + j];
+        acc += bf16_to_float(scale[g]) * s + bf16_to_float(offset[g]) * xsum[g];
+    }
+    return acc;
 }
 
 #if defined(__AVX512F__)
@@ -89,36 +113,6 @@ static float dot_int8(const int8_t *restrict w, const float *restrict x, int64_t
     return acc;
 }
 
-/* sum_i w_i x_i over int4 groups: sum_g scale_g * (sum_j q_j x_j) + offset_g * xsum_g */
-static float dot_int4(const uint8_t *restrict q, const uint16_t *restrict scale, const uint16_t *restrict offset,
-                      const float *restrict x, const float *restrict xsum, int64_t n) {
-    const __m512i low = _mm512_set1_epi32(15);
-    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-    float shifted = 0.f;
-    const int64_t groups = n / GROUP;
-    int64_t g = 0;
-    for (; g + 2 <= groups; g += 2) {
-        const __m512i v0 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(q + g * 16)));
-        const __m512i v1 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(q + g * 16 + 16)));
-        const float *x0 = x + g * GROUP, *x1 = x0 + GROUP;
-        __m512 t0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_and_epi32(v0, low)), _mm512_loadu_ps(x0));
-        __m512 t1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_and_epi32(v1, low)), _mm512_loadu_ps(x1));
-        t0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(v0, 4)), _mm512_loadu_ps(x0 + 16), t0);
-        t1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(v1, 4)), _mm512_loadu_ps(x1 + 16), t1);
-        a0 = _mm512_fmadd_ps(_mm512_set1_ps(bf16_to_float(scale[g])), t0, a0);
-        a1 = _mm512_fmadd_ps(_mm512_set1_ps(bf16_to_float(scale[g + 1])), t1, a1);
-        shifted += bf16_to_float(offset[g]) * xsum[g] + bf16_to_float(offset[g + 1]) * xsum[g + 1];
-    }
-    float acc = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) + shifted;
-    for (; g < groups; g++) {
-        float s = 0.f;
-        for (int j = 0; j < 16; j++)
-            s += (float)(q[g * 16 + j] & 15) * x[g * GROUP + j] + (float)(q[g * 16 + j] >> 4) * x[g * GROUP + j + 16];
-        acc += bf16_to_float(scale[g]) * s + bf16_to_float(offset[g]) * xsum[g];
-    }
-    return acc;
-}
-
 /* out[b] = dot(w, x + b * n) for b < rows (rows <= 8): w is loaded once per chunk for all rows. */
 static void dot_rows_f32(const float *restrict w, const float *restrict x, int64_t n, int64_t rows,
                          float *restrict out) {
@@ -150,28 +144,97 @@ static float dot_int8(const int8_t *restrict w, const float *restrict x, int64_t
     return acc;
 }
 
-static float dot_int4(const uint8_t *restrict q, const uint16_t *restrict scale, const uint16_t *restrict offset,
-                      const float *restrict x, const float *restrict xsum, int64_t n) {
-    float lanes[16] = {0};
-    float shifted = 0.f;
-    for (int64_t g = 0; g < n / GROUP; g++) {
-        const uint8_t *qg = q + g * (GROUP / 2);
-        const float *xg = x + g * GROUP;
-        const float s = bf16_to_float(scale[g]);
-        #pragma omp simd
-        for (int j = 0; j < 16; j++)
-            lanes[j] += s * ((float)(qg[j] & 15) * xg[j] + (float)(qg[j] >> 4) * xg[j + 16]);
-        shifted += bf16_to_float(offset[g]) * xsum[g];
-    }
-    float acc = shifted;
-    for (int j = 0; j < 16; j++) acc += lanes[j];
-    return acc;
-}
-
 static void dot_rows_f32(const float *restrict w, const float *restrict x, int64_t n, int64_t rows,
                          float *restrict out) {
     for (int64_t b = 0; b < rows; b++) out[b] = dot_f32(w, x + b * n, n);
 }
+#endif
+
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#define INTEGER_DOTS 1
+/* With VNNI the quantized linears quantize each activation row to int8 (one scale per row, as fbgemm's dynamic
+   linear does per tensor) and multiply in integers: 64 weights per instruction, so that the kernels stay at the
+   memory's pace where converting every weight to fp32 was compute-bound (measured 26 int8 weights/ns a core). */
+
+/* sum_i (xq_i + 128) w_i for int8 w and the activations shifted to unsigned; the caller removes 128 * sum(w). */
+static int32_t idot_int8(const int8_t *restrict w, const uint8_t *restrict xu, int64_t n) {
+    __m512i a0 = _mm512_setzero_si512(), a1 = _mm512_setzero_si512();
+    int64_t i = 0;
+    for (; i + 128 <= n; i += 128) {
+        a0 = _mm512_dpbusd_epi32(a0, _mm512_loadu_si512(xu + i), _mm512_loadu_si512(w + i));
+        a1 = _mm512_dpbusd_epi32(a1, _mm512_loadu_si512(xu + i + 64), _mm512_loadu_si512(w + i + 64));
+    }
+    for (; i + 64 <= n; i += 64) a0 = _mm512_dpbusd_epi32(a0, _mm512_loadu_si512(xu + i), _mm512_loadu_si512(w + i));
+    int32_t acc = _mm512_reduce_add_epi32(_mm512_add_epi32(a0, a1));
+    for (; i < n; i++) acc += (int32_t)xu[i] * w[i];
+    return acc;
+}
+
+static inline __m512 bf16_lanes(__m256i bits) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+}
+
+/* sum_i a_i b_i for bf16 a (up to any length; masked tail) */
+static float dot_bf16_f32(const uint16_t *restrict a, const float *restrict b, int64_t n) {
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = n - i >= 16 ? 0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+        acc = _mm512_fmadd_ps(bf16_lanes(_mm256_maskz_loadu_epi16(m, a + i)), _mm512_maskz_loadu_ps(m, b + i), acc);
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+
+/* sum_g scale_g * sum_j q_j xq_j over int4 groups, two groups per instruction (without the row's activation
+   scale and the offsets' term). A pair of groups is 32 bytes: byte j holds weight j of the first group (low nibble)
+   and of the second (high nibble); an odd last group has its 32 weights in the low nibbles of its own 32 bytes. */
+static float idot_int4(const uint8_t *restrict q, const uint16_t *restrict scale, const int8_t *restrict xq,
+                       int64_t groups) {
+    const __m256i nibble = _mm256_set1_epi8(15);
+    const __m512i upper = _mm512_set1_epi32((int)0xFFFF0000u);
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    int64_t g = 0;
+    for (; g + 2 <= groups; g += 2) {
+        const __m256i bytes = _mm256_loadu_si256((const __m256i *)(q + g * 16));
+        const __m256i first = _mm256_and_si256(bytes, nibble);
+        const __m256i second = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), nibble);
+        const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(first), second, 1);
+        const __m512i sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), v, _mm512_loadu_si512(xq + g * GROUP));
+        /* both bf16 scales in every lane; lanes 0-7 take the first (shifted up), lanes 8-15 the second */
+        int32_t pair;
+        memcpy(&pair, scale + g, sizeof pair);
+        const __m512i both = _mm512_set1_epi32(pair);
+        const __m512 scales = _mm512_castsi512_ps(_mm512_mask_slli_epi32(_mm512_and_si512(both, upper), 0x00FF, both, 16));
+        if (g & 2)
+            a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), scales, a1);
+        else
+            a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), scales, a0);
+    }
+    float total = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+    if (g < groups) {
+        int32_t s = 0;
+        for (int j = 0; j < GROUP; j++) s += (int32_t)(q[g * 16 + j] & 15) * xq[g * GROUP + j];
+        total += bf16_to_float(scale[g]) * (float)s;
+    }
+    return total;
+}
+
+/* xq = round(x / step) with step = max|x| / 127, per row; returns the step */
+static float quantize_activations(const float *restrict x, int64_t n, int8_t *restrict xq) {
+    __m512 top = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) top = _mm512_max_ps(top, _mm512_abs_ps(_mm512_loadu_ps(x + i)));
+    float peak = _mm512_reduce_max_ps(top);
+    for (int64_t j = i; j < n; j++) peak = fmaxf(peak, fabsf(x[j]));
+    const float step = peak > 0.f ? peak / 127.f : 1.f;
+    const __m512 inverse = _mm512_set1_ps(1.f / step);
+    for (i = 0; i + 16 <= n; i += 16)
+        _mm_storeu_si128((__m128i *)(xq + i),
+                         _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + i), inverse))));
+    for (; i < n; i++) xq[i] = (int8_t)lrintf(x[i] / step);
+    return step;
+}
+#else
+#define INTEGER_DOTS 0
 #endif
 
 static void dequantize_row(const Linear *L, int64_t o, float *restrict row) {
@@ -183,23 +246,68 @@ static void dequantize_row(const Linear *L, int64_t o, float *restrict row) {
         for (int64_t i = 0; i < in; i++) row[i] = (float)w[i] * s;
         return;
     }
-    const uint8_t *q = (const uint8_t *)L->weight + o * (in / 2);
-    const uint16_t *scale = (const uint16_t *)L->scale + o * (in / GROUP);
-    const uint16_t *offset = (const uint16_t *)L->offset + o * (in / GROUP);
-    for (int64_t g = 0; g < in / GROUP; g++) {
+    const int64_t groups = in / GROUP;
+    const uint8_t *q = (const uint8_t *)L->weight + o * int4_row_bytes(in);
+    const uint16_t *scale = (const uint16_t *)L->scale + o * groups;
+    const uint16_t *offset = (const uint16_t *)L->offset + o * groups;
+    for (int64_t g = 0; g < groups; g++) {
         const float s = bf16_to_float(scale[g]), m = bf16_to_float(offset[g]);
-        const uint8_t *qg = q + g * (GROUP / 2);
-        float *r = row + g * GROUP;
-        #pragma omp simd
-        for (int j = 0; j < 16; j++) {
-            r[j] = (float)(qg[j] & 15) * s + m;
-            r[j + 16] = (float)(qg[j] >> 4) * s + m;
-        }
+        for (int j = 0; j < GROUP; j++) row[g * GROUP + j] = (float)int4_weight(q, groups, g, j) * s + m;
     }
 }
 
+#if INTEGER_DOTS
+static void linear_integer(const Linear *L, const float *restrict x, int64_t rows, float *restrict y) {
+    const int64_t in = L->in, out = L->out, groups = in / GROUP;
+    int8_t *xq = malloc(rows * in);
+    float *steps = malloc(sizeof(float) * rows), *xsum = NULL;
+    for (int64_t b = 0; b < rows; b++) {
+        steps[b] = quantize_activations(x + b * in, in, xq + b * in);
+        if (L->kind == KIND_INT8)
+            for (int64_t i = 0; i < in; i++) xq[b * in + i] ^= (int8_t)0x80; /* + 128: unsigned for dpbusd */
+    }
+    if (L->kind == KIND_INT4) {
+        xsum = malloc(sizeof(float) * rows * groups);
+        for (int64_t b = 0; b < rows; b++)
+            for (int64_t g = 0; g < groups; g++) {
+                float s = 0.f;
+                for (int j = 0; j < GROUP; j++) s += x[b * in + g * GROUP + j];
+                xsum[b * groups + g] = s;
+            }
+    }
+    #pragma omp parallel for schedule(dynamic, 64)
+    for (int64_t o = 0; o < out; o++) {
+        const float bias = L->bias ? L->bias[o] : 0.f;
+        if (L->kind == KIND_INT8) {
+            const int8_t *w = (const int8_t *)L->weight + o * in;
+            const float s = ((const float *)L->scale)[o];
+            const int32_t shift = 128 * L->row_sums[o];
+            for (int64_t b = 0; b < rows; b++)
+                y[b * out + o] = (float)(idot_int8(w, (const uint8_t *)xq + b * in, in) - shift) * s * steps[b] + bias;
+        } else {
+            const uint8_t *q = (const uint8_t *)L->weight + o * int4_row_bytes(in);
+            const uint16_t *scale = (const uint16_t *)L->scale + o * groups;
+            const uint16_t *offset = (const uint16_t *)L->offset + o * groups;
+            for (int64_t b = 0; b < rows; b++) {
+                const float shifted = dot_bf16_f32(offset, xsum + b * groups, groups);
+                y[b * out + o] = idot_int4(q, scale, xq + b * in, groups) * steps[b] + shifted + bias;
+            }
+        }
+    }
+    free(xq);
+    free(steps);
+    free(xsum);
+}
+#endif
+
 /* y[b][o] = sum_i x[b][i] w[o][i] + bias[o] for b < rows. Every weight row is read from memory once. */
 void gpt2_linear(const Linear *L, const float *restrict x, int64_t rows, float *restrict y) {
+#if INTEGER_DOTS
+    if (L->kind != KIND_F32) {
+        linear_integer(L, x, rows, y);
+        return;
+    }
+#endif
     const int64_t in = L->in, out = L->out, groups = in / GROUP;
     float *xsum = NULL;
     if (L->kind == KIND_INT4 && rows <= FUSED_ROWS) {
@@ -239,7 +347,7 @@ void gpt2_linear(const Linear *L, const float *restrict x, int64_t rows, float *
                 const float s = ((const float *)L->scale)[o];
                 for (int64_t b = 0; b < rows; b++) y[b * out + o] = dot_int8(w, x + b * in, in) * s + bias;
             } else {
-                const uint8_t *q = (const uint8_t *)L->weight + o * (in / 2);
+                const uint8_t *q = (const uint8_t *)L->weight + o * int4_row_bytes(in);
                 const uint16_t *scale = (const uint16_t *)L->scale + o * groups;
                 const uint16_t *offset = (const uint16_t *)L->offset + o * groups;
                 for (int64_t b = 0; b < rows; b++)
@@ -268,14 +376,18 @@ static void layer_norm(const float *restrict x, const float *restrict weight, co
 }
 
 static void activate(float *restrict x, int64_t n, int64_t activation) {
-    for (int64_t i = 0; i < n; i++) {
-        const float v = x[i];
-        if (activation == ACT_GELU_TANH)
+    if (activation == ACT_GELU_TANH) {
+        #pragma omp simd
+        for (int64_t i = 0; i < n; i++) {
+            const float v = x[i];
             x[i] = 0.5f * v * (1.f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
-        else if (activation == ACT_GELU_ERF)
-            x[i] = 0.5f * v * (1.f + erff(v * 0.7071067811865476f));
-        else
-            x[i] = v > 0.f ? v : 0.f;
+        }
+    } else if (activation == ACT_GELU_ERF) {
+        #pragma omp simd
+        for (int64_t i = 0; i < n; i++) x[i] = 0.5f * x[i] * (1.f + erff(x[i] * 0.7071067811865476f));
+    } else {
+        #pragma omp simd
+        for (int64_t i = 0; i < n; i++) x[i] = x[i] > 0.f ? x[i] : 0.f;
     }
 }
 
@@ -311,18 +423,16 @@ void gpt2_decode_step(const Model *m, int64_t rows, const int64_t *tokens, const
                 memcpy(K + length * cache_strides[3], q + C, sizeof(float) * D);
                 memcpy(V + length * cache_strides[3], q + 2 * C, sizeof(float) * D);
                 float *s = scores + (r * H + hd) * span;
-                float top = -INFINITY;
+                const int64_t *keep = mask ? mask + r * mask_stride : NULL; /* no infinities: built -ffast-math */
+                float top = -FLT_MAX;
                 for (int64_t t = 0; t < span; t++) {
-                    if (mask && !mask[r * mask_stride + t]) {
-                        s[t] = -INFINITY;
-                        continue;
-                    }
-                    s[t] = dot_f32(q, K + t * cache_strides[3], D) * L->attn_scale;
-                    if (s[t] > top) top = s[t];
+                    s[t] = keep && !keep[t] ? 0.f : dot_f32(q, K + t * cache_strides[3], D) * L->attn_scale;
+                    if ((!keep || keep[t]) && s[t] > top) top = s[t];
                 }
                 float total = 0.f;
+                #pragma omp simd reduction(+:total)
                 for (int64_t t = 0; t < span; t++) {
-                    s[t] = s[t] == -INFINITY ? 0.f : expf(s[t] - top);
+                    s[t] = keep && !keep[t] ? 0.f : expf(s[t] - top);
                     total += s[t];
                 }
                 float *y = h + r * C + hd * D;
