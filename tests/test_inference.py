@@ -83,7 +83,10 @@ def _step_both(reference: GPT, model: GPT, prompts: list[list[int]], steps: int)
 
 
 @pytest.mark.parametrize("tied", [True, False])
-@pytest.mark.parametrize("prompts", [[[5, 6, 7, 8]], [[1, 2, 3], [4], [9, 10, 11, 12, 13]]])
+@pytest.mark.parametrize(
+    "prompts",
+    [[[5, 6, 7, 8]], [[1, 2, 3], [4], [9, 10, 11, 12, 13]], [[1, 2], [3], [4, 5, 6], [7], [8, 9, 10, 11], [12]]],
+)
 def test_the_c_decoding_step_matches_the_model_in_fp32(gpt2_tokenizer, tied, prompts):
     _kernels_or_skip()
     reference = _padded_model(gpt2_tokenizer, tied)
@@ -226,6 +229,19 @@ def test_a_quantized_linear_computes_with_the_weights_it_stores(kind, width, row
         with pytest.MonkeyPatch.context() as patch:  # PyTorch's own unpacking reads the same bytes
             patch.setattr(kernels, "library", lambda: None)
             assert torch.equal(linear.dequantized(), stored)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 4, 5, 9])  # one row, and 4 x 4 tiles with edges of rows and outputs
+def test_the_fp32_kernel_is_a_linear(rows):
+    _kernels_or_skip()
+    import ctypes
+
+    torch.manual_seed(0)
+    weight, bias, x = torch.randn(70, 100), torch.randn(70), torch.randn(rows, 100)
+    spec = kernels.Linear(kernels.KIND_F32, 100, 70, weight.data_ptr(), None, None, bias.data_ptr(), None)
+    y = torch.empty(rows, 70)
+    kernels.library().gpt2_linear(ctypes.byref(spec), x.data_ptr(), rows, y.data_ptr())
+    torch.testing.assert_close(y, torch.nn.functional.linear(x, weight, bias), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(("kind", "bound"), [("int8", 0.01), ("int4", 0.05)])

@@ -218,6 +218,38 @@ static float idot_int4(const uint8_t *restrict q, const uint16_t *restrict scale
     return total;
 }
 
+/* idot_int4 for four activation rows at once: each pair of groups is unpacked once and serves all four */
+static void idot_int4_rows4(const uint8_t *restrict q, const uint16_t *restrict scale, const int8_t *restrict xq,
+                            int64_t groups, int64_t in, float out[4]) {
+    const __m256i nibble = _mm256_set1_epi8(15);
+    const __m512i upper = _mm512_set1_epi32((int)0xFFFF0000u);
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    int64_t g = 0;
+    for (; g + 2 <= groups; g += 2) {
+        const __m256i bytes = _mm256_loadu_si256((const __m256i *)(q + g * 16));
+        const __m256i first = _mm256_and_si256(bytes, nibble);
+        const __m256i second = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), nibble);
+        const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(first), second, 1);
+        int32_t pair;
+        memcpy(&pair, scale + g, sizeof pair);
+        const __m512i both = _mm512_set1_epi32(pair);
+        const __m512 scales = _mm512_castsi512_ps(_mm512_mask_slli_epi32(_mm512_and_si512(both, upper), 0x00FF, both, 16));
+        for (int b = 0; b < 4; b++) {
+            const __m512i sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), v, _mm512_loadu_si512(xq + b * in + g * GROUP));
+            acc[b] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), scales, acc[b]);
+        }
+    }
+    for (int b = 0; b < 4; b++) {
+        float total = _mm512_reduce_add_ps(acc[b]);
+        if (g < groups) {
+            int32_t s = 0;
+            for (int j = 0; j < GROUP; j++) s += (int32_t)(q[g * 16 + j] & 15) * xq[b * in + g * GROUP + j];
+            total += bf16_to_float(scale[g]) * (float)s;
+        }
+        out[b] = total;
+    }
+}
+
 /* xq = round(x / step) with step = max|x| / 127, per row; returns the step */
 static float quantize_activations(const float *restrict x, int64_t n, int8_t *restrict xq) {
     __m512 top = _mm512_setzero_ps();
@@ -235,6 +267,55 @@ static float quantize_activations(const float *restrict x, int64_t n, int8_t *re
 }
 #else
 #define INTEGER_DOTS 0
+#endif
+
+#if defined(__AVX512F__)
+/* y[b][o..o+3] for four weight rows against four activation rows: 16 accumulators, so that each loaded chunk
+   serves four products (a batch of decoding rows is compute-bound in fp32, where one row is memory-bound). */
+static void tile_f32_4x4(const float *restrict w, const float *restrict x, int64_t n, float out[4][4]) {
+    __m512 acc[4][4];
+    for (int r = 0; r < 4; r++)
+        for (int b = 0; b < 4; b++) acc[r][b] = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512 w0 = _mm512_loadu_ps(w + i), w1 = _mm512_loadu_ps(w + n + i);
+        const __m512 w2 = _mm512_loadu_ps(w + 2 * n + i), w3 = _mm512_loadu_ps(w + 3 * n + i);
+        for (int b = 0; b < 4; b++) {
+            const __m512 xv = _mm512_loadu_ps(x + b * n + i);
+            acc[0][b] = _mm512_fmadd_ps(w0, xv, acc[0][b]);
+            acc[1][b] = _mm512_fmadd_ps(w1, xv, acc[1][b]);
+            acc[2][b] = _mm512_fmadd_ps(w2, xv, acc[2][b]);
+            acc[3][b] = _mm512_fmadd_ps(w3, xv, acc[3][b]);
+        }
+    }
+    for (int r = 0; r < 4; r++)
+        for (int b = 0; b < 4; b++) {
+            float v = _mm512_reduce_add_ps(acc[r][b]);
+            for (int64_t j = i; j < n; j++) v += w[r * n + j] * x[b * n + j];
+            out[r][b] = v;
+        }
+}
+
+/* fp32 linear for several rows: 4 x 4 tiles, the edges one product at a time */
+static void linear_f32_rows(const Linear *L, const float *restrict x, int64_t rows, float *restrict y) {
+    const int64_t in = L->in, out = L->out, full_rows = rows / 4 * 4;
+    const float *weight = (const float *)L->weight;
+    #pragma omp parallel for schedule(static)
+    for (int64_t o0 = 0; o0 < out; o0 += 4) {
+        if (o0 + 4 <= out) {
+            float tile[4][4];
+            for (int64_t b0 = 0; b0 < full_rows; b0 += 4) {
+                tile_f32_4x4(weight + o0 * in, x + b0 * in, in, tile);
+                for (int r = 0; r < 4; r++)
+                    for (int b = 0; b < 4; b++)
+                        y[(b0 + b) * out + o0 + r] = tile[r][b] + (L->bias ? L->bias[o0 + r] : 0.f);
+            }
+        }
+        for (int64_t o = o0; o < o0 + 4 && o < out; o++)
+            for (int64_t b = o0 + 4 <= out ? full_rows : 0; b < rows; b++)
+                y[b * out + o] = dot_f32(weight + o * in, x + b * in, in) + (L->bias ? L->bias[o] : 0.f);
+    }
+}
 #endif
 
 static void dequantize_row(const Linear *L, int64_t o, float *restrict row) {
@@ -288,7 +369,14 @@ static void linear_integer(const Linear *L, const float *restrict x, int64_t row
             const uint8_t *q = (const uint8_t *)L->weight + o * int4_row_bytes(in);
             const uint16_t *scale = (const uint16_t *)L->scale + o * groups;
             const uint16_t *offset = (const uint16_t *)L->offset + o * groups;
-            for (int64_t b = 0; b < rows; b++) {
+            int64_t b = 0;
+            for (; b + 4 <= rows; b += 4) {
+                float dots[4];
+                idot_int4_rows4(q, scale, xq + b * in, groups, in, dots);
+                for (int k = 0; k < 4; k++)
+                    y[(b + k) * out + o] = dots[k] * steps[b + k] + dot_bf16_f32(offset, xsum + (b + k) * groups, groups) + bias;
+            }
+            for (; b < rows; b++) {
                 const float shifted = dot_bf16_f32(offset, xsum + b * groups, groups);
                 y[b * out + o] = idot_int4(q, scale, xq + b * in, groups) * steps[b] + shifted + bias;
             }
@@ -305,6 +393,12 @@ void gpt2_linear(const Linear *L, const float *restrict x, int64_t rows, float *
 #if INTEGER_DOTS
     if (L->kind != KIND_F32) {
         linear_integer(L, x, rows, y);
+        return;
+    }
+#endif
+#if defined(__AVX512F__)
+    if (L->kind == KIND_F32 && rows >= 4) {
+        linear_f32_rows(L, x, rows, y);
         return;
     }
 #endif
