@@ -37,6 +37,16 @@ _JSON_STRUCTURE = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
+
+def user_cache_dir() -> Path:
+    """gpt2kit's cache of things measured or built on this machine: $GPT2KIT_CACHE_DIR, else
+    $XDG_CACHE_HOME/gpt2kit (~/.cache/gpt2kit)."""
+    root = os.environ.get("GPT2KIT_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "gpt2kit"
+    )
+    return Path(root)
+
+
 # -- atomic writes ------------------------------------------------------------------------------------------------
 
 

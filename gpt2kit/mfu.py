@@ -9,14 +9,13 @@ model, thread count, dtype and torch version, and cached on disk.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import time
 from pathlib import Path
 
 import torch
 
-from gpt2kit.io import atomic_write_text
+from gpt2kit.io import atomic_write_text, user_cache_dir
 from gpt2kit.model import GPTConfig
 
 # Dense peak FLOP/s per GPU: (bf16/fp16 tensor cores, tf32 tensor cores). Matched by substring of the name.
@@ -59,10 +58,7 @@ def gpu_peak_flops(name: str, dtype: torch.dtype) -> float | None:
 
 
 def _cache_file() -> Path:
-    root = os.environ.get("GPT2KIT_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "gpt2kit"
-    )
-    return Path(root) / "cpu_peak_flops.json"
+    return user_cache_dir() / "cpu_peak_flops.json"
 
 
 def _cpu_name() -> str:

@@ -24,6 +24,8 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from gpt2kit.io import user_cache_dir
+
 SOURCE = Path(__file__).with_name("cpu_decode.c")
 # -ffast-math lets glibc's vector math (libmvec) take the activations' tanh and the softmax's exp, 16 at a time;
 # the C code relies on no infinity or NaN.
@@ -78,13 +80,6 @@ class Model(ctypes.Structure):
     ]
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("GPT2KIT_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "gpt2kit"
-    )
-    return Path(root) / "kernels"
-
-
 def _compiler() -> str | None:
     return shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc") or shutil.which("clang")
 
@@ -94,7 +89,7 @@ def _build(compiler: str) -> Path:
     key = hashlib.sha256(
         "\0".join([SOURCE.read_text(), " ".join(FLAGS), version, platform.machine(), _cpu_flags()]).encode()
     ).hexdigest()[:16]
-    directory = _cache_dir()
+    directory = user_cache_dir() / "kernels"
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / f"cpu_decode-{key}.so"
     with FileLock(str(target) + ".lock", timeout=300):
