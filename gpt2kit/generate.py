@@ -200,8 +200,9 @@ class Decoder:
             return rows
         self.mask = torch.cat([self.mask, torch.ones((len(self.rows), 1), dtype=torch.long, device=self.device)], 1)
         attention_mask = self.mask if self.padded else None
-        if self.model.decode_step is not None:  # the inference kernels' single-token step (gpt2kit.inference)
-            self.logits = self.model.decode_step(tokens, self.cache, attention_mask)
+        decode_step = getattr(self.model, "decode_step", None)  # the inference kernels' step (gpt2kit.inference)
+        if decode_step is not None:
+            self.logits = decode_step(tokens, self.cache, attention_mask)
         else:
             logits = self.model(tokens[:, None], kv_cache=self.cache, attention_mask=attention_mask)
             self.logits = logits[:, -1].float()

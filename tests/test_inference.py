@@ -123,6 +123,15 @@ def test_generation_uses_the_c_step_and_decodes_as_pytorch_does(gpt2_tokenizer, 
         model.decode_step(torch.tensor([1]), cache, None)
 
 
+def test_loading_the_kernels_keeps_subnormal_numbers():
+    """Built -ffast-math, they must not link crtfastmath, which sets flush-to-zero for the whole process."""
+    _kernels_or_skip()
+    import numpy as np
+
+    assert np.float32(1e-40) * np.float32(1.0) != 0
+    assert (torch.tensor([1e-40]) * 1.0).item() != 0
+
+
 def test_kernels_that_cannot_build_leave_pytorch_in_charge(tmp_path, monkeypatch):
     monkeypatch.setenv("GPT2KIT_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))

@@ -28,8 +28,10 @@ from gpt2kit.io import user_cache_dir
 
 SOURCE = Path(__file__).with_name("cpu_decode.c")
 # -ffast-math lets glibc's vector math (libmvec) take the activations' tanh and the softmax's exp, 16 at a time;
-# the C code relies on no infinity or NaN.
-FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC")
+# the C code relies on no infinity or NaN. It is a compile flag only: linked with it, GCC adds crtfastmath, which
+# turns on flush-to-zero for the whole process when the library loads.
+FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC")
+LINK_FLAGS = ("-shared", "-fopenmp")
 KIND_F32, KIND_INT8, KIND_INT4 = 0, 1, 2
 ACTIVATIONS = {"gelu_tanh": 0, "gelu_erf": 1, "relu": 2}
 
@@ -87,7 +89,9 @@ def _compiler() -> str | None:
 def _build(compiler: str) -> Path:
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
     key = hashlib.sha256(
-        "\0".join([SOURCE.read_text(), " ".join(FLAGS), version, platform.machine(), _cpu_flags()]).encode()
+        "\0".join(
+            [SOURCE.read_text(), " ".join(FLAGS + LINK_FLAGS), version, platform.machine(), _cpu_flags()]
+        ).encode()
     ).hexdigest()[:16]
     directory = user_cache_dir() / "kernels"
     directory.mkdir(parents=True, exist_ok=True)
@@ -96,16 +100,15 @@ def _build(compiler: str) -> Path:
         if target.exists():
             return target
         with tempfile.TemporaryDirectory(dir=directory) as tmp:
-            built = Path(tmp) / target.name
-            done = subprocess.run(
-                [compiler, *FLAGS, str(SOURCE), "-o", str(built), "-lmvec", "-lm"],
-                capture_output=True,
-                text=True,
-                timeout=300,
-            )
-            if done.returncode != 0:
-                first = (done.stderr.strip().splitlines() or ["no message"])[0]
-                raise RuntimeError(f"{Path(compiler).name} failed on {SOURCE.name}: {first}")
+            built, objects = Path(tmp) / target.name, Path(tmp) / "cpu_decode.o"
+            for command in (
+                [compiler, *FLAGS, "-c", str(SOURCE), "-o", str(objects)],
+                [compiler, *LINK_FLAGS, str(objects), "-o", str(built), "-lmvec", "-lm"],
+            ):
+                done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+                if done.returncode != 0:
+                    first = (done.stderr.strip().splitlines() or ["no message"])[0]
+                    raise RuntimeError(f"{Path(compiler).name} failed on {SOURCE.name}: {first}")
             os.replace(built, target)
     return target
 
