@@ -11,10 +11,16 @@ token. What was measured on gpt2 (124M), 2 threads, Zen 5, batch 1, before writi
   (what torchao's CPU layouts call) read the output layer at 1.8 and 0.5 GB/s with fp32 activations and 9.0 and
   9.6 with bf16 ones; fbgemm's dynamic int8 linear (torch.ao) decoded at 77-87 tokens/s, tinygemm's int4 at 92-95,
   against llama.cpp's q8_0 at 123-143 and q4_0 at 163-215 in the same runs.
-None reaches the bandwidth, and the per-operator cost alone rules out llama.cpp's speed, so gpt2kit/kernels holds
-C kernels: linears that stream each weight row once for every row of the batch (fp32, int8, int4), and a whole
-single-token step (`gpt2_decode_step`) called once per token. A row-streaming fp32 kernel read the output layer at
-24-27 GB/s, level with a plain C sum over memory in the same run.
+None of them reaches the bandwidth, and the per-operator cost alone rules out llama.cpp's speed. So gpt2kit/kernels
+holds C kernels of our own:
+- linears that stream each weight row once for every row of the batch (fp32, int8, int4);
+- a whole single-token step (`gpt2_decode_step`), called once per token.
+
+A row-streaming fp32 kernel read the output layer at 24-27 GB/s, level with a plain C sum over memory in the same
+run. With VNNI, int8 and int4 multiply in integers (activations quantized per row): converting every weight to
+fp32 had made them compute-bound, at 26 and 15 weights/ns a core. With the whole step in C, `bench/generate.py`
+(batch 1, alone) measured 49.3 fp32, 155.2 int8 and 184.4 int4 tokens/s, against llama.cpp's f32 51.9, q8_0 153.5
+and q4_0 175.0.
 
 - `prepare_for_decoding(model)` gives a CPU model its `decode_step` (`DecodeStep`), which `gpt2kit.generate` uses
   for every single-token step; prompts and scoring keep PyTorch's batched matmuls. Without a C compiler the fp32
