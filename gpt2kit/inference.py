@@ -28,9 +28,9 @@ and q4_0 175.0.
 - `quantize(model, "int8")`: int8 weights, symmetric, one fp32 scale per output row; activations stay fp32;
 - `quantize(model, "int4")`: 4-bit weights in groups of 32 with a bf16 scale and offset each (w = q x scale +
   offset, q in 0..15), 0.625 bytes a weight against q4_0's 0.5625.
-Quantized linears run the C kernels for a few rows and, for a prompt or a scored window, dequantize their weight
-and use PyTorch's matmul. Either way the model is for inference only: it refuses a training loss and `save`. The
-tied embedding stays an fp32 table for lookups.
+Quantized linears run the C kernels (at any number of rows with VNNI; otherwise for a few rows, and for a prompt
+or a scored window they dequantize their weight for PyTorch's matmul). Either way the model is for inference only:
+it refuses a training loss and `save`. The tied embedding stays an fp32 table for lookups.
 """
 
 from __future__ import annotations
@@ -47,8 +47,9 @@ from gpt2kit.model import GPT, TANH_GELUS, KVCache
 
 QUANTIZATIONS = ("int8", "int4")
 INT4_GROUP = 32  # weights per scale and offset, as llama.cpp's q4_0
-# Up to this many rows a quantized linear streams its weights through the C kernel; more rows (a prompt, a scored
-# window) dequantize the weight once and take PyTorch's matmul.
+# Where the kernels multiply in integers (AVX-512 VNNI), quantized linears run them at any number of rows: at 16 to
+# 1024 rows they took 0.2-0.8x the time of dequantizing for PyTorch's matmul (gpt2's MLP matrices, 2 threads).
+# Otherwise only up to this many rows; more (a prompt, a scored window) dequantize the weight once for the matmul.
 KERNEL_ROWS = 16
 STEP_ACTIVATIONS = {
     **dict.fromkeys(TANH_GELUS, "gelu_tanh"),
@@ -160,7 +161,7 @@ class QuantizedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features).float().contiguous()
         lib = kernels.library()
-        if lib is None or rows.shape[0] > KERNEL_ROWS:
+        if lib is None or (rows.shape[0] > KERNEL_ROWS and not lib.gpt2_integer_dots()):
             y = F.linear(rows, self.dequantized(), self.bias)
         else:
             y = torch.empty(rows.shape[0], self.out_features)

@@ -223,7 +223,7 @@ def test_int4_agrees_with_fp32_on_a_trained_model(trained, tiny_tokenizer):
 
 @pytest.mark.parametrize("kind", ["int8", "int4"])
 @pytest.mark.parametrize("width", [32, 64, 96])  # one group, a pair of groups, an odd last group
-@pytest.mark.parametrize("rows", [1, 3, 16, 40])  # the kernel's fused and shared-row paths, and the matmul
+@pytest.mark.parametrize("rows", [1, 3, 16, 40])  # one row, a few, and past the fp32 fallback's KERNEL_ROWS
 def test_a_quantized_linear_computes_with_the_weights_it_stores(kind, width, rows):
     torch.manual_seed(0)
     weight, bias = torch.randn(70, width) * 0.02, torch.randn(70)
@@ -235,9 +235,10 @@ def test_a_quantized_linear_computes_with_the_weights_it_stores(kind, width, row
     # The kernels quantize each activation row to int8 (where the CPU has VNNI): 2% of the largest output.
     assert (linear(x) - want).abs().max().item() < 0.02 * want.abs().max().item()
     if kernels.library() is not None:
-        with pytest.MonkeyPatch.context() as patch:  # PyTorch's own unpacking reads the same bytes
+        with pytest.MonkeyPatch.context() as patch:  # without the kernels: PyTorch unpacks the same bytes
             patch.setattr(kernels, "library", lambda: None)
             assert torch.equal(linear.dequantized(), stored)
+            torch.testing.assert_close(linear(x), want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("rows", [1, 2, 4, 5, 9])  # one row, and 4 x 4 tiles with edges of rows and outputs

@@ -158,6 +158,8 @@ def library() -> ctypes.CDLL | None:
         ctypes.c_void_p,
     ]
     lib.gpt2_decode_step.restype = None
+    lib.gpt2_integer_dots.argtypes = []
+    lib.gpt2_integer_dots.restype = ctypes.c_int
     return lib
 
 

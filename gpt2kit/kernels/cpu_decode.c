@@ -453,6 +453,10 @@ void gpt2_linear(const Linear *L, const float *restrict x, int64_t rows, float *
     free(xsum);
 }
 
+/* 1 when the quantized linears multiply in integers (AVX-512 VNNI): then they beat dequantizing for a matmul at
+   any number of rows (measured up to 1024), where the fp32 fallback is only worth it for a few. */
+int gpt2_integer_dots(void) { return INTEGER_DOTS; }
+
 /* out[r][o] = w[o][:] dequantized, for rows o in [0, out): the weights in fp32 for a large matmul elsewhere. */
 void gpt2_dequantize(const Linear *L, float *restrict out) {
     #pragma omp parallel for schedule(static)
