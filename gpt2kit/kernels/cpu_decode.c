@@ -272,7 +272,8 @@ static float quantize_activations(const float *restrict x, int64_t n, int8_t *re
 #if defined(__AVX512F__)
 /* y[b][o..o+3] for four weight rows against four activation rows: 16 accumulators, so that each loaded chunk
    serves four products (a batch of decoding rows is compute-bound in fp32, where one row is memory-bound). */
-static void tile_f32_4x4(const float *restrict w, const float *restrict x, int64_t n, float out[4][4]) {
+static void tile_f32_4x4(const float *restrict w, const float *restrict x, int64_t n, float out[4][4],
+                         const float *next) {
     __m512 acc[4][4];
     for (int r = 0; r < 4; r++)
         for (int b = 0; b < 4; b++) acc[r][b] = _mm512_setzero_ps();
@@ -280,6 +281,8 @@ static void tile_f32_4x4(const float *restrict w, const float *restrict x, int64
     for (; i + 16 <= n; i += 16) {
         const __m512 w0 = _mm512_loadu_ps(w + i), w1 = _mm512_loadu_ps(w + n + i);
         const __m512 w2 = _mm512_loadu_ps(w + 2 * n + i), w3 = _mm512_loadu_ps(w + 3 * n + i);
+        if (next) /* the next four weight rows, a line each, while these compute: DRAM latency hidden */
+            for (int r = 0; r < 4; r++) _mm_prefetch((const char *)(next + r * n + i), _MM_HINT_T0);
         for (int b = 0; b < 4; b++) {
             const __m512 xv = _mm512_loadu_ps(x + b * n + i);
             acc[0][b] = _mm512_fmadd_ps(w0, xv, acc[0][b]);
@@ -305,7 +308,8 @@ static void linear_f32_rows(const Linear *L, const float *restrict x, int64_t ro
         if (o0 + 4 <= out) {
             float tile[4][4];
             for (int64_t b0 = 0; b0 < full_rows; b0 += 4) {
-                tile_f32_4x4(weight + o0 * in, x + b0 * in, in, tile);
+                const float *next = b0 == 0 && o0 + 8 <= out ? weight + (o0 + 4) * in : NULL;
+                tile_f32_4x4(weight + o0 * in, x + b0 * in, in, tile, next);
                 for (int r = 0; r < 4; r++)
                     for (int b = 0; b < 4; b++)
                         y[(b0 + b) * out + o0 + r] = tile[r][b] + (L->bias ? L->bias[o0 + r] : 0.f);
