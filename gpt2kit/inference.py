@@ -51,6 +51,9 @@ INT4_GROUP = 32  # weights per scale and offset, as llama.cpp's q4_0
 # 1024 rows they took 0.2-0.8x the time of dequantizing for PyTorch's matmul (gpt2's MLP matrices, 2 threads).
 # Otherwise only up to this many rows; more (a prompt, a scored window) dequantize the weight once for the matmul.
 KERNEL_ROWS = 16
+# An fp32 linear runs the C kernel up to this many rows: at 32 and 64 rows it computed 1.05-1.35x MKL's rate on
+# gpt2's MLP matrices, at 128 rows 0.94-0.96x.
+FP32_KERNEL_ROWS = 64
 STEP_ACTIVATIONS = {
     **dict.fromkeys(TANH_GELUS, "gelu_tanh"),
     **dict.fromkeys(("gelu", "gelu_python"), "gelu_erf"),
@@ -76,6 +79,37 @@ class PackedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
         y = torch.ops.mkldnn._linear_pointwise(rows, self.packed, self.bias, "none", [], "")
+        return y.view(*x.shape[:-1], self.out_features)
+
+
+class KernelLinear(nn.Module):
+    """An fp32 linear on the C kernel for up to FP32_KERNEL_ROWS rows (decoding steps, short prompts), PyTorch's
+    matmul above. It holds the model's own weight tensor: no copy."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.weight = weight.detach().contiguous()
+        self.bias = None if bias is None else bias.detach().contiguous()
+        self.spec = kernels.Linear(
+            kernels.KIND_F32,
+            self.in_features,
+            self.out_features,
+            _address(self.weight),
+            None,
+            None,
+            _address(self.bias),
+            None,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features)
+        lib = kernels.library()
+        if lib is None or rows.shape[0] > FP32_KERNEL_ROWS or x.dtype != torch.float32:
+            return F.linear(x, self.weight, self.bias)
+        rows = rows.contiguous()
+        y = torch.empty(rows.shape[0], self.out_features)
+        lib.gpt2_linear(ctypes.byref(self.spec), rows.data_ptr(), rows.shape[0], y.data_ptr())
         return y.view(*x.shape[:-1], self.out_features)
 
 
@@ -169,16 +203,6 @@ class QuantizedLinear(nn.Module):
         return y.view(*x.shape[:-1], self.out_features)
 
 
-def _linear_spec(linear: nn.Module) -> kernels.Linear:
-    if isinstance(linear, QuantizedLinear):
-        return linear.spec
-    weight = linear.weight.detach()
-    bias = None if linear.bias is None else linear.bias.detach()
-    return kernels.Linear(
-        kernels.KIND_F32, weight.shape[1], weight.shape[0], _address(weight), None, None, _address(bias)
-    )
-
-
 class DecodeStep:
     """One new token for every row of a batch, through the whole model in one C call (`gpt2_decode_step`).
 
@@ -190,22 +214,18 @@ class DecodeStep:
     def __init__(self, model: GPT, lib: ctypes.CDLL):
         config = model.config
         self.model, self.lib = model, lib
-        head = model.output_layer
-        if head is None:  # fp32: the output weight itself (wte's when tied)
-            head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-            head.weight = model.wte.weight if config.tie_word_embeddings else model.lm_head.weight
-        self._head = head  # kept alive: the C structure below holds its addresses
+        head = model.output_layer  # a KernelLinear or QuantizedLinear, as every block linear
         layers = (kernels.Layer * config.n_layer)()
         for i, block in enumerate(model.h):
             layers[i] = kernels.Layer(
                 _address(block.ln_1.weight),
                 _address(block.ln_1.bias),
-                _linear_spec(block.attn.c_attn),
-                _linear_spec(block.attn.c_proj),
+                block.attn.c_attn.spec,
+                block.attn.c_proj.spec,
                 _address(block.ln_2.weight),
                 _address(block.ln_2.bias),
-                _linear_spec(block.mlp.c_fc),
-                _linear_spec(block.mlp.c_proj),
+                block.mlp.c_fc.spec,
+                block.mlp.c_proj.spec,
                 block.attn.scale,
             )
         self._layers = layers
@@ -220,7 +240,7 @@ class DecodeStep:
             _address(model.wpe.weight),
             _address(model.ln_f.weight),
             _address(model.ln_f.bias),
-            _linear_spec(head),
+            head.spec,
             layers,
         )
         self.vocab_rows = head.out_features
@@ -283,6 +303,7 @@ class DecodeStep:
 
 def _replace_linears(model: GPT, make_linear, form: str) -> GPT:
     """Swap every block linear and the output layer for `make_linear(weight, bias)`; the model becomes `form`."""
+    model.inference_parameters = model.num_parameters()  # the new modules hold their weights as plain tensors
     with torch.no_grad():
         for block in model.h:
             for parent in (block.attn, block.mlp):
@@ -305,9 +326,7 @@ def prepare_for_decoding(model: GPT) -> GPT:
     lib = kernels.library()
     if lib is not None and DecodeStep.supports(model):
         if model.inference_form is None:
-            if not model.config.tie_word_embeddings:
-                model.output_layer = model.lm_head  # what `head` calls once the model is for inference only
-            model.inference_form = "fp32-decoding"
+            _replace_linears(model, KernelLinear, "fp32-decoding")
         model.decode_step = DecodeStep(model, lib)
         return model
     if (

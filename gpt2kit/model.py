@@ -317,6 +317,7 @@ class GPT(nn.Module):
         self.inference_form: str | None = None
         self.output_layer: nn.Module | None = None
         self.decode_step = None
+        self.inference_parameters: int | None = None  # the count before the linears were replaced
         self.apply(self._init_weights)
         # GPT-2 scales residual projections by 1/sqrt(2 * n_layer): two residual adds per block.
         residual_std = 0.02 / math.sqrt(2 * config.n_layer)
@@ -345,7 +346,7 @@ class GPT(nn.Module):
 
     def num_parameters(self, non_embedding: bool = False) -> int:
         """Parameters counted once (a tied output layer is wte)."""
-        total = sum(p.numel() for p in self.parameters())
+        total = self.inference_parameters or sum(p.numel() for p in self.parameters())
         if non_embedding:
             total -= self.wte.weight.numel() + self.wpe.weight.numel()
         return total

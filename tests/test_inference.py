@@ -43,8 +43,10 @@ def test_prepared_fp32_gives_the_same_logits_and_is_for_inference_only(
     idx = torch.randint(0, 1000, (3, 9))
     with torch.no_grad():
         reference = model(idx)
+    count = model.num_parameters()
     prepare_for_decoding(model)
     prepare_for_decoding(model)  # a no-op the second time
+    assert model.num_parameters() == count  # what eval records beside its scores
     form = "fp32-decoding" if with_kernels else "fp32-packed"
     assert model.inference_form == form
     assert (model.decode_step is not None) == with_kernels
@@ -176,6 +178,7 @@ def test_int8_agrees_with_fp32_on_a_trained_model(trained, tiny_tokenizer):
     fp32 = gpt2kit.load(trained)
     int8 = gpt2kit.load(trained, quantize="int8")
     assert int8.model.inference_form == "int8" and fp32.model.inference_form is None
+    assert int8.model.num_parameters() == fp32.model.num_parameters()
     assert isinstance(int8.model.h[0].attn.c_attn, QuantizedLinear) and int8.model.h[0].attn.c_attn.kind == "int8"
     idx = torch.tensor([tiny_tokenizer.encode("the river sold forty blue lanterns to the old miller and")])
     with torch.no_grad():
