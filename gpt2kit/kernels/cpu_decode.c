@@ -218,9 +218,26 @@ static float idot_int4(const uint8_t *restrict q, const uint16_t *restrict scale
     return total;
 }
 
-/* idot_int4 for four activation rows at once: each pair of groups is unpacked once and serves all four */
-static void idot_int4_rows4(const uint8_t *restrict q, const uint16_t *restrict scale, const int8_t *restrict xq,
-                            int64_t groups, int64_t in, float out[4]) {
+/* idot_int8 for four activation rows: each 64 weights are loaded once for all four */
+static void idot_int8_rows4(const int8_t *restrict w, const uint8_t *restrict xu, int64_t n, int32_t out[4]) {
+    __m512i acc[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
+    int64_t i = 0;
+    for (; i + 64 <= n; i += 64) {
+        const __m512i wv = _mm512_loadu_si512(w + i);
+        for (int b = 0; b < 4; b++) acc[b] = _mm512_dpbusd_epi32(acc[b], _mm512_loadu_si512(xu + b * n + i), wv);
+    }
+    for (int b = 0; b < 4; b++) {
+        int32_t s = _mm512_reduce_add_epi32(acc[b]);
+        for (int64_t j = i; j < n; j++) s += (int32_t)xu[b * n + j] * w[j];
+        out[b] = s;
+    }
+}
+
+/* Four activation rows against one int4 weight row, complete but for the bias: each pair of groups is unpacked once
+   and serves all four, and the offsets' term is summed in the same registers before the one reduction per row. */
+static void int4_rows4(const uint8_t *restrict q, const uint16_t *restrict scale, const uint16_t *restrict offset,
+                       const int8_t *restrict xq, const float *restrict steps, const float *restrict xsum,
+                       int64_t groups, int64_t in, float out[4]) {
     const __m256i nibble = _mm256_set1_epi8(15);
     const __m512i upper = _mm512_set1_epi32((int)0xFFFF0000u);
     __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
@@ -239,15 +256,21 @@ static void idot_int4_rows4(const uint8_t *restrict q, const uint16_t *restrict 
             acc[b] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), scales, acc[b]);
         }
     }
-    for (int b = 0; b < 4; b++) {
-        float total = _mm512_reduce_add_ps(acc[b]);
-        if (g < groups) {
+    float tail[4] = {0.f, 0.f, 0.f, 0.f};
+    if (g < groups)
+        for (int b = 0; b < 4; b++) {
             int32_t s = 0;
             for (int j = 0; j < GROUP; j++) s += (int32_t)(q[g * 16 + j] & 15) * xq[b * in + g * GROUP + j];
-            total += bf16_to_float(scale[g]) * (float)s;
+            tail[b] = bf16_to_float(scale[g]) * (float)s;
         }
-        out[b] = total;
+    for (int b = 0; b < 4; b++) acc[b] = _mm512_mul_ps(acc[b], _mm512_set1_ps(steps[b]));
+    for (int64_t h = 0; h < groups; h += 16) {
+        const __mmask16 m = groups - h >= 16 ? 0xFFFF : (__mmask16)((1u << (groups - h)) - 1);
+        const __m512 offsets = bf16_lanes(_mm256_maskz_loadu_epi16(m, offset + h));
+        for (int b = 0; b < 4; b++)
+            acc[b] = _mm512_fmadd_ps(offsets, _mm512_maskz_loadu_ps(m, xsum + b * groups + h), acc[b]);
     }
+    for (int b = 0; b < 4; b++) out[b] = _mm512_reduce_add_ps(acc[b]) + tail[b] * steps[b];
 }
 
 /* xq = round(x / step) with step = max|x| / 127, per row; returns the step */
@@ -367,7 +390,13 @@ static void linear_integer(const Linear *L, const float *restrict x, int64_t row
             const int8_t *w = (const int8_t *)L->weight + o * in;
             const float s = ((const float *)L->scale)[o];
             const int32_t shift = 128 * L->row_sums[o];
-            for (int64_t b = 0; b < rows; b++)
+            int64_t b = 0;
+            for (; b + 4 <= rows; b += 4) {
+                int32_t dots[4];
+                idot_int8_rows4(w, (const uint8_t *)xq + b * in, in, dots);
+                for (int k = 0; k < 4; k++) y[(b + k) * out + o] = (float)(dots[k] - shift) * s * steps[b + k] + bias;
+            }
+            for (; b < rows; b++)
                 y[b * out + o] = (float)(idot_int8(w, (const uint8_t *)xq + b * in, in) - shift) * s * steps[b] + bias;
         } else {
             const uint8_t *q = (const uint8_t *)L->weight + o * int4_row_bytes(in);
@@ -376,9 +405,8 @@ static void linear_integer(const Linear *L, const float *restrict x, int64_t row
             int64_t b = 0;
             for (; b + 4 <= rows; b += 4) {
                 float dots[4];
-                idot_int4_rows4(q, scale, xq + b * in, groups, in, dots);
-                for (int k = 0; k < 4; k++)
-                    y[(b + k) * out + o] = dots[k] * steps[b + k] + dot_bf16_f32(offset, xsum + (b + k) * groups, groups) + bias;
+                int4_rows4(q, scale, offset, xq + b * in, steps + b, xsum + b * groups, groups, in, dots);
+                for (int k = 0; k < 4; k++) y[(b + k) * out + o] = dots[k] + bias;
             }
             for (; b < rows; b++) {
                 const float shifted = dot_bf16_f32(offset, xsum + b * groups, groups);
