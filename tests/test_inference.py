@@ -12,7 +12,14 @@ from gpt2kit import kernels
 from gpt2kit.checkpoint import CheckpointError
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.generate import GenerationConfig, generate
-from gpt2kit.inference import INT4_GROUP, QuantizedLinear, prepare_for_decoding, quantize
+from gpt2kit.inference import (
+    INT4_GROUP,
+    DecodeStep,
+    KernelLinear,
+    QuantizedLinear,
+    prepare_for_decoding,
+    quantize,
+)
 from gpt2kit.model import GPT, GPTConfig, KVCache
 
 
@@ -123,6 +130,33 @@ def test_generation_uses_the_c_step_and_decodes_as_pytorch_does(gpt2_tokenizer, 
         with torch.no_grad():
             model(torch.zeros((1, 64), dtype=torch.long), kv_cache=cache)
         model.decode_step(torch.tensor([1]), cache, None)
+
+
+def test_the_portable_c_path_computes_the_same(gpt2_tokenizer):
+    """The kernels without AVX-512 (plain C the compiler vectorizes), as a CPU without it would build them: every
+    linear kind at several row counts, and whole decoding steps."""
+    _kernels_or_skip()
+    import ctypes
+
+    portable = kernels.build_library(("-mno-avx512f",))
+    assert portable.gpt2_integer_dots() == 0
+    torch.manual_seed(0)
+    for kind in ("fp32", "int8", "int4"):
+        weight, bias = torch.randn(70, 96) * 0.02, torch.randn(70)
+        linear = KernelLinear(weight, bias) if kind == "fp32" else QuantizedLinear(weight, bias, kind)
+        stored = weight if kind == "fp32" else linear.dequantized()
+        for rows in (1, 3, 9):
+            x = torch.randn(rows, 96)
+            y = torch.empty(rows, 70)
+            portable.gpt2_linear(ctypes.byref(linear.spec), x.data_ptr(), rows, y.data_ptr())
+            torch.testing.assert_close(y, torch.nn.functional.linear(x, stored, bias), rtol=1e-4, atol=1e-5)
+    reference = _padded_model(gpt2_tokenizer, True)
+    model = copy.deepcopy(reference)
+    prepare_for_decoding(model)
+    model.decode_step = DecodeStep(model, portable)
+    for want, got, _ in _step_both(reference, model, [[1, 2, 3], [4], [5, 6, 7, 8, 9]], steps=6):
+        torch.testing.assert_close(got[:, : gpt2_tokenizer.vocab_size], want[:, : gpt2_tokenizer.vocab_size],
+                                   rtol=1e-5, atol=1e-5)  # fmt: skip
 
 
 def test_loading_the_kernels_keeps_subnormal_numbers():

@@ -86,11 +86,12 @@ def _compiler() -> str | None:
     return shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc") or shutil.which("clang")
 
 
-def _build(compiler: str) -> Path:
+def _build(compiler: str, extra_flags: tuple[str, ...] = ()) -> Path:
+    flags = FLAGS + extra_flags
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
     key = hashlib.sha256(
         "\0".join(
-            [SOURCE.read_text(), " ".join(FLAGS + LINK_FLAGS), version, platform.machine(), _cpu_flags()]
+            [SOURCE.read_text(), " ".join(flags + LINK_FLAGS), version, platform.machine(), _cpu_flags()]
         ).encode()
     ).hexdigest()[:16]
     directory = user_cache_dir() / "kernels"
@@ -102,7 +103,7 @@ def _build(compiler: str) -> Path:
         with tempfile.TemporaryDirectory(dir=directory) as tmp:
             built, objects = Path(tmp) / target.name, Path(tmp) / "cpu_decode.o"
             for command in (
-                [compiler, *FLAGS, "-c", str(SOURCE), "-o", str(objects)],
+                [compiler, *flags, "-c", str(SOURCE), "-o", str(objects)],
                 [compiler, *LINK_FLAGS, str(objects), "-o", str(built), "-lmvec", "-lm"],
             ):
                 done = subprocess.run(command, capture_output=True, text=True, timeout=300)
@@ -123,23 +124,30 @@ def _cpu_flags() -> str:
 def library() -> ctypes.CDLL | None:
     """The compiled kernels, or None (see `unavailable`)."""
     global _reason
+    try:
+        lib, _reason = build_library(), None
+        return lib
+    except RuntimeError as error:
+        _reason = str(error)
+        return None
+
+
+def build_library(extra_flags: tuple[str, ...] = ()) -> ctypes.CDLL:
+    """Build (or find in the cache) and load the kernels, compiled with `extra_flags` too (the tests build the
+    portable C path with -mno-avx512f); RuntimeError says in one line why not."""
     if os.environ.get("GPT2KIT_CPU_KERNELS", "1") == "0":
-        _reason = "turned off by GPT2KIT_CPU_KERNELS=0"
-        return None
+        raise RuntimeError("turned off by GPT2KIT_CPU_KERNELS=0")
     if platform.system() != "Linux":
-        _reason = f"built on Linux only, this is {platform.system()}"
-        return None
+        raise RuntimeError(f"built on Linux only, this is {platform.system()}")
     compiler = _compiler()
     if compiler is None:
-        _reason = "no C compiler found (set CC)"
-        return None
+        raise RuntimeError("no C compiler found (set CC)")
     import torch  # noqa: F401  (its OpenMP runtime must be loaded first, so that the kernels share it)
 
     try:
-        lib = ctypes.CDLL(str(_build(compiler)))
+        lib = ctypes.CDLL(str(_build(compiler, extra_flags)))
     except (OSError, RuntimeError, subprocess.SubprocessError) as error:
-        _reason = f"could not build the CPU kernels: {error}"
-        return None
+        raise RuntimeError(f"could not build the CPU kernels: {error}") from None
     lib.gpt2_linear.argtypes = [ctypes.POINTER(Linear), ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
     lib.gpt2_linear.restype = None
     lib.gpt2_dequantize.argtypes = [ctypes.POINTER(Linear), ctypes.c_void_p]
