@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gpt2kit import kernels
+from gpt2kit.device import huge_page_copy
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.model import GPT, TANH_GELUS, KVCache
 
@@ -167,6 +168,7 @@ class QuantizedLinear(nn.Module):
             self.scale, self.offset = scale, offset
             code = kernels.KIND_INT4
         self.bias = None if bias is None else bias.detach().float().contiguous()
+        self.weight = huge_page_copy(self.weight)
         self.spec = kernels.Linear(
             code,
             self.in_features,
@@ -326,6 +328,9 @@ def prepare_for_decoding(model: GPT) -> GPT:
     lib = kernels.library()
     if lib is not None and DecodeStep.supports(model):
         if model.inference_form is None:
+            with torch.no_grad():  # the weights decoding streams, wte's too when it is the output layer
+                for parameter in model.parameters():
+                    parameter.data = huge_page_copy(parameter.data)
             _replace_linears(model, KernelLinear, "fp32-decoding")
         model.decode_step = DecodeStep(model, lib)
         return model
