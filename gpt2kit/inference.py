@@ -25,7 +25,7 @@ and q4_0 175.0.
 - `prepare_for_decoding(model)` gives a CPU model its `decode_step` (`DecodeStep`), which `gpt2kit.generate` uses
   for every single-token step; prompts and scoring keep PyTorch's batched matmuls. Without a C compiler the fp32
   linears fall back to oneDNN-packed weights (`PackedLinear`), and decoding stays in PyTorch;
-- `quantize(model, "int8")`: int8 weights, symmetric, one fp32 scale per output row; activations stay fp32;
+- `quantize(model, "int8")`: int8 weights, symmetric, one fp32 scale per output row;
 - `quantize(model, "int4")`: 4-bit weights in groups of 32 with a bf16 scale and offset each (w = q x scale +
   offset, q in 0..15), 0.625 bytes a weight against q4_0's 0.5625.
 Quantized linears run the C kernels (at any number of rows with VNNI; otherwise for a few rows, and for a prompt
@@ -217,6 +217,9 @@ class DecodeStep:
         config = model.config
         self.model, self.lib = model, lib
         head = model.output_layer  # a KernelLinear or QuantizedLinear, as every block linear
+        # Parameters the C structure below points at besides the linears' (which their modules hold): checked
+        # before every call, since moving the model (`.to`, `load_state_dict(assign=True)`) would free them.
+        self._addresses = [(p, p.data_ptr()) for p in model.parameters()]
         layers = (kernels.Layer * config.n_layer)()
         for i, block in enumerate(model.h):
             layers[i] = kernels.Layer(
@@ -268,20 +271,28 @@ class DecodeStep:
             return self.model(tokens[:, None], kv_cache=cache, attention_mask=attention_mask)[:, -1]
         if length + 1 > cache.max_length:
             raise GPT2KitError(f"KV cache is full: {length + 1} positions requested, {cache.max_length} allocated")
+        if any(parameter.data_ptr() != address for parameter, address in self._addresses):
+            raise GPT2KitError("the model's weights moved after prepare_for_decoding; load and prepare it again")
         if attention_mask is None:
             positions = torch.full((rows,), length, dtype=torch.long)
             mask_address, mask_stride = None, 0
         else:
+            if attention_mask.shape[0] != rows or attention_mask.shape[1] < length + 1:
+                raise GPT2KitError(
+                    f"attention_mask {tuple(attention_mask.shape)} does not cover {rows} rows and {length + 1} positions"
+                )
             attention_mask = attention_mask.to(torch.long)
             if attention_mask.stride(1) != 1:
                 attention_mask = attention_mask.contiguous()
-            positions = attention_mask[:, : length + 1].sum(1) - 1
+            positions = (attention_mask[:, : length + 1].sum(1) - 1).clamp(min=0)  # as GPT.hidden counts them
             mask_address, mask_stride = attention_mask.data_ptr(), attention_mask.stride(0)
         if int(positions.max()) >= self.model.config.n_positions:
             raise GPT2KitError(
                 f"sequence of {int(positions.max()) + 1} tokens exceeds the context of {self.model.config.n_positions}"
             )
         tokens = tokens.to(torch.long).contiguous()
+        if rows and (int(tokens.min()) < 0 or int(tokens.max()) >= self.model.config.vocab_size):
+            raise GPT2KitError(f"token ids must be in 0..{self.model.config.vocab_size - 1}")
         strides = torch.tensor(keys.stride()[:4], dtype=torch.long)
         logits = torch.empty(rows, self.vocab_rows)
         self.lib.gpt2_decode_step(
@@ -323,7 +334,7 @@ def _replace_linears(model: GPT, make_linear, form: str) -> GPT:
 def prepare_for_decoding(model: GPT) -> GPT:
     """Make a CPU model fast at decoding, in place (see the module notes); returns it. GPU models are left as
     they are: there nn.Linear is what cuBLAS wants."""
-    if model.wte.weight.device.type != "cpu" or model.decode_step is not None:
+    if model.wte.weight.device.type != "cpu" or model.decode_step is not None or model.inference_form == "fp32-packed":
         return model
     lib = kernels.library()
     if lib is not None and DecodeStep.supports(model):

@@ -11,7 +11,8 @@
      KIND_INT4  weight uint8[out][row bytes], scale and offset bf16[out][in/32]: w = q * scale + offset, q in
                 0..15 per group of 32 weights; two groups share 32 bytes, byte j holding weight j of the first
                 (low nibble) and of the second (high nibble); an odd last group has 32 bytes of its own.
-   Activations stay fp32 throughout. */
+   Activations are fp32 between the kernels. Where the CPU has AVX-512 VNNI, the int8 and int4 linears quantize
+   each activation row to int8 inside the kernel (one scale per row) and multiply in integers. */
 
 #include <float.h>
 #include <math.h>
@@ -150,7 +151,7 @@ static void dot_rows_f32(const float *restrict w, const float *restrict x, int64
 }
 #endif
 
-#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #define INTEGER_DOTS 1
 /* With VNNI the quantized linears quantize each activation row to int8 (one scale per row, as fbgemm's dynamic
    linear does per tensor) and multiply in integers: 64 weights per instruction, so that the kernels stay at the
@@ -553,16 +554,18 @@ void gpt2_decode_step(const Model *m, int64_t rows, const int64_t *tokens, const
                 memcpy(K + length * cache_strides[3], q + C, sizeof(float) * D);
                 memcpy(V + length * cache_strides[3], q + 2 * C, sizeof(float) * D);
                 float *s = scores + (r * H + hd) * span;
+                /* masked: left padding; a row always sees its own new position, as the model's mask lets it */
                 const int64_t *keep = mask ? mask + r * mask_stride : NULL; /* no infinities: built -ffast-math */
+#define MASKED(t) (keep && (t) != length && !keep[t])
                 float top = -FLT_MAX;
                 for (int64_t t = 0; t < span; t++) {
-                    s[t] = keep && !keep[t] ? 0.f : dot_f32(q, K + t * cache_strides[3], D) * L->attn_scale;
-                    if ((!keep || keep[t]) && s[t] > top) top = s[t];
+                    s[t] = MASKED(t) ? 0.f : dot_f32(q, K + t * cache_strides[3], D) * L->attn_scale;
+                    if (!MASKED(t) && s[t] > top) top = s[t];
                 }
                 float total = 0.f;
                 #pragma omp simd reduction(+:total)
                 for (int64_t t = 0; t < span; t++) {
-                    s[t] = keep && !keep[t] ? 0.f : expf(s[t] - top);
+                    s[t] = MASKED(t) ? 0.f : expf(s[t] - top);
                     total += s[t];
                 }
                 float *y = h + r * C + hd * D;
