@@ -26,6 +26,9 @@ enum { ACT_GELU_TANH = 0, ACT_GELU_ERF = 1, ACT_RELU = 2 };
 /* rows at or below this stream their int8/int4 weights straight into the dot products; above it each weight row
    is dequantized once into fp32 and shared by all rows */
 #define FUSED_ROWS 2
+/* int4 weight rows the integer kernel prefetches ahead: it computes enough per byte that the hardware prefetcher
+   alone left the memory idle; 6 rows took the output layer from 2.3-2.9 to 1.8-2.4 ms (alternating runs) */
+#define PREFETCH_ROWS 6
 
 typedef struct {
     int64_t kind, in, out;
@@ -400,9 +403,16 @@ static void linear_integer(const Linear *L, const float *restrict x, int64_t row
             for (; b < rows; b++)
                 y[b * out + o] = (float)(idot_int8(w, (const uint8_t *)xq + b * in, in) - shift) * s * steps[b] + bias;
         } else {
-            const uint8_t *q = (const uint8_t *)L->weight + o * int4_row_bytes(in);
+            const int64_t row_bytes = int4_row_bytes(in);
+            const uint8_t *q = (const uint8_t *)L->weight + o * row_bytes;
             const uint16_t *scale = (const uint16_t *)L->scale + o * groups;
             const uint16_t *offset = (const uint16_t *)L->offset + o * groups;
+            if (o + PREFETCH_ROWS < out) { /* see PREFETCH_ROWS */
+                const char *ahead = (const char *)(q + PREFETCH_ROWS * row_bytes);
+                for (int64_t line = 0; line < row_bytes; line += 64) _mm_prefetch(ahead + line, _MM_HINT_T0);
+                _mm_prefetch((const char *)(scale + PREFETCH_ROWS * groups), _MM_HINT_T0);
+                _mm_prefetch((const char *)(offset + PREFETCH_ROWS * groups), _MM_HINT_T0);
+            }
             int64_t b = 0;
             for (; b + 4 <= rows; b += 4) {
                 float dots[4];
