@@ -18,9 +18,10 @@ holds C kernels of our own:
 
 A row-streaming fp32 kernel read the output layer at 24-27 GB/s, level with a plain C sum over memory in the same
 run. With VNNI, int8 and int4 multiply in integers (activations quantized per row): converting every weight to
-fp32 had made them compute-bound, at 26 and 15 weights/ns a core. With the whole step in C, `bench/generate.py`
-(batch 1, alone) measured 49.3 fp32, 155.2 int8 and 184.4 int4 tokens/s, against llama.cpp's f32 51.9, q8_0 153.5
-and q4_0 175.0.
+fp32 had made them compute-bound, at 26 and 15 weights/ns a core. The weights live in 2 MB pages
+(`device.huge_page_copy`): 4 KB pages cost a quarter of the streaming rate in TLB misses. With the whole step in C,
+`bench/generate.py` (batch 1, alone, best of 3) measured 69.2 fp32, 180.8 int8 and 195.6 int4 tokens/s, against
+llama.cpp's f32 52.2, q8_0 149.8 and q4_0 211.0.
 
 - `prepare_for_decoding(model)` gives a CPU model its `decode_step` (`DecodeStep`), which `gpt2kit.generate` uses
   for every single-token step; prompts and scoring keep PyTorch's batched matmuls. Without a C compiler the fp32
