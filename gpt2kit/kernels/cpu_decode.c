@@ -222,29 +222,34 @@ static float idot_int4(const uint8_t *restrict q, const uint16_t *restrict scale
     return total;
 }
 
-/* idot_int8 for four activation rows: each 64 weights are loaded once for all four */
-static void idot_int8_rows4(const int8_t *restrict w, const uint8_t *restrict xu, int64_t n, int32_t out[4]) {
-    __m512i acc[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
+/* idot_int8 for n (4 or 8) activation rows: each 64 weights are loaded once for all of them */
+static inline __attribute__((always_inline)) void idot_int8_rows(const int n, const int8_t *restrict w,
+                                                                 const uint8_t *restrict xu, int64_t in,
+                                                                 int32_t *restrict out) {
+    __m512i acc[8];
+    for (int b = 0; b < n; b++) acc[b] = _mm512_setzero_si512();
     int64_t i = 0;
-    for (; i + 64 <= n; i += 64) {
+    for (; i + 64 <= in; i += 64) {
         const __m512i wv = _mm512_loadu_si512(w + i);
-        for (int b = 0; b < 4; b++) acc[b] = _mm512_dpbusd_epi32(acc[b], _mm512_loadu_si512(xu + b * n + i), wv);
+        for (int b = 0; b < n; b++) acc[b] = _mm512_dpbusd_epi32(acc[b], _mm512_loadu_si512(xu + b * in + i), wv);
     }
-    for (int b = 0; b < 4; b++) {
+    for (int b = 0; b < n; b++) {
         int32_t s = _mm512_reduce_add_epi32(acc[b]);
-        for (int64_t j = i; j < n; j++) s += (int32_t)xu[b * n + j] * w[j];
+        for (int64_t j = i; j < in; j++) s += (int32_t)xu[b * in + j] * w[j];
         out[b] = s;
     }
 }
 
-/* Four activation rows against one int4 weight row, complete but for the bias: each pair of groups is unpacked once
-   and serves all four, and the offsets' term is summed in the same registers before the one reduction per row. */
-static void int4_rows4(const uint8_t *restrict q, const uint16_t *restrict scale, const uint16_t *restrict offset,
-                       const int8_t *restrict xq, const float *restrict steps, const float *restrict xsum,
-                       int64_t groups, int64_t in, float out[4]) {
+/* n (4 or 8) activation rows against one int4 weight row, complete but for the bias: each pair of groups is
+   unpacked once and serves all n, and the offsets' term is summed in the same registers before the one reduction per row. */
+static inline __attribute__((always_inline)) void int4_rows(
+    const int n, const uint8_t *restrict q, const uint16_t *restrict scale, const uint16_t *restrict offset,
+    const int8_t *restrict xq, const float *restrict steps, const float *restrict xsum, int64_t groups, int64_t in,
+    float *restrict out) {
     const __m256i nibble = _mm256_set1_epi8(15);
     const __m512i upper = _mm512_set1_epi32((int)0xFFFF0000u);
-    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    __m512 acc[8];
+    for (int b = 0; b < n; b++) acc[b] = _mm512_setzero_ps();
     int64_t g = 0;
     for (; g + 2 <= groups; g += 2) {
         const __m256i bytes = _mm256_loadu_si256((const __m256i *)(q + g * 16));
@@ -255,26 +260,26 @@ static void int4_rows4(const uint8_t *restrict q, const uint16_t *restrict scale
         memcpy(&pair, scale + g, sizeof pair);
         const __m512i both = _mm512_set1_epi32(pair);
         const __m512 scales = _mm512_castsi512_ps(_mm512_mask_slli_epi32(_mm512_and_si512(both, upper), 0x00FF, both, 16));
-        for (int b = 0; b < 4; b++) {
+        for (int b = 0; b < n; b++) {
             const __m512i sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), v, _mm512_loadu_si512(xq + b * in + g * GROUP));
             acc[b] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), scales, acc[b]);
         }
     }
-    float tail[4] = {0.f, 0.f, 0.f, 0.f};
+    float tail[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
     if (g < groups)
-        for (int b = 0; b < 4; b++) {
+        for (int b = 0; b < n; b++) {
             int32_t s = 0;
             for (int j = 0; j < GROUP; j++) s += (int32_t)(q[g * 16 + j] & 15) * xq[b * in + g * GROUP + j];
             tail[b] = bf16_to_float(scale[g]) * (float)s;
         }
-    for (int b = 0; b < 4; b++) acc[b] = _mm512_mul_ps(acc[b], _mm512_set1_ps(steps[b]));
+    for (int b = 0; b < n; b++) acc[b] = _mm512_mul_ps(acc[b], _mm512_set1_ps(steps[b]));
     for (int64_t h = 0; h < groups; h += 16) {
         const __mmask16 m = groups - h >= 16 ? 0xFFFF : (__mmask16)((1u << (groups - h)) - 1);
         const __m512 offsets = bf16_lanes(_mm256_maskz_loadu_epi16(m, offset + h));
-        for (int b = 0; b < 4; b++)
+        for (int b = 0; b < n; b++)
             acc[b] = _mm512_fmadd_ps(offsets, _mm512_maskz_loadu_ps(m, xsum + b * groups + h), acc[b]);
     }
-    for (int b = 0; b < 4; b++) out[b] = _mm512_reduce_add_ps(acc[b]) + tail[b] * steps[b];
+    for (int b = 0; b < n; b++) out[b] = _mm512_reduce_add_ps(acc[b]) + tail[b] * steps[b];
 }
 
 /* xq = round(x / step) with step = max|x| / 127, per row; returns the step */
@@ -395,9 +400,13 @@ static void linear_integer(const Linear *L, const float *restrict x, int64_t row
             const float s = ((const float *)L->scale)[o];
             const int32_t shift = 128 * L->row_sums[o];
             int64_t b = 0;
+            int32_t dots[8];
+            for (; b + 8 <= rows; b += 8) {
+                idot_int8_rows(8, w, (const uint8_t *)xq + b * in, in, dots);
+                for (int k = 0; k < 8; k++) y[(b + k) * out + o] = (float)(dots[k] - shift) * s * steps[b + k] + bias;
+            }
             for (; b + 4 <= rows; b += 4) {
-                int32_t dots[4];
-                idot_int8_rows4(w, (const uint8_t *)xq + b * in, in, dots);
+                idot_int8_rows(4, w, (const uint8_t *)xq + b * in, in, dots);
                 for (int k = 0; k < 4; k++) y[(b + k) * out + o] = (float)(dots[k] - shift) * s * steps[b + k] + bias;
             }
             for (; b < rows; b++)
@@ -414,9 +423,13 @@ static void linear_integer(const Linear *L, const float *restrict x, int64_t row
                 _mm_prefetch((const char *)(offset + PREFETCH_ROWS * groups), _MM_HINT_T0);
             }
             int64_t b = 0;
+            float dots[8];
+            for (; b + 8 <= rows; b += 8) {
+                int4_rows(8, q, scale, offset, xq + b * in, steps + b, xsum + b * groups, groups, in, dots);
+                for (int k = 0; k < 8; k++) y[(b + k) * out + o] = dots[k] + bias;
+            }
             for (; b + 4 <= rows; b += 4) {
-                float dots[4];
-                int4_rows4(q, scale, offset, xq + b * in, steps + b, xsum + b * groups, groups, in, dots);
+                int4_rows(4, q, scale, offset, xq + b * in, steps + b, xsum + b * groups, groups, in, dots);
                 for (int k = 0; k < 4; k++) y[(b + k) * out + o] = dots[k] + bias;
             }
             for (; b < rows; b++) {
