@@ -316,7 +316,8 @@ static void tile_f32_4x4(const float *restrict w, const float *restrict x, int64
         if (next) /* the next four weight rows, a line each, while these compute: DRAM latency hidden */
             for (int r = 0; r < 4; r++) _mm_prefetch((const char *)(next + r * n + i), _MM_HINT_T0);
         for (int b = 0; b < 4; b++) {
-            const __m512 xv = _mm512_loadu_ps(x + b * n + i);
+            __m512 xv = _mm512_loadu_ps(x + b * n + i);
+            __asm__("" : "+v"(xv)); /* one load into a register, not one folded into each of the four FMAs */
             acc[0][b] = _mm512_fmadd_ps(w0, xv, acc[0][b]);
             acc[1][b] = _mm512_fmadd_ps(w1, xv, acc[1][b]);
             acc[2][b] = _mm512_fmadd_ps(w2, xv, acc[2][b]);
