@@ -24,17 +24,21 @@ def next_tokens(
     vocab = tokenizer.vocab_size
     logits = logits[:, :vocab]  # a model may have padded its vocabulary
     shaped = _shape_logits(logits, rows, tokenizer.eot_token)
-    tokens = shaped.argmax(-1)
     sampled = [i for i, row in enumerate(rows) if not row.config.greedy]
-    if sampled:
-        tokens[sampled] = _sample(shaped[sampled], [rows[i] for i in sampled]).to(tokens.device)
-    log_probs = torch.log_softmax(logits, -1)  # the model's own, as OpenAI and vLLM report them
-    chosen = log_probs.gather(1, tokens[:, None])[:, 0]
+    if len(sampled) == len(rows):
+        tokens = _sample(shaped, rows)
+    else:
+        tokens = shaped.argmax(-1)
+        if sampled:
+            tokens[sampled] = _sample(shaped[sampled], [rows[i] for i in sampled]).to(tokens.device)
+    # the model's own log-probabilities, as OpenAI and vLLM report them: the chosen token's for every row, the
+    # whole distribution only for rows that asked for their top alternatives
+    chosen = logits.gather(1, tokens[:, None])[:, 0] - torch.logsumexp(logits, -1)
     tops: list[dict[str, float] | None] = [None] * len(rows)
     wanted = [i for i, row in enumerate(rows) if row.config.logprobs > 0]
     if wanted:
         k = min(vocab, max(rows[i].config.logprobs for i in wanted))
-        values, ids = log_probs[wanted].topk(k, -1)
+        values, ids = torch.log_softmax(logits[wanted], -1).topk(k, -1)
         for i, row_values, row_ids in zip(wanted, values.tolist(), ids.tolist(), strict=True):
             n = rows[i].config.logprobs
             tops[i] = {token_text(tokenizer, t): v for t, v in zip(row_ids[:n], row_values[:n], strict=True)}
@@ -86,7 +90,6 @@ def _sample(logits: torch.Tensor, rows: list[SequenceState]) -> torch.Tensor:
     """
     device, vocab = logits.device, logits.shape[-1]
     temperature = torch.tensor([row.config.temperature for row in rows], device=device)
-    scaled = _temper(logits, temperature)
     draws = torch.stack([torch.rand((), generator=row.generator) for row in rows]).to(device)
     tokens = torch.empty(len(rows), dtype=torch.long, device=device)
     top_k = [min(row.config.top_k, vocab) for row in rows]
@@ -107,14 +110,20 @@ def _sample(logits: torch.Tensor, rows: list[SequenceState]) -> torch.Tensor:
 
     with_k = [i for i, k in enumerate(top_k) if k > 0]
     if with_k:
-        values, order = scaled[with_k].topk(max(top_k[i] for i in with_k), -1)
+        # Temperature keeps the order, so the top k of the raw logits are the top k after it: only they are tempered.
+        candidates = logits if len(with_k) == len(rows) else logits[with_k]
+        values, order = candidates.topk(max(top_k[i] for i in with_k), -1)
+        values = _temper(values, temperature[with_k])
         rank = torch.arange(values.shape[-1], device=device)
         limit = torch.tensor([top_k[i] for i in with_k], device=device)
         probs = torch.softmax(values.masked_fill(rank[None, :] >= limit[:, None], float("-inf")), -1)
         pick(with_k, nucleus(probs, top_p[with_k]), order)
-    only_p = [i for i, k in enumerate(top_k) if k == 0 and rows[i].config.top_p < 1]
+    rest = [i for i, k in enumerate(top_k) if k == 0]
+    scaled = _temper(logits[rest], temperature[rest]) if rest else None
+    row_of = {i: j for j, i in enumerate(rest)}  # index into `scaled`
+    only_p = [i for i in rest if rows[i].config.top_p < 1]
     if only_p:
-        probs = torch.softmax(scaled[only_p], -1)
+        probs = torch.softmax(scaled[[row_of[i] for i in only_p]], -1)
         head, order = probs.topk(min(vocab, NUCLEUS_GUESS), -1)
         found = head.sum(-1) >= top_p[only_p]
         inside = [i for i, ok in zip(only_p, found.tolist(), strict=True) if ok]
@@ -124,7 +133,7 @@ def _sample(logits: torch.Tensor, rows: list[SequenceState]) -> torch.Tensor:
         if outside:
             sorted_probs, order = probs[~found].sort(-1, descending=True)
             pick(outside, nucleus(sorted_probs, top_p[outside]), order)
-    plain = [i for i, k in enumerate(top_k) if k == 0 and rows[i].config.top_p >= 1]
+    plain = [i for i in rest if rows[i].config.top_p >= 1]
     if plain:
-        pick(plain, torch.softmax(scaled[plain], -1))
+        pick(plain, torch.softmax(scaled[[row_of[i] for i in plain]], -1))
     return tokens

@@ -221,6 +221,8 @@ def test_sampling_follows_temperature_top_k_and_top_p(tiny_tokenizer, monkeypatc
     assert frequencies(top_k=1).tolist() == [1, 0, 0, 0]
     sharp = (probs**2) / (probs**2).sum()  # temperature 0.5 squares the probabilities
     assert torch.allclose(frequencies(temperature=0.5), sharp, atol=0.03)
+    top3 = sharp * torch.tensor([1, 1, 1, 0])  # top-k on the raw logits, temperature on the k kept: the same draw
+    assert torch.allclose(frequencies(top_k=3, temperature=0.5), top3 / top3.sum(), atol=0.03)
     assert torch.allclose(frequencies(top_k=3, top_p=0.85), torch.tensor([0.5, 0.3, 0.15, 0]) / 0.95, atol=0.03)
     mixed = rows_for(tiny_tokenizer, 3, top_k=1) + rows_for(tiny_tokenizer, 3, top_p=0.4) + rows_for(tiny_tokenizer, 3)
     assert _sample(logits[:9], mixed)[:6].tolist() == [0] * 6  # a batch mixing all three kinds of row
