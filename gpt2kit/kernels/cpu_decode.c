@@ -81,6 +81,14 @@ static float dot_int4(const uint8_t *restrict q, const uint16_t *restrict scale,
     return acc;
 }
 
+/* int8 without VNNI: each weight converted to fp32, as the compiler vectorizes it */
+static float dot_int8(const int8_t *restrict w, const float *restrict x, int64_t n) {
+    float acc = 0.f;
+    #pragma omp simd reduction(+:acc)
+    for (int64_t i = 0; i < n; i++) acc += (float)w[i] * x[i];
+    return acc;
+}
+
 #if defined(__AVX512F__)
 #include <immintrin.h>
 
@@ -96,24 +104,6 @@ static float dot_f32(const float *restrict w, const float *restrict x, int64_t n
     }
     float acc = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
     for (; i < n; i++) acc += w[i] * x[i];
-    return acc;
-}
-
-static inline __m512 int8_lanes(const int8_t *w) {
-    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)w)));
-}
-
-static float dot_int8(const int8_t *restrict w, const float *restrict x, int64_t n) {
-    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
-    int64_t i = 0;
-    for (; i + 64 <= n; i += 64) {
-        a0 = _mm512_fmadd_ps(int8_lanes(w + i), _mm512_loadu_ps(x + i), a0);
-        a1 = _mm512_fmadd_ps(int8_lanes(w + i + 16), _mm512_loadu_ps(x + i + 16), a1);
-        a2 = _mm512_fmadd_ps(int8_lanes(w + i + 32), _mm512_loadu_ps(x + i + 32), a2);
-        a3 = _mm512_fmadd_ps(int8_lanes(w + i + 48), _mm512_loadu_ps(x + i + 48), a3);
-    }
-    float acc = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
-    for (; i < n; i++) acc += (float)w[i] * x[i];
     return acc;
 }
 
@@ -141,13 +131,6 @@ static float dot_f32(const float *restrict w, const float *restrict x, int64_t n
     return acc;
 }
 
-static float dot_int8(const int8_t *restrict w, const float *restrict x, int64_t n) {
-    float acc = 0.f;
-    #pragma omp simd reduction(+:acc)
-    for (int64_t i = 0; i < n; i++) acc += (float)w[i] * x[i];
-    return acc;
-}
-
 static void dot_rows_f32(const float *restrict w, const float *restrict x, int64_t n, int64_t rows,
                          float *restrict out) {
     for (int64_t b = 0; b < rows; b++) out[b] = dot_f32(w, x + b * n, n);
@@ -160,69 +143,12 @@ static void dot_rows_f32(const float *restrict w, const float *restrict x, int64
    linear does per tensor) and multiply in integers: 64 weights per instruction, so that the kernels stay at the
    memory's pace where converting every weight to fp32 was compute-bound (measured 26 int8 weights/ns a core). */
 
-/* sum_i (xq_i + 128) w_i for int8 w and the activations shifted to unsigned; the caller removes 128 * sum(w). */
-static int32_t idot_int8(const int8_t *restrict w, const uint8_t *restrict xu, int64_t n) {
-    __m512i a0 = _mm512_setzero_si512(), a1 = _mm512_setzero_si512();
-    int64_t i = 0;
-    for (; i + 128 <= n; i += 128) {
-        a0 = _mm512_dpbusd_epi32(a0, _mm512_loadu_si512(xu + i), _mm512_loadu_si512(w + i));
-        a1 = _mm512_dpbusd_epi32(a1, _mm512_loadu_si512(xu + i + 64), _mm512_loadu_si512(w + i + 64));
-    }
-    for (; i + 64 <= n; i += 64) a0 = _mm512_dpbusd_epi32(a0, _mm512_loadu_si512(xu + i), _mm512_loadu_si512(w + i));
-    int32_t acc = _mm512_reduce_add_epi32(_mm512_add_epi32(a0, a1));
-    for (; i < n; i++) acc += (int32_t)xu[i] * w[i];
-    return acc;
-}
-
 static inline __m512 bf16_lanes(__m256i bits) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
 }
 
-/* sum_i a_i b_i for bf16 a (up to any length; masked tail) */
-static float dot_bf16_f32(const uint16_t *restrict a, const float *restrict b, int64_t n) {
-    __m512 acc = _mm512_setzero_ps();
-    for (int64_t i = 0; i < n; i += 16) {
-        const __mmask16 m = n - i >= 16 ? 0xFFFF : (__mmask16)((1u << (n - i)) - 1);
-        acc = _mm512_fmadd_ps(bf16_lanes(_mm256_maskz_loadu_epi16(m, a + i)), _mm512_maskz_loadu_ps(m, b + i), acc);
-    }
-    return _mm512_reduce_add_ps(acc);
-}
-
-/* sum_g scale_g * sum_j q_j xq_j over int4 groups, two groups per instruction (without the row's activation
-   scale and the offsets' term). A pair of groups is 32 bytes: byte j holds weight j of the first group (low nibble)
-   and of the second (high nibble); an odd last group has its 32 weights in the low nibbles of its own 32 bytes. */
-static float idot_int4(const uint8_t *restrict q, const uint16_t *restrict scale, const int8_t *restrict xq,
-                       int64_t groups) {
-    const __m256i nibble = _mm256_set1_epi8(15);
-    const __m512i upper = _mm512_set1_epi32((int)0xFFFF0000u);
-    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-    int64_t g = 0;
-    for (; g + 2 <= groups; g += 2) {
-        const __m256i bytes = _mm256_loadu_si256((const __m256i *)(q + g * 16));
-        const __m256i first = _mm256_and_si256(bytes, nibble);
-        const __m256i second = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), nibble);
-        const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(first), second, 1);
-        const __m512i sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), v, _mm512_loadu_si512(xq + g * GROUP));
-        /* both bf16 scales in every lane; lanes 0-7 take the first (shifted up), lanes 8-15 the second */
-        int32_t pair;
-        memcpy(&pair, scale + g, sizeof pair);
-        const __m512i both = _mm512_set1_epi32(pair);
-        const __m512 scales = _mm512_castsi512_ps(_mm512_mask_slli_epi32(_mm512_and_si512(both, upper), 0x00FF, both, 16));
-        if (g & 2)
-            a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), scales, a1);
-        else
-            a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), scales, a0);
-    }
-    float total = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
-    if (g < groups) {
-        int32_t s = 0;
-        for (int j = 0; j < GROUP; j++) s += (int32_t)(q[g * 16 + j] & 15) * xq[g * GROUP + j];
-        total += bf16_to_float(scale[g]) * (float)s;
-    }
-    return total;
-}
-
-/* idot_int8 for n (4 or 8) activation rows: each 64 weights are loaded once for all of them */
+/* sum_i (xq_i + 128) w_i for n (1, 4 or 8) activation rows shifted to unsigned, int8 w; the caller removes
+   128 * sum(w). Each 64 weights are loaded once for all n rows. */
 static inline __attribute__((always_inline)) void idot_int8_rows(const int n, const int8_t *restrict w,
                                                                  const uint8_t *restrict xu, int64_t in,
                                                                  int32_t *restrict out) {
@@ -240,7 +166,7 @@ static inline __attribute__((always_inline)) void idot_int8_rows(const int n, co
     }
 }
 
-/* n (4 or 8) activation rows against one int4 weight row, complete but for the bias: each pair of groups is
+/* n (1, 4 or 8) activation rows against one int4 weight row, complete but for the bias: each pair of groups is
    unpacked once and serves all n, and the offsets' term is summed in the same registers before the one reduction per row. */
 static inline __attribute__((always_inline)) void int4_rows(
     const int n, const uint8_t *restrict q, const uint16_t *restrict scale, const uint16_t *restrict offset,
@@ -400,18 +326,15 @@ static void linear_integer(const Linear *L, const float *restrict x, int64_t row
             const int8_t *w = (const int8_t *)L->weight + o * in;
             const float s = ((const float *)L->scale)[o];
             const int32_t shift = 128 * L->row_sums[o];
-            int64_t b = 0;
             int32_t dots[8];
-            for (; b + 8 <= rows; b += 8) {
-                idot_int8_rows(8, w, (const uint8_t *)xq + b * in, in, dots);
-                for (int k = 0; k < 8; k++) y[(b + k) * out + o] = (float)(dots[k] - shift) * s * steps[b + k] + bias;
+            for (int64_t b = 0, n; b < rows; b += n) {
+                n = rows - b >= 8 ? 8 : rows - b >= 4 ? 4 : 1; /* constants, so each call unrolls for its n */
+                const uint8_t *xu = (const uint8_t *)xq + b * in;
+                if (n == 8) idot_int8_rows(8, w, xu, in, dots);
+                else if (n == 4) idot_int8_rows(4, w, xu, in, dots);
+                else idot_int8_rows(1, w, xu, in, dots);
+                for (int k = 0; k < n; k++) y[(b + k) * out + o] = (float)(dots[k] - shift) * s * steps[b + k] + bias;
             }
-            for (; b + 4 <= rows; b += 4) {
-                idot_int8_rows(4, w, (const uint8_t *)xq + b * in, in, dots);
-                for (int k = 0; k < 4; k++) y[(b + k) * out + o] = (float)(dots[k] - shift) * s * steps[b + k] + bias;
-            }
-            for (; b < rows; b++)
-                y[b * out + o] = (float)(idot_int8(w, (const uint8_t *)xq + b * in, in) - shift) * s * steps[b] + bias;
         } else {
             const int64_t row_bytes = int4_row_bytes(in);
             const uint8_t *q = (const uint8_t *)L->weight + o * row_bytes;
@@ -423,19 +346,15 @@ static void linear_integer(const Linear *L, const float *restrict x, int64_t row
                 _mm_prefetch((const char *)(scale + PREFETCH_ROWS * groups), _MM_HINT_T0);
                 _mm_prefetch((const char *)(offset + PREFETCH_ROWS * groups), _MM_HINT_T0);
             }
-            int64_t b = 0;
             float dots[8];
-            for (; b + 8 <= rows; b += 8) {
-                int4_rows(8, q, scale, offset, xq + b * in, steps + b, xsum + b * groups, groups, in, dots);
-                for (int k = 0; k < 8; k++) y[(b + k) * out + o] = dots[k] + bias;
-            }
-            for (; b + 4 <= rows; b += 4) {
-                int4_rows(4, q, scale, offset, xq + b * in, steps + b, xsum + b * groups, groups, in, dots);
-                for (int k = 0; k < 4; k++) y[(b + k) * out + o] = dots[k] + bias;
-            }
-            for (; b < rows; b++) {
-                const float shifted = dot_bf16_f32(offset, xsum + b * groups, groups);
-                y[b * out + o] = idot_int4(q, scale, xq + b * in, groups) * steps[b] + shifted + bias;
+            for (int64_t b = 0, n; b < rows; b += n) {
+                n = rows - b >= 8 ? 8 : rows - b >= 4 ? 4 : 1;
+                const int8_t *xb = xq + b * in;
+                const float *sb = steps + b, *xs = xsum + b * groups;
+                if (n == 8) int4_rows(8, q, scale, offset, xb, sb, xs, groups, in, dots);
+                else if (n == 4) int4_rows(4, q, scale, offset, xb, sb, xs, groups, in, dots);
+                else int4_rows(1, q, scale, offset, xb, sb, xs, groups, in, dots);
+                for (int k = 0; k < n; k++) y[(b + k) * out + o] = dots[k] + bias;
             }
         }
     }
