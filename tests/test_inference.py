@@ -74,7 +74,8 @@ def test_prepared_fp32_gives_the_same_logits_and_is_for_inference_only(
 
 def _step_both(reference: GPT, model: GPT, prompts: list[list[int]], steps: int, room: int = 0):
     """Left-pad `prompts`, encode them with `reference` into two caches, then run `steps` single-token steps: the
-    reference's forward on one cache, `model.decode_step` on the other. Yields both logits and caches per step."""
+    reference's forward on one cache, `model.decode_step` on the other. Yields both logits, the caches and the
+    attention mask per step."""
     width = max(map(len, prompts))
     ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
@@ -88,8 +89,7 @@ def _step_both(reference: GPT, model: GPT, prompts: list[list[int]], steps: int,
             mask = torch.cat([mask, torch.ones(len(prompts), 1, dtype=torch.long)], 1)
             logits = reference(tokens[:, None], kv_cache=caches[0], attention_mask=mask if padded else None)[:, -1]
             got = model.decode_step(tokens, caches[1], mask if padded else None)
-            _step_both.caches, _step_both.mask = caches, mask
-            yield logits, got, caches
+            yield logits, got, caches, mask
 
 
 @pytest.mark.parametrize("tied", [True, False])
@@ -103,7 +103,7 @@ def test_the_c_decoding_step_matches_the_model_in_fp32(gpt2_tokenizer, tied, pro
     model = copy.deepcopy(reference)
     prepare_for_decoding(model)
     vocab = gpt2_tokenizer.vocab_size
-    for want, got, (want_cache, got_cache) in _step_both(reference, model, prompts, steps=12):
+    for want, got, (want_cache, got_cache), _ in _step_both(reference, model, prompts, steps=12):
         torch.testing.assert_close(got[:, :vocab], want[:, :vocab], rtol=1e-5, atol=1e-5)
         assert torch.isneginf(got[:, vocab:]).all()  # padded rows stay -inf
         assert torch.equal(got.argmax(-1), want.argmax(-1))
@@ -121,11 +121,10 @@ def test_the_c_step_follows_the_cache_as_rows_leave_and_padding_is_cut(gpt2_toke
     prepare_for_decoding(model)
     vocab = gpt2_tokenizer.vocab_size
     prompts = [[1], [2, 3, 4, 5, 6, 7], [8, 9]]
-    for _ in _step_both(reference, model, prompts, steps=3, room=4):
-        pass
+    *_, last = _step_both(reference, model, prompts, steps=3, room=4)  # the caches and mask after three steps
+    _, _, (want_cache, got_cache), mask = last
     # leave row 1 (the long one): what remains has two columns of padding in common
-    want_cache, got_cache = _step_both.caches
-    mask = _step_both.mask[[0, 2]]
+    mask = mask[[0, 2]]
     for cache in (want_cache, got_cache):
         cache.select(torch.tensor([0, 2]))
         cache.keys, cache.values = cache.keys[:, :, :, 2:], cache.values[:, :, :, 2:]
@@ -151,7 +150,7 @@ def test_the_quantized_c_step_matches_the_quantized_model(gpt2_tokenizer, kind):
     prepare_for_decoding(model)
     vocab = gpt2_tokenizer.vocab_size
     prompts = [[1, 2], [3], [4, 5, 6], [7], [8, 9, 10, 11], [12]]
-    for want, got, _ in _step_both(reference, model, prompts, steps=6):
+    for want, got, *_ in _step_both(reference, model, prompts, steps=6):
         spread = (want[:, :vocab].max() - want[:, :vocab].min()).item()
         assert (got[:, :vocab] - want[:, :vocab]).abs().max().item() < 1e-2 * spread
 
@@ -215,7 +214,7 @@ def test_the_portable_c_path_computes_the_same(gpt2_tokenizer):
     model = copy.deepcopy(reference)
     prepare_for_decoding(model)
     model.decode_step = DecodeStep(model, portable)
-    for want, got, _ in _step_both(reference, model, [[1, 2, 3], [4], [5, 6, 7, 8, 9]], steps=6):
+    for want, got, *_ in _step_both(reference, model, [[1, 2, 3], [4], [5, 6, 7, 8, 9]], steps=6):
         torch.testing.assert_close(got[:, : gpt2_tokenizer.vocab_size], want[:, : gpt2_tokenizer.vocab_size],
                                    rtol=1e-5, atol=1e-5)  # fmt: skip
 
