@@ -319,7 +319,7 @@ static void linear_integer(const Linear *L, const float *restrict x, int64_t row
                 xsum[b * groups + g] = s;
             }
     }
-    #pragma omp parallel for schedule(dynamic, 64)
+    #pragma omp parallel for schedule(static)
     for (int64_t o = 0; o < out; o++) {
         const float bias = L->bias ? L->bias[o] : 0.f;
         if (L->kind == KIND_INT8) {
@@ -465,6 +465,70 @@ static void activate(float *restrict x, int64_t n, int64_t activation) {
     }
 }
 
+/* y = softmax(scale q.K^T) V for one row and head over positions 0..span-1 (position stride `step` in K and V;
+   s: room for span scores). keep: NULL, or 0 where a cached position is left padding; the last position, the new
+   token's own, is always seen, as the model's mask lets it. No infinities: built -ffast-math. */
+static void attend(const float *restrict q, const float *restrict K, const float *restrict V, int64_t step,
+                   int64_t span, const int64_t *restrict keep, float scale, int64_t D, float *restrict s,
+                   float *restrict y) {
+#define MASKED(t) (keep && (t) != span - 1 && !keep[t])
+#if defined(__AVX512F__)
+    if (D % 16 == 0 && D <= 128) { /* q and the output in registers: no store and reload per position */
+        const int64_t chunks = D / 16;
+        __m512 qv[8], even[8], odd[8];
+        for (int64_t c = 0; c < chunks; c++) qv[c] = _mm512_mul_ps(_mm512_loadu_ps(q + 16 * c), _mm512_set1_ps(scale));
+        float top = -FLT_MAX;
+        for (int64_t t = 0; t < span; t++) {
+            __m512 acc = _mm512_mul_ps(qv[0], _mm512_loadu_ps(K + t * step));
+            for (int64_t c = 1; c < chunks; c++) acc = _mm512_fmadd_ps(qv[c], _mm512_loadu_ps(K + t * step + 16 * c), acc);
+            s[t] = _mm512_reduce_add_ps(acc);
+            if (!MASKED(t) && s[t] > top) top = s[t];
+        }
+        float total = 0.f;
+        #pragma omp simd reduction(+:total)
+        for (int64_t t = 0; t < span; t++) {
+            s[t] = MASKED(t) ? 0.f : expf(s[t] - top);
+            total += s[t];
+        }
+        for (int64_t c = 0; c < chunks; c++) even[c] = odd[c] = _mm512_setzero_ps();
+        int64_t t = 0;
+        for (; t + 2 <= span; t += 2) { /* two sets of accumulators: half the FMA chain's latency per position */
+            const __m512 p0 = _mm512_set1_ps(s[t]), p1 = _mm512_set1_ps(s[t + 1]);
+            const float *v0 = V + t * step, *v1 = v0 + step;
+            for (int64_t c = 0; c < chunks; c++) {
+                if (s[t] != 0.f) even[c] = _mm512_fmadd_ps(p0, _mm512_loadu_ps(v0 + 16 * c), even[c]);
+                if (s[t + 1] != 0.f) odd[c] = _mm512_fmadd_ps(p1, _mm512_loadu_ps(v1 + 16 * c), odd[c]);
+            }
+        }
+        if (t < span && s[t] != 0.f)
+            for (int64_t c = 0; c < chunks; c++)
+                even[c] = _mm512_fmadd_ps(_mm512_set1_ps(s[t]), _mm512_loadu_ps(V + t * step + 16 * c), even[c]);
+        const __m512 inverse = _mm512_set1_ps(1.f / total);
+        for (int64_t c = 0; c < chunks; c++) _mm512_storeu_ps(y + 16 * c, _mm512_mul_ps(_mm512_add_ps(even[c], odd[c]), inverse));
+        return;
+    }
+#endif
+    float top = -FLT_MAX;
+    for (int64_t t = 0; t < span; t++) {
+        s[t] = MASKED(t) ? 0.f : dot_f32(q, K + t * step, D) * scale;
+        if (!MASKED(t) && s[t] > top) top = s[t];
+    }
+    float total = 0.f;
+    #pragma omp simd reduction(+:total)
+    for (int64_t t = 0; t < span; t++) {
+        s[t] = MASKED(t) ? 0.f : expf(s[t] - top);
+        total += s[t];
+    }
+    for (int64_t d = 0; d < D; d++) y[d] = 0.f;
+    for (int64_t t = 0; t < span; t++) {
+        if (s[t] == 0.f) continue; /* a masked position, or one whose weight underflowed */
+        const float p = s[t] / total, *v = V + t * step;
+        #pragma omp simd
+        for (int64_t d = 0; d < D; d++) y[d] += p * v[d];
+    }
+#undef MASKED
+}
+
 /* One new token for each of `rows` sequences, through every layer and the output layer.
    tokens[r], positions[r]: the token and its position id. keys/values: the KV cache, indexed
    [layer][row][head][position][head_dim] with the element strides in cache_strides (layer, row, head, position;
@@ -496,29 +560,9 @@ void gpt2_decode_step(const Model *m, int64_t rows, const int64_t *tokens, const
                 const float *q = wide + r * 3 * C + hd * D;
                 memcpy(K + length * cache_strides[3], q + C, sizeof(float) * D);
                 memcpy(V + length * cache_strides[3], q + 2 * C, sizeof(float) * D);
-                float *s = scores + (r * H + hd) * span;
-                /* masked: left padding; a row always sees its own new position, as the model's mask lets it */
-                const int64_t *keep = mask ? mask + r * mask_stride : NULL; /* no infinities: built -ffast-math */
-#define MASKED(t) (keep && (t) != length && !keep[t])
-                float top = -FLT_MAX;
-                for (int64_t t = 0; t < span; t++) {
-                    s[t] = MASKED(t) ? 0.f : dot_f32(q, K + t * cache_strides[3], D) * L->attn_scale;
-                    if (!MASKED(t) && s[t] > top) top = s[t];
-                }
-                float total = 0.f;
-                #pragma omp simd reduction(+:total)
-                for (int64_t t = 0; t < span; t++) {
-                    s[t] = MASKED(t) ? 0.f : expf(s[t] - top);
-                    total += s[t];
-                }
-                float *y = h + r * C + hd * D;
-                for (int64_t d = 0; d < D; d++) y[d] = 0.f;
-                for (int64_t t = 0; t < span; t++) {
-                    if (s[t] == 0.f) continue;
-                    const float p = s[t] / total, *v = V + t * cache_strides[3];
-                    #pragma omp simd
-                    for (int64_t d = 0; d < D; d++) y[d] += p * v[d];
-                }
+                const int64_t *keep = mask ? mask + r * mask_stride : NULL;
+                attend(q, K, V, cache_strides[3], span, keep, L->attn_scale, D, scores + (r * H + hd) * span,
+                       h + r * C + hd * D);
             }
         }
         gpt2_linear(&L->attn_c_proj, h, rows, wide);
