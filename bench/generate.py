@@ -11,7 +11,9 @@ warms it up, times one run and writes its tokens as JSON), and rounds are interl
 is kept. On 2 cores an idle CTranslate2 generator left alive beside gpt2kit slowed gpt2kit's batch-1 decoding by
 15%, so engines that merely coexist would not be measured fairly. llama.cpp is timed by `llama-bench -p 0 -n NEW
 -d PROMPT -r 1 -o json` (NEW tokens decoded after PROMPT tokens of context, batch 1 only: llama-bench decodes one
-sequence), its `samples_ts`.
+sequence), its `samples_ts`. llama-bench leaves the prompt (`-d`) out of its time, so the Python engines do too:
+each times a run of 1 new token (the prompt's encoding and the first token) and one of NEW, and its rate is
+(NEW - 1) / (difference), the decoding steps alone.
 
 Prints tokens/s; the ratio of each engine to llama.cpp at its precision (fp32 engines to f32, int8 ones to q8_0,
 int4 to q4_0); and the weight bandwidth each reaches (weight bytes streamed per decoding step x steps/s: 4 bytes
@@ -194,8 +196,12 @@ def child_engine(args) -> dict:
     prompts = json.loads((args.work / f"prompts-{args.batch}.json").read_text())
     engine.run([[1, 2, 3]], 4)  # warm-up: first calls pay one-off allocation and setup
     start = time.perf_counter()
+    engine.run(prompts, 1)  # the prompt's encoding and the first token, which llama-bench leaves out of its time
+    first = time.perf_counter() - start
+    start = time.perf_counter()
     tokens = engine.run(prompts, args.new_tokens)
-    return {"seconds": time.perf_counter() - start, "tokens": tokens}
+    decoding = time.perf_counter() - start - first  # the new_tokens - 1 steps after the first token
+    return {"seconds": decoding * args.new_tokens / (args.new_tokens - 1), "tokens": tokens}
 
 
 def child(what: str, work: Path, *extra: str) -> dict:
@@ -245,6 +251,8 @@ def main() -> None:
     def wanted(name: str) -> bool:
         return name.split()[0] not in args.skip and name not in args.skip
 
+    if args.new_tokens < 2:
+        parser.error("--new-tokens must be at least 2: the first token is timed apart (see the docstring)")
     unknown = [p for p in args.precisions if p not in llamacpp.PEER]
     if unknown:
         parser.error(f"--precisions: {unknown} not among {list(llamacpp.PEER)}")

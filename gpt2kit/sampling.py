@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from gpt2kit import kernels
 from gpt2kit.sequences import SequenceState, token_text
 from gpt2kit.tokenizer import Tokenizer
 
@@ -25,15 +26,17 @@ def next_tokens(
     logits = logits[:, :vocab]  # a model may have padded its vocabulary
     shaped = _shape_logits(logits, rows, tokenizer.eot_token)
     sampled = [i for i, row in enumerate(rows) if not row.config.greedy]
+    fast = kernels.argmax_logsumexp(logits)  # one pass for both where the C kernels are loaded
     if len(sampled) == len(rows):
         tokens = _sample(shaped, rows)
     else:
-        tokens = shaped.argmax(-1)
+        tokens = fast[0] if fast is not None and shaped is logits else _argmax(shaped)
         if sampled:
             tokens[sampled] = _sample(shaped[sampled], [rows[i] for i in sampled]).to(tokens.device)
     # the model's own log-probabilities, as OpenAI and vLLM report them: the chosen token's for every row, the
     # whole distribution only for rows that asked for their top alternatives
-    chosen = logits.gather(1, tokens[:, None])[:, 0] - torch.logsumexp(logits, -1)
+    logsumexp = fast[1] if fast is not None else torch.logsumexp(logits, -1)
+    chosen = logits.gather(1, tokens[:, None])[:, 0] - logsumexp
     tops: list[dict[str, float] | None] = [None] * len(rows)
     wanted = [i for i, row in enumerate(rows) if row.config.logprobs > 0]
     if wanted:
@@ -43,6 +46,16 @@ def next_tokens(
             n = rows[i].config.logprobs
             tops[i] = {token_text(tokenizer, t): v for t, v in zip(row_ids[:n], row_values[:n], strict=True)}
     return tokens, chosen, tops
+
+
+def _argmax(logits: torch.Tensor) -> torch.Tensor:
+    fast = kernels.argmax_logsumexp(logits)
+    return fast[0] if fast is not None else logits.argmax(-1)
+
+
+def _top_k(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    fast = kernels.top_k(logits, k)
+    return fast if fast is not None else logits.topk(k, -1)
 
 
 def _shape_logits(logits: torch.Tensor, rows: list[SequenceState], eot: int) -> torch.Tensor:
@@ -112,7 +125,7 @@ def _sample(logits: torch.Tensor, rows: list[SequenceState]) -> torch.Tensor:
     if with_k:
         # Temperature keeps the order, so the top k of the raw logits are the top k after it: only they are tempered.
         candidates = logits if len(with_k) == len(rows) else logits[with_k]
-        values, order = candidates.topk(max(top_k[i] for i in with_k), -1)
+        values, order = _top_k(candidates, max(top_k[i] for i in with_k))
         values = _temper(values, temperature[with_k])
         rank = torch.arange(values.shape[-1], device=device)
         limit = torch.tensor([top_k[i] for i in with_k], device=device)

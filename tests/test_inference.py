@@ -479,3 +479,64 @@ def test_serve_with_int8_weights(trained):
             "POST", f"{url}/v1/completions", json={"prompt": "the", "max_tokens": 4, "stream": True}
         ) as r:
             assert r.status_code == 200 and "data: [DONE]" in r.read().decode()
+
+
+# -- sampling's passes over the vocabulary ---------------------------------------------------------------------
+def _logits_with_ties_and_masks(seed: int, rows: int = 5, width: int = 1000) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    padded = torch.randn(rows, width + 37, generator=generator) * 4
+    padded[:, 100:300] = float("-inf")  # masked tokens, as logit_bias and min_tokens make them
+    padded[1, 17] = padded[1, 950] = padded[1].max() + 1  # a tie for the largest: the earlier index wins
+    padded[2, 999] = padded[2].max() + 1  # the largest in the scalar tail
+    padded[3] = float("-inf")
+    padded[3, 500] = 0.0
+    padded[4, : width // 2] = padded[4, width // 2 : width].clone()  # every value twice
+    return padded[:, :width]  # rows padded_width apart, as a model with a padded vocabulary returns them
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_argmax_and_logsumexp_kernel_equal_torch(seed):
+    logits = _logits_with_ties_and_masks(seed)
+    argmax, logsumexp = kernels.argmax_logsumexp(logits)
+    assert torch.equal(argmax, logits.argmax(-1))
+    assert torch.allclose(logsumexp, torch.logsumexp(logits, -1), rtol=1e-5, atol=1e-5)
+    everything_masked = torch.full((1, 40), float("-inf"))
+    assert kernels.argmax_logsumexp(everything_masked)[1].item() == float("-inf")
+    assert kernels.argmax_logsumexp(logits.double()) is None  # not a case the kernel takes: torch's then
+
+
+@pytest.mark.parametrize("k", [1, 3, 16, 40, 128])
+def test_top_k_kernel_equals_torch(k):
+    logits = _logits_with_ties_and_masks(3)
+    values, indices = kernels.top_k(logits, k)
+    expected_values, _ = logits.topk(k, -1)
+    assert torch.equal(values, expected_values)
+    assert torch.equal(logits.gather(1, indices), values)
+    for row in range(logits.shape[0]):  # ties in the earlier-index-first order
+        for position in range(1, k):
+            if values[row, position] == values[row, position - 1]:
+                assert indices[row, position] > indices[row, position - 1]
+    assert kernels.top_k(logits, kernels.TOP_K_LIMIT + 1) is None
+
+
+def test_sampling_picks_the_same_tokens_with_and_without_the_kernels(gpt2_tokenizer, monkeypatch):
+    from gpt2kit.sampling import next_tokens
+    from gpt2kit.sequences import make_sequences
+
+    def pick():
+        configs = [
+            GenerationConfig(temperature=0.0),
+            GenerationConfig(temperature=0.8, top_k=40, seed=3),
+            GenerationConfig(temperature=0.0, logit_bias={11: 5.0}),
+            GenerationConfig(temperature=1.2, top_k=5, top_p=0.9, seed=4),
+        ]
+        rows = [make_sequences(gpt2_tokenizer, ["a"], config, 1024)[0] for config in configs]
+        logits = torch.randn(len(rows), gpt2_tokenizer.vocab_size + 7, generator=torch.Generator().manual_seed(9)) * 3
+        return [next_tokens(logits, rows, gpt2_tokenizer) for _ in range(3)]
+
+    with_kernels = pick()
+    monkeypatch.setattr(kernels, "argmax_logsumexp", lambda logits: None)
+    monkeypatch.setattr(kernels, "top_k", lambda logits, k: None)
+    for (tokens, logprobs, _), (expected_tokens, expected_logprobs, _) in zip(with_kernels, pick(), strict=True):
+        assert torch.equal(tokens, expected_tokens)
+        assert torch.allclose(logprobs, expected_logprobs, atol=1e-5)
