@@ -11,12 +11,13 @@
    `gpt2kit serve` at each of --precisions (fp32, int8, int4; one gpt2kit refuses is left out with a note) and
    `llama-server -m MODEL.gguf -np 16 -c <context x 16> --host 127.0.0.1 -t THREADS` at f32 (`gpt2kit convert`),
    q8_0 and q4_0 (`llama-quantize --pure`), each on its /v1/completions. Generated tokens are what each server
-   reports in its usage. Prints each server's row and the generated-tokens/s ratio within each precision pair:
-   gpt2kit fp32 / llama.cpp f32, int8 / q8_0, int4 / q4_0.
+   reports in its usage. Each pair runs back to back, in alternating order, for --race-rounds rounds, and each
+   server's best round is kept. Prints each server's row and the generated-tokens/s ratio within each precision
+   pair: gpt2kit fp32 / llama.cpp f32, int8 / q8_0, int4 / q4_0.
 3. Shared prefixes: 16 concurrent requests that share a 200-token prompt prefix, with --share-prefixes
    true and false.
 Usage: python bench/serve_load.py [--preset cpu-6m] [--requests 200] [--concurrency 16] [--max-tokens 32]
-       [--race-requests 48 --race-tokens 64] [--precisions fp32 int8 int4] [--threads N] [--llama-cpp BIN_DIR]
+       [--race-requests 48 --race-tokens 64 --race-rounds 2] [--precisions fp32 int8 int4] [--threads N] [--llama-cpp BIN_DIR]
        [--skip-robustness] [--skip-race] [--skip-prefix]
 """
 
@@ -227,35 +228,50 @@ def race(model: Path, work: Path, args) -> None:
             body["stream_options"] = {"include_usage": True}
         plan.append(("stream" if stream else "plain", {"json": body | {"stream": stream}}))
     threads = args.threads or os.cpu_count() or 2
-    rows = {}
-    for precision in args.precisions:
-        port = free_port()
-        extra = ["--quantize", precision] if precision != "fp32" else []
-        try:
-            server = gpt2kit_server(model, port, args.concurrency, args.race_tokens, *extra, threads=args.threads)
-        except RuntimeError as err:
-            reason = [line for line in str(err).splitlines() if line.strip()][-1:] or ["it did not start"]
-            print(
-                f"  gpt2kit serve ({precision}): left out, {reason[0].strip().removeprefix('gpt2kit serve did not start: ')}"
-            )
-            continue
-        rows[f"gpt2kit serve ({precision})"] = race_one(server, port, plan, args.concurrency)
     tools = llamacpp.find_tools(args.llama_cpp)
+    gguf = {}
     if tools:
-        context = json.loads((model / "config.json").read_text())["n_positions"]  # per slot
-        kinds = [llamacpp.PEER[p] for p in args.precisions]
-        for kind, gguf in llamacpp.make_models(tools, model, work, kinds).items():
-            port = free_port()
-            command = llamacpp.server_command(tools, gguf, port, args.concurrency, context, threads)
-            try:
-                server = start_server(command, f"http://127.0.0.1:{port}/health", "llama-server")
-            except RuntimeError as err:
-                print(f"  llama-server ({kind}): left out, {str(err)[-300:]}")
-                continue
-            rows[f"llama-server ({kind})"] = race_one(server, port, plan, args.concurrency)
+        gguf = llamacpp.make_models(tools, model, work, [llamacpp.PEER[p] for p in args.precisions])
+    context = json.loads((model / "config.json").read_text())["n_positions"]  # per llama-server slot
+
+    def start_ours(precision: str, port: int) -> subprocess.Popen:
+        extra = ["--quantize", precision] if precision != "fp32" else []
+        return gpt2kit_server(model, port, args.concurrency, args.race_tokens, *extra, threads=args.threads)
+
+    def start_peer(kind: str, port: int) -> subprocess.Popen:
+        command = llamacpp.server_command(tools, gguf[kind], port, args.concurrency, context, threads)
+        return start_server(command, f"http://127.0.0.1:{port}/health", "llama-server")
+
+    # Each pair runs back to back, in alternating order, for --race-rounds rounds: the machine's speed drifts
+    # within minutes, so only servers raced side by side are compared. Each server's best round is kept.
+    pairs = []
+    for precision in args.precisions:
+        kind = llamacpp.PEER[precision]
+        pair = [(f"gpt2kit serve ({precision})", lambda port, p=precision: start_ours(p, port))]
+        if kind in gguf:
+            pair.append((f"llama-server ({kind})", lambda port, k=kind: start_peer(k, port)))
+        pairs.append(pair)
+    rows: dict[str, dict] = {}
+    left_out: set[str] = set()
+    for round_ in range(args.race_rounds):
+        for pair in pairs:
+            for name, launch in pair if round_ % 2 == 0 else pair[::-1]:
+                if name in left_out:
+                    continue
+                port = free_port()
+                try:
+                    server = launch(port)
+                except RuntimeError as err:
+                    reason = [line for line in str(err).splitlines() if line.strip()][-1:] or ["it did not start"]
+                    print(f"  {name}: left out, {reason[0].strip().removeprefix('gpt2kit serve did not start: ')}")
+                    left_out.add(name)
+                    continue
+                result = race_one(server, port, plan, args.concurrency)
+                if name not in rows or result["tokens/s"] > rows[name]["tokens/s"]:
+                    rows[name] = result
     print(
         f"race: {len(plan)} requests at concurrency {args.concurrency}, {args.race_tokens} new tokens, half "
-        f"streaming, llama-server on {threads} threads"
+        f"streaming, llama-server on {threads} threads, best of {args.race_rounds} interleaved rounds"
     )
     if not rows:
         return
@@ -310,6 +326,7 @@ def main() -> int:
     parser.add_argument("--baseline-requests", type=int, default=16, help="sent one at a time, then all at once")
     parser.add_argument("--race-requests", type=int, default=200)
     parser.add_argument("--race-tokens", type=int, default=64)
+    parser.add_argument("--race-rounds", type=int, default=2, help="interleaved rounds; each server's best is kept")
     parser.add_argument(
         "--precisions",
         nargs="+",
