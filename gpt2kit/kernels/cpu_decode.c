@@ -479,10 +479,14 @@ static void attend(const float *restrict q, const float *restrict K, const float
         for (int64_t c = 0; c < chunks; c++) qv[c] = _mm512_mul_ps(_mm512_loadu_ps(q + 16 * c), _mm512_set1_ps(scale));
         float top = -FLT_MAX;
         for (int64_t t = 0; t < span; t++) {
+            if (MASKED(t)) { /* left padding is never read: merged batches carry a lot of it */
+                s[t] = 0.f;
+                continue;
+            }
             __m512 acc = _mm512_mul_ps(qv[0], _mm512_loadu_ps(K + t * step));
             for (int64_t c = 1; c < chunks; c++) acc = _mm512_fmadd_ps(qv[c], _mm512_loadu_ps(K + t * step + 16 * c), acc);
             s[t] = _mm512_reduce_add_ps(acc);
-            if (!MASKED(t) && s[t] > top) top = s[t];
+            if (s[t] > top) top = s[t];
         }
         float total = 0.f;
         #pragma omp simd reduction(+:total)
