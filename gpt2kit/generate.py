@@ -80,7 +80,7 @@ class Decoder:
         shared = min(common_prefix_length(contexts), limit) if len(contexts) > 1 else 0
         if shared < MIN_SHARED_PREFIX:
             return 0, None
-        cache = KVCache(self.model.config, 1, shared, device=self.device, dtype=self.model.wte.weight.dtype)
+        cache = self.model.new_kv_cache(1, shared)
         self.model(torch.tensor([contexts[0][:shared]], device=self.device), kv_cache=cache, logits_to_keep=1)
         self.prefixes[tuple(contexts[0][:shared])] = cache
         while len(self.prefixes) > PREFIXES_KEPT:
@@ -106,7 +106,7 @@ class Decoder:
             mask[i, shared + width - len(rest) :] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         padded = bool((mask == 0).any())
-        cache = KVCache(self.model.config, len(rows), capacity, device=self.device, dtype=self.model.wte.weight.dtype)
+        cache = self.model.new_kv_cache(len(rows), capacity)
         if prefix is not None:
             cache.keys[:, :, :, :shared] = prefix.keys[:, :, :, :shared]  # broadcast over the batch
             cache.values[:, :, :, :shared] = prefix.values[:, :, :, :shared]
@@ -142,9 +142,7 @@ class Decoder:
         old, old_len, new_len = self.cache, self.cache.length, cache.length
         length = max(old_len, new_len)
         capacity = min(self.context, length + extra)
-        merged = KVCache(
-            self.model.config, len(self.rows) + len(rows), capacity, device=self.device, dtype=old.keys.dtype
-        )
+        merged = self.model.new_kv_cache(len(self.rows) + len(rows), capacity)
         b = len(self.rows)
         merged.keys[:, :b, :, length - old_len : length] = old.keys[:, :, :, :old_len]
         merged.values[:, :b, :, length - old_len : length] = old.values[:, :, :, :old_len]

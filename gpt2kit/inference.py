@@ -264,7 +264,8 @@ class DecodeStep:
         rows, length = tokens.shape[0], cache.length
         keys, values = cache.keys, cache.values
         if not (
-            keys.dtype == values.dtype == torch.float32
+            keys.dtype == values.dtype
+            and (keys.dtype == torch.float32 or (keys.dtype == torch.float16 and self.lib.gpt2_half_caches()))
             and keys.stride() == values.stride()
             and keys.stride(4) == 1
             and keys.shape[1] == rows
@@ -305,6 +306,7 @@ class DecodeStep:
             mask_stride,
             keys.data_ptr(),
             values.data_ptr(),
+            int(keys.dtype == torch.float16),
             strides.data_ptr(),
             length,
             logits.data_ptr(),
@@ -344,6 +346,10 @@ def prepare_for_decoding(model: GPT) -> GPT:
                 for parameter in model.parameters():
                     parameter.data = huge_page_copy(parameter.data)
             _replace_linears(model, KernelLinear, "fp32-decoding")
+        elif model.inference_form in QUANTIZATIONS and lib.gpt2_half_caches():
+            # Already approximate: keys and values in fp16 halve the attention's reads, as in llama.cpp (fp32
+            # models keep fp32 caches, and transformers' tokens)
+            model.kv_cache_dtype = torch.float16
         model.decode_step = DecodeStep(model, lib)
         return model
     if (

@@ -262,6 +262,7 @@ class CausalSelfAttention(nn.Module):
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_index, k, v)
+            k, v = k.to(q.dtype), v.to(q.dtype)  # a cache may be kept in fp16 (GPT.kv_cache_dtype)
         dropout = self.dropout if self.training else 0.0
         if mask is None:
             # No cache and no padding: the fused causal kernel is fastest.
@@ -318,6 +319,7 @@ class GPT(nn.Module):
         self.output_layer: nn.Module | None = None
         self.decode_step = None
         self.inference_parameters: int | None = None  # the count before the linears were replaced
+        self.kv_cache_dtype: torch.dtype | None = None  # caches in another dtype than the weights' (fp16, quantized)
         self.apply(self._init_weights)
         # GPT-2 scales residual projections by 1/sqrt(2 * n_layer): two residual adds per block.
         residual_std = 0.02 / math.sqrt(2 * config.n_layer)
@@ -343,6 +345,11 @@ class GPT(nn.Module):
         """Give these output rows -inf logits from now on (ids that the tokenizer cannot decode)."""
         token_ids = list(token_ids)
         self.masked_token_ids = torch.tensor(token_ids, dtype=torch.long) if token_ids else None
+
+    def new_kv_cache(self, batch_size: int, max_length: int) -> KVCache:
+        """An empty KV cache for this model: on its device, in `kv_cache_dtype` or else the weights' dtype."""
+        weight = self.wte.weight
+        return KVCache(self.config, batch_size, max_length, weight.device, self.kv_cache_dtype or weight.dtype)
 
     def num_parameters(self, non_embedding: bool = False) -> int:
         """Parameters counted once (a tied output layer is wte)."""

@@ -80,7 +80,7 @@ def _step_both(reference: GPT, model: GPT, prompts: list[list[int]], steps: int,
     ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
     padded = bool((mask == 0).any())
-    caches = [KVCache(reference.config, len(prompts), width + steps + room) for _ in range(2)]
+    caches = [m.new_kv_cache(len(prompts), width + steps + room) for m in (reference, model)]
     with torch.no_grad():
         for cache in caches:
             logits = reference(ids, kv_cache=cache, attention_mask=mask if padded else None)[:, -1]
@@ -153,6 +153,28 @@ def test_the_quantized_c_step_matches_the_quantized_model(gpt2_tokenizer, kind):
     for want, got, *_ in _step_both(reference, model, prompts, steps=6):
         spread = (want[:, :vocab].max() - want[:, :vocab].min()).item()
         assert (got[:, :vocab] - want[:, :vocab]).abs().max().item() < 1e-2 * spread
+
+
+@pytest.mark.parametrize("portable", [False, True])
+def test_the_c_step_reads_and_writes_fp16_caches(gpt2_tokenizer, portable):
+    """The step against the model's forward, both with fp16 caches: the same keys and values are written, and
+    the logits agree as closely as with fp32 caches. Also through the portable C path."""
+    _kernels_or_skip()
+    reference = _padded_model(gpt2_tokenizer, True)
+    model = copy.deepcopy(reference)
+    prepare_for_decoding(model)
+    if portable:
+        model.decode_step = DecodeStep(model, kernels.build_library(("-mno-avx512f",)))
+    if not model.decode_step.lib.gpt2_half_caches():
+        pytest.skip("these kernels were built without F16C")
+    reference.kv_cache_dtype = model.kv_cache_dtype = torch.float16
+    vocab = gpt2_tokenizer.vocab_size
+    prompts = [[1, 2, 3], [4], [5, 6, 7, 8, 9]]
+    for want, got, (want_cache, got_cache), _ in _step_both(reference, model, prompts, steps=6):
+        assert got_cache.keys.dtype == got_cache.values.dtype == torch.float16
+        torch.testing.assert_close(got[:, :vocab], want[:, :vocab], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(got_cache.keys.float(), want_cache.keys.float(), rtol=1e-3, atol=1e-4)
+        torch.testing.assert_close(got_cache.values.float(), want_cache.values.float(), rtol=1e-3, atol=1e-4)
 
 
 def test_the_c_step_refuses_what_it_cannot_read(gpt2_tokenizer):
@@ -363,7 +385,8 @@ def test_decoding_a_quantized_model_keeps_its_perplexity(trained, tiny_tokenizer
     for form in ("fp32", kind):
         loaded = gpt2kit.load(trained, quantize=None if form == "fp32" else form)
         prepare_for_decoding(loaded.model)
-        cache = KVCache(loaded.model.config, 2, 64)
+        cache = loaded.model.new_kv_cache(2, 64)  # fp16 for the quantized models, as `sample` and `serve` make it
+        assert cache.keys.dtype == (torch.float32 if form == "fp32" else torch.float16)
         with torch.no_grad():
             logits = loaded.model(held_out[:, :1], kv_cache=cache)[:, -1]
             steps = [logits]

@@ -33,7 +33,6 @@ from gpt2kit.evals.data import (
 from gpt2kit.evals.detokenize import PTB_QUOTES
 from gpt2kit.evals.scoring import ScoreRequest
 from gpt2kit.evals.task import Column, TaskContext, TaskOutput, TaskSpec
-from gpt2kit.model import KVCache
 
 # Function words a passage's final word is (almost) never: pronouns, determiners, auxiliaries, prepositions.
 STOP_WORDS = frozenset(
@@ -112,7 +111,7 @@ def stopword_filtered_words(ctx: TaskContext, contexts: list[list[int]]) -> list
             mask[row, width - len(context) :] = 1
         idx, mask = idx.to(device), mask.to(device)
         padded = bool((mask == 0).any())
-        cache = KVCache(model.config, len(batch), width + MAX_WORD_TOKENS, device=device, dtype=model.wte.weight.dtype)
+        cache = model.new_kv_cache(len(batch), width + MAX_WORD_TOKENS)
         with torch.no_grad():
             hidden = model.hidden(idx, kv_cache=cache, attention_mask=mask if padded else None)[:, -1]
             first_logprobs = torch.log_softmax(model.head(hidden).double(), dim=-1)

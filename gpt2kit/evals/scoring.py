@@ -30,7 +30,7 @@ import torch
 
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.generate import common_prefix_length
-from gpt2kit.model import GPT, KVCache
+from gpt2kit.model import GPT
 from gpt2kit.windows import rolling_windows
 
 # Rows of (position, vocab) logits computed at once by the output layer.
@@ -229,9 +229,7 @@ class Scorer:
         for g, tokens in enumerate(prefixes):
             idx[g, : len(tokens)] = torch.tensor(tokens)
             prefix_mask[g, : len(tokens)] = 1
-        cache = KVCache(
-            model.config, len(groups), prefix_width + suffix_width, device=device, dtype=model.wte.weight.dtype
-        )
+        cache = model.new_kv_cache(len(groups), prefix_width + suffix_width)
         # Right padding: causal attention keeps each prefix's own states exact.
         prefix_hidden = model.hidden(idx.to(device), kv_cache=cache)
         last_states = prefix_hidden[

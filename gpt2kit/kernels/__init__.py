@@ -163,11 +163,14 @@ def build_library(extra_flags: tuple[str, ...] = ()) -> ctypes.CDLL:
         ctypes.c_int64,
         ctypes.c_void_p,
         ctypes.c_void_p,
+        ctypes.c_int64,
         ctypes.c_void_p,
         ctypes.c_int64,
         ctypes.c_void_p,
     ]
     lib.gpt2_decode_step.restype = None
+    lib.gpt2_half_caches.argtypes = []
+    lib.gpt2_half_caches.restype = ctypes.c_int
     rows_of_logits = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64]
     lib.gpt2_argmax_logsumexp.argtypes = rows_of_logits + [ctypes.c_void_p, ctypes.c_void_p]
     lib.gpt2_argmax_logsumexp.restype = None

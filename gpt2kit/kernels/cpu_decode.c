@@ -20,6 +20,19 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* fp16 keys and values (the quantized models' caches, as llama.cpp keeps them: half the attention's memory
+   traffic), converted by F16C; without it the caches stay fp32 */
+#if defined(__F16C__)
+#include <immintrin.h>
+#define HALF_CACHES 1
+static inline float half_to_float(uint16_t h) { return _cvtsh_ss(h); }
+static inline uint16_t float_to_half(float f) { return _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT); }
+#else
+#define HALF_CACHES 0
+static inline float half_to_float(uint16_t h) { (void)h; return 0.f; } /* never called: no half caches */
+static inline uint16_t float_to_half(float f) { (void)f; return 0; }
+#endif
+
 enum { KIND_F32 = 0, KIND_INT8 = 1, KIND_INT4 = 2 };
 enum { ACT_GELU_TANH = 0, ACT_GELU_ERF = 1, ACT_RELU = 2 };
 #define GROUP 32
@@ -433,6 +446,9 @@ void gpt2_linear(const Linear *L, const float *restrict x, int64_t rows, float *
    any number of rows (measured up to 1024), where the fp32 fallback is only worth it for a few. */
 int gpt2_integer_dots(void) { return INTEGER_DOTS; }
 
+/* 1 when gpt2_decode_step takes fp16 caches (F16C) */
+int gpt2_half_caches(void) { return HALF_CACHES; }
+
 /* out[r][o] = w[o][:] dequantized, for rows o in [0, out): the weights in fp32 for a large matmul elsewhere. */
 void gpt2_dequantize(const Linear *L, float *restrict out) {
     #pragma omp parallel for schedule(static)
@@ -465,15 +481,24 @@ static void activate(float *restrict x, int64_t n, int64_t activation) {
     }
 }
 
-/* y = softmax(scale q.K^T) V for one row and head over positions 0..span-1 (position stride `step` in K and V;
-   s: room for span scores). keep: NULL, or 0 where a cached position is left padding; the last position, the new
-   token's own, is always seen, as the model's mask lets it. No infinities: built -ffast-math. */
-static void attend(const float *restrict q, const float *restrict K, const float *restrict V, int64_t step,
-                   int64_t span, const int64_t *restrict keep, float scale, int64_t D, float *restrict s,
-                   float *restrict y) {
+/* The cache's element `index` (fp16 when `half`, else fp32) */
+static inline float cached(const void *cache, int64_t index, int half) {
+    return half ? half_to_float(((const uint16_t *)cache)[index]) : ((const float *)cache)[index];
+}
+
+/* y = softmax(scale q.K^T) V for one row and head over positions 0..span-1 (position stride `step` in K and V,
+   fp16 when `half`; s: room for span scores). keep: NULL, or 0 where a cached position is left padding; the last
+   position, the new token's own, is always seen, as the model's mask lets it. No infinities: built -ffast-math. */
+static inline __attribute__((always_inline)) void attend(const float *restrict q, const void *restrict K,
+                                                         const void *restrict V, int64_t step, int64_t span,
+                                                         const int64_t *restrict keep, float scale, int64_t D,
+                                                         float *restrict s, float *restrict y, const int half) {
 #define MASKED(t) (keep && (t) != span - 1 && !keep[t])
 #if defined(__AVX512F__)
     if (D % 16 == 0 && D <= 128) { /* q and the output in registers: no store and reload per position */
+#define CACHED16(P, index) \
+    (half ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)(P) + (index)))) \
+          : _mm512_loadu_ps((const float *)(P) + (index)))
         const int64_t chunks = D / 16;
         __m512 qv[8], even[8], odd[8];
         for (int64_t c = 0; c < chunks; c++) qv[c] = _mm512_mul_ps(_mm512_loadu_ps(q + 16 * c), _mm512_set1_ps(scale));
@@ -483,8 +508,8 @@ static void attend(const float *restrict q, const float *restrict K, const float
                 s[t] = 0.f;
                 continue;
             }
-            __m512 acc = _mm512_mul_ps(qv[0], _mm512_loadu_ps(K + t * step));
-            for (int64_t c = 1; c < chunks; c++) acc = _mm512_fmadd_ps(qv[c], _mm512_loadu_ps(K + t * step + 16 * c), acc);
+            __m512 acc = _mm512_mul_ps(qv[0], CACHED16(K, t * step));
+            for (int64_t c = 1; c < chunks; c++) acc = _mm512_fmadd_ps(qv[c], CACHED16(K, t * step + 16 * c), acc);
             s[t] = _mm512_reduce_add_ps(acc);
             if (s[t] > top) top = s[t];
         }
@@ -498,24 +523,30 @@ static void attend(const float *restrict q, const float *restrict K, const float
         int64_t t = 0;
         for (; t + 2 <= span; t += 2) { /* two sets of accumulators: half the FMA chain's latency per position */
             const __m512 p0 = _mm512_set1_ps(s[t]), p1 = _mm512_set1_ps(s[t + 1]);
-            const float *v0 = V + t * step, *v1 = v0 + step;
             for (int64_t c = 0; c < chunks; c++) {
-                if (s[t] != 0.f) even[c] = _mm512_fmadd_ps(p0, _mm512_loadu_ps(v0 + 16 * c), even[c]);
-                if (s[t + 1] != 0.f) odd[c] = _mm512_fmadd_ps(p1, _mm512_loadu_ps(v1 + 16 * c), odd[c]);
+                if (s[t] != 0.f) even[c] = _mm512_fmadd_ps(p0, CACHED16(V, t * step + 16 * c), even[c]);
+                if (s[t + 1] != 0.f) odd[c] = _mm512_fmadd_ps(p1, CACHED16(V, (t + 1) * step + 16 * c), odd[c]);
             }
         }
         if (t < span && s[t] != 0.f)
             for (int64_t c = 0; c < chunks; c++)
-                even[c] = _mm512_fmadd_ps(_mm512_set1_ps(s[t]), _mm512_loadu_ps(V + t * step + 16 * c), even[c]);
+                even[c] = _mm512_fmadd_ps(_mm512_set1_ps(s[t]), CACHED16(V, t * step + 16 * c), even[c]);
         const __m512 inverse = _mm512_set1_ps(1.f / total);
         for (int64_t c = 0; c < chunks; c++) _mm512_storeu_ps(y + 16 * c, _mm512_mul_ps(_mm512_add_ps(even[c], odd[c]), inverse));
+#undef CACHED16
         return;
     }
 #endif
     float top = -FLT_MAX;
     for (int64_t t = 0; t < span; t++) {
-        s[t] = MASKED(t) ? 0.f : dot_f32(q, K + t * step, D) * scale;
-        if (!MASKED(t) && s[t] > top) top = s[t];
+        if (MASKED(t)) {
+            s[t] = 0.f;
+            continue;
+        }
+        float dot = 0.f;
+        for (int64_t d = 0; d < D; d++) dot += q[d] * cached(K, t * step + d, half);
+        s[t] = dot * scale;
+        if (s[t] > top) top = s[t];
     }
     float total = 0.f;
     #pragma omp simd reduction(+:total)
@@ -526,9 +557,8 @@ static void attend(const float *restrict q, const float *restrict K, const float
     for (int64_t d = 0; d < D; d++) y[d] = 0.f;
     for (int64_t t = 0; t < span; t++) {
         if (s[t] == 0.f) continue; /* a masked position, or one whose weight underflowed */
-        const float p = s[t] / total, *v = V + t * step;
-        #pragma omp simd
-        for (int64_t d = 0; d < D; d++) y[d] += p * v[d];
+        const float p = s[t] / total;
+        for (int64_t d = 0; d < D; d++) y[d] += p * cached(V, t * step + d, half);
     }
 #undef MASKED
 }
@@ -540,8 +570,10 @@ static void attend(const float *restrict q, const float *restrict K, const float
    `length`. mask: NULL (attend to every cached position) or int64[rows][mask_stride], 1 where row r attends to a
    cached position (0 for left padding); it covers positions 0..length. logits: float[rows][head.out]. */
 void gpt2_decode_step(const Model *m, int64_t rows, const int64_t *tokens, const int64_t *positions,
-                      const int64_t *mask, int64_t mask_stride, float *keys, float *values,
+                      const int64_t *mask, int64_t mask_stride, void *keys, void *values, int64_t half,
                       const int64_t *cache_strides, int64_t length, float *logits) {
+    if (half && !HALF_CACHES) return; /* the caller checks gpt2_half_caches() */
+    const int64_t size = half ? 2 : 4; /* bytes of a cached element */
     const int64_t C = m->n_embd, H = m->n_head, D = C / H, span = length + 1;
     const int64_t widest = m->mlp_width > 3 * C ? m->mlp_width : 3 * C;
     float *x = malloc(sizeof(float) * rows * C);
@@ -555,18 +587,26 @@ void gpt2_decode_step(const Model *m, int64_t rows, const int64_t *tokens, const
         const Layer *L = &m->layers[l];
         for (int64_t r = 0; r < rows; r++) layer_norm(x + r * C, L->ln_1_weight, L->ln_1_bias, m->eps, C, h + r * C);
         gpt2_linear(&L->c_attn, h, rows, wide); /* each row: q | k | v */
-        float *layer_keys = keys + l * cache_strides[0], *layer_values = values + l * cache_strides[0];
         #pragma omp parallel for collapse(2) schedule(static)
         for (int64_t r = 0; r < rows; r++) {
             for (int64_t hd = 0; hd < H; hd++) {
-                const int64_t base = r * cache_strides[1] + hd * cache_strides[2];
-                float *K = layer_keys + base, *V = layer_values + base;
-                const float *q = wide + r * 3 * C + hd * D;
-                memcpy(K + length * cache_strides[3], q + C, sizeof(float) * D);
-                memcpy(V + length * cache_strides[3], q + 2 * C, sizeof(float) * D);
+                const int64_t base = l * cache_strides[0] + r * cache_strides[1] + hd * cache_strides[2];
+                char *K = (char *)keys + base * size, *V = (char *)values + base * size;
+                const float *q = wide + r * 3 * C + hd * D, *k = q + C, *v = q + 2 * C;
+                const int64_t at = length * cache_strides[3];
+                if (half)
+                    for (int64_t d = 0; d < D; d++) {
+                        ((uint16_t *)K)[at + d] = float_to_half(k[d]);
+                        ((uint16_t *)V)[at + d] = float_to_half(v[d]);
+                    }
+                else {
+                    memcpy((float *)K + at, k, sizeof(float) * D);
+                    memcpy((float *)V + at, v, sizeof(float) * D);
+                }
                 const int64_t *keep = mask ? mask + r * mask_stride : NULL;
-                attend(q, K, V, cache_strides[3], span, keep, L->attn_scale, D, scores + (r * H + hd) * span,
-                       h + r * C + hd * D);
+                float *s = scores + (r * H + hd) * span, *y = h + r * C + hd * D;
+                if (half) attend(q, K, V, cache_strides[3], span, keep, L->attn_scale, D, s, y, 1);
+                else attend(q, K, V, cache_strides[3], span, keep, L->attn_scale, D, s, y, 0);
             }
         }
         gpt2_linear(&L->attn_c_proj, h, rows, wide);
