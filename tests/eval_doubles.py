@@ -1,7 +1,7 @@
 """Test doubles for the evaluation tests: small tokenizers and a bigram model whose probabilities are known.
 
 `BigramLM` follows the GPT interface the scorer and `gpt2kit.generate` use
-(`model(idx, kv_cache=...)`, `hidden`, `head`, `wte`, `config`), but
+(`model(idx, kv_cache=...)`, `hidden`, `head`, `wte`, `config`, `new_kv_cache`), but
 its next-token distribution depends only on the current token: each token has
 one successor with probability 3/4 (over a 257-token vocabulary every other
 token then has 1/1024), and a token without a listed successor leads to
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gpt2kit.model import GPTConfig
+from gpt2kit.model import GPTConfig, KVCache
 from gpt2kit.tokenizer import Tokenizer
 
 BYTE_VOCAB = 257  # 256 bytes + <|endoftext|>
@@ -72,6 +72,9 @@ class BigramLM(nn.Module):
 
     def num_parameters(self, non_embedding: bool = False) -> int:
         return 0 if non_embedding else self.table.weight.numel()
+
+    def new_kv_cache(self, batch_size: int, max_length: int) -> KVCache:
+        return KVCache(self.config, batch_size, max_length)
 
     def hidden(self, idx, *, kv_cache=None, attention_mask=None, position_ids=None):
         if kv_cache is not None:

@@ -30,6 +30,7 @@ class PacedModel(torch.nn.Module):
     def __init__(self, model: GPT, delay: float):
         super().__init__()
         self.inner, self.delay, self.config, self.wte = model, delay, model.config, model.wte
+        self.new_kv_cache = model.new_kv_cache
 
     def forward(self, idx, **kwargs):
         time.sleep(self.delay)

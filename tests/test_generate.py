@@ -7,7 +7,7 @@ from torch import nn
 import gpt2kit
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.generate import Decoder, GenerationConfig, common_prefix_length, generate, stream
-from gpt2kit.model import GPT, GPTConfig
+from gpt2kit.model import GPT, GPTConfig, KVCache
 from gpt2kit.sampling import _sample, _shape_logits
 from gpt2kit.sequences import SequenceState, _Text, make_sequences
 
@@ -46,6 +46,9 @@ class BigramModel(nn.Module):
         for token, following in successor.items():
             table[token] = following
         self.register_buffer("table", table)
+
+    def new_kv_cache(self, batch_size: int, max_length: int) -> KVCache:
+        return KVCache(self.config, batch_size, max_length)
 
     def forward(self, idx, *, kv_cache=None, attention_mask=None, logits_to_keep=0):
         if kv_cache is not None:
@@ -457,6 +460,7 @@ class CountingModel(nn.Module):
     def __init__(self, model: GPT):
         super().__init__()
         self.inner, self.config, self.wte = model, model.config, model.wte
+        self.new_kv_cache = model.new_kv_cache
         self.shapes: list[tuple[int, int]] = []
 
     def forward(self, idx, **kwargs):

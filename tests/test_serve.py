@@ -26,6 +26,7 @@ class SlowModel(torch.nn.Module):
     def __init__(self, model: GPT, delay: float):
         super().__init__()
         self.inner, self.delay, self.config, self.wte = model, delay, model.config, model.wte
+        self.new_kv_cache = model.new_kv_cache
         self.batch_sizes: list[int] = []
 
     def forward(self, idx, **kwargs):
