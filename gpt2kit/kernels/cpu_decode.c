@@ -105,11 +105,14 @@ static float dot_int8(const int8_t *restrict w, const float *restrict x, int64_t
 #if defined(__AVX512F__)
 #include <immintrin.h>
 
-/* Several accumulators per dot product: one FMA chain would be latency-bound below the memory's pace. */
+/* Several accumulators per dot product: one FMA chain would be latency-bound below the memory's pace. w is
+   prefetched 4 KB ahead, into the rows that follow it: a matrix-vector product streamed 53 GB/s so, 51 without
+   (a plain sum over the same memory: 56). */
 static float dot_f32(const float *restrict w, const float *restrict x, int64_t n) {
     __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
     int64_t i = 0;
     for (; i + 64 <= n; i += 64) {
+        for (int line = 0; line < 4; line++) _mm_prefetch((const char *)(w + i + 1024 + 16 * line), _MM_HINT_T0);
         a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i), _mm512_loadu_ps(x + i), a0);
         a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i + 16), _mm512_loadu_ps(x + i + 16), a1);
         a2 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i + 32), _mm512_loadu_ps(x + i + 32), a2);
@@ -391,6 +394,12 @@ void gpt2_linear(const Linear *L, const float *restrict x, int64_t rows, float *
         return;
     }
 #endif
+    if (L->kind == KIND_F32 && rows == 1) { /* the plain loop: the general one below read 42 GB/s where this reads 53 */
+        const float *weight = L->weight, *bias = L->bias;
+        #pragma omp parallel for schedule(static)
+        for (int64_t o = 0; o < L->out; o++) y[o] = dot_f32(weight + o * L->in, x, L->in) + (bias ? bias[o] : 0.f);
+        return;
+    }
     const int64_t in = L->in, out = L->out, groups = in / GROUP;
     float *xsum = NULL;
     if (L->kind == KIND_INT4 && rows <= FUSED_ROWS) {
