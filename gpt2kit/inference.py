@@ -16,12 +16,15 @@ holds C kernels of our own:
 - linears that stream each weight row once for every row of the batch (fp32, int8, int4);
 - a whole single-token step (`gpt2_decode_step`), called once per token.
 
-A row-streaming fp32 kernel read the output layer at 24-27 GB/s, level with a plain C sum over memory in the same
-run. With VNNI, int8 and int4 multiply in integers (activations quantized per row): converting every weight to
-fp32 had made them compute-bound, at 26 and 15 weights/ns a core. The weights live in 2 MB pages
-(`device.huge_page_copy`): 4 KB pages cost a quarter of the streaming rate in TLB misses. With the whole step in C,
-`bench/generate.py` (batch 1, alone, best of 3) measured 69.2 fp32, 180.8 int8 and 195.6 int4 tokens/s, against
-llama.cpp's f32 52.2, q8_0 149.8 and q4_0 211.0.
+A row-streaming fp32 kernel, prefetching 4 KB ahead, reads the output layer at 53-55 GB/s where a plain C sum over
+the same memory reads 56-61. With VNNI, int8 and int4 multiply in integers (activations quantized per row):
+converting every weight to fp32 had made them compute-bound, at 26 and 15 weights/ns a core. The weights live in
+2 MB pages (`device.huge_page_copy`): 4 KB pages cost a quarter of the streaming rate in TLB misses. Each thread
+takes one contiguous half of a matrix's rows (dynamic chunks of 64 rows had cost 20-30% at batch 1). Quantized
+models keep their keys and values in fp16, as llama.cpp does (5% of a 16-row step at 128 positions); fp32 models
+keep fp32 caches, and transformers' tokens. With the whole step in C, `bench/generate.py` (batch 1, alone, best of
+3, decoding timed apart from the prompt as llama-bench does) measured 70.2 fp32, 235.5 int8 and 253.0 int4
+tokens/s, against llama.cpp's f32 53.5, q8_0 172.0 and q4_0 241.1 in the same run.
 
 - `prepare_for_decoding(model)` gives a CPU model its `decode_step` (`DecodeStep`), which `gpt2kit.generate` uses
   for every single-token step; prompts and scoring keep PyTorch's batched matmuls. Without a C compiler the fp32
