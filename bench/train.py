@@ -36,10 +36,11 @@ Findings on this machine (AMD EPYC Zen 5, 2 cores, AVX-512 BF16; gpt2 124M, cont
 - torch.compile of each block: +6% in bf16 (323 against 306 tokens/s) after a ~15 s first step; not the default.
 - transformers with bf16 autocast lands at the same speed (its head builds full logits, but it faults fewer pages):
   gpt2kit's bf16 lead over transformers bf16 is 1.0-1.11x here, short of issue 28's 1.3x. Both run their matmuls
-  at the bf16 peak and attention through the same SDPA kernel. The ceiling: the step's matmuls (~820 GFLOP with
-  causal attention at 6 x 124M x 1024 plus attention's) take ~2.1 s at the measured 394-416 GFLOP/s, against
-  transformers' ~3.2-3.4 s step; attention at that peak instead of ~90 GFLOP/s would save ~0.45 s (to ~1.2x), and
-  1.3x needs that and nearly all of the remaining casts and elementwise work gone as well.
+  at the bf16 peak and attention through the same SDPA kernel. In the last run gpt2kit's bf16 step took 3.1 s and
+  transformers' 3.5 s, so 1.3x needs 2.7 s. The step's matmuls (~820 GFLOP: 6 x 124M x 1024, plus causal
+  attention's) take ~2.0 s at the measured 394-416 GFLOP/s; attention at that peak instead of ~90 GFLOP/s would
+  save ~0.45 s (to ~1.29x). So 1.3x needs an attention kernel (forward and backward) at the matmul peak, and a
+  little more besides.
 
 Usage: python bench/train.py [--device cpu|cuda] [--cases gpt2,cpu-25m] [--steps 5] [--llmc DIR] [--quick]
 """
