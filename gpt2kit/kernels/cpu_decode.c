@@ -495,6 +495,19 @@ static inline float cached(const void *cache, int64_t index, int half) {
     return half ? half_to_float(((const uint16_t *)cache)[index]) : ((const float *)cache)[index];
 }
 
+#define MASKED(t) (keep && (t) != span - 1 && !keep[t])
+
+/* s[t] = exp(s[t] - top), 0 where masked (see attend); returns their sum */
+static inline float exponentiate(float *restrict s, int64_t span, const int64_t *restrict keep, float top) {
+    float total = 0.f;
+    #pragma omp simd reduction(+:total)
+    for (int64_t t = 0; t < span; t++) {
+        s[t] = MASKED(t) ? 0.f : expf(s[t] - top);
+        total += s[t];
+    }
+    return total;
+}
+
 /* y = softmax(scale q.K^T) V for one row and head over positions 0..span-1 (position stride `step` in K and V,
    fp16 when `half`; s: room for span scores). keep: NULL, or 0 where a cached position is left padding; the last
    position, the new token's own, is always seen, as the model's mask lets it. No infinities: built -ffast-math. */
@@ -502,7 +515,6 @@ static inline __attribute__((always_inline)) void attend(const float *restrict q
                                                          const void *restrict V, int64_t step, int64_t span,
                                                          const int64_t *restrict keep, float scale, int64_t D,
                                                          float *restrict s, float *restrict y, const int half) {
-#define MASKED(t) (keep && (t) != span - 1 && !keep[t])
 #if defined(__AVX512F__)
     if (D % 16 == 0 && D <= 128) { /* q and the output in registers: no store and reload per position */
 #define CACHED16(P, index) \
@@ -522,12 +534,7 @@ static inline __attribute__((always_inline)) void attend(const float *restrict q
             s[t] = _mm512_reduce_add_ps(acc);
             if (s[t] > top) top = s[t];
         }
-        float total = 0.f;
-        #pragma omp simd reduction(+:total)
-        for (int64_t t = 0; t < span; t++) {
-            s[t] = MASKED(t) ? 0.f : expf(s[t] - top);
-            total += s[t];
-        }
+        const float total = exponentiate(s, span, keep, top);
         for (int64_t c = 0; c < chunks; c++) even[c] = odd[c] = _mm512_setzero_ps();
         int64_t t = 0;
         for (; t + 2 <= span; t += 2) { /* two sets of accumulators: half the FMA chain's latency per position */
@@ -557,12 +564,7 @@ static inline __attribute__((always_inline)) void attend(const float *restrict q
         s[t] = dot * scale;
         if (s[t] > top) top = s[t];
     }
-    float total = 0.f;
-    #pragma omp simd reduction(+:total)
-    for (int64_t t = 0; t < span; t++) {
-        s[t] = MASKED(t) ? 0.f : expf(s[t] - top);
-        total += s[t];
-    }
+    const float total = exponentiate(s, span, keep, top);
     for (int64_t d = 0; d < D; d++) y[d] = 0.f;
     for (int64_t t = 0; t < span; t++) {
         if (s[t] == 0.f) continue; /* a masked position, or one whose weight underflowed */
