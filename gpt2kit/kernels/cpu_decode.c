@@ -297,6 +297,19 @@ static void linear_f32_rows(const Linear *L, const float *restrict x, int64_t ro
 }
 #endif
 
+/* the sum of each group of GROUP activations, per row (int4's offsets multiply them): malloc'd, rows x in/GROUP */
+static float *group_sums(const float *restrict x, int64_t rows, int64_t in) {
+    const int64_t groups = in / GROUP;
+    float *sums = malloc(sizeof(float) * rows * groups);
+    for (int64_t b = 0; b < rows; b++)
+        for (int64_t g = 0; g < groups; g++) {
+            float s = 0.f;
+            for (int j = 0; j < GROUP; j++) s += x[b * in + g * GROUP + j];
+            sums[b * groups + g] = s;
+        }
+    return sums;
+}
+
 static void dequantize_row(const Linear *L, int64_t o, float *restrict row) {
     const int64_t in = L->in;
     if (L->kind == KIND_INT8) {
@@ -326,15 +339,7 @@ static void linear_integer(const Linear *L, const float *restrict x, int64_t row
         if (L->kind == KIND_INT8)
             for (int64_t i = 0; i < in; i++) xq[b * in + i] ^= (int8_t)0x80; /* + 128: unsigned for dpbusd */
     }
-    if (L->kind == KIND_INT4) {
-        xsum = malloc(sizeof(float) * rows * groups);
-        for (int64_t b = 0; b < rows; b++)
-            for (int64_t g = 0; g < groups; g++) {
-                float s = 0.f;
-                for (int j = 0; j < GROUP; j++) s += x[b * in + g * GROUP + j];
-                xsum[b * groups + g] = s;
-            }
-    }
+    if (L->kind == KIND_INT4) xsum = group_sums(x, rows, in);
     #pragma omp parallel for schedule(static)
     for (int64_t o = 0; o < out; o++) {
         const float bias = L->bias ? L->bias[o] : 0.f;
@@ -401,16 +406,7 @@ void gpt2_linear(const Linear *L, const float *restrict x, int64_t rows, float *
         return;
     }
     const int64_t in = L->in, out = L->out, groups = in / GROUP;
-    float *xsum = NULL;
-    if (L->kind == KIND_INT4 && rows <= FUSED_ROWS) {
-        xsum = malloc(sizeof(float) * rows * groups);
-        for (int64_t b = 0; b < rows; b++)
-            for (int64_t g = 0; g < groups; g++) {
-                float s = 0.f;
-                for (int j = 0; j < GROUP; j++) s += x[b * in + g * GROUP + j];
-                xsum[b * groups + g] = s;
-            }
-    }
+    float *xsum = L->kind == KIND_INT4 && rows <= FUSED_ROWS ? group_sums(x, rows, in) : NULL;
     const int shared_row = L->kind != KIND_F32 && rows > FUSED_ROWS;
     #pragma omp parallel
     {
@@ -423,10 +419,6 @@ void gpt2_linear(const Linear *L, const float *restrict x, int64_t rows, float *
                 if (shared_row) {
                     dequantize_row(L, o, row);
                     w = row;
-                }
-                if (rows == 1) {
-                    y[o] = dot_f32(w, x, in) + bias;
-                    continue;
                 }
                 float dots[8];
                 for (int64_t b0 = 0; b0 < rows; b0 += 8) {
@@ -616,6 +608,7 @@ void gpt2_decode_step(const Model *m, int64_t rows, const int64_t *tokens, const
                 }
                 const int64_t *keep = mask ? mask + r * mask_stride : NULL;
                 float *s = scores + (r * H + hd) * span, *y = h + r * C + hd * D;
+                /* a literal `half`: attend is inlined, so each call compiles its own loads */
                 if (half) attend(q, K, V, cache_strides[3], span, keep, L->attn_scale, D, s, y, 1);
                 else attend(q, K, V, cache_strides[3], span, keep, L->attn_scale, D, s, y, 0);
             }
