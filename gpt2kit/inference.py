@@ -220,6 +220,7 @@ class DecodeStep:
     def __init__(self, model: GPT, lib: ctypes.CDLL):
         config = model.config
         self.model, self.lib = model, lib
+        self.half_caches = bool(lib.gpt2_half_caches())  # fp16 keys and values (F16C)
         head = model.output_layer  # a KernelLinear or QuantizedLinear, as every block linear
         # Parameters the C structure below points at besides the linears' (which their modules hold): checked
         # before every call, since moving the model (`.to`, `load_state_dict(assign=True)`) would free them.
@@ -268,7 +269,7 @@ class DecodeStep:
         keys, values = cache.keys, cache.values
         if not (
             keys.dtype == values.dtype
-            and (keys.dtype == torch.float32 or (keys.dtype == torch.float16 and self.lib.gpt2_half_caches()))
+            and (keys.dtype == torch.float32 or (keys.dtype == torch.float16 and self.half_caches))
             and keys.stride() == values.stride()
             and keys.stride(4) == 1
             and keys.shape[1] == rows
