@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 from pathlib import Path
 
 import torch
@@ -99,7 +100,6 @@ def reuse_freed_cpu_memory() -> bool:
     request (a 160 MB block was reused in 8 of 10 processes). Process-wide; for training processes. Returns whether
     it applied (glibc only).
     """
-    import ctypes
     import platform
 
     if platform.libc_ver()[0] != "glibc":
@@ -122,7 +122,6 @@ def huge_page_copy(tensor: torch.Tensor) -> torch.Tensor:
     Streaming weights, 2 threads here read 31 GB/s from huge pages against 23 from 4 KB ones (the TLB misses):
     decoding reads every weight once a token, and llama.cpp's memory-mapped weights got this for it.
     """
-    import ctypes
     import mmap
 
     nbytes = tensor.numel() * tensor.element_size()
