@@ -26,16 +26,16 @@ def next_tokens(
     logits = logits[:, :vocab]  # a model may have padded its vocabulary
     shaped = _shape_logits(logits, rows, tokenizer.eot_token)
     sampled = [i for i, row in enumerate(rows) if not row.config.greedy]
-    fast = kernels.argmax_logsumexp(logits)  # one pass for both where the C kernels are loaded
+    in_c = kernels.argmax_logsumexp(logits)  # both in one pass where the C kernels are loaded, else None
     if len(sampled) == len(rows):
         tokens = _sample(shaped, rows)
     else:
-        tokens = fast[0] if fast is not None and shaped is logits else _argmax(shaped)
+        tokens = in_c[0] if in_c is not None and shaped is logits else _argmax(shaped)
         if sampled:
             tokens[sampled] = _sample(shaped[sampled], [rows[i] for i in sampled]).to(tokens.device)
     # the model's own log-probabilities, as OpenAI and vLLM report them: the chosen token's for every row, the
     # whole distribution only for rows that asked for their top alternatives
-    logsumexp = fast[1] if fast is not None else torch.logsumexp(logits, -1)
+    logsumexp = in_c[1] if in_c is not None else torch.logsumexp(logits, -1)
     chosen = logits.gather(1, tokens[:, None])[:, 0] - logsumexp
     tops: list[dict[str, float] | None] = [None] * len(rows)
     wanted = [i for i, row in enumerate(rows) if row.config.logprobs > 0]
@@ -49,13 +49,13 @@ def next_tokens(
 
 
 def _argmax(logits: torch.Tensor) -> torch.Tensor:
-    fast = kernels.argmax_logsumexp(logits)
-    return fast[0] if fast is not None else logits.argmax(-1)
+    in_c = kernels.argmax_logsumexp(logits)
+    return in_c[0] if in_c is not None else logits.argmax(-1)
 
 
 def _top_k(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    fast = kernels.top_k(logits, k)
-    return fast if fast is not None else logits.topk(k, -1)
+    in_c = kernels.top_k(logits, k)
+    return in_c if in_c is not None else logits.topk(k, -1)
 
 
 def _shape_logits(logits: torch.Tensor, rows: list[SequenceState], eot: int) -> torch.Tensor:
